@@ -1,0 +1,82 @@
+//! Command-line parsing, exit codes, and the wiring of each command.
+//!
+//! Exit codes are part of the interface (CI scripts branch on them), so each outcome has one
+//! constant here and the README lists them.
+
+mod run;
+mod schemas;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use marketsync::diagnostic::Diagnostics;
+use marketsync::engine::Engine;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Everything worked.
+pub const EXIT_OK: u8 = 0;
+/// `run`: at least one delivery or mapping was rejected. `validate`: problems were found.
+pub const EXIT_REJECTED: u8 = 1;
+/// The command line was wrong (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// The mappings did not load or compile, so nothing was mapped.
+pub const EXIT_BAD_MAPPINGS: u8 = 3;
+/// An input could not be read or the output could not be written.
+pub const EXIT_IO: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "marketsync",
+    version,
+    about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
+    after_help = "Exit codes: 0 ok, 1 records rejected (run) or problems found (validate), \
+                  2 usage error, 3 mappings do not load, 4 input or output error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Validate(validate::Args),
+    Run(run::Args),
+    Schemas(schemas::Args),
+}
+
+/// Where mappings come from: a folder, or the default set built into the binary.
+#[derive(clap::Args, Clone)]
+struct MappingArgs {
+    /// Mapping folder (YAML specs plus settings.yaml); the built-in defaults when left out.
+    #[arg(long, value_name = "DIR")]
+    mappings: Option<PathBuf>,
+}
+
+impl MappingArgs {
+    fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
+        match &self.mappings {
+            Some(dir) => Engine::load_dir(dir),
+            None => Engine::builtin(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    let code = match cli.command {
+        Command::Validate(args) => validate::execute(args),
+        Command::Run(args) => run::execute(args),
+        Command::Schemas(args) => schemas::execute(args),
+    };
+    ExitCode::from(code)
+}

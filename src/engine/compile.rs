@@ -1,0 +1,792 @@
+//! From specs as written to compiled mappings, reporting every problem on the way.
+//!
+//! Two passes, because minijinja templates must be added to the environment (a mutable
+//! borrow) before any expression can borrow it: the first pass checks everything that needs no
+//! environment and registers templates; the second compiles expressions and checks that every
+//! name a template reads is defined. Nothing stops at the first problem: each one becomes a
+//! diagnostic with the file, line and column of the value at fault.
+
+use super::body::Node;
+use super::select::{Cardinality, Condition, Path, Selection};
+use super::{CONTEXT_NAMES, Compiled, Engine, Mapping, filters};
+use crate::diagnostic::{Diagnostic, Diagnostics, Position, SourceFile};
+use crate::klaviyo::{Endpoint, Schemas};
+use crate::source;
+use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, SpecFile};
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
+use serde_json::Value as Json;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+/// Source text of an expression or template, with where it was written.
+struct Src {
+    text: String,
+    position: Position,
+}
+
+impl Src {
+    fn of(spanned: &Spanned<String>) -> Src {
+        Src {
+            text: spanned.value.clone(),
+            position: Position::of(&spanned.referenced),
+        }
+    }
+}
+
+/// A body node after the first pass: templates registered by name, expressions still text.
+enum PlanNode {
+    Literal(Json),
+    Expression(Src),
+    Template(String, Position),
+    List(Vec<PlanNode>),
+    Map(Vec<(String, PlanNode)>),
+    For {
+        var: String,
+        items: Src,
+        element: Box<PlanNode>,
+    },
+}
+
+/// A mapping after the first pass.
+struct Plan {
+    file: Arc<SourceFile>,
+    name: Arc<str>,
+    lane: Lane,
+    endpoint: Endpoint,
+    types: Vec<String>,
+    events: Vec<String>,
+    conditions: Vec<Condition>,
+    selections: Vec<Selection>,
+    compute: Vec<(String, Src)>,
+    when: Option<Src>,
+    require: Vec<String>,
+    for_each: Option<(String, Src)>,
+    once_per: Option<(String, Position)>,
+    body: PlanNode,
+}
+
+/// Collects diagnostics for one file.
+struct Reporter<'a> {
+    file: &'a Arc<SourceFile>,
+    diagnostics: &'a mut Diagnostics,
+}
+
+impl Reporter<'_> {
+    fn error(&mut self, position: Position, message: impl Into<String>) {
+        self.diagnostics
+            .push(Diagnostic::error(self.file, position, message));
+    }
+}
+
+pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnostics> {
+    let MappingSet {
+        settings,
+        mappings,
+        mut diagnostics,
+    } = set;
+    let Some(settings) = settings else {
+        return Err(diagnostics);
+    };
+    let settings_value = Value::from(minijinja::value::Serde(&settings.spec));
+    let mut env = environment(&settings.spec);
+
+    let mut plans = Vec::new();
+    let mut names: Vec<(Arc<str>, Arc<SourceFile>, Position)> = Vec::new();
+    for file in &mappings {
+        let mut reporter = Reporter {
+            file: &file.source,
+            diagnostics: &mut diagnostics,
+        };
+        if let Some(plan) = plan(file, &mut env, &settings_value, &mut reporter) {
+            let position = Position::of(&file.spec.name.referenced);
+            if let Some((_, first_file, first)) = names.iter().find(|(n, ..)| *n == plan.name) {
+                reporter.error(
+                    position,
+                    format!(
+                        "mapping name `{}` is already used by {}:{}",
+                        plan.name, first_file.name, first.line
+                    ),
+                );
+            }
+            names.push((Arc::clone(&plan.name), Arc::clone(&file.source), position));
+            plans.push(plan);
+        }
+    }
+
+    let compiled = Compiled::new(env, |env| {
+        plans
+            .into_iter()
+            .filter_map(|plan| build(plan, env, &mut diagnostics))
+            .collect()
+    });
+    if diagnostics.has_errors() {
+        diagnostics.sort();
+        return Err(diagnostics);
+    }
+    let engine = Engine {
+        compiled,
+        default_marketplace: settings.spec.marketplace.clone(),
+        settings: Arc::new(settings.spec),
+        settings_value,
+        schemas: Schemas::builtin(),
+    };
+    check_examples(&engine, &mappings, &mut diagnostics);
+    diagnostics.sort();
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    Ok((engine, diagnostics))
+}
+
+/// The sandbox every template runs in: no HTML escaping (payloads are JSON, not HTML), a fuel
+/// limit so a runaway loop cannot stall a sync, no loader (templates cannot read files), and
+/// the domain filters.
+fn environment(settings: &crate::spec::Settings) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    // Chainable: `line.image.url` on a line without an image is undefined, so the field is
+    // left out rather than failing the record. Top-level names are checked at compile time.
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_fuel(Some(settings.fuel));
+    env.set_recursion_limit(64);
+    filters::register(&mut env, &settings.phone_region);
+    env
+}
+
+/// Whether `text` is exactly one `{{ expression }}` (which keeps its native type).
+fn single_expression(text: &str) -> Option<&str> {
+    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.trim_start_matches('-').trim_end_matches('-');
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
+        .then_some(inner.trim())
+}
+
+fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
+}
+
+/// The first pass over one mapping.
+fn plan(
+    file: &SpecFile<MappingSpec>,
+    env: &mut Environment<'static>,
+    settings: &Value,
+    reporter: &mut Reporter<'_>,
+) -> Option<Plan> {
+    let spec = &file.spec;
+    let errors_before = reporter.diagnostics.error_count();
+    let name: Arc<str> = spec.name.value.as_str().into();
+    if name.trim().is_empty() {
+        reporter.error(
+            Position::of(&spec.name.referenced),
+            "a mapping needs a name",
+        );
+    }
+    let endpoint = Endpoint::parse(&spec.emit.endpoint.value);
+    if endpoint.is_none() {
+        let known: Vec<String> = Endpoint::ALL
+            .iter()
+            .map(|e| format!("{} {}", e.method(), e.path()))
+            .collect();
+        reporter.error(
+            Position::of(&spec.emit.endpoint.referenced),
+            format!(
+                "unknown endpoint `{}`; known: {}",
+                spec.emit.endpoint.value,
+                known.join(", ")
+            ),
+        );
+    }
+    let types = spec.matcher.types.value.0.clone();
+    if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
+        reporter.error(
+            Position::of(&spec.matcher.types.referenced),
+            "`match.type` needs at least one object type (`__typename`), such as Invoice",
+        );
+    }
+    let conditions = spec
+        .matcher
+        .conditions
+        .iter()
+        .filter_map(|c| condition(c, reporter))
+        .collect();
+
+    let mut selections: Vec<Selection> = Vec::new();
+    for (field, spanned) in &spec.select {
+        let position = Position::of(&spanned.referenced);
+        let select = &spanned.value;
+        if CONTEXT_NAMES.contains(&field.as_str()) {
+            reporter.error(
+                position,
+                format!("`{field}` is a built-in name; choose another name for this selection"),
+            );
+            continue;
+        }
+        let text = if is_template(&select.path) {
+            match env.render_str(&select.path, context! { settings => settings.clone() }) {
+                Ok(text) => text,
+                Err(e) => {
+                    reporter.error(
+                        position,
+                        format!("path of `{field}`: {}", super::body::describe(&e)),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            select.path.clone()
+        };
+        let path = match Path::parse(&text) {
+            Ok(path) => path,
+            Err(message) => {
+                reporter.error(position, format!("selection `{field}`: {message}"));
+                continue;
+            }
+        };
+        let cardinality = match (select.many, select.optional, &select.default) {
+            (true, _, Some(_)) | (true, true, _) => {
+                reporter.error(position, format!("selection `{field}`: `many` already allows no match; drop `optional`/`default`"));
+                continue;
+            }
+            (true, false, None) => Cardinality::Many,
+            (false, _, Some(default)) => Cardinality::Default(default.clone()),
+            (false, true, None) => Cardinality::Optional,
+            (false, false, None) => Cardinality::Required,
+        };
+        let from = match &select.from {
+            None => None,
+            Some(from) => match selections.iter().position(|s| s.name == *from) {
+                Some(index) => Some(index),
+                None => {
+                    reporter.error(position, format!("selection `{field}` reads `from: {from}`, which is not a selection defined above it"));
+                    continue;
+                }
+            },
+        };
+        selections.push(Selection {
+            name: field.clone(),
+            path,
+            cardinality,
+            from,
+        });
+    }
+
+    let compute = spec
+        .compute
+        .iter()
+        .map(|(name, src)| {
+            if CONTEXT_NAMES.contains(&name.as_str()) || spec.select.contains_key(name) {
+                reporter.error(
+                    Position::of(&src.referenced),
+                    format!("`{name}` is already defined; a computed value needs its own name"),
+                );
+            }
+            (name.clone(), Src::of(src))
+        })
+        .collect();
+    let for_each = spec
+        .for_each
+        .as_ref()
+        .and_then(|spanned| match parse_binding(&spanned.value) {
+            Some((var, items)) => Some((
+                var,
+                Src {
+                    text: items,
+                    position: Position::of(&spanned.referenced),
+                },
+            )),
+            None => {
+                reporter.error(
+                    Position::of(&spanned.referenced),
+                    format!(
+                        "`for: {}` should read `NAME in EXPRESSION`, such as `line in lines`",
+                        spanned.value
+                    ),
+                );
+                None
+            }
+        });
+    let once_per = spec.once_per.as_ref().and_then(|spanned| {
+        let template_name = format!("{}#once_per", file.source.name);
+        register_template(env, template_name, &Src::of(spanned), reporter)
+    });
+    let body = plan_body(&spec.emit.body, &file.source.name, "", env, reporter);
+
+    if reporter.diagnostics.error_count() > errors_before {
+        return None;
+    }
+    Some(Plan {
+        file: Arc::clone(&file.source),
+        name,
+        lane: spec.lane.value,
+        endpoint: endpoint?,
+        types,
+        events: spec
+            .matcher
+            .events
+            .iter()
+            .map(|e| e.value.clone())
+            .collect(),
+        conditions,
+        selections,
+        compute,
+        when: spec.when.as_ref().map(Src::of),
+        require: spec.require.iter().map(|r| r.value.clone()).collect(),
+        for_each,
+        once_per,
+        body: body?,
+    })
+}
+
+/// Splits `line in order.lines` into the variable and the expression.
+fn parse_binding(text: &str) -> Option<(String, String)> {
+    let (var, items) = text.trim().split_once(" in ")?;
+    let var = var.trim();
+    let is_identifier = !var.is_empty()
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !var.starts_with(|c: char| c.is_ascii_digit());
+    (is_identifier && !items.trim().is_empty()).then(|| (var.to_owned(), items.trim().to_owned()))
+}
+
+fn condition(spanned: &Spanned<ConditionSpec>, reporter: &mut Reporter<'_>) -> Option<Condition> {
+    let position = Position::of(&spanned.referenced);
+    let spec = &spanned.value;
+    if let Some(any) = &spec.any {
+        if spec.path.is_some()
+            || spec.equals.is_some()
+            || spec.one_of.is_some()
+            || spec.contains.is_some()
+            || spec.exists.is_some()
+        {
+            reporter.error(
+                position,
+                "`any` groups other conditions; it cannot have its own `path` or test",
+            );
+            return None;
+        }
+        let alternatives: Vec<Condition> =
+            any.iter().filter_map(|c| condition(c, reporter)).collect();
+        return (alternatives.len() == any.len()).then_some(Condition::Any(alternatives));
+    }
+    let Some(path_text) = &spec.path else {
+        reporter.error(
+            position,
+            "a condition needs a `path` (or `any:` with a list of conditions)",
+        );
+        return None;
+    };
+    let path = match Path::parse(&path_text.value) {
+        Ok(path) => path,
+        Err(message) => {
+            reporter.error(Position::of(&path_text.referenced), message);
+            return None;
+        }
+    };
+    let tests = [
+        spec.equals.is_some(),
+        spec.one_of.is_some(),
+        spec.contains.is_some(),
+        spec.exists.is_some(),
+    ];
+    if tests.iter().filter(|t| **t).count() != 1 {
+        reporter.error(
+            position,
+            "a condition needs exactly one test: `equals`, `one_of`, `contains` or `exists`",
+        );
+        return None;
+    }
+    Some(if let Some(v) = &spec.equals {
+        Condition::Equals(path, v.clone())
+    } else if let Some(v) = &spec.one_of {
+        Condition::OneOf(path, v.clone())
+    } else if let Some(v) = &spec.contains {
+        Condition::Contains(path, v.clone())
+    } else {
+        Condition::Exists(path, spec.exists.unwrap_or(true))
+    })
+}
+
+/// Adds a template to the environment under a unique name, reporting syntax errors at the
+/// line of the template inside the spec.
+fn register_template(
+    env: &mut Environment<'static>,
+    name: String,
+    src: &Src,
+    reporter: &mut Reporter<'_>,
+) -> Option<(String, Position)> {
+    match env.add_template_owned(name.clone(), src.text.clone()) {
+        Ok(()) => Some((name, src.position)),
+        Err(e) => {
+            reporter.error(
+                template_position(src.position, &e),
+                format!("template: {}", super::body::describe(&e)),
+            );
+            None
+        }
+    }
+}
+
+/// Where inside the spec a template error is: the template's own line plus the error's line
+/// within it (block scalars start one line below their key).
+fn template_position(at: Position, err: &minijinja::Error) -> Position {
+    match err.line() {
+        Some(line) if line > 1 => Position::new(at.line + line - 1, 1),
+        _ => at,
+    }
+}
+
+fn plan_body(
+    spanned: &Spanned<BodyNode>,
+    file_name: &str,
+    pointer: &str,
+    env: &mut Environment<'static>,
+    reporter: &mut Reporter<'_>,
+) -> Option<PlanNode> {
+    let position = Position::of(&spanned.referenced);
+    Some(match &spanned.value {
+        BodyNode::Null => PlanNode::Literal(Json::Null),
+        BodyNode::Bool(b) => PlanNode::Literal(Json::Bool(*b)),
+        BodyNode::Number(n) => PlanNode::Literal(Json::Number(n.clone())),
+        BodyNode::String(text) => {
+            let src = Src {
+                text: text.clone(),
+                position,
+            };
+            if let Some(expr) = single_expression(text) {
+                PlanNode::Expression(Src {
+                    text: expr.to_owned(),
+                    position,
+                })
+            } else if is_template(text) {
+                let (name, position) =
+                    register_template(env, format!("{file_name}#{pointer}"), &src, reporter)?;
+                PlanNode::Template(name, position)
+            } else {
+                PlanNode::Literal(Json::String(text.clone()))
+            }
+        }
+        BodyNode::List(items) => {
+            let mut planned = Vec::with_capacity(items.len());
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match plan_body(item, file_name, &format!("{pointer}/{i}"), env, reporter) {
+                    Some(node) => planned.push(node),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(PlanNode::List(planned))?
+        }
+        BodyNode::Map(entries) if entries.contains_key("$for") => {
+            let keys: BTreeSet<&str> = entries.keys().map(String::as_str).collect();
+            if keys != BTreeSet::from(["$for", "$yield"]) {
+                reporter.error(position, "a `$for` list needs exactly two keys: `$for: NAME in EXPRESSION` and `$yield: ELEMENT`");
+                return None;
+            }
+            let binding = &entries["$for"];
+            let BodyNode::String(text) = &binding.value else {
+                reporter.error(
+                    Position::of(&binding.referenced),
+                    "`$for` should read `NAME in EXPRESSION`",
+                );
+                return None;
+            };
+            let Some((var, items)) = parse_binding(text) else {
+                reporter.error(
+                    Position::of(&binding.referenced),
+                    format!(
+                        "`$for: {text}` should read `NAME in EXPRESSION`, such as `line in lines`"
+                    ),
+                );
+                return None;
+            };
+            let element = plan_body(
+                &entries["$yield"],
+                file_name,
+                &format!("{pointer}/$yield"),
+                env,
+                reporter,
+            )?;
+            PlanNode::For {
+                var,
+                items: Src {
+                    text: items,
+                    position: Position::of(&binding.referenced),
+                },
+                element: Box::new(element),
+            }
+        }
+        BodyNode::Map(entries) => {
+            let mut planned = Vec::with_capacity(entries.len());
+            let mut ok = true;
+            for (key, value) in entries {
+                let escaped = key.replace('~', "~0").replace('/', "~1");
+                match plan_body(
+                    value,
+                    file_name,
+                    &format!("{pointer}/{escaped}"),
+                    env,
+                    reporter,
+                ) {
+                    Some(node) => planned.push((key.clone(), node)),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(PlanNode::Map(planned))?
+        }
+    })
+}
+
+/// Names that are defined at some point of a mapping.
+struct Scope<'a> {
+    names: HashSet<String>,
+    globals: &'a HashSet<String>,
+}
+
+impl Scope<'_> {
+    fn with(&self, name: &str) -> Scope<'_> {
+        let mut names = self.names.clone();
+        names.insert(name.to_owned());
+        Scope {
+            names,
+            globals: self.globals,
+        }
+    }
+
+    fn check(&self, used: HashSet<String>, position: Position, reporter: &mut Reporter<'_>) {
+        let mut unknown: Vec<String> = used
+            .into_iter()
+            .filter(|n| !self.names.contains(n) && !self.globals.contains(n))
+            .collect();
+        unknown.sort();
+        for name in unknown {
+            let mut known: Vec<&str> = self.names.iter().map(String::as_str).collect();
+            known.sort();
+            reporter.error(
+                position,
+                format!(
+                    "`{name}` is not defined here; defined names are: {}",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The second pass: expressions compiled against the environment, names checked.
+fn build<'env>(
+    plan: Plan,
+    env: &'env Environment<'static>,
+    diagnostics: &mut Diagnostics,
+) -> Option<Mapping<'env>> {
+    let file = Arc::clone(&plan.file);
+    let mut reporter = Reporter {
+        file: &file,
+        diagnostics,
+    };
+    let errors_before = reporter.diagnostics.error_count();
+    let globals: HashSet<String> = env.globals().map(|(name, _)| name.to_owned()).collect();
+    let mut scope = Scope {
+        names: CONTEXT_NAMES.iter().map(|n| (*n).to_owned()).collect(),
+        globals: &globals,
+    };
+    scope
+        .names
+        .extend(plan.selections.iter().map(|s| s.name.clone()));
+
+    let mut expression = |src: &Src, scope: &Scope<'_>, reporter: &mut Reporter<'_>| match env
+        .compile_expression_owned(src.text.clone())
+    {
+        Ok(expr) => {
+            scope.check(expr.undeclared_variables(false), src.position, reporter);
+            Some(expr)
+        }
+        Err(e) => {
+            reporter.error(
+                src.position,
+                format!("expression `{}`: {}", src.text, super::body::describe(&e)),
+            );
+            None
+        }
+    };
+
+    let mut compute = Vec::new();
+    for (name, src) in &plan.compute {
+        if let Some(expr) = expression(src, &scope, &mut reporter) {
+            compute.push((name.clone(), expr));
+        }
+        scope.names.insert(name.clone());
+    }
+    let when = plan
+        .when
+        .as_ref()
+        .and_then(|src| expression(src, &scope, &mut reporter));
+    for name in &plan.require {
+        if !scope.names.contains(name) {
+            reporter.error(
+                Position::default(),
+                format!("`require` names `{name}`, which is not a selection or computed value"),
+            );
+        }
+    }
+    let for_each = plan.for_each.as_ref().and_then(|(var, src)| {
+        expression(src, &scope, &mut reporter).map(|expr| (var.clone(), expr))
+    });
+    let scope = match &plan.for_each {
+        Some((var, _)) => scope.with(var),
+        None => scope,
+    };
+    let once_per = plan.once_per.as_ref().and_then(|(name, position)| {
+        let template = env.get_template(name).ok()?;
+        scope.check(
+            template.undeclared_variables(false),
+            *position,
+            &mut reporter,
+        );
+        Some(template)
+    });
+    let body = build_body(&plan.body, env, &scope, &mut expression, &mut reporter);
+    if reporter.diagnostics.error_count() > errors_before {
+        return None;
+    }
+    Some(Mapping {
+        name: plan.name,
+        lane: plan.lane,
+        endpoint: plan.endpoint,
+        types: plan.types,
+        events: plan.events,
+        conditions: plan.conditions,
+        selections: plan.selections,
+        compute,
+        when,
+        require: plan.require,
+        for_each,
+        once_per,
+        body: body?,
+    })
+}
+
+fn build_body<'env, F>(
+    node: &PlanNode,
+    env: &'env Environment<'static>,
+    scope: &Scope<'_>,
+    expression: &mut F,
+    reporter: &mut Reporter<'_>,
+) -> Option<Node<'env>>
+where
+    F: FnMut(&Src, &Scope<'_>, &mut Reporter<'_>) -> Option<minijinja::Expression<'env, 'static>>,
+{
+    Some(match node {
+        PlanNode::Literal(json) => Node::Literal(json.clone()),
+        PlanNode::Expression(src) => Node::Expression(expression(src, scope, reporter)?),
+        PlanNode::Template(name, position) => {
+            let template = env.get_template(name).ok()?;
+            scope.check(template.undeclared_variables(false), *position, reporter);
+            Node::Template(template)
+        }
+        PlanNode::List(items) => {
+            let built: Vec<Option<Node<'env>>> = items
+                .iter()
+                .map(|i| build_body(i, env, scope, expression, reporter))
+                .collect();
+            Node::List(built.into_iter().collect::<Option<Vec<_>>>()?)
+        }
+        PlanNode::Map(entries) => {
+            let built: Vec<Option<(String, Node<'env>)>> = entries
+                .iter()
+                .map(|(k, v)| {
+                    build_body(v, env, scope, expression, reporter).map(|n| (k.clone(), n))
+                })
+                .collect();
+            Node::Map(built.into_iter().collect::<Option<Vec<_>>>()?)
+        }
+        PlanNode::For {
+            var,
+            items,
+            element,
+        } => {
+            let items = expression(items, scope, reporter);
+            let element = build_body(element, env, &scope.with(var), expression, reporter);
+            Node::For {
+                var: var.clone(),
+                items: items?,
+                element: Box::new(element?),
+            }
+        }
+    })
+}
+
+/// Renders each mapping's example deliveries and reports what fails, at the example's line.
+fn check_examples(
+    engine: &Engine,
+    mappings: &[SpecFile<MappingSpec>],
+    diagnostics: &mut Diagnostics,
+) {
+    for file in mappings {
+        let name = file.spec.name.value.as_str();
+        for example in &file.examples {
+            let text = match &example.text {
+                Ok(text) => text,
+                Err(message) => {
+                    diagnostics.push(Diagnostic::error(
+                        &file.source,
+                        example.position,
+                        format!("example: cannot read {message}"),
+                    ));
+                    continue;
+                }
+            };
+            let mut produced = 0;
+            for (index, line) in example_deliveries(&example.name, text).enumerate() {
+                let records = match source::parse_delivery(line) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        diagnostics.push(Diagnostic::error(
+                            &file.source,
+                            example.position,
+                            format!("example `{}` delivery {}: {e}", example.name, index + 1),
+                        ));
+                        continue;
+                    }
+                };
+                for record in records {
+                    let mapped = engine.map(&record);
+                    produced += mapped
+                        .requests
+                        .iter()
+                        .filter(|r| &*r.mapping == name)
+                        .count();
+                    for error in mapped.errors.iter().filter(|e| &*e.mapping == name) {
+                        diagnostics.push(Diagnostic::error(
+                            &file.source,
+                            example.position,
+                            format!(
+                                "example `{}` ({}): {}",
+                                example.name, record.delivery_id, error.message
+                            ),
+                        ));
+                    }
+                }
+            }
+            if produced == 0 {
+                diagnostics.push(Diagnostic::warning(
+                    &file.source,
+                    example.position,
+                    format!(
+                        "example `{}` produces no request from this mapping",
+                        example.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// A `.json` example is one delivery; anything else holds one per line.
+fn example_deliveries<'a>(name: &str, text: &'a str) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+    if name.ends_with(".json") {
+        Box::new(std::iter::once(text))
+    } else {
+        Box::new(text.lines().filter(|l| !l.trim().is_empty()))
+    }
+}

@@ -1,0 +1,344 @@
+//! The mapping engine: compiled mappings applied to records.
+//!
+//! A mapping set is compiled once (paths parsed, templates and expressions compiled, names
+//! checked, validators built) before the first record is touched. [`Engine::map`] is then pure:
+//! the same record gives the same requests, with no I/O and no clock, which is what makes dry
+//! runs, snapshots, backfills and retries agree with each other.
+//!
+//! Per mapping, a record goes through: match (type, event, conditions) → select (JSONPath) →
+//! compute (expressions) → when/require → fan-out → render (body, once-per key) → validate
+//! (Klaviyo's schema). A failure stops that mapping for that record only, with an error that
+//! names the mapping and the field; the record's other mappings still run.
+
+mod body;
+mod compile;
+pub mod filters;
+mod scope;
+pub mod select;
+
+use crate::diagnostic::Diagnostics;
+use crate::klaviyo::{Endpoint, Request, Schemas};
+use crate::source::Record;
+use crate::spec::{Lane, MappingSet, Settings};
+use body::Node;
+use minijinja::value::Value;
+use minijinja::{Environment, Expression, Template};
+use select::{Condition, Selection};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Names every template can read, besides selections and computed values.
+pub const CONTEXT_NAMES: &[&str] = &[
+    "settings",
+    "marketplace",
+    "currency",
+    "event",
+    "delivery",
+    "type",
+];
+
+self_cell::self_cell!(
+    /// The template environment and the mappings whose expressions borrow it.
+    struct Compiled {
+        owner: Environment<'static>,
+        #[covariant]
+        dependent: Mappings,
+    }
+);
+
+type Mappings<'env> = Vec<Mapping<'env>>;
+
+/// One mapping, compiled.
+pub(crate) struct Mapping<'env> {
+    name: Arc<str>,
+    lane: Lane,
+    endpoint: Endpoint,
+    types: Vec<String>,
+    events: Vec<String>,
+    conditions: Vec<Condition>,
+    selections: Vec<Selection>,
+    compute: Vec<(String, Expression<'env, 'static>)>,
+    when: Option<Expression<'env, 'static>>,
+    require: Vec<String>,
+    for_each: Option<(String, Expression<'env, 'static>)>,
+    once_per: Option<Template<'env, 'env>>,
+    body: Node<'env>,
+}
+
+/// A compiled mapping set, ready to map records.
+pub struct Engine {
+    compiled: Compiled,
+    settings: Arc<Settings>,
+    settings_value: Value,
+    default_marketplace: String,
+    schemas: &'static Schemas,
+}
+
+/// What one record gave.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Mapped {
+    pub requests: Vec<Request>,
+    /// Problems that did not stop the mapping (a phone left out, say).
+    pub warnings: Vec<String>,
+    /// Mappings that failed for this record, each with its reason.
+    pub errors: Vec<MappingError>,
+    /// Whether any mapping reads this record's type and event; if none does, it was skipped.
+    pub matched: bool,
+}
+
+/// A mapping that could not produce its requests for a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mapping `{mapping}`: {message}")]
+pub struct MappingError {
+    pub mapping: Arc<str>,
+    pub kind: MappingErrorKind,
+    pub message: String,
+}
+
+/// Why a mapping failed, for summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MappingErrorKind {
+    /// A required selection or value was missing.
+    Missing,
+    /// An expression or template failed (bad data for a filter, out of fuel).
+    Render,
+    /// The body does not pass Klaviyo's schema.
+    Schema,
+}
+
+impl MappingErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappingErrorKind::Missing => "missing-field",
+            MappingErrorKind::Render => "render-error",
+            MappingErrorKind::Schema => "schema-violation",
+        }
+    }
+}
+
+impl Engine {
+    /// Compiles a loaded mapping set. Errors are every problem found; on success the
+    /// diagnostics hold the warnings.
+    pub fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnostics> {
+        compile::compile(set)
+    }
+
+    /// Loads and compiles the mapping set in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<(Engine, Diagnostics), Diagnostics> {
+        Engine::compile(crate::spec::load_dir(dir))
+    }
+
+    /// Loads and compiles the default mapping set built into the binary.
+    pub fn builtin() -> Result<(Engine, Diagnostics), Diagnostics> {
+        Engine::compile(crate::spec::load_embedded())
+    }
+
+    /// The marketplace used for records whose delivery names none (`--marketplace`).
+    pub fn with_default_marketplace(mut self, marketplace: impl Into<String>) -> Engine {
+        self.default_marketplace = marketplace.into();
+        self
+    }
+
+    /// The marketplace a record belongs to: the one its delivery names, else the default.
+    pub fn marketplace_of<'r>(&'r self, record: &'r Record) -> &'r str {
+        record
+            .marketplace
+            .as_deref()
+            .unwrap_or(&self.default_marketplace)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Mapping names in load order.
+    pub fn mapping_names(&self) -> Vec<Arc<str>> {
+        self.compiled
+            .borrow_dependent()
+            .iter()
+            .map(|m| Arc::clone(&m.name))
+            .collect()
+    }
+
+    /// Applies every mapping to `record`.
+    pub fn map(&self, record: &Record) -> Mapped {
+        let mut mapped = Mapped::default();
+        let marketplace = self.marketplace_of(record);
+        let currency = record
+            .currency
+            .as_deref()
+            .unwrap_or(&self.settings.currency);
+        let source: Arc<str> = record.delivery_id.as_str().into();
+        for mapping in self.compiled.borrow_dependent() {
+            if !mapping.reads(record) {
+                continue;
+            }
+            mapped.matched = true;
+            if !mapping.conditions.iter().all(|c| c.holds(&record.node)) {
+                continue;
+            }
+            let globals = Globals {
+                settings: &self.settings_value,
+                marketplace,
+                currency,
+                record,
+                source: &source,
+            };
+            let (result, warnings) =
+                filters::collect_warnings(|| mapping.apply(&globals, self.schemas));
+            mapped.warnings.extend(
+                warnings
+                    .into_iter()
+                    .map(|w| format!("mapping `{}`: {w}", mapping.name)),
+            );
+            match result {
+                Ok(requests) => mapped.requests.extend(requests),
+                Err(error) => mapped.errors.push(error),
+            }
+        }
+        mapped
+    }
+}
+
+/// What a record's mappings share.
+struct Globals<'a> {
+    settings: &'a Value,
+    marketplace: &'a str,
+    currency: &'a str,
+    record: &'a Record,
+    source: &'a Arc<str>,
+}
+
+impl Mapping<'_> {
+    fn reads(&self, record: &Record) -> bool {
+        self.types.iter().any(|t| *t == record.typename)
+            && (self.events.is_empty() || self.events.iter().any(|e| *e == record.event))
+    }
+
+    fn error(&self, kind: MappingErrorKind, message: String) -> MappingError {
+        MappingError {
+            mapping: Arc::clone(&self.name),
+            kind,
+            message,
+        }
+    }
+
+    fn render_error(&self, what: &str, err: &minijinja::Error) -> MappingError {
+        self.error(
+            MappingErrorKind::Render,
+            format!("{what}: {}", body::describe(err)),
+        )
+    }
+
+    /// Everything after the match: select, compute, conditions, fan-out, render, validate.
+    fn apply(
+        &self,
+        globals: &Globals<'_>,
+        schemas: &Schemas,
+    ) -> Result<Vec<Request>, MappingError> {
+        let record = globals.record;
+        let mut context: BTreeMap<String, Value> = BTreeMap::new();
+        context.insert("settings".into(), globals.settings.clone());
+        context.insert("marketplace".into(), Value::from(globals.marketplace));
+        context.insert("currency".into(), Value::from(globals.currency));
+        context.insert("event".into(), Value::from(record.event.as_str()));
+        context.insert("delivery".into(), Value::from(record.delivery_id.as_str()));
+        context.insert("type".into(), Value::from(record.typename.as_str()));
+
+        let mut picked: Vec<Json> = Vec::with_capacity(self.selections.len());
+        for selection in &self.selections {
+            let root = selection.from.map_or(&record.node, |i| &picked[i]);
+            let value = selection
+                .pick(root)
+                .map_err(|e| self.error(MappingErrorKind::Missing, e.to_string()))?;
+            context.insert(
+                selection.name.clone(),
+                Value::from(minijinja::value::Serde(&value)),
+            );
+            picked.push(value);
+        }
+        let mut ctx = Value::from(context);
+        for (name, expr) in &self.compute {
+            let value = expr
+                .eval(ctx.clone())
+                .map_err(|e| self.render_error(&format!("compute `{name}`"), &e))?;
+            ctx = scope::bind(&ctx, name, value);
+        }
+        if let Some(when) = &self.when {
+            let holds = when
+                .eval(ctx.clone())
+                .map_err(|e| self.render_error("when", &e))?;
+            if !holds.is_true() {
+                return Ok(Vec::new());
+            }
+        }
+        for name in &self.require {
+            let value = ctx.get_attr(name).unwrap_or_default();
+            if body::is_empty(&value) {
+                return Err(self.error(
+                    MappingErrorKind::Missing,
+                    format!("required value `{name}` is empty"),
+                ));
+            }
+        }
+        let contexts = match &self.for_each {
+            None => vec![ctx],
+            Some((var, items)) => {
+                let list = items
+                    .eval(ctx.clone())
+                    .map_err(|e| self.render_error("for", &e))?;
+                if body::is_empty(&list) {
+                    Vec::new()
+                } else {
+                    list.try_iter()
+                        .map_err(|e| self.render_error("for", &e))?
+                        .map(|item| scope::bind(&ctx, var, item))
+                        .collect()
+                }
+            }
+        };
+        let mut requests = Vec::with_capacity(contexts.len());
+        for ctx in contexts {
+            let once_key = match &self.once_per {
+                None => None,
+                Some(template) => Some(
+                    template
+                        .render(&ctx)
+                        .map_err(|e| self.render_error("once_per", &e))?,
+                ),
+            };
+            let body = self
+                .body
+                .render(&ctx)
+                .map_err(|e| {
+                    self.error(
+                        MappingErrorKind::Render,
+                        format!("body{}: {}", e.pointer, e.message),
+                    )
+                })?
+                .unwrap_or(Json::Null);
+            schemas.check(self.endpoint, &body).map_err(|problems| {
+                self.error(
+                    MappingErrorKind::Schema,
+                    format!(
+                        "the body breaks Klaviyo's schema for {} {}: {}",
+                        self.endpoint.method(),
+                        self.endpoint.path(),
+                        problems.join("; ")
+                    ),
+                )
+            })?;
+            requests.push(Request {
+                endpoint: self.endpoint,
+                body,
+                mapping: Arc::clone(&self.name),
+                lane: self.lane,
+                source: Arc::clone(globals.source),
+                once_key,
+            });
+        }
+        Ok(requests)
+    }
+}

@@ -1,0 +1,32 @@
+//! Template contexts that grow by one name without copying the names already bound.
+//!
+//! Fan-out and `$for` bind one variable per element; cloning the whole context (every
+//! selection of an order) for each of them would make rendering cost grow with order size.
+
+use minijinja::value::{Object, Value};
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct Scope {
+    name: String,
+    value: Value,
+    parent: Value,
+}
+
+impl Object for Scope {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        if key.as_str() == Some(self.name.as_str()) {
+            return Some(self.value.clone());
+        }
+        self.parent.get_item(key).ok().filter(|v| !v.is_undefined())
+    }
+}
+
+/// `parent` with `name` bound to `value`.
+pub fn bind(parent: &Value, name: &str, value: Value) -> Value {
+    Value::from_object(Scope {
+        name: name.to_owned(),
+        value,
+        parent: parent.clone(),
+    })
+}

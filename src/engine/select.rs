@@ -1,0 +1,253 @@
+//! Compiled JSONPath selections and match conditions.
+//!
+//! Paths are parsed once, when the mapping set is compiled (RFC 9535, via jsonpath-rust); a
+//! record only ever runs pre-parsed queries. A selection that must exist and does not is an error
+//! naming the field and the path, never a silent null.
+
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::Value as Json;
+
+/// A parsed JSONPath, kept with its source text for messages.
+#[derive(Debug)]
+pub struct Path {
+    pub text: String,
+    query: JpQuery,
+}
+
+impl Path {
+    pub fn parse(text: &str) -> Result<Path, String> {
+        let query = parse_json_path(text).map_err(|e| format!("invalid JSONPath `{text}`: {e}"))?;
+        Ok(Path {
+            text: text.to_owned(),
+            query,
+        })
+    }
+
+    /// Every node the path selects, in document order.
+    pub fn nodes<'a>(&self, value: &'a Json) -> Vec<&'a Json> {
+        // A well-formed query over a JSON document does not fail at run time; treat the
+        // library's "evaluated to a value, not nodes" answer as no match.
+        js_path_process(&self.query, value)
+            .map(|found| found.into_iter().map(|r| r.val).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// How many values a selection yields, and what happens when there are none.
+#[derive(Debug)]
+pub enum Cardinality {
+    /// Exactly one value; an error when missing.
+    Required,
+    /// One value or `none`.
+    Optional,
+    /// One value, or this one when missing.
+    Default(Json),
+    /// Every match, as a list (possibly empty).
+    Many,
+}
+
+/// One named selection of a mapping.
+#[derive(Debug)]
+pub struct Selection {
+    pub name: String,
+    pub path: Path,
+    pub cardinality: Cardinality,
+    /// Index of an earlier selection to read from instead of the record.
+    pub from: Option<usize>,
+}
+
+/// Why a selection could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectError {
+    Missing {
+        field: String,
+        path: String,
+    },
+    Ambiguous {
+        field: String,
+        path: String,
+        count: usize,
+    },
+}
+
+impl std::fmt::Display for SelectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SelectError::Missing { field, path } => {
+                write!(
+                    f,
+                    "required field `{field}` is missing (path `{path}` matched nothing)"
+                )
+            }
+            SelectError::Ambiguous { field, path, count } => write!(
+                f,
+                "field `{field}` should be one value but path `{path}` matched {count}; add `many: true` or narrow the path"
+            ),
+        }
+    }
+}
+
+impl Selection {
+    /// Picks this selection's value from `root`. A JSON `null` counts as missing.
+    pub fn pick(&self, root: &Json) -> Result<Json, SelectError> {
+        let found: Vec<&Json> = self
+            .path
+            .nodes(root)
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .collect();
+        if let Cardinality::Many = self.cardinality {
+            return Ok(Json::Array(found.into_iter().cloned().collect()));
+        }
+        match (found.as_slice(), &self.cardinality) {
+            ([one], _) => Ok((*one).clone()),
+            ([], Cardinality::Optional) => Ok(Json::Null),
+            ([], Cardinality::Default(value)) => Ok(value.clone()),
+            ([], _) => Err(SelectError::Missing {
+                field: self.name.clone(),
+                path: self.path.text.clone(),
+            }),
+            (many, _) => Err(SelectError::Ambiguous {
+                field: self.name.clone(),
+                path: self.path.text.clone(),
+                count: many.len(),
+            }),
+        }
+    }
+}
+
+/// A match condition, compiled.
+#[derive(Debug)]
+pub enum Condition {
+    /// Some selected node equals the value.
+    Equals(Path, Json),
+    /// Some selected node equals one of the values.
+    OneOf(Path, Vec<Json>),
+    /// Some selected node is a list holding the value, or text containing it.
+    Contains(Path, Json),
+    /// The path selects at least one non-null node (or, with `false`, none).
+    Exists(Path, bool),
+    /// At least one of the alternatives holds.
+    Any(Vec<Condition>),
+}
+
+impl Condition {
+    pub fn holds(&self, root: &Json) -> bool {
+        match self {
+            Condition::Equals(path, expected) => {
+                path.nodes(root).into_iter().any(|v| v == expected)
+            }
+            Condition::OneOf(path, options) => path
+                .nodes(root)
+                .into_iter()
+                .any(|v| options.iter().any(|o| o == v)),
+            Condition::Contains(path, needle) => path.nodes(root).into_iter().any(|v| match v {
+                Json::Array(items) => items.iter().any(|item| item == needle),
+                Json::String(text) => needle.as_str().is_some_and(|n| text.contains(n)),
+                _ => false,
+            }),
+            Condition::Exists(path, wanted) => {
+                path.nodes(root).into_iter().any(|v| !v.is_null()) == *wanted
+            }
+            Condition::Any(alternatives) => alternatives.iter().any(|c| c.holds(root)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn selection(path: &str, cardinality: Cardinality) -> Selection {
+        Selection {
+            name: "field".into(),
+            path: Path::parse(path).unwrap(),
+            cardinality,
+            from: None,
+        }
+    }
+
+    #[test]
+    fn required_optional_default_and_many() {
+        let doc = json!({"a": 1, "n": null, "list": [{"x": 1}, {"x": 2}]});
+        assert_eq!(
+            selection("$.a", Cardinality::Required).pick(&doc),
+            Ok(json!(1))
+        );
+        assert_eq!(
+            selection("$.b", Cardinality::Required).pick(&doc),
+            Err(SelectError::Missing {
+                field: "field".into(),
+                path: "$.b".into()
+            })
+        );
+        assert_eq!(
+            selection("$.n", Cardinality::Required)
+                .pick(&doc)
+                .unwrap_err()
+                .to_string(),
+            "required field `field` is missing (path `$.n` matched nothing)"
+        );
+        assert_eq!(
+            selection("$.b", Cardinality::Optional).pick(&doc),
+            Ok(Json::Null)
+        );
+        assert_eq!(
+            selection("$.b", Cardinality::Default(json!("AUD"))).pick(&doc),
+            Ok(json!("AUD"))
+        );
+        assert_eq!(
+            selection("$.list[*].x", Cardinality::Many).pick(&doc),
+            Ok(json!([1, 2]))
+        );
+        assert_eq!(
+            selection("$.nope[*]", Cardinality::Many).pick(&doc),
+            Ok(json!([]))
+        );
+        assert!(matches!(
+            selection("$.list[*].x", Cardinality::Required).pick(&doc),
+            Err(SelectError::Ambiguous { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn filter_expressions_follow_rfc_9535() {
+        let doc = json!({"metadata": [{"key": "a", "value": "1"}, {"key": "accepts_marketing", "value": "yes"}]});
+        let s = selection(
+            "$.metadata[?@.key == 'accepts_marketing'].value",
+            Cardinality::Optional,
+        );
+        assert_eq!(s.pick(&doc), Ok(json!("yes")));
+    }
+
+    #[test]
+    fn conditions() {
+        let doc = json!({"statusFlags": ["PAID", "SENT"], "status": "COMPLETE", "note": "x", "gone": null});
+        let path = |p: &str| Path::parse(p).unwrap();
+        assert!(Condition::Contains(path("$.statusFlags"), json!("PAID")).holds(&doc));
+        assert!(!Condition::Contains(path("$.statusFlags"), json!("REFUNDED")).holds(&doc));
+        assert!(Condition::Equals(path("$.statusFlags[*]"), json!("SENT")).holds(&doc));
+        assert!(
+            Condition::OneOf(path("$.status"), vec![json!("A"), json!("COMPLETE")]).holds(&doc)
+        );
+        assert!(Condition::Exists(path("$.note"), true).holds(&doc));
+        assert!(Condition::Exists(path("$.gone"), false).holds(&doc));
+        assert!(
+            Condition::Any(vec![
+                Condition::Equals(path("$.status"), json!("NEW")),
+                Condition::Contains(path("$.statusFlags"), json!("PAID")),
+            ])
+            .holds(&doc)
+        );
+        assert!(!Condition::Any(vec![]).holds(&doc));
+    }
+
+    #[test]
+    fn bad_paths_are_reported_with_their_text() {
+        let err = Path::parse("$.a[").unwrap_err();
+        assert!(err.starts_with("invalid JSONPath `$.a[`"), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! Marketplacer deliveries in, records out.
+//!
+//! Three shapes arrive, and this module is the only place that knows them: a webhook envelope
+//! `{"id", "event_name", "payload": {"data": {"node"}}}`, a capture of one as a receiver stores it
+//! (`{"headers", "body"}`, where `Marketplacer-Vertical` names the marketplace), and a GraphQL
+//! backfill page (`{"data": {"siteConfig", "updatedOrders"}}`). Each becomes one or more
+//! [`Record`]s. Backfill orders are reshaped into the records their webhooks would have carried
+//! (see [`backfill`]) so that one set of mappings serves both and the same fact gets the same
+//! key. Nothing here knows Klaviyo.
+
+pub mod backfill;
+mod reader;
+
+pub use reader::{Input, Line, read_lines};
+
+use serde_json::Value as Json;
+
+/// One Marketplacer object to map, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The delivery's identity: the envelope id, else the capture's `Idempotency-Key`; for
+    /// backfill, `backfill:` and the node id.
+    pub delivery_id: String,
+    /// The webhook event name (`create`, `update`), or `backfill`.
+    pub event: String,
+    /// The node's `__typename`.
+    pub typename: String,
+    /// The marketplace named by the delivery itself (vertical header, backfill `siteConfig`).
+    pub marketplace: Option<String>,
+    /// The currency named by the delivery itself (backfill `siteConfig`).
+    pub currency: Option<String>,
+    pub node: Json,
+}
+
+/// Why a line of input could not become records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("Marketplacer reported errors instead of data: {0}")]
+    GraphqlErrors(String),
+    #[error("not a Marketplacer delivery: {0}")]
+    Unrecognised(String),
+}
+
+impl RecordError {
+    /// A short, stable name for summaries ("rejected by reason").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RecordError::NotJson(_) => "not-json",
+            RecordError::GraphqlErrors(_) => "graphql-errors",
+            RecordError::Unrecognised(_) => "unrecognised",
+        }
+    }
+}
+
+/// Parses one delivery (one line of NDJSON, or one `.json` file).
+pub fn parse_delivery(text: &str) -> Result<Vec<Record>, RecordError> {
+    let value: Json =
+        serde_json::from_str(text).map_err(|e| RecordError::NotJson(e.to_string()))?;
+    records_of(value)
+}
+
+/// Detects the shape of a parsed delivery and turns it into records.
+pub fn records_of(value: Json) -> Result<Vec<Record>, RecordError> {
+    let Json::Object(mut object) = value else {
+        return Err(RecordError::Unrecognised(
+            "expected a JSON object (envelope, capture or backfill page)".into(),
+        ));
+    };
+    if let (Some(headers), Some(body)) = (object.get("headers"), object.get("body")) {
+        let header = |name: &str| header_value(headers, name);
+        let vertical = header("Marketplacer-Vertical");
+        let idempotency_key = header("Idempotency-Key");
+        let body = match body {
+            // Some receivers store the raw body as a string.
+            Json::String(raw) => serde_json::from_str(raw)
+                .map_err(|e| RecordError::NotJson(format!("capture body: {e}")))?,
+            other => other.clone(),
+        };
+        let mut record = envelope(body, idempotency_key)?;
+        record.marketplace = vertical;
+        return Ok(vec![record]);
+    }
+    if object.contains_key("payload") || object.contains_key("event_name") {
+        return Ok(vec![envelope(Json::Object(object), None)?]);
+    }
+    if let Some(errors) = object.get("errors") {
+        return Err(RecordError::GraphqlErrors(error_messages(errors)));
+    }
+    if let Some(Json::Object(data)) = object.get_mut("data") {
+        if data.contains_key("updatedOrders") {
+            return backfill::records(std::mem::take(data));
+        }
+        if let Some(node) = data.remove("node") {
+            return Ok(vec![node_record(node, "query", String::new())?]);
+        }
+    }
+    Err(RecordError::Unrecognised(
+        "expected a webhook envelope (`payload`), a capture (`headers` and `body`) or a backfill page (`data.updatedOrders`)".into(),
+    ))
+}
+
+fn header_value(headers: &Json, name: &str) -> Option<String> {
+    let headers = headers.as_object()?;
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| match v {
+            Json::String(s) => Some(s.clone()),
+            Json::Array(values) => values.first().and_then(Json::as_str).map(str::to_owned),
+            _ => None,
+        })
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn error_messages(errors: &Json) -> String {
+    let messages: Vec<&str> = errors
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e.get("message").and_then(Json::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if messages.is_empty() {
+        errors.to_string()
+    } else {
+        messages.join("; ")
+    }
+}
+
+fn envelope(body: Json, idempotency_key: Option<String>) -> Result<Record, RecordError> {
+    let Json::Object(mut body) = body else {
+        return Err(RecordError::Unrecognised(
+            "the envelope is not a JSON object".into(),
+        ));
+    };
+    let id = body
+        .get("id")
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .or(idempotency_key)
+        .ok_or_else(|| {
+            RecordError::Unrecognised("the envelope has no `id` and no Idempotency-Key".into())
+        })?;
+    let event = body
+        .get("event_name")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut payload = body
+        .remove("payload")
+        .ok_or_else(|| RecordError::Unrecognised(format!("delivery {id} has no `payload`")))?;
+    if let Some(errors) = payload.get("errors").filter(|e| !e.is_null()) {
+        return Err(RecordError::GraphqlErrors(format!(
+            "delivery {id}: {}",
+            error_messages(errors)
+        )));
+    }
+    let node = payload
+        .get_mut("data")
+        .and_then(|d| d.get_mut("node"))
+        .map(Json::take)
+        .filter(|n| !n.is_null())
+        .ok_or_else(|| {
+            RecordError::Unrecognised(format!("delivery {id} has no `payload.data.node`"))
+        })?;
+    node_record(node, &event, id)
+}
+
+fn node_record(node: Json, event: &str, delivery_id: String) -> Result<Record, RecordError> {
+    let typename = node
+        .get("__typename")
+        .and_then(Json::as_str)
+        .ok_or_else(|| {
+            RecordError::Unrecognised(format!(
+                "delivery {delivery_id}: the node has no `__typename` (add it to the webhook query)"
+            ))
+        })?
+        .to_owned();
+    Ok(Record {
+        delivery_id,
+        event: event.to_owned(),
+        typename,
+        marketplace: None,
+        currency: None,
+        node,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node() -> Json {
+        json!({"__typename": "Invoice", "id": "SW52b2ljZS0x", "legacyId": 1})
+    }
+
+    #[test]
+    fn detects_an_envelope() {
+        let text =
+            json!({"id": "E1", "event_name": "create", "payload": {"data": {"node": node()}}})
+                .to_string();
+        let records = parse_delivery(&text).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].delivery_id, "E1");
+        assert_eq!(records[0].event, "create");
+        assert_eq!(records[0].typename, "Invoice");
+        assert_eq!(records[0].marketplace, None);
+    }
+
+    #[test]
+    fn detects_a_capture_and_reads_the_vertical_header_in_any_case() {
+        let envelope =
+            json!({"id": "E2", "event_name": "update", "payload": {"data": {"node": node()}}});
+        let text = json!({"headers": {"marketplacer-vertical": "petmarket", "Idempotency-Key": "k"}, "body": envelope}).to_string();
+        let records = parse_delivery(&text).unwrap();
+        assert_eq!(records[0].marketplace.as_deref(), Some("petmarket"));
+        assert_eq!(records[0].delivery_id, "E2");
+        // A capture that stored the raw body as text.
+        let text =
+            json!({"headers": {"Marketplacer-Vertical": "pm"}, "body": envelope.to_string()})
+                .to_string();
+        assert_eq!(
+            parse_delivery(&text).unwrap()[0].marketplace.as_deref(),
+            Some("pm")
+        );
+    }
+
+    #[test]
+    fn an_envelope_without_id_uses_the_idempotency_key() {
+        let text = json!({"headers": {"Idempotency-Key": "key-1"}, "body": {"event_name": "create", "payload": {"data": {"node": node()}}}}).to_string();
+        assert_eq!(parse_delivery(&text).unwrap()[0].delivery_id, "key-1");
+    }
+
+    #[test]
+    fn graphql_errors_are_reported_with_their_messages() {
+        let text = json!({"id": "E3", "event_name": "create", "payload": {"errors": [{"message": "Field 'x' doesn't exist on type 'Invoice'"}]}}).to_string();
+        let err = parse_delivery(&text).unwrap_err();
+        assert_eq!(err.reason(), "graphql-errors");
+        assert!(err.to_string().contains("Field 'x' doesn't exist"), "{err}");
+        let err =
+            parse_delivery(&json!({"errors": [{"message": "throttled"}]}).to_string()).unwrap_err();
+        assert_eq!(err, RecordError::GraphqlErrors("throttled".into()));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_delivery() {
+        assert_eq!(
+            parse_delivery("{not json").unwrap_err().reason(),
+            "not-json"
+        );
+        assert_eq!(
+            parse_delivery("[1,2]").unwrap_err().reason(),
+            "unrecognised"
+        );
+        assert_eq!(
+            parse_delivery("{\"a\": 1}").unwrap_err().reason(),
+            "unrecognised"
+        );
+        let no_node =
+            json!({"id": "E4", "event_name": "create", "payload": {"data": {}}}).to_string();
+        assert!(
+            parse_delivery(&no_node)
+                .unwrap_err()
+                .to_string()
+                .contains("payload.data.node")
+        );
+        let no_type =
+            json!({"id": "E5", "event_name": "create", "payload": {"data": {"node": {"id": "x"}}}})
+                .to_string();
+        assert!(
+            parse_delivery(&no_type)
+                .unwrap_err()
+                .to_string()
+                .contains("__typename")
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Mapping specs as written: the YAML a consultant edits, with the position of every value.
+//!
+//! This is the "low" half of the two-phase design (ripgrep's raw versus built config): plain
+//! serde structs that mirror the file, parsed strictly (`deny_unknown_fields`), keeping spans so
+//! that the compiler in [`crate::engine`] can point at the exact line of a bad path or template.
+//! Nothing here interprets JSONPath or templates; nothing here touches a record.
+
+mod load;
+mod settings;
+
+pub use load::{MappingSet, SpecFile, load_dir, load_embedded, parse_mapping};
+pub use settings::{ConsentSettings, Metrics, Settings};
+
+use indexmap::IndexMap;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+/// One mapping: which deliveries it applies to, what it reads, and the request it emits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// Unique within a set; appears in every request and error the mapping produces.
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Which delivery lane the requests travel in.
+    pub lane: Spanned<Lane>,
+    #[serde(rename = "match")]
+    pub matcher: MatchSpec,
+    /// Named values picked from the record with JSONPath.
+    #[serde(default)]
+    pub select: IndexMap<String, Spanned<SelectSpec>>,
+    /// Named expressions over the selections, evaluated in order.
+    #[serde(default)]
+    pub compute: IndexMap<String, Spanned<String>>,
+    /// An expression that must be true for the mapping to emit anything.
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    /// Values that must not be empty after compute; otherwise the record is rejected.
+    #[serde(default)]
+    pub require: Vec<Spanned<String>>,
+    /// Fan-out: `NAME in EXPRESSION`, one request per element.
+    #[serde(default, rename = "for")]
+    pub for_each: Option<Spanned<String>>,
+    /// A template for a key: the mapping emits once per distinct key.
+    #[serde(default)]
+    pub once_per: Option<Spanned<String>>,
+    pub emit: EmitSpec,
+    /// Sample deliveries (paths relative to this file) that `validate` renders and checks.
+    #[serde(default)]
+    pub examples: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Order events: sent first, never behind profile work.
+    Transaction,
+    /// Attribute and consent syncs: throttled first at peak.
+    Profile,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Transaction => "transaction",
+            Lane::Profile => "profile",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// The object types (`__typename`) this mapping reads.
+    #[serde(rename = "type")]
+    pub types: Spanned<OneOrMany<String>>,
+    /// Event names (`create`, `update`, `backfill`); empty means any.
+    #[serde(default)]
+    pub events: Vec<Spanned<String>>,
+    /// Conditions on the payload, all of which must hold.
+    #[serde(default, rename = "where")]
+    pub conditions: Vec<Spanned<ConditionSpec>>,
+}
+
+/// One condition: a JSONPath and a test on the nodes it selects, or a group of alternatives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub contains: Option<serde_json::Value>,
+    #[serde(default)]
+    pub exists: Option<bool>,
+    /// Holds when any of the listed conditions holds.
+    #[serde(default)]
+    pub any: Option<Vec<Spanned<ConditionSpec>>>,
+}
+
+/// A selection: a JSONPath string, or the long form with cardinality and fallbacks.
+#[derive(Debug)]
+pub struct SelectSpec {
+    pub path: String,
+    /// Take every match as a list instead of exactly one value.
+    pub many: bool,
+    /// A missing value is `none` rather than an error.
+    pub optional: bool,
+    /// The value used when the path matches nothing.
+    pub default: Option<serde_json::Value>,
+    /// Evaluate the path against another selection instead of the record.
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectLongForm {
+    path: String,
+    #[serde(default)]
+    many: bool,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    default: Option<serde_json::Value>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SelectSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SelectVisitor;
+        impl<'de> Visitor<'de> for SelectVisitor {
+            type Value = SelectSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSONPath string or a map with `path`")
+            }
+            fn visit_str<E: de::Error>(self, path: &str) -> Result<SelectSpec, E> {
+                Ok(SelectSpec {
+                    path: path.to_owned(),
+                    many: false,
+                    optional: false,
+                    default: None,
+                    from: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SelectSpec, A::Error> {
+                let long = SelectLongForm::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SelectSpec {
+                    path: long.path,
+                    many: long.many,
+                    optional: long.optional,
+                    default: long.default,
+                    from: long.from,
+                })
+            }
+        }
+        deserializer.deserialize_any(SelectVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmitSpec {
+    /// `POST /api/events` and the like.
+    pub endpoint: Spanned<String>,
+    /// The request body; string leaves are templates, `$for`/`$yield` build lists.
+    pub body: Spanned<BodyNode>,
+}
+
+/// A body as written. Kept as a tree of spanned nodes so a template error points at its line.
+#[derive(Debug)]
+pub enum BodyNode {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    List(Vec<Spanned<BodyNode>>),
+    Map(IndexMap<String, Spanned<BodyNode>>),
+}
+
+impl<'de> Deserialize<'de> for BodyNode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = BodyNode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a request body value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<BodyNode, E> {
+                Ok(BodyNode::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<BodyNode, E> {
+                Ok(BodyNode::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<BodyNode, E> {
+                Ok(BodyNode::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<BodyNode, E> {
+                Ok(BodyNode::Number(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<BodyNode, E> {
+                Ok(BodyNode::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<BodyNode, E> {
+                serde_json::Number::from_f64(v)
+                    .map(BodyNode::Number)
+                    .ok_or_else(|| E::custom("a number that JSON cannot hold"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BodyNode, E> {
+                Ok(BodyNode::String(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyNode, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(BodyNode::List(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyNode, A::Error> {
+                let mut entries = IndexMap::new();
+                while let Some((key, value)) = map.next_entry::<String, Spanned<BodyNode>>()? {
+                    if entries.insert(key.clone(), value).is_some() {
+                        return Err(de::Error::custom(format!("duplicate key `{key}`")));
+                    }
+                }
+                Ok(BodyNode::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+/// `type: Invoice` or `type: [Invoice, Order]`.
+#[derive(Debug)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape<T> {
+            One(T),
+            Many(Vec<T>),
+        }
+        match Shape::deserialize(deserializer)? {
+            Shape::One(one) => Ok(OneOrMany(vec![one])),
+            Shape::Many(many) => Ok(OneOrMany(many)),
+        }
+    }
+}
