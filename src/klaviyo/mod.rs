@@ -46,14 +46,15 @@ impl Endpoint {
         }
     }
 
-    /// Klaviyo's operation id, which also names the schema file.
-    pub fn operation_id(self) -> &'static str {
+    /// The schema file in `schemas/klaviyo/`: Klaviyo's operation id, checked against the
+    /// spec when the schemas are extracted.
+    pub fn schema_file(self) -> &'static str {
         match self {
-            Endpoint::CreateEvent => "create_event",
-            Endpoint::CreateOrUpdateProfile => "create_or_update_profile",
-            Endpoint::BulkSubscribeProfiles => "bulk_subscribe_profiles",
-            Endpoint::BulkCreateEvents => "bulk_create_events",
-            Endpoint::BulkImportProfiles => "bulk_import_profiles",
+            Endpoint::CreateEvent => "create_event.json",
+            Endpoint::CreateOrUpdateProfile => "create_or_update_profile.json",
+            Endpoint::BulkSubscribeProfiles => "bulk_subscribe_profiles.json",
+            Endpoint::BulkCreateEvents => "bulk_create_events.json",
+            Endpoint::BulkImportProfiles => "bulk_import_profiles.json",
         }
     }
 
@@ -69,23 +70,16 @@ impl Endpoint {
     }
 
     fn schema_text(self) -> &'static str {
-        match self {
-            Endpoint::CreateEvent => include_str!("../../schemas/klaviyo/create_event.json"),
-            Endpoint::CreateOrUpdateProfile => {
-                include_str!("../../schemas/klaviyo/create_or_update_profile.json")
-            }
-            Endpoint::BulkSubscribeProfiles => {
-                include_str!("../../schemas/klaviyo/bulk_subscribe_profiles.json")
-            }
-            Endpoint::BulkCreateEvents => {
-                include_str!("../../schemas/klaviyo/bulk_create_events.json")
-            }
-            Endpoint::BulkImportProfiles => {
-                include_str!("../../schemas/klaviyo/bulk_import_profiles.json")
-            }
-        }
+        SCHEMA_FILES
+            .get_file(self.schema_file())
+            .and_then(|f| f.contents_utf8())
+            .expect("every endpoint's schema is in schemas/klaviyo")
     }
 }
+
+/// `schemas/klaviyo/`, compiled in so that validation needs nothing beside the binary.
+static SCHEMA_FILES: include_dir::Dir<'static> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/schemas/klaviyo");
 
 /// Compiled validators for every endpoint, built once per process.
 pub struct Schemas {
