@@ -54,14 +54,19 @@ struct Plan {
     file: Arc<SourceFile>,
     name: Arc<str>,
     lane: Lane,
-    endpoint: Endpoint,
+    /// Whether the first pass found problems: the plan is still checked, never built.
+    failed: bool,
+    /// Names whose definition failed: known to the name check so that one mistake is not
+    /// reported again at every use.
+    broken_names: Vec<String>,
+    endpoint: Option<Endpoint>,
     types: Vec<String>,
     events: Vec<String>,
     conditions: Vec<Condition>,
     selections: Vec<Selection>,
     compute: Vec<(String, Src)>,
     when: Option<Src>,
-    require: Vec<String>,
+    require: Vec<Src>,
     for_each: Option<(String, Src)>,
     once_per: Option<(String, Position)>,
     body: PlanNode,
@@ -99,7 +104,8 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             file: &file.source,
             diagnostics: &mut diagnostics,
         };
-        if let Some(plan) = plan(file, &mut env, &settings_value, &mut reporter) {
+        let plan = plan(file, &mut env, &settings_value, &mut reporter);
+        {
             let position = Position::of(&file.spec.name.referenced);
             if let Some((_, first_file, first)) = names.iter().find(|(n, ..)| *n == plan.name) {
                 reporter.error(
@@ -115,6 +121,9 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         }
     }
 
+    // Transaction-lane mappings first: within a record, order events are rendered (and later
+    // queued) before profile work. The sort is stable, so file order holds within a lane.
+    plans.sort_by_key(|plan| plan.lane != Lane::Transaction);
     let compiled = Compiled::new(env, |env| {
         plans
             .into_iter()
@@ -173,8 +182,9 @@ fn plan(
     env: &mut Environment<'static>,
     settings: &Value,
     reporter: &mut Reporter<'_>,
-) -> Option<Plan> {
+) -> Plan {
     let spec = &file.spec;
+    let mut broken_names = Vec::new();
     let errors_before = reporter.diagnostics.error_count();
     let name: Arc<str> = spec.name.value.as_str().into();
     if name.trim().is_empty() {
@@ -221,6 +231,7 @@ fn plan(
                 position,
                 format!("`{field}` is a built-in name; choose another name for this selection"),
             );
+            broken_names.push(field.clone());
             continue;
         }
         let text = if is_template(&select.path) {
@@ -231,6 +242,7 @@ fn plan(
                         position,
                         format!("path of `{field}`: {}", super::body::describe(&e)),
                     );
+                    broken_names.push(field.clone());
                     continue;
                 }
             }
@@ -241,12 +253,14 @@ fn plan(
             Ok(path) => path,
             Err(message) => {
                 reporter.error(position, format!("selection `{field}`: {message}"));
+                broken_names.push(field.clone());
                 continue;
             }
         };
         let cardinality = match (select.many, select.optional, &select.default) {
             (true, _, Some(_)) | (true, true, _) => {
                 reporter.error(position, format!("selection `{field}`: `many` already allows no match; drop `optional`/`default`"));
+                broken_names.push(field.clone());
                 continue;
             }
             (true, false, None) => Cardinality::Many,
@@ -260,6 +274,7 @@ fn plan(
                 Some(index) => Some(index),
                 None => {
                     reporter.error(position, format!("selection `{field}` reads `from: {from}`, which is not a selection defined above it"));
+                    broken_names.push(field.clone());
                     continue;
                 }
             },
@@ -304,6 +319,7 @@ fn plan(
                         spanned.value
                     ),
                 );
+                broken_names.extend(spanned.value.split_whitespace().next().map(str::to_owned));
                 None
             }
         });
@@ -313,14 +329,13 @@ fn plan(
     });
     let body = plan_body(&spec.emit.body, &file.source.name, "", env, reporter);
 
-    if reporter.diagnostics.error_count() > errors_before {
-        return None;
-    }
-    Some(Plan {
+    Plan {
         file: Arc::clone(&file.source),
         name,
         lane: spec.lane.value,
-        endpoint: endpoint?,
+        failed: reporter.diagnostics.error_count() > errors_before,
+        broken_names,
+        endpoint,
         types,
         events: spec
             .matcher
@@ -332,11 +347,11 @@ fn plan(
         selections,
         compute,
         when: spec.when.as_ref().map(Src::of),
-        require: spec.require.iter().map(|r| r.value.clone()).collect(),
+        require: spec.require.iter().map(Src::of).collect(),
         for_each,
         once_per,
-        body: body?,
-    })
+        body,
+    }
 }
 
 /// Splits `line in order.lines` into the variable and the expression.
@@ -436,105 +451,106 @@ fn template_position(at: Position, err: &minijinja::Error) -> Position {
     }
 }
 
+/// Plans a body node. A node with a problem is reported and planned as `null`, so the rest
+/// of the body is still checked.
 fn plan_body(
     spanned: &Spanned<BodyNode>,
     file_name: &str,
     pointer: &str,
     env: &mut Environment<'static>,
     reporter: &mut Reporter<'_>,
-) -> Option<PlanNode> {
+) -> PlanNode {
     let position = Position::of(&spanned.referenced);
-    Some(match &spanned.value {
+    match &spanned.value {
         BodyNode::Null => PlanNode::Literal(Json::Null),
         BodyNode::Bool(b) => PlanNode::Literal(Json::Bool(*b)),
         BodyNode::Number(n) => PlanNode::Literal(Json::Number(n.clone())),
         BodyNode::String(text) => {
+            if let Some(expr) = single_expression(text) {
+                return PlanNode::Expression(Src {
+                    text: expr.to_owned(),
+                    position,
+                });
+            }
+            if !is_template(text) {
+                return PlanNode::Literal(Json::String(text.clone()));
+            }
             let src = Src {
                 text: text.clone(),
                 position,
             };
-            if let Some(expr) = single_expression(text) {
-                PlanNode::Expression(Src {
-                    text: expr.to_owned(),
-                    position,
+            match register_template(env, format!("{file_name}#{pointer}"), &src, reporter) {
+                Some((name, position)) => PlanNode::Template(name, position),
+                None => PlanNode::Literal(Json::Null),
+            }
+        }
+        BodyNode::List(items) => PlanNode::List(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    plan_body(item, file_name, &format!("{pointer}/{i}"), env, reporter)
                 })
-            } else if is_template(text) {
-                let (name, position) =
-                    register_template(env, format!("{file_name}#{pointer}"), &src, reporter)?;
-                PlanNode::Template(name, position)
-            } else {
-                PlanNode::Literal(Json::String(text.clone()))
-            }
-        }
-        BodyNode::List(items) => {
-            let mut planned = Vec::with_capacity(items.len());
-            let mut ok = true;
-            for (i, item) in items.iter().enumerate() {
-                match plan_body(item, file_name, &format!("{pointer}/{i}"), env, reporter) {
-                    Some(node) => planned.push(node),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(PlanNode::List(planned))?
-        }
+                .collect(),
+        ),
         BodyNode::Map(entries) if entries.contains_key("$for") => {
             let keys: BTreeSet<&str> = entries.keys().map(String::as_str).collect();
             if keys != BTreeSet::from(["$for", "$yield"]) {
-                reporter.error(position, "a `$for` list needs exactly two keys: `$for: NAME in EXPRESSION` and `$yield: ELEMENT`");
-                return None;
+                reporter.error(
+                    position,
+                    "a `$for` list needs exactly two keys: `$for: NAME in EXPRESSION` and `$yield: ELEMENT`",
+                );
             }
             let binding = &entries["$for"];
-            let BodyNode::String(text) = &binding.value else {
-                reporter.error(
-                    Position::of(&binding.referenced),
-                    "`$for` should read `NAME in EXPRESSION`",
-                );
-                return None;
+            let text = match &binding.value {
+                BodyNode::String(text) => text.as_str(),
+                _ => "",
             };
-            let Some((var, items)) = parse_binding(text) else {
-                reporter.error(
-                    Position::of(&binding.referenced),
-                    format!(
-                        "`$for: {text}` should read `NAME in EXPRESSION`, such as `line in lines`"
-                    ),
-                );
-                return None;
-            };
-            let element = plan_body(
-                &entries["$yield"],
-                file_name,
-                &format!("{pointer}/$yield"),
-                env,
-                reporter,
-            )?;
-            PlanNode::For {
-                var,
-                items: Src {
-                    text: items,
-                    position: Position::of(&binding.referenced),
-                },
-                element: Box::new(element),
-            }
-        }
-        BodyNode::Map(entries) => {
-            let mut planned = Vec::with_capacity(entries.len());
-            let mut ok = true;
-            for (key, value) in entries {
-                let escaped = key.replace('~', "~0").replace('/', "~1");
-                match plan_body(
-                    value,
+            let element = match entries.get("$yield") {
+                Some(element) => plan_body(
+                    element,
                     file_name,
-                    &format!("{pointer}/{escaped}"),
+                    &format!("{pointer}/$yield"),
                     env,
                     reporter,
-                ) {
-                    Some(node) => planned.push((key.clone(), node)),
-                    None => ok = false,
+                ),
+                None => PlanNode::Literal(Json::Null),
+            };
+            match parse_binding(text) {
+                Some((var, items)) => PlanNode::For {
+                    var,
+                    items: Src {
+                        text: items,
+                        position: Position::of(&binding.referenced),
+                    },
+                    element: Box::new(element),
+                },
+                None => {
+                    reporter.error(
+                        Position::of(&binding.referenced),
+                        format!("`$for: {text}` should read `NAME in EXPRESSION`, such as `line in lines`"),
+                    );
+                    PlanNode::Literal(Json::Null)
                 }
             }
-            ok.then_some(PlanNode::Map(planned))?
         }
-    })
+        BodyNode::Map(entries) => PlanNode::Map(
+            entries
+                .iter()
+                .map(|(key, value)| {
+                    let escaped = key.replace('~', "~0").replace('/', "~1");
+                    let node = plan_body(
+                        value,
+                        file_name,
+                        &format!("{pointer}/{escaped}"),
+                        env,
+                        reporter,
+                    );
+                    (key.clone(), node)
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Names that are defined at some point of a mapping.
@@ -593,6 +609,7 @@ fn build<'env>(
     scope
         .names
         .extend(plan.selections.iter().map(|s| s.name.clone()));
+    scope.names.extend(plan.broken_names.iter().cloned());
 
     let mut expression = |src: &Src, scope: &Scope<'_>, reporter: &mut Reporter<'_>| match env
         .compile_expression_owned(src.text.clone())
@@ -622,10 +639,13 @@ fn build<'env>(
         .as_ref()
         .and_then(|src| expression(src, &scope, &mut reporter));
     for name in &plan.require {
-        if !scope.names.contains(name) {
+        if !scope.names.contains(&name.text) {
             reporter.error(
-                Position::default(),
-                format!("`require` names `{name}`, which is not a selection or computed value"),
+                name.position,
+                format!(
+                    "`require` names `{}`, which is not a selection or computed value",
+                    name.text
+                ),
             );
         }
     }
@@ -646,20 +666,20 @@ fn build<'env>(
         Some(template)
     });
     let body = build_body(&plan.body, env, &scope, &mut expression, &mut reporter);
-    if reporter.diagnostics.error_count() > errors_before {
+    if plan.failed || reporter.diagnostics.error_count() > errors_before {
         return None;
     }
     Some(Mapping {
         name: plan.name,
         lane: plan.lane,
-        endpoint: plan.endpoint,
+        endpoint: plan.endpoint?,
         types: plan.types,
         events: plan.events,
         conditions: plan.conditions,
         selections: plan.selections,
         compute,
         when,
-        require: plan.require,
+        require: plan.require.into_iter().map(|r| r.text).collect(),
         for_each,
         once_per,
         body: body?,
@@ -717,6 +737,7 @@ where
 }
 
 /// Renders each mapping's example deliveries and reports what fails, at the example's line.
+/// The same failure in many deliveries of one example is reported once, with a count.
 fn check_examples(
     engine: &Engine,
     mappings: &[SpecFile<MappingSpec>],
@@ -725,50 +746,54 @@ fn check_examples(
     for file in mappings {
         let name = file.spec.name.value.as_str();
         for example in &file.examples {
+            let report =
+                |message: String| Diagnostic::error(&file.source, example.position, message);
             let text = match &example.text {
                 Ok(text) => text,
                 Err(message) => {
-                    diagnostics.push(Diagnostic::error(
-                        &file.source,
-                        example.position,
-                        format!("example: cannot read {message}"),
-                    ));
+                    diagnostics.push(report(format!("example: cannot read {message}")));
                     continue;
                 }
             };
             let mut produced = 0;
+            // failure message -> (first delivery, count), in first-seen order
+            let mut failures: Vec<(String, String, usize)> = Vec::new();
+            let mut fail = |message: String, delivery: &str| match failures
+                .iter_mut()
+                .find(|(m, ..)| *m == message)
+            {
+                Some((_, _, count)) => *count += 1,
+                None => failures.push((message, delivery.to_owned(), 1)),
+            };
             for (index, line) in example_deliveries(&example.name, text).enumerate() {
-                let records = match source::parse_delivery(line) {
-                    Ok(records) => records,
-                    Err(e) => {
-                        diagnostics.push(Diagnostic::error(
-                            &file.source,
-                            example.position,
-                            format!("example `{}` delivery {}: {e}", example.name, index + 1),
-                        ));
-                        continue;
-                    }
-                };
-                for record in records {
-                    let mapped = engine.map(&record);
-                    produced += mapped
-                        .requests
-                        .iter()
-                        .filter(|r| &*r.mapping == name)
-                        .count();
-                    for error in mapped.errors.iter().filter(|e| &*e.mapping == name) {
-                        diagnostics.push(Diagnostic::error(
-                            &file.source,
-                            example.position,
-                            format!(
-                                "example `{}` ({}): {}",
-                                example.name, record.delivery_id, error.message
-                            ),
-                        ));
+                match source::parse_delivery(line) {
+                    Err(e) => fail(e.to_string(), &format!("#{}", index + 1)),
+                    Ok(records) => {
+                        for record in records {
+                            let mapped = engine.map(&record);
+                            produced += mapped
+                                .requests
+                                .iter()
+                                .filter(|r| &*r.mapping == name)
+                                .count();
+                            for error in mapped.errors.iter().filter(|e| &*e.mapping == name) {
+                                fail(error.message.clone(), &record.delivery_id);
+                            }
+                        }
                     }
                 }
             }
-            if produced == 0 {
+            for (message, first, count) in &failures {
+                let times = match count {
+                    1 => format!("delivery {first}"),
+                    n => format!("{n} deliveries, first {first}"),
+                };
+                diagnostics.push(report(format!(
+                    "example `{}` ({times}): {message}",
+                    example.name
+                )));
+            }
+            if produced == 0 && failures.is_empty() {
                 diagnostics.push(Diagnostic::warning(
                     &file.source,
                     example.position,

@@ -213,8 +213,8 @@ struct Globals<'a> {
 
 impl Mapping<'_> {
     fn reads(&self, record: &Record) -> bool {
-        self.types.iter().any(|t| *t == record.typename)
-            && (self.events.is_empty() || self.events.iter().any(|e| *e == record.event))
+        self.types.contains(&record.typename)
+            && (self.events.is_empty() || self.events.contains(&record.event))
     }
 
     fn error(&self, kind: MappingErrorKind, message: String) -> MappingError {

@@ -18,7 +18,8 @@ pub struct Path {
 
 impl Path {
     pub fn parse(text: &str) -> Result<Path, String> {
-        let query = parse_json_path(text).map_err(|e| format!("invalid JSONPath `{text}`: {e}"))?;
+        let query = parse_json_path(text)
+            .map_err(|e| format!("invalid JSONPath `{text}`: {}", brief(&e.to_string())))?;
         Ok(Path {
             text: text.to_owned(),
             query,
@@ -32,6 +33,23 @@ impl Path {
         js_path_process(&self.query, value)
             .map(|found| found.into_iter().map(|r| r.val).collect())
             .unwrap_or_default()
+    }
+}
+
+/// The parser's multi-line report (a pest excerpt) in one line: what it expected, and where.
+fn brief(report: &str) -> String {
+    let expected = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .unwrap_or(report.lines().next().unwrap_or_default().trim());
+    let column = report
+        .split("-->")
+        .nth(1)
+        .and_then(|at| at.split_whitespace().next())
+        .and_then(|at| at.split(':').nth(1));
+    match column {
+        Some(column) => format!("{expected} at column {column}"),
+        None => expected.to_owned(),
     }
 }
 
@@ -248,6 +266,14 @@ mod tests {
     #[test]
     fn bad_paths_are_reported_with_their_text() {
         let err = Path::parse("$.a[").unwrap_err();
-        assert!(err.starts_with("invalid JSONPath `$.a[`"), "{err}");
+        assert_eq!(
+            err,
+            "invalid JSONPath `$.a[`: expected selector at column 5"
+        );
+        let err = Path::parse("$.flags[?@ == ]").unwrap_err();
+        assert_eq!(
+            err,
+            "invalid JSONPath `$.flags[?@ == ]`: expected comparable at column 15"
+        );
     }
 }

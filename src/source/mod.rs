@@ -56,8 +56,13 @@ impl RecordError {
 
 /// Parses one delivery (one line of NDJSON, or one `.json` file).
 pub fn parse_delivery(text: &str) -> Result<Vec<Record>, RecordError> {
-    let value: Json =
-        serde_json::from_str(text).map_err(|e| RecordError::NotJson(e.to_string()))?;
+    let value: Json = serde_json::from_str(text.trim_end()).map_err(|e| {
+        // serde_json counts lines within this one delivery; the caller already names the
+        // input line, so keep the column only.
+        let message = e.to_string();
+        let message = message.split(" at line ").next().unwrap_or_default();
+        RecordError::NotJson(format!("{message} (column {})", e.column()))
+    })?;
     records_of(value)
 }
 
