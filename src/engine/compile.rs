@@ -130,10 +130,8 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             .filter_map(|plan| build(plan, env, &mut diagnostics))
             .collect()
     });
-    if diagnostics.has_errors() {
-        diagnostics.sort();
-        return Err(diagnostics);
-    }
+    // The mappings that built are checked against their examples even when others failed,
+    // so one run of `validate` shows every problem.
     let engine = Engine {
         compiled,
         default_marketplace: settings.spec.marketplace.clone(),
@@ -743,8 +741,12 @@ fn check_examples(
     mappings: &[SpecFile<MappingSpec>],
     diagnostics: &mut Diagnostics,
 ) {
+    let built = engine.mapping_names();
     for file in mappings {
         let name = file.spec.name.value.as_str();
+        if !built.iter().any(|b| &**b == name) {
+            continue;
+        }
         for example in &file.examples {
             let report =
                 |message: String| Diagnostic::error(&file.source, example.position, message);

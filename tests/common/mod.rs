@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use marketsync::engine::Engine;
+use marketsync::klaviyo::Request;
+use marketsync::run::{Runner, Summary};
+use marketsync::source::{Input, read_lines};
+use std::path::{Path, PathBuf};
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub fn engine() -> Engine {
+    let (engine, warnings) = Engine::builtin().unwrap_or_else(|d| panic!("{d:#}"));
+    assert!(warnings.0.is_empty(), "{warnings:#}");
+    engine
+}
+
+/// A dry run over files, in order: the requests, the report lines and the summary.
+pub struct Run {
+    pub requests: Vec<Request>,
+    pub report: String,
+    pub summary: Summary,
+}
+
+pub fn run(engine: &Engine, files: &[&str]) -> Run {
+    let mut runner = Runner::new(engine);
+    let mut requests = Vec::new();
+    let mut report = Vec::new();
+    for file in files {
+        for line in read_lines(&Input::File(PathBuf::from(file))).unwrap() {
+            runner
+                .delivery(
+                    &line.unwrap(),
+                    |r| {
+                        requests.push(r.clone());
+                        Ok(())
+                    },
+                    &mut report,
+                )
+                .unwrap();
+        }
+    }
+    Run {
+        requests,
+        report: String::from_utf8(report).unwrap(),
+        summary: runner.summary,
+    }
+}
+
+impl Run {
+    pub fn of_mapping(&self, mapping: &str) -> Vec<&Request> {
+        self.requests
+            .iter()
+            .filter(|r| &*r.mapping == mapping)
+            .collect()
+    }
+
+    pub fn unique_ids(&self, mapping: &str) -> Vec<String> {
+        self.of_mapping(mapping)
+            .iter()
+            .map(|r| {
+                r.body["data"]["attributes"]["unique_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
