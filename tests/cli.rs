@@ -1,0 +1,251 @@
+//! The command line as users and CI scripts see it: output, messages and exit codes.
+
+mod common;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use std::fs;
+
+fn marketsync() -> Command {
+    let mut cmd = Command::cargo_bin("marketsync").unwrap();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+#[test]
+fn validate_accepts_the_default_mappings() {
+    marketsync()
+        .arg("validate")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("ok: 7 mappings valid"));
+    marketsync()
+        .args(["validate", "--mappings", "mappings"])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn validate_reports_file_line_column_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        common::repo("mappings/settings.yaml"),
+        dir.path().join("settings.yaml"),
+    )
+    .unwrap();
+    fs::copy(
+        common::repo("tests/fixtures/broken-specs/unknown-keys.yaml"),
+        dir.path().join("unknown-keys.yaml"),
+    )
+    .unwrap();
+    fs::copy(
+        common::repo("tests/fixtures/broken-specs/unknown-endpoint.yaml"),
+        dir.path().join("unknown-endpoint.yaml"),
+    )
+    .unwrap();
+    marketsync()
+        .args(["validate", "--mappings"])
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "unknown-keys.yaml:5:3: error: unknown field `event`",
+        ))
+        .stderr(predicate::str::contains(
+            "unknown-endpoint.yaml:6:13: error: unknown endpoint",
+        ))
+        .stderr(predicate::str::contains("5 |   event: [create]"))
+        .stderr(predicate::str::contains("failed: 2 error(s)"));
+}
+
+#[test]
+fn a_dry_run_prints_one_request_per_line_and_a_summary() {
+    let output = marketsync()
+        .args([
+            "run",
+            "--dry-run",
+            "examples/orders.ndjson",
+            "examples/shipment.json",
+        ])
+        .env("KLAVIYO_API_KEY", "pk_secret_do_not_print")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("summary:"))
+        .stderr(predicate::str::contains("pk_secret").not())
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("pk_secret"));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 3 Placed Order, 7 Ordered Product, 3 profiles, 1 subscription, 1 Fulfilled Order.
+    assert_eq!(lines.len(), 15);
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["method", "path", "body", "mapping", "lane", "source"]
+        );
+        assert_eq!(line["method"], "POST");
+    }
+    assert_eq!(lines[0]["lane"], "transaction");
+    assert_eq!(lines[0]["source"], "V2ViaG9va0V2ZW50LTg4MTAx");
+}
+
+#[test]
+fn standard_input_is_read_with_dash_or_no_input() {
+    let input = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    for args in [vec!["run", "--dry-run", "-"], vec!["run", "--dry-run"]] {
+        marketsync()
+            .args(&args)
+            .write_stdin(input.clone())
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("petmarket:placed-order:5001"));
+    }
+}
+
+#[test]
+fn marketplace_flag_names_deliveries_without_a_vertical_header() {
+    let mut delivery: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(common::repo("examples/invoice-unpaid.json")).unwrap(),
+    )
+    .unwrap();
+    delivery["payload"]["data"]["node"]["statusFlags"] = serde_json::json!(["PAID"]);
+    marketsync()
+        .args(["run", "--dry-run", "--marketplace", "acme", "-"])
+        .write_stdin(delivery.to_string())
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("\"acme:placed-order:5004\""));
+}
+
+#[test]
+fn rejected_records_exit_1_and_the_run_goes_on() {
+    marketsync()
+        .args(["run", "--dry-run", "tests/fixtures/malformed.ndjson"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("petmarket:placed-order:5003"))
+        .stderr(predicate::str::contains(
+            "tests/fixtures/malformed.ndjson:1: rejected: not JSON",
+        ))
+        .stderr(predicate::str::contains("not-json"));
+}
+
+#[test]
+fn mappings_that_do_not_load_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        common::repo("mappings/settings.yaml"),
+        dir.path().join("settings.yaml"),
+    )
+    .unwrap();
+    fs::copy(
+        common::repo("tests/fixtures/broken-specs/bad-paths.yaml"),
+        dir.path().join("bad-paths.yaml"),
+    )
+    .unwrap();
+    marketsync()
+        .args(["run", "--dry-run", "--mappings"])
+        .arg(dir.path())
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(3)
+        .stdout("")
+        .stderr(predicate::str::contains("bad-paths.yaml:9:13: error"));
+}
+
+#[test]
+fn an_unreadable_input_exits_4() {
+    marketsync()
+        .args(["run", "--dry-run", "no/such/file.ndjson"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("cannot open no/such/file.ndjson"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    marketsync().args(["run", "--bogus"]).assert().code(2);
+    marketsync().arg("frobnicate").assert().code(2);
+    marketsync()
+        .args(["run", "examples/orders.ndjson"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--dry-run"));
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for command in ["validate", "run"] {
+        marketsync()
+            .args([command, "--help"])
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("Examples:"));
+    }
+    marketsync()
+        .args(["schemas", "extract", "--help"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("Example:"));
+    marketsync()
+        .arg("--help")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("Exit codes"));
+}
+
+#[test]
+fn schemas_extract_regenerates_the_committed_schemas() {
+    let spec = common::repo("../shared/reference/klaviyo/openapi-stable.json");
+    if !spec.is_file() {
+        eprintln!("{} not found: skipped", spec.display());
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    marketsync()
+        .args([
+            "schemas",
+            "extract",
+            "--label",
+            "shared/reference/klaviyo/openapi-stable.json",
+            "--openapi",
+        ])
+        .arg(&spec)
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .code(0);
+    for entry in fs::read_dir(out.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            fs::read_to_string(common::repo("schemas/klaviyo").join(name)).unwrap(),
+            "{name:?}"
+        );
+    }
+    marketsync()
+        .args([
+            "schemas",
+            "extract",
+            "--check",
+            "--label",
+            "shared/reference/klaviyo/openapi-stable.json",
+            "--out",
+            "schemas/klaviyo",
+            "--openapi",
+        ])
+        .arg(&spec)
+        .assert()
+        .code(0);
+}

@@ -1,0 +1,251 @@
+//! The engine's semantics, one small inline mapping at a time.
+
+mod common;
+
+use marketsync::engine::{Engine, Mapped, MappingErrorKind};
+use marketsync::source::parse_delivery;
+use serde_json::{Value, json};
+use std::fs;
+
+/// Compiles a one-mapping set (with the default settings) and maps `node` as an Invoice.
+fn map_with(spec: &str, node: Value) -> Mapped {
+    let engine = compile(spec).unwrap_or_else(|d| panic!("{d:#}"));
+    map(&engine, node)
+}
+
+fn compile(spec: &str) -> Result<Engine, marketsync::diagnostic::Diagnostics> {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        common::repo("mappings/settings.yaml"),
+        dir.path().join("settings.yaml"),
+    )
+    .unwrap();
+    fs::write(dir.path().join("test.yaml"), spec).unwrap();
+    Engine::load_dir(dir.path()).map(|(engine, _)| engine)
+}
+
+fn map(engine: &Engine, node: Value) -> Mapped {
+    let delivery = json!({"id": "E1", "event_name": "create", "payload": {"data": {"node": node}}});
+    let records = parse_delivery(&delivery.to_string()).unwrap();
+    engine.map(&records[0])
+}
+
+/// An event mapping whose `properties` are the given YAML block (indented 10 spaces).
+fn event_spec(select: &str, properties: &str) -> String {
+    format!(
+        r#"name: test
+lane: transaction
+match:
+  type: Invoice
+select:
+  id: $.legacyId
+{select}
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        metric: {{ data: {{ type: metric, attributes: {{ name: Test }} }} }}
+        profile: {{ data: {{ type: profile, attributes: {{ email: a@example.com }} }} }}
+        unique_id: "m:{{{{ id }}}}"
+        properties:
+{properties}
+"#
+    )
+}
+
+fn properties(mapped: &Mapped) -> &Value {
+    assert!(mapped.errors.is_empty(), "{:?}", mapped.errors);
+    &mapped.requests[0].body["data"]["attributes"]["properties"]
+}
+
+fn invoice() -> Value {
+    json!({"__typename": "Invoice", "legacyId": 7, "totalCents": 15995, "flags": ["PAID"], "note": "<b>Fish & Chips</b> — Ünïcode",
+           "lines": [{"id": 1, "qty": 2, "sku": "A"}, {"id": 2, "qty": 1}], "empty": "", "nothing": null,
+           "metadata": [{"key": "accepts_marketing", "value": "yes"}]})
+}
+
+#[test]
+fn a_single_expression_keeps_its_native_type() {
+    let spec = event_spec(
+        "  total: $.totalCents\n  lines: { path: \"$.lines[*]\", many: true }",
+        "          Number: \"{{ total }}\"\n          Money: \"{{ total | money }}\"\n          List: \"{{ lines | map(attribute='qty') | list }}\"\n          Object: \"{{ lines[0] }}\"\n          Bool: \"{{ total > 100 }}\"\n          Text: \"total {{ total }}\"\n          Padded: \"  {{ total }}  \"",
+    );
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(
+        properties(&mapped),
+        &json!({"Number": 15995, "Money": 159.95, "List": [2, 1], "Object": {"id": 1, "qty": 2, "sku": "A"}, "Bool": true, "Text": "total 15995", "Padded": 15995})
+    );
+}
+
+#[test]
+fn text_is_not_html_escaped() {
+    let spec = event_spec(
+        "  note: $.note",
+        "          Note: \"{{ note }}\"\n          Quoted: \"[{{ note }}]\"",
+    );
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(properties(&mapped)["Note"], "<b>Fish & Chips</b> — Ünïcode");
+    assert_eq!(
+        properties(&mapped)["Quoted"],
+        "[<b>Fish & Chips</b> — Ünïcode]"
+    );
+}
+
+#[test]
+fn empty_values_are_left_out_and_so_are_objects_they_empty() {
+    let spec = event_spec(
+        "  empty: $.empty\n  nothing: { path: $.nothing, optional: true }\n  absent: { path: $.absent, optional: true }",
+        "          Empty: \"{{ empty }}\"\n          Nothing: \"{{ nothing }}\"\n          Absent: \"{{ absent.deeper.still }}\"\n          Nested: { A: \"{{ nothing }}\" }\n          Kept: 0\n          KeptFalse: \"{{ false }}\"",
+    );
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(properties(&mapped), &json!({"Kept": 0, "KeptFalse": false}));
+}
+
+#[test]
+fn selections_are_required_optional_defaulted_or_many() {
+    let spec = event_spec(
+        "  note: $.note\n  missing: { path: $.missing, default: fallback }\n  skus: { path: \"$.lines[*].sku\", many: true }\n  opt_in: { from: meta, path: \"{{ settings.consent.path }}\" }\n  meta: $.metadata",
+        "          Missing: \"{{ missing }}\"\n          Skus: \"{{ skus }}\"",
+    );
+    // `from` must name a selection above it.
+    let err = compile(&spec).err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("reads `from: meta`, which is not a selection defined above it"),
+        "{err}"
+    );
+    let spec = spec.replace("  opt_in: { from: meta, path: \"{{ settings.consent.path }}\" }\n  meta: $.metadata", "  meta: $.metadata\n  opt_in: { from: meta, path: \"$[?@.key == 'accepts_marketing'].value\" }");
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(
+        properties(&mapped),
+        &json!({"Missing": "fallback", "Skus": ["A"]})
+    );
+
+    let mut no_note = invoice();
+    no_note.as_object_mut().unwrap().remove("note");
+    let mapped = map_with(&spec, no_note);
+    assert!(mapped.requests.is_empty());
+    assert_eq!(mapped.errors[0].kind, MappingErrorKind::Missing);
+    assert_eq!(
+        mapped.errors[0].to_string(),
+        "mapping `test`: required field `note` is missing (path `$.note` matched nothing)"
+    );
+}
+
+#[test]
+fn settings_can_name_a_path() {
+    let spec = event_spec(
+        "  order: $\n  opt_in: { from: order, path: \"{{ settings.consent.path }}\", optional: true }",
+        "          OptIn: \"{{ opt_in | opt_in }}\"",
+    );
+    assert_eq!(
+        properties(&map_with(&spec, invoice()))["OptIn"],
+        json!(true)
+    );
+}
+
+#[test]
+fn conditions_and_when_decide_whether_a_mapping_applies() {
+    let spec = event_spec("", "          X: 1").replace(
+        "  type: Invoice\n",
+        "  type: Invoice\n  events: [create]\n  where:\n    - path: $.flags\n      contains: PAID\n    - any:\n        - path: $.totalCents\n          equals: 1\n        - path: \"$.lines[*].sku\"\n          one_of: [A, B]\n    - path: $.nothing\n      exists: false\n",
+    );
+    assert_eq!(map_with(&spec, invoice()).requests.len(), 1);
+    let mut unpaid = invoice();
+    unpaid["flags"] = json!(["REFUNDED"]);
+    let mapped = map_with(&spec, unpaid);
+    assert!(mapped.matched && mapped.requests.is_empty() && mapped.errors.is_empty());
+    let other_type = map_with(&spec, json!({"__typename": "Seller", "legacyId": 1}));
+    assert!(!other_type.matched);
+
+    let gated = event_spec("  total: $.totalCents", "          X: 1")
+        .replace("emit:", "when: total > 20000\nemit:");
+    assert!(map_with(&gated, invoice()).requests.is_empty());
+}
+
+#[test]
+fn fan_out_gives_one_request_per_element_with_its_own_key() {
+    let spec = event_spec(
+        "  lines: { path: \"$.lines[*]\", many: true }",
+        "          Line: \"{{ line.id }}\"",
+    )
+    .replace(
+        "emit:",
+        "for: line in lines\nonce_per: \"{{ line.id }}\"\nemit:",
+    )
+    .replace(
+        "unique_id: \"m:{{ id }}\"",
+        "unique_id: \"m:{{ id }}:{{ line.id }}\"",
+    );
+    let mapped = map_with(&spec, invoice());
+    let keys: Vec<(&Value, Option<&str>)> = mapped
+        .requests
+        .iter()
+        .map(|r| {
+            (
+                &r.body["data"]["attributes"]["unique_id"],
+                r.once_key.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [(&json!("m:7:1"), Some("1")), (&json!("m:7:2"), Some("2"))]
+    );
+}
+
+#[test]
+fn a_body_klaviyo_would_reject_is_an_error_not_a_request() {
+    let spec = event_spec("", "          X: 1").replace("unique_id:", "uniqueId:");
+    let mapped = map_with(&spec, invoice());
+    assert!(mapped.requests.is_empty());
+    assert_eq!(mapped.errors[0].kind, MappingErrorKind::Schema);
+    assert!(
+        mapped.errors[0]
+            .message
+            .contains("'uniqueId' was unexpected"),
+        "{}",
+        mapped.errors[0].message
+    );
+}
+
+#[test]
+fn a_runaway_template_runs_out_of_fuel() {
+    let spec = event_spec(
+        "",
+        "          X: \"{% for i in range(100000) %}{{ i }}{% endfor %}\"",
+    );
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(mapped.errors[0].kind, MappingErrorKind::Render);
+    assert!(
+        mapped.errors[0].message.contains("fuel"),
+        "{}",
+        mapped.errors[0].message
+    );
+}
+
+#[test]
+fn a_filter_that_cannot_convert_fails_the_record_with_the_field() {
+    let spec = event_spec("  note: $.note", "          Price: \"{{ note | money }}\"");
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(mapped.errors[0].kind, MappingErrorKind::Render);
+    assert!(
+        mapped.errors[0]
+            .message
+            .starts_with("body/data/attributes/properties/Price: "),
+        "{}",
+        mapped.errors[0].message
+    );
+}
+
+#[test]
+fn undefined_names_are_caught_before_any_record() {
+    let spec = event_spec("", "          X: \"{{ idd }}\"");
+    let err = compile(&spec).err().unwrap().to_string();
+    assert!(
+        err.contains("test.yaml:18:14: error: `idd` is not defined here"),
+        "{err}"
+    );
+}
