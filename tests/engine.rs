@@ -249,3 +249,14 @@ fn undefined_names_are_caught_before_any_record() {
         "{err}"
     );
 }
+
+#[test]
+fn none_inside_text_renders_as_nothing() {
+    let spec = event_spec(
+        "  note: $.note\n  absent: { path: $.absent, optional: true }",
+        "          Joined: \"[{{ absent }}]\"\n          AsString: \"{{ absent | string }}\"",
+    );
+    let mapped = map_with(&spec, invoice());
+    // `| string` of a missing value is empty too, so the field is left out.
+    assert_eq!(properties(&mapped), &json!({"Joined": "[]"}));
+}

@@ -158,6 +158,14 @@ fn environment(settings: &crate::spec::Settings) -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
     env.set_fuel(Some(settings.fuel));
     env.set_recursion_limit(64);
+    // `none` inside text renders as nothing, not as the word "none": "{{ first }} {{ last }}"
+    // with no last name must not send "Zoë none".
+    env.set_formatter(|out, state, value| {
+        if value.is_none() {
+            return Ok(());
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     filters::register(&mut env, &settings.phone_region);
     env
 }
@@ -262,6 +270,11 @@ fn plan(
                 continue;
             }
             (true, false, None) => Cardinality::Many,
+            (false, _, Some(Json::Null)) => {
+                reporter.error(position, format!("selection `{field}`: `default: null` would make a missing value none; write `optional: true`"));
+                broken_names.push(field.clone());
+                continue;
+            }
             (false, _, Some(default)) => Cardinality::Default(default.clone()),
             (false, true, None) => Cardinality::Optional,
             (false, false, None) => Cardinality::Required,
@@ -338,14 +351,24 @@ fn plan(
         events: spec
             .matcher
             .events
-            .iter()
-            .map(|e| e.value.clone())
-            .collect(),
+            .as_ref()
+            .map(|e| e.value.0.clone())
+            .unwrap_or_default(),
         conditions,
         selections,
         compute,
         when: spec.when.as_ref().map(Src::of),
-        require: spec.require.iter().map(Src::of).collect(),
+        require: spec
+            .require
+            .iter()
+            .flat_map(|r| {
+                let position = Position::of(&r.referenced);
+                r.value.0.iter().map(move |name| Src {
+                    text: name.clone(),
+                    position,
+                })
+            })
+            .collect(),
         for_each,
         once_per,
         body,

@@ -46,6 +46,19 @@ pub fn register(env: &mut Environment<'_>, default_region: &str) {
     env.add_filter("iso8601", iso8601);
     env.add_filter("opt_in", opt_in);
     env.add_filter("compact", compact);
+    env.add_filter("string", string);
+}
+
+/// Replaces minijinja's `string`, which turns `none` into the text "None": a missing optional
+/// value must stay empty (and so be left out of the payload), never become a word in it.
+fn string(value: Value) -> Value {
+    if value.is_none() || value.is_undefined() {
+        return Value::from("");
+    }
+    match value.as_str() {
+        Some(_) => value,
+        None => Value::from(value.to_string()),
+    }
 }
 
 fn invalid(message: String) -> Error {
@@ -337,6 +350,13 @@ mod tests {
         let (result, warnings) = eval("'maybe' | opt_in");
         assert_eq!(result.unwrap(), false);
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn string_keeps_none_empty() {
+        assert_eq!(ok("5001 | string"), "5001");
+        assert_eq!(ok("none | string"), "");
+        assert_eq!(ok("'x' | string"), "x");
     }
 
     #[test]

@@ -20,6 +20,10 @@ static BUILTIN_EXAMPLES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/exampl
 /// The name of the settings file inside a mapping folder; every other YAML file is a mapping.
 pub const SETTINGS_FILE: &str = "settings.yaml";
 
+fn is_settings(file_name: &str) -> bool {
+    file_name == SETTINGS_FILE || file_name == "settings.yml"
+}
+
 /// A parsed spec with the text it came from and the example deliveries it names.
 #[derive(Debug)]
 pub struct SpecFile<T> {
@@ -146,7 +150,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
             name: display_name,
             text,
         });
-        if file_name == SETTINGS_FILE {
+        if is_settings(&file_name) {
             match parse::<Settings>(&source) {
                 Ok(settings) => {
                     set.settings = Some(SpecFile {

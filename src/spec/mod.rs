@@ -40,7 +40,7 @@ pub struct MappingSpec {
     pub when: Option<Spanned<String>>,
     /// Values that must not be empty after compute; otherwise the record is rejected.
     #[serde(default)]
-    pub require: Vec<Spanned<String>>,
+    pub require: Option<Spanned<OneOrMany<String>>>,
     /// Fan-out: `NAME in EXPRESSION`, one request per element.
     #[serde(default, rename = "for")]
     pub for_each: Option<Spanned<String>>,
@@ -77,9 +77,9 @@ pub struct MatchSpec {
     /// The object types (`__typename`) this mapping reads.
     #[serde(rename = "type")]
     pub types: Spanned<OneOrMany<String>>,
-    /// Event names (`create`, `update`, `backfill`); empty means any.
+    /// Event names (`create`, `update`, `backfill`); left out means any.
     #[serde(default)]
-    pub events: Vec<Spanned<String>>,
+    pub events: Option<Spanned<OneOrMany<String>>>,
     /// Conditions on the payload, all of which must hold.
     #[serde(default, rename = "where")]
     pub conditions: Vec<Spanned<ConditionSpec>>,
@@ -91,11 +91,11 @@ pub struct MatchSpec {
 pub struct ConditionSpec {
     #[serde(default)]
     pub path: Option<Spanned<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub equals: Option<serde_json::Value>,
     #[serde(default)]
     pub one_of: Option<Vec<serde_json::Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub contains: Option<serde_json::Value>,
     #[serde(default)]
     pub exists: Option<bool>,
@@ -126,7 +126,7 @@ struct SelectLongForm {
     many: bool,
     #[serde(default)]
     optional: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     default: Option<serde_json::Value>,
     #[serde(default)]
     from: Option<String>,
@@ -234,6 +234,14 @@ impl<'de> Deserialize<'de> for BodyNode {
         }
         deserializer.deserialize_any(BodyVisitor)
     }
+}
+
+/// A key that is present is `Some`, even when its value is `null` (which serde would read as
+/// absent): `default: null` and `equals: null` mean something, and must not silently vanish.
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// `type: Invoice` or `type: [Invoice, Order]`.
