@@ -27,22 +27,9 @@ fn validate_accepts_the_default_mappings() {
 
 #[test]
 fn validate_reports_file_line_column_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    fs::copy(
-        common::repo("mappings/settings.yaml"),
-        dir.path().join("settings.yaml"),
-    )
-    .unwrap();
-    fs::copy(
-        common::repo("tests/fixtures/broken-specs/unknown-keys.yaml"),
-        dir.path().join("unknown-keys.yaml"),
-    )
-    .unwrap();
-    fs::copy(
-        common::repo("tests/fixtures/broken-specs/unknown-endpoint.yaml"),
-        dir.path().join("unknown-endpoint.yaml"),
-    )
-    .unwrap();
+    let (a, a_text) = common::broken_spec("unknown-keys.yaml");
+    let (b, b_text) = common::broken_spec("unknown-endpoint.yaml");
+    let dir = common::mapping_folder(&[(a, &a_text), (b, &b_text)]);
     marketsync()
         .args(["validate", "--mappings"])
         .arg(dir.path())
@@ -142,17 +129,8 @@ fn rejected_records_exit_1_and_the_run_goes_on() {
 
 #[test]
 fn mappings_that_do_not_load_exit_3() {
-    let dir = tempfile::tempdir().unwrap();
-    fs::copy(
-        common::repo("mappings/settings.yaml"),
-        dir.path().join("settings.yaml"),
-    )
-    .unwrap();
-    fs::copy(
-        common::repo("tests/fixtures/broken-specs/bad-paths.yaml"),
-        dir.path().join("bad-paths.yaml"),
-    )
-    .unwrap();
+    let (name, text) = common::broken_spec("bad-paths.yaml");
+    let dir = common::mapping_folder(&[(name, &text)]);
     marketsync()
         .args(["run", "--dry-run", "--mappings"])
         .arg(dir.path())

@@ -5,7 +5,6 @@ mod common;
 use marketsync::engine::{Engine, Mapped, MappingErrorKind};
 use marketsync::source::parse_delivery;
 use serde_json::{Value, json};
-use std::fs;
 
 /// Compiles a one-mapping set (with the default settings) and maps `node` as an Invoice.
 fn map_with(spec: &str, node: Value) -> Mapped {
@@ -14,13 +13,7 @@ fn map_with(spec: &str, node: Value) -> Mapped {
 }
 
 fn compile(spec: &str) -> Result<Engine, marketsync::diagnostic::Diagnostics> {
-    let dir = tempfile::tempdir().unwrap();
-    fs::copy(
-        common::repo("mappings/settings.yaml"),
-        dir.path().join("settings.yaml"),
-    )
-    .unwrap();
-    fs::write(dir.path().join("test.yaml"), spec).unwrap();
+    let dir = common::mapping_folder(&[("test.yaml", spec)]);
     Engine::load_dir(dir.path()).map(|(engine, _)| engine)
 }
 

@@ -11,6 +11,26 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// A mapping folder with the default settings and the given (file name, text) specs.
+pub fn mapping_folder(specs: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo("mappings/settings.yaml"),
+        dir.path().join("settings.yaml"),
+    )
+    .unwrap();
+    for (name, text) in specs {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+/// The text of a broken spec fixture, as a (file name, text) pair for [`mapping_folder`].
+pub fn broken_spec(name: &str) -> (&str, String) {
+    let text = std::fs::read_to_string(repo("tests/fixtures/broken-specs").join(name)).unwrap();
+    (name, text)
+}
+
 pub fn engine() -> Engine {
     let (engine, warnings) = Engine::builtin().unwrap_or_else(|d| panic!("{d:#}"));
     assert!(warnings.0.is_empty(), "{warnings:#}");
