@@ -14,7 +14,7 @@ use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
 use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, SpecFile};
 use minijinja::value::Value;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
 use serde_json::Value as Json;
 use serde_saphyr::Spanned;
 use std::collections::{BTreeSet, HashSet};
@@ -610,6 +610,116 @@ impl Scope<'_> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callable {
+    Filter,
+    Test,
+}
+
+/// The filters (`x | money`) and tests (`x is defined`) a template or expression names.
+///
+/// minijinja looks these up only when they run, so a misspelt filter would otherwise surface
+/// on the first record that reaches it. A small scan of the source (skipping text outside
+/// `{{ }}`/`{% %}`, comments and string literals) finds them when the mapping loads.
+fn callables(source: &str, is_expression: bool) -> Vec<(Callable, String)> {
+    fn identifier(rest: &str) -> &str {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            &rest[..end]
+        } else {
+            ""
+        }
+    }
+    let mut found = Vec::new();
+    let mut in_code = is_expression;
+    let mut i = 0;
+    while i < source.len() {
+        let rest = &source[i..];
+        if !in_code {
+            if rest.starts_with("{{") || rest.starts_with("{%") {
+                in_code = true;
+                i += 2;
+            } else if rest.starts_with("{#") {
+                i += rest.find("#}").map_or(rest.len(), |end| end + 2);
+            } else {
+                i += rest.chars().next().map_or(1, char::len_utf8);
+            }
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        if !is_expression && (rest.starts_with("}}") || rest.starts_with("%}")) {
+            in_code = false;
+            i += 2;
+        } else if c == '\'' || c == '"' {
+            let mut end = 1;
+            let bytes = rest.as_bytes();
+            while end < bytes.len() && bytes[end] != c as u8 {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            i += end + 1;
+        } else if c == '|' {
+            let after = rest[1..].trim_start();
+            let name = identifier(after);
+            if !name.is_empty() {
+                found.push((Callable::Filter, name.to_owned()));
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let word = identifier(rest);
+            i += word.len();
+            if word == "is" {
+                let after = source[i..].trim_start();
+                let after = after.strip_prefix("not ").map_or(after, str::trim_start);
+                let name = identifier(after);
+                if !name.is_empty() {
+                    found.push((Callable::Test, name.to_owned()));
+                }
+            }
+        } else {
+            i += c.len_utf8();
+        }
+    }
+    found
+}
+
+/// Reports filters and tests the environment does not have.
+fn check_callables(
+    env: &Environment<'static>,
+    source: &str,
+    is_expression: bool,
+    position: Position,
+    reporter: &mut Reporter<'_>,
+) {
+    let mut reported = HashSet::new();
+    for (kind, name) in callables(source, is_expression) {
+        let (probe, unknown, message) = match kind {
+            Callable::Filter => (
+                format!("none | {name}"),
+                ErrorKind::UnknownFilter,
+                format!(
+                    "unknown filter `{name}`; marketsync's filters are money, email, e164, iso8601, opt_in, compact and string, beside minijinja's built-ins"
+                ),
+            ),
+            Callable::Test => (
+                format!("none is {name}"),
+                ErrorKind::UnknownTest,
+                format!(
+                    "unknown test `{name}`; tests are minijinja's built-ins, such as defined, none, true, false, in, even, odd"
+                ),
+            ),
+        };
+        let missing = env
+            .compile_expression_owned(probe)
+            .and_then(|e| e.eval(()))
+            .is_err_and(|e| e.kind() == unknown);
+        if missing && reported.insert(name.clone()) {
+            reporter.error(position, message);
+        }
+    }
+}
+
 /// The second pass: expressions compiled against the environment, names checked.
 fn build<'env>(
     plan: Plan,
@@ -637,6 +747,7 @@ fn build<'env>(
     {
         Ok(expr) => {
             scope.check(expr.undeclared_variables(false), src.position, reporter);
+            check_callables(env, &src.text, true, src.position, reporter);
             Some(expr)
         }
         Err(e) => {
@@ -684,6 +795,7 @@ fn build<'env>(
             *position,
             &mut reporter,
         );
+        check_callables(env, template.source(), false, *position, &mut reporter);
         Some(template)
     });
     let body = build_body(&plan.body, env, &scope, &mut expression, &mut reporter);
@@ -723,6 +835,7 @@ where
         PlanNode::Template(name, position) => {
             let template = env.get_template(name).ok()?;
             scope.check(template.undeclared_variables(false), *position, reporter);
+            check_callables(env, template.source(), false, *position, reporter);
             Node::Template(template)
         }
         PlanNode::List(items) => {
@@ -838,5 +951,39 @@ fn example_deliveries<'a>(name: &str, text: &'a str) -> Box<dyn Iterator<Item = 
         Box::new(std::iter::once(text))
     } else {
         Box::new(text.lines().filter(|l| !l.trim().is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Callable, callables};
+
+    fn names(source: &str, is_expression: bool) -> Vec<(Callable, String)> {
+        callables(source, is_expression)
+    }
+
+    #[test]
+    fn finds_filters_and_tests_in_code_only() {
+        use Callable::{Filter, Test};
+        assert_eq!(
+            names("x | money(currency) | string", true),
+            [(Filter, "money".into()), (Filter, "string".into())]
+        );
+        assert_eq!(
+            names("a is not none and b is defined", true),
+            [(Test, "none".into()), (Test, "defined".into())]
+        );
+        assert_eq!(
+            names(
+                "text | not a filter {{ x|email }} {# y | nope #}{% if z is odd %}'|no'{% endif %}",
+                false
+            ),
+            [(Filter, "email".into()), (Test, "odd".into())]
+        );
+        assert_eq!(
+            names("'a | b' ~ \"c | d\" | upper", true),
+            [(Filter, "upper".into())]
+        );
+        assert_eq!(names("island | length", true), [(Filter, "length".into())]);
     }
 }

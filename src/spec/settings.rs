@@ -18,7 +18,7 @@ pub struct Settings {
     pub phone_region: String,
     /// Klaviyo metric names by role, so a client can rename them without touching a mapping.
     #[serde(default)]
-    pub metrics: IndexMap<String, String>,
+    pub metrics: Metrics,
     pub consent: ConsentSettings,
     /// Instructions a template may run per evaluation before it is stopped.
     #[serde(default = "default_fuel")]
@@ -33,7 +33,8 @@ pub struct ConsentSettings {
     pub path: String,
 }
 
-/// Metric names as a typed view, for callers that want one by role.
+/// Klaviyo metric names by role (`placed_order: Placed Order`); roles are free, so a client's
+/// extra mapping can add its own.
 pub type Metrics = IndexMap<String, String>;
 
 fn default_fuel() -> u64 {
