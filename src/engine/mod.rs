@@ -11,6 +11,7 @@
 //! names the mapping and the field; the record's other mappings still run.
 
 mod body;
+mod callables;
 mod compile;
 pub mod filters;
 mod scope;
@@ -171,6 +172,13 @@ impl Engine {
             .as_deref()
             .unwrap_or(&self.settings.currency);
         let source: Arc<str> = record.delivery_id.as_str().into();
+        let globals = Globals {
+            settings: &self.settings_value,
+            marketplace,
+            currency,
+            record,
+            source: &source,
+        };
         for mapping in self.compiled.borrow_dependent() {
             if !mapping.reads(record) {
                 continue;
@@ -179,13 +187,6 @@ impl Engine {
             if !mapping.conditions.iter().all(|c| c.holds(&record.node)) {
                 continue;
             }
-            let globals = Globals {
-                settings: &self.settings_value,
-                marketplace,
-                currency,
-                record,
-                source: &source,
-            };
             let (result, warnings) =
                 filters::collect_warnings(|| mapping.apply(&globals, self.schemas));
             mapped.warnings.extend(
