@@ -253,3 +253,40 @@ fn none_inside_text_renders_as_nothing() {
     // `| string` of a missing value is empty too, so the field is left out.
     assert_eq!(properties(&mapped), &json!({"Joined": "[]"}));
 }
+
+#[test]
+fn requests_carry_their_ordering_and_coalescing_keys() {
+    let spec = event_spec("  total: $.totalCents", "          X: 1").replace(
+        "emit:",
+        "once_per: \"k{{ id }}\"\nwaits_for:\n  mapping: test\n  key: \"order:{{ id }}\"\ncoalesce:\n  key: \"{{ id }}\"\n  version: \"v{{ total }}\"\nemit:",
+    );
+    let mapped = map_with(&spec, invoice());
+    let request = &mapped.requests[0];
+    let waits = request.waits_for.as_ref().unwrap();
+    assert_eq!((&*waits.mapping, waits.key.as_str()), ("test", "order:7"));
+    let coalesce = request.coalesce.as_ref().unwrap();
+    assert_eq!(
+        (coalesce.key.as_str(), coalesce.version.as_str()),
+        ("7", "v15995")
+    );
+    assert_eq!(request.unique_id(), Some("m:7"));
+}
+
+#[test]
+fn waiting_for_a_mapping_needs_one_with_a_once_per_key() {
+    let spec = event_spec("", "          X: 1").replace(
+        "emit:",
+        "waits_for:\n  mapping: nowhere\n  key: \"{{ id }}\"\nemit:",
+    );
+    let err = compile(&spec).err().unwrap().to_string();
+    assert!(
+        err.contains("`waits_for.mapping: nowhere` is not a mapping in this set"),
+        "{err}"
+    );
+    let spec = spec.replace("mapping: nowhere", "mapping: test");
+    let err = compile(&spec).err().unwrap().to_string();
+    assert!(
+        err.contains("`waits_for.mapping: test` has no `once_per`"),
+        "{err}"
+    );
+}

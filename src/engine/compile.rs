@@ -70,6 +70,10 @@ struct Plan {
     require: Vec<Src>,
     for_each: Option<(String, Src)>,
     once_per: Option<(String, Position)>,
+    /// The mapping waited for, where it is named, and the key template.
+    waits_for: Option<(String, Position, (String, Position))>,
+    /// Key and version templates.
+    coalesce: Option<((String, Position), (String, Position))>,
     body: PlanNode,
 }
 
@@ -122,6 +126,26 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         }
     }
 
+    for plan in &plans {
+        let Some((waited, position, _)) = &plan.waits_for else {
+            continue;
+        };
+        match plans.iter().find(|p| &*p.name == waited.as_str()) {
+            Some(other) if other.once_per.is_some() => {}
+            found => {
+                let why = if found.is_some() {
+                    "has no `once_per`, so it has no key to wait for"
+                } else {
+                    "is not a mapping in this set"
+                };
+                diagnostics.push(Diagnostic::error(
+                    &plan.file,
+                    *position,
+                    format!("`waits_for.mapping: {waited}` {why}"),
+                ));
+            }
+        }
+    }
     // Transaction-lane mappings first: within a record, order events are rendered (and later
     // queued) before profile work. The sort is stable, so file order holds within a lane.
     plans.sort_by_key(|plan| plan.lane != Lane::Transaction);
@@ -335,9 +359,26 @@ fn plan(
                 None
             }
         });
-    let once_per = spec.once_per.as_ref().and_then(|spanned| {
-        let template_name = format!("{}#once_per", file.source.name);
+    let mut key_template = |suffix: &str, spanned: &Spanned<String>| {
+        let template_name = format!("{}#{suffix}", file.source.name);
         register_template(env, template_name, &Src::of(spanned), reporter)
+    };
+    let once_per = spec
+        .once_per
+        .as_ref()
+        .and_then(|s| key_template("once_per", s));
+    let waits_for = spec.waits_for.as_ref().and_then(|w| {
+        let key = key_template("waits_for", &w.key)?;
+        Some((
+            w.mapping.value.clone(),
+            Position::of(&w.mapping.referenced),
+            key,
+        ))
+    });
+    let coalesce = spec.coalesce.as_ref().and_then(|c| {
+        let key = key_template("coalesce.key", &c.key);
+        let version = key_template("coalesce.version", &c.version);
+        Some((key?, version?))
     });
     let body = plan_body(&spec.emit.body, &file.source.name, "", env, reporter);
 
@@ -372,6 +413,8 @@ fn plan(
             .collect(),
         for_each,
         once_per,
+        waits_for,
+        coalesce,
         body,
     }
 }
@@ -715,7 +758,7 @@ fn build<'env>(
         Some((var, _)) => scope.with(var),
         None => scope,
     };
-    let once_per = plan.once_per.as_ref().and_then(|(name, position)| {
+    let mut key_template = |(name, position): &(String, Position)| {
         let template = env.get_template(name).ok()?;
         scope.check(
             template.undeclared_variables(false),
@@ -724,7 +767,16 @@ fn build<'env>(
         );
         check_callables(env, template.source(), false, *position, &mut reporter);
         Some(template)
-    });
+    };
+    let once_per = plan.once_per.as_ref().and_then(&mut key_template);
+    let waits_for = plan
+        .waits_for
+        .as_ref()
+        .and_then(|(mapping, _, key)| Some((Arc::from(mapping.as_str()), key_template(key)?)));
+    let coalesce = plan
+        .coalesce
+        .as_ref()
+        .and_then(|(key, version)| Some((key_template(key)?, key_template(version)?)));
     let body = build_body(&plan.body, env, &scope, &mut expression, &mut reporter);
     if plan.failed || reporter.diagnostics.error_count() > errors_before {
         return None;
@@ -742,6 +794,8 @@ fn build<'env>(
         require: plan.require.into_iter().map(|r| r.text).collect(),
         for_each,
         once_per,
+        waits_for,
+        coalesce,
         body: body?,
     })
 }

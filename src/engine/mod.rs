@@ -18,7 +18,7 @@ mod scope;
 pub mod select;
 
 use crate::diagnostic::Diagnostics;
-use crate::klaviyo::{Endpoint, Request, Schemas};
+use crate::klaviyo::{Coalesce, Endpoint, Request, Schemas, WaitsFor};
 use crate::source::Record;
 use crate::spec::{Lane, MappingSet, Settings};
 use body::Node;
@@ -65,6 +65,8 @@ pub(crate) struct Mapping<'env> {
     require: Vec<String>,
     for_each: Option<(String, Expression<'env, 'static>)>,
     once_per: Option<Template<'env, 'env>>,
+    waits_for: Option<(Arc<str>, Template<'env, 'env>)>,
+    coalesce: Option<(Template<'env, 'env>, Template<'env, 'env>)>,
     body: Node<'env>,
 }
 
@@ -302,13 +304,29 @@ impl Mapping<'_> {
         };
         let mut requests = Vec::with_capacity(contexts.len());
         for ctx in contexts {
-            let once_key = match &self.once_per {
+            let key = |template: &Template<'_, '_>, what: &str| {
+                template
+                    .render(&ctx)
+                    .map_err(|e| self.render_error(what, &e))
+            };
+            let once_key = self
+                .once_per
+                .as_ref()
+                .map(|t| key(t, "once_per"))
+                .transpose()?;
+            let waits_for = match &self.waits_for {
                 None => None,
-                Some(template) => Some(
-                    template
-                        .render(&ctx)
-                        .map_err(|e| self.render_error("once_per", &e))?,
-                ),
+                Some((mapping, template)) => Some(WaitsFor {
+                    mapping: Arc::clone(mapping),
+                    key: key(template, "waits_for.key")?,
+                }),
+            };
+            let coalesce = match &self.coalesce {
+                None => None,
+                Some((key_template, version)) => Some(Coalesce {
+                    key: key(key_template, "coalesce.key")?,
+                    version: key(version, "coalesce.version")?,
+                }),
             };
             let body = self
                 .body
@@ -338,6 +356,8 @@ impl Mapping<'_> {
                 lane: self.lane,
                 source: Arc::clone(globals.source),
                 once_key,
+                waits_for,
+                coalesce,
             });
         }
         Ok(requests)

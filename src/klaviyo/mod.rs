@@ -147,6 +147,24 @@ pub struct Request {
     pub source: Arc<str>,
     /// Set when the mapping fires once per key: a second request with this key is dropped.
     pub once_key: Option<String>,
+    /// Hold until this other request has been accepted.
+    pub waits_for: Option<WaitsFor>,
+    /// Replaces (or is replaced by) pending requests with the same key, newest version wins.
+    pub coalesce: Option<Coalesce>,
+}
+
+/// A request that must be accepted before this one is sent: a mapping and its once-per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitsFor {
+    pub mapping: Arc<str>,
+    pub key: String,
+}
+
+/// Which requests replace each other, and which is newer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coalesce {
+    pub key: String,
+    pub version: String,
 }
 
 /// The dry-run line format, one request per line.
@@ -161,6 +179,13 @@ struct RequestLine<'a> {
 }
 
 impl Request {
+    /// The event's `unique_id`, the key Klaviyo deduplicates on.
+    pub fn unique_id(&self) -> Option<&str> {
+        self.body
+            .pointer("/data/attributes/unique_id")
+            .and_then(Json::as_str)
+    }
+
     /// `{"method", "path", "body", "mapping", "lane", "source"}` as one JSON line, no newline.
     pub fn to_line(&self) -> String {
         serde_json::to_string(&RequestLine {

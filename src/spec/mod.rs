@@ -47,6 +47,14 @@ pub struct MappingSpec {
     /// A template for a key: the mapping emits once per distinct key.
     #[serde(default)]
     pub once_per: Option<Spanned<String>>,
+    /// Hold each request until a request of another mapping, with the given once-per key, has
+    /// been accepted (a Fulfilled Order waits for its order's Placed Order).
+    #[serde(default)]
+    pub waits_for: Option<WaitsForSpec>,
+    /// Keep only the newest of several pending requests with the same key, and drop one older
+    /// than what was already applied (profile updates, versioned by the source's updatedAt).
+    #[serde(default)]
+    pub coalesce: Option<CoalesceSpec>,
     pub emit: EmitSpec,
     /// Sample deliveries (paths relative to this file) that `validate` renders and checks.
     #[serde(default)]
@@ -162,6 +170,25 @@ impl<'de> Deserialize<'de> for SelectSpec {
         }
         deserializer.deserialize_any(SelectVisitor)
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitsForSpec {
+    /// The mapping whose request must be accepted first.
+    pub mapping: Spanned<String>,
+    /// A template giving that mapping's once-per key.
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceSpec {
+    /// A template: requests with the same key replace each other.
+    pub key: Spanned<String>,
+    /// A template: the newer version wins (ISO 8601 timestamps compare correctly as text once
+    /// normalised with `iso8601`).
+    pub version: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
