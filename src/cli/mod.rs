@@ -3,8 +3,11 @@
 //! Exit codes are part of the interface (CI scripts branch on them), so each outcome has one
 //! constant here and the README lists them.
 
+mod retry;
 mod run;
 mod schemas;
+mod standin;
+mod status;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -21,8 +24,10 @@ pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// The mappings did not load or compile, so nothing was mapped.
 pub const EXIT_BAD_MAPPINGS: u8 = 3;
-/// An input could not be read or the output could not be written.
+/// An input could not be read, the output could not be written, or the state store failed.
 pub const EXIT_IO: u8 = 4;
+/// Klaviyo refused the API key (401/403): the run stopped at once, the queue is intact.
+pub const EXIT_KEY_REFUSED: u8 = 5;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +35,8 @@ pub const EXIT_IO: u8 = 4;
     version,
     about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
     after_help = "Exit codes: 0 ok, 1 records rejected (run) or problems found (validate), \
-                  2 usage error, 3 mappings do not load, 4 input or output error."
+                  2 usage error, 3 mappings do not load, 4 input, output or state error, \
+                  5 Klaviyo refused the API key."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,7 +47,10 @@ struct Cli {
 enum Command {
     Validate(validate::Args),
     Run(run::Args),
+    Status(status::Args),
+    Retry(retry::Args),
     Schemas(schemas::Args),
+    Standin(standin::Args),
 }
 
 /// Where mappings come from: a folder, or the default set built into the binary.
@@ -50,6 +59,24 @@ struct MappingArgs {
     /// Mapping folder (YAML specs plus settings.yaml); the built-in defaults when left out.
     #[arg(long, value_name = "DIR")]
     mappings: Option<PathBuf>,
+}
+
+/// Where the durable state lives.
+#[derive(clap::Args, Clone)]
+struct StateArgs {
+    /// The state database (SQLite): inbox, outbox, ledger, dead letters.
+    #[arg(long = "state", value_name = "PATH", default_value = "marketsync.db")]
+    path: PathBuf,
+}
+
+impl StateArgs {
+    /// Opens (creating or migrating) the store, or reports why not.
+    fn open(&self) -> Result<marketsync::store::Store, u8> {
+        marketsync::store::Store::open(&self.path).map_err(|err| {
+            eprintln!("error: state database {}: {err}", self.path.display());
+            EXIT_IO
+        })
+    }
 }
 
 impl MappingArgs {
@@ -76,7 +103,10 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Validate(args) => validate::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Status(args) => status::execute(args),
+        Command::Retry(args) => retry::execute(args),
         Command::Schemas(args) => schemas::execute(args),
+        Command::Standin(args) => standin::execute(args),
     };
     ExitCode::from(code)
 }

@@ -1,24 +1,42 @@
 //! `marketsync run`: deliveries in, Klaviyo requests out.
 
-use super::{EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, MappingArgs};
+use super::{
+    EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, MappingArgs,
+    StateArgs,
+};
+use marketsync::engine::Engine;
+use marketsync::klaviyo::Endpoint;
 use marketsync::run::dry_run;
+use marketsync::sink::http::ApiKey;
+use marketsync::sink::limit::Limit;
+use marketsync::sink::{DeliveryReport, SinkConfig, SinkError};
 use marketsync::source::Input;
+use marketsync::sync::{self, IntakeReport, SyncError};
 use std::io::{self, BufWriter};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Map Marketplacer deliveries to Klaviyo requests.
+/// Map Marketplacer deliveries to Klaviyo requests, and send them.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   marketsync run --dry-run examples/*.json examples/*.ndjson
   cat captures.ndjson | marketsync run --dry-run --marketplace petmarket -
-  marketsync run --dry-run --mappings clients/acme/mappings backfill.json
+  KLAVIYO_API_KEY=pk_... marketsync run --state /var/lib/marketsync/state.db captures.ndjson
 
 Inputs: `.json` files hold one delivery; `.ndjson`/`.jsonl` files and standard input (`-`, or
 no INPUT) hold one per line. Each delivery may be a webhook envelope, a capture with headers,
 or a GraphQL backfill page; the shape is detected.
 
-Output: one request per line on stdout, {\"method\", \"path\", \"body\", \"mapping\", \"lane\",
-\"source\"}; problems and a summary on stderr. Exit 0 when nothing was rejected, 1 when any
-delivery or mapping was rejected, 3 when the mappings do not load, 4 on an I/O error.")]
+With --dry-run: one request per line on stdout, {\"method\", \"path\", \"body\", \"mapping\",
+\"lane\", \"source\"}; nothing is stored or sent.
+
+Without it: every delivery is kept in the state database before anything is sent, requests go
+to Klaviyo under its rate limits (order events first), and a run that is killed picks up where
+it stopped when started again. The API key is read from KLAVIYO_API_KEY only, and never printed.
+
+Exit 0 when nothing was rejected, 1 when any delivery or request was rejected or dead-lettered,
+2 on a usage error, 3 when the mappings do not load, 4 on an I/O or state error, 5 when Klaviyo
+refuses the API key (the queue is left intact).")]
 pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
@@ -28,18 +46,38 @@ pub struct Args {
     /// Marketplace for deliveries that do not name one (no Marketplacer-Vertical header).
     #[arg(long, value_name = "NAME")]
     marketplace: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Klaviyo's API base URL (a stand-in or staging proxy in tests).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KLAVIYO_BASE_URL",
+        default_value = "https://a.klaviyo.com"
+    )]
+    klaviyo_url: String,
+    /// The Klaviyo API revision sent with every request.
+    #[arg(long, value_name = "DATE", default_value = marketsync::sink::REVISION)]
+    revision: String,
+    /// Seconds a Fulfilled/Refunded/Cancelled Order waits for its Placed Order before it is
+    /// sent anyway and flagged.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    hold: f64,
+    /// Attempts before a request that keeps failing (429, 5xx, timeouts) is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_attempts: u32,
+    /// Seconds before a request to Klaviyo times out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Run the rate-limit clock this many times faster (only for the stand-in's sped-up clock).
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, hide = true)]
+    time_scale: f64,
     /// Files to read; `-` or nothing for standard input.
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
 }
 
 pub fn execute(args: Args) -> u8 {
-    if !args.dry_run {
-        eprintln!(
-            "error: sending to Klaviyo is not part of this build yet; use `marketsync run --dry-run` to see the requests"
-        );
-        return EXIT_USAGE;
-    }
     let engine = match args.mappings.load() {
         Ok((engine, _warnings)) => engine,
         Err(problems) => {
@@ -50,8 +88,8 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_BAD_MAPPINGS;
         }
     };
-    let engine = match args.marketplace {
-        Some(name) => engine.with_default_marketplace(name),
+    let engine = match &args.marketplace {
+        Some(name) => engine.with_default_marketplace(name.clone()),
         None => engine,
     };
     let inputs: Vec<Input> = if args.inputs.is_empty() {
@@ -59,11 +97,64 @@ pub fn execute(args: Args) -> u8 {
     } else {
         args.inputs.iter().map(|a| Input::from_arg(a)).collect()
     };
+    if args.dry_run {
+        return dry(&engine, &inputs);
+    }
+    let Some(key) = std::env::var("KLAVIYO_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    else {
+        eprintln!(
+            "error: set KLAVIYO_API_KEY to a Klaviyo private API key to send (or use --dry-run)"
+        );
+        return EXIT_USAGE;
+    };
+    let config = match sink_config(&args, &engine, ApiKey::new(key.trim())) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    let store = match args.state.open() {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result = runtime.block_on(sync::run(
+        Arc::new(engine),
+        Arc::new(Mutex::new(store)),
+        inputs,
+        config,
+        Box::new(io::stderr()),
+    ));
+    match result {
+        Ok((intake, delivery)) => {
+            eprint!("{}", render(&intake, &delivery));
+            let dead: usize = delivery.dead_letters.values().sum();
+            if dead + intake.rejected.values().sum::<usize>() > 0 {
+                EXIT_REJECTED
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(SyncError::Sink(err @ SinkError::KeyRefused { .. })) => {
+            eprintln!("error: {err}");
+            EXIT_KEY_REFUSED
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_IO
+        }
+    }
+}
+
+fn dry(engine: &Engine, inputs: &[Input]) -> u8 {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let stderr = io::stderr();
     let mut report = stderr.lock();
-    match dry_run(&engine, &inputs, &mut out, &mut report) {
+    match dry_run(engine, inputs, &mut out, &mut report) {
         Ok(summary) => {
             eprint!("{}", summary.render());
             if summary.rejected_count() > 0 {
@@ -77,4 +168,72 @@ pub fn execute(args: Args) -> u8 {
             EXIT_IO
         }
     }
+}
+
+fn sink_config(args: &Args, engine: &Engine, key: ApiKey) -> Result<SinkConfig, String> {
+    let mut config = SinkConfig::new(&args.klaviyo_url, key);
+    config.revision = args.revision.clone();
+    config.hold =
+        Duration::try_from_secs_f64(args.hold).map_err(|_| "--hold must be a number of seconds")?;
+    config.timeout = Duration::try_from_secs_f64(args.timeout)
+        .map_err(|_| "--timeout must be a number of seconds")?;
+    config.max_attempts = args.max_attempts.max(1);
+    if !args.time_scale.is_finite() || args.time_scale <= 0.0 {
+        return Err("--time-scale must be positive".into());
+    }
+    config.time_scale = args.time_scale;
+    for (path, limit) in &engine.settings().rate_limits {
+        let endpoint = Endpoint::parse(path).ok_or_else(|| {
+            format!("settings.yaml: rate_limits names an unknown endpoint `{path}`")
+        })?;
+        config.limits.insert(
+            endpoint,
+            Limit::per_second_and_minute(limit.burst, limit.steady),
+        );
+    }
+    Ok(config)
+}
+
+/// The closing summary of a real run.
+fn render(intake: &IntakeReport, delivery: &DeliveryReport) -> String {
+    let mut out = String::from("summary:\n");
+    let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<28} {value}\n"));
+    line("deliveries read", intake.deliveries.to_string());
+    line("records", intake.records.to_string());
+    line("repeated (already in store)", intake.repeated.to_string());
+    line("queued", intake.queued.to_string());
+    line(
+        "dropped as once-per-key",
+        intake.once_per_key_dropped.to_string(),
+    );
+    line(
+        "coalesced / stale dropped",
+        format!("{} / {}", intake.coalesced, intake.stale_dropped),
+    );
+    line(
+        "skipped (type not mapped)",
+        intake.skipped.values().sum::<usize>().to_string(),
+    );
+    line("sent", delivery.sent.values().sum::<usize>().to_string());
+    for (mapping, count) in &delivery.sent {
+        line(&format!("  {mapping}"), count.to_string());
+    }
+    line("retried", delivery.retried.to_string());
+    line(
+        "held past the hold (flagged)",
+        delivery.sent_after_hold.to_string(),
+    );
+    line("sent without phone", delivery.phone_removed.to_string());
+    let dead = intake.rejected.iter().chain(&delivery.dead_letters);
+    let total: usize = dead.clone().map(|(_, n)| n).sum();
+    line("dead-lettered", total.to_string());
+    for (category, count) in dead {
+        line(&format!("  {category}"), count.to_string());
+    }
+    line(
+        "waiting on rate limits",
+        format!("{:.1}s", delivery.waited_on_limits.as_secs_f64()),
+    );
+    line("warnings", intake.warnings.to_string());
+    out
 }

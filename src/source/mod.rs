@@ -15,8 +15,9 @@ pub use reader::{Input, Line, read_lines};
 
 use serde_json::Value as Json;
 
-/// One Marketplacer object to map, with where it came from.
-#[derive(Debug, Clone, PartialEq)]
+/// One Marketplacer object to map, with where it came from. Stored as JSON in the inbox, so a
+/// dead letter can be mapped again, after a fix, from exactly what was read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// The delivery's identity: the envelope id, else the capture's `Idempotency-Key`; for
     /// backfill, `backfill:` and the node id.

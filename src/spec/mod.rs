@@ -9,7 +9,7 @@ mod load;
 mod settings;
 
 pub use load::{MappingSet, SpecFile, load_dir, load_embedded, parse_mapping};
-pub use settings::{ConsentSettings, Metrics, Settings};
+pub use settings::{ConsentSettings, Metrics, RateLimitSettings, Settings};
 
 use indexmap::IndexMap;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};

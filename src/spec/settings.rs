@@ -23,6 +23,18 @@ pub struct Settings {
     /// Instructions a template may run per evaluation before it is stopped.
     #[serde(default = "default_fuel")]
     pub fuel: u64,
+    /// Per-endpoint rate limits, replacing Klaviyo's published ones (an account with
+    /// negotiated limits, or a cautious client): `/api/events: { burst: 100, steady: 1000 }`.
+    #[serde(default)]
+    pub rate_limits: IndexMap<String, RateLimitSettings>,
+}
+
+/// Requests a second and a minute for one endpoint.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub burst: u32,
+    pub steady: u32,
 }
 
 /// Where the initial marketing opt-in is read from.

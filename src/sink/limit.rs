@@ -1,0 +1,180 @@
+//! Klaviyo's rate limits, kept on our side so that a 429 is the exception, not the feedback loop.
+//!
+//! Klaviyo limits each endpoint per account with two windows at once: a burst window (one
+//! second) and a steady window (one minute). The limiter keeps the send times of the last
+//! `steady` requests and lets a request go only when neither window is full, so no window,
+//! however it is aligned on Klaviyo's side, ever holds more than its limit; and it never waits
+//! longer than the windows require, so sustained delivery runs at the steady limit.
+//!
+//! Klaviyo's answers adjust it: `Retry-After` on a 429 blocks the endpoint until then, and
+//! `RateLimit-Remaining: 0` with `RateLimit-Reset` does the same before a 429 happens.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// One endpoint's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub burst: u32,
+    pub burst_window: Duration,
+    pub steady: u32,
+    pub steady_window: Duration,
+}
+
+impl Limit {
+    /// `burst` a second and `steady` a minute, Klaviyo's way of stating them.
+    pub fn per_second_and_minute(burst: u32, steady: u32) -> Limit {
+        Limit {
+            burst,
+            burst_window: Duration::from_secs(1),
+            steady,
+            steady_window: Duration::from_secs(60),
+        }
+    }
+
+    /// The same limits on a clock running `scale` times faster (tests, demos).
+    pub fn scaled(self, scale: f64) -> Limit {
+        Limit {
+            burst_window: self.burst_window.div_f64(scale),
+            steady_window: self.steady_window.div_f64(scale),
+            ..self
+        }
+    }
+}
+
+/// A send-time log for one endpoint.
+#[derive(Debug)]
+pub struct Limiter {
+    limit: Limit,
+    /// Extra time added to each window, for the gap between our clock and Klaviyo's.
+    margin: Duration,
+    sent: VecDeque<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+impl Limiter {
+    pub fn new(limit: Limit) -> Limiter {
+        Limiter {
+            margin: limit.burst_window / 50,
+            limit,
+            sent: VecDeque::with_capacity(limit.steady as usize),
+            blocked_until: None,
+        }
+    }
+
+    pub fn limit(&self) -> Limit {
+        self.limit
+    }
+
+    /// When the next request may go, as of `now` (`now` itself if it may go at once).
+    pub fn next_slot(&mut self, now: Instant) -> Instant {
+        let steady_window = self.limit.steady_window + self.margin;
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= steady_window)
+        {
+            self.sent.pop_front();
+        }
+        let mut slot = now;
+        if let Some(until) = self.blocked_until {
+            slot = slot.max(until);
+        }
+        // The steady window is full: wait until its oldest send leaves it.
+        if self.sent.len() >= self.limit.steady as usize {
+            let oldest = self.sent[self.sent.len() - self.limit.steady as usize];
+            slot = slot.max(oldest + steady_window);
+        }
+        // The burst window is full: wait until the burst-th newest send leaves it.
+        let burst = self.limit.burst as usize;
+        if burst > 0 && self.sent.len() >= burst {
+            let oldest_in_burst = self.sent[self.sent.len() - burst];
+            slot = slot.max(oldest_in_burst + self.limit.burst_window + self.margin);
+        }
+        slot
+    }
+
+    /// Takes a slot: call when a request is sent at `at` (which must be at or after
+    /// [`Limiter::next_slot`]).
+    pub fn record(&mut self, at: Instant) {
+        self.sent.push_back(at);
+    }
+
+    /// Klaviyo said to wait (a 429's `Retry-After`, or no requests remaining until a reset).
+    pub fn block_until(&mut self, until: Instant) {
+        self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends as fast as the limiter allows from `start` for `span`, returning the send times.
+    fn drive(limiter: &mut Limiter, start: Instant, span: Duration) -> Vec<Instant> {
+        let mut now = start;
+        let mut sent = Vec::new();
+        loop {
+            let slot = limiter.next_slot(now);
+            if slot >= start + span {
+                return sent;
+            }
+            limiter.record(slot);
+            sent.push(slot);
+            now = slot;
+        }
+    }
+
+    fn max_in_window(sent: &[Instant], window: Duration) -> usize {
+        sent.iter()
+            .map(|t| {
+                sent.iter()
+                    .filter(|s| **s >= *t && s.duration_since(*t) < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn never_exceeds_either_window_and_uses_the_steady_rate() {
+        let limit = Limit::per_second_and_minute(10, 150);
+        let mut limiter = Limiter::new(limit);
+        let start = Instant::now();
+        let sent = drive(&mut limiter, start, Duration::from_secs(180));
+        assert!(max_in_window(&sent, limit.burst_window) <= 10);
+        assert!(max_in_window(&sent, limit.steady_window) <= 150);
+        // Three minutes at 150 a minute: close to 450, never more.
+        assert!(sent.len() <= 450 && sent.len() >= 440, "{}", sent.len());
+        // The first burst goes at once.
+        assert!(sent[9].duration_since(start) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn burst_limits_the_first_second() {
+        let mut limiter = Limiter::new(Limit::per_second_and_minute(3, 1000));
+        let start = Instant::now();
+        let sent = drive(&mut limiter, start, Duration::from_millis(2500));
+        // 3 at once, 3 a second later, 3 a second after that.
+        assert_eq!(sent.len(), 9);
+        assert!(sent[3].duration_since(start) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retry_after_blocks_the_endpoint() {
+        let mut limiter = Limiter::new(Limit::per_second_and_minute(100, 1000));
+        let now = Instant::now();
+        limiter.block_until(now + Duration::from_secs(2));
+        assert_eq!(limiter.next_slot(now), now + Duration::from_secs(2));
+        // A shorter block does not shorten a longer one.
+        limiter.block_until(now + Duration::from_secs(1));
+        assert_eq!(limiter.next_slot(now), now + Duration::from_secs(2));
+    }
+
+    #[test]
+    fn scaled_limits_shrink_the_windows() {
+        let limit = Limit::per_second_and_minute(10, 150).scaled(60.0);
+        assert_eq!(limit.steady_window, Duration::from_secs(1));
+        assert_eq!(limit.burst, 10);
+    }
+}

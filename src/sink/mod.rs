@@ -1,0 +1,478 @@
+//! The sink: the only part that talks to Klaviyo.
+//!
+//! It takes due requests from the store's outbox, lane by lane, and sends them under
+//! Klaviyo's per-endpoint rate limits. The two lanes never share a queue or a concurrency
+//! budget, so order events (the transaction lane) never wait behind profile work, however deep
+//! that backlog is. Each answer decides the request's fate in the store: accepted (ledger),
+//! tried again later (with backoff, honouring `Retry-After`), or a dead letter with Klaviyo's
+//! own reason. A key Klaviyo refuses stops everything at once and leaves the queue intact.
+//!
+//! The sink never marks a request done before Klaviyo accepted it, so a crash at any point
+//! leads at worst to a resend, which Klaviyo deduplicates by `unique_id`.
+
+pub mod http;
+pub mod limit;
+
+use crate::klaviyo::Endpoint;
+use crate::spec::Lane;
+use crate::store::{NewDeadLetter, Pending, Store, StoreError};
+use http::{ApiError, ApiKey, Client, Outcome};
+use limit::{Limit, Limiter};
+use serde_json::{Value as Json, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinSet;
+
+/// How to reach Klaviyo and how hard to push.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub base_url: String,
+    pub key: ApiKey,
+    pub revision: String,
+    pub limits: HashMap<Endpoint, Limit>,
+    /// How many times faster than real time the clock runs (tests and demos against the
+    /// stand-in); 1.0 against Klaviyo.
+    pub time_scale: f64,
+    /// Attempts before a retryable failure becomes a dead letter.
+    pub max_attempts: u32,
+    /// How long a request waits for the request it depends on before it is sent anyway.
+    pub hold: Duration,
+    pub timeout: Duration,
+    /// Requests in flight at once, per lane.
+    pub concurrency: usize,
+}
+
+impl SinkConfig {
+    /// Klaviyo's documented defaults, for the given key.
+    pub fn new(base_url: &str, key: ApiKey) -> SinkConfig {
+        SinkConfig {
+            base_url: base_url.to_owned(),
+            key,
+            revision: REVISION.to_owned(),
+            limits: default_limits(),
+            time_scale: 1.0,
+            max_attempts: 8,
+            hold: Duration::from_secs(120),
+            timeout: Duration::from_secs(30),
+            concurrency: 16,
+        }
+    }
+}
+
+/// The API revision the schemas were extracted from.
+pub const REVISION: &str = "2026-07-15";
+
+/// Per-endpoint limits from the OpenAPI spec's `x-klaviyo-ratelimit`, except profile import,
+/// where Klaviyo's docs say 700 a minute against the spec's 750: the lower one is used.
+pub fn default_limits() -> HashMap<Endpoint, Limit> {
+    HashMap::from([
+        (
+            Endpoint::CreateEvent,
+            Limit::per_second_and_minute(350, 3500),
+        ),
+        (
+            Endpoint::CreateOrUpdateProfile,
+            Limit::per_second_and_minute(75, 700),
+        ),
+        (
+            Endpoint::BulkSubscribeProfiles,
+            Limit::per_second_and_minute(75, 750),
+        ),
+        (
+            Endpoint::BulkCreateEvents,
+            Limit::per_second_and_minute(10, 150),
+        ),
+        (
+            Endpoint::BulkImportProfiles,
+            Limit::per_second_and_minute(10, 150),
+        ),
+    ])
+}
+
+/// Why delivery stopped before the queue was empty.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(
+        "Klaviyo refused the API key ({status}): {detail}. Check KLAVIYO_API_KEY and that the key has write scopes for events, profiles and subscriptions; nothing was dropped, the queue is intact"
+    )]
+    KeyRefused { status: u16, detail: String },
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What delivery did, for the closing summary.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DeliveryReport {
+    pub sent: BTreeMap<String, usize>,
+    pub retried: usize,
+    pub dead_letters: BTreeMap<String, usize>,
+    /// Requests sent after their ordering hold ran out.
+    pub sent_after_hold: usize,
+    /// Requests retried without their phone number after Klaviyo refused it.
+    pub phone_removed: usize,
+    /// Time spent waiting for rate-limit slots, summed over requests.
+    pub waited_on_limits: Duration,
+}
+
+/// Sends the outbox.
+pub struct Sink {
+    client: Client,
+    config: SinkConfig,
+    limiters: HashMap<Endpoint, Arc<Mutex<Limiter>>>,
+    store: Arc<Mutex<Store>>,
+    report: Arc<Mutex<DeliveryReport>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Unix milliseconds, the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Sink {
+    pub fn new(config: SinkConfig, store: Arc<Mutex<Store>>) -> Arc<Sink> {
+        let client = Client::new(
+            &config.base_url,
+            config.key.clone(),
+            &config.revision,
+            config.timeout,
+        );
+        let limiters = Endpoint::ALL
+            .into_iter()
+            .map(|e| {
+                let limit = config
+                    .limits
+                    .get(&e)
+                    .copied()
+                    .unwrap_or_else(|| default_limits()[&e]);
+                (
+                    e,
+                    Arc::new(Mutex::new(Limiter::new(limit.scaled(config.time_scale)))),
+                )
+            })
+            .collect();
+        Arc::new(Sink {
+            client,
+            config,
+            limiters,
+            store,
+            report: Arc::default(),
+            stop: Arc::default(),
+        })
+    }
+
+    /// Set when a key is refused; intake watches it too, so the whole run stops.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    pub fn report(&self) -> DeliveryReport {
+        self.report.lock().expect("report lock").clone()
+    }
+
+    /// Sends one lane's due requests until `done()` says no more will come and the lane is
+    /// empty, or until a key is refused.
+    pub async fn drain_lane(
+        self: Arc<Self>,
+        lane: Lane,
+        intake_done: Arc<AtomicBool>,
+    ) -> Result<(), SinkError> {
+        // Rows being sent, and the coalescing keys they hold: two updates of one profile must
+        // never be in flight together, or the older could reach Klaviyo last.
+        let mut in_flight: HashMap<i64, Option<(String, String)>> = HashMap::new();
+        let mut tasks: JoinSet<(i64, Result<(), SinkError>)> = JoinSet::new();
+        let poll = Duration::from_millis(10);
+        loop {
+            while let Some(joined) = tasks.try_join_next() {
+                let (id, result) = joined.expect("a send task does not panic");
+                in_flight.remove(&id);
+                result?;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                tasks.shutdown().await;
+                return Ok(());
+            }
+            let room = self.config.concurrency.saturating_sub(in_flight.len());
+            let due = if room == 0 {
+                Vec::new()
+            } else {
+                let store = self.store.lock().expect("store lock");
+                store.due(lane.as_str(), now_ms(), room + in_flight.len())?
+            };
+            let mut started = 0;
+            for row in due {
+                if started == room || in_flight.contains_key(&row.id) {
+                    continue;
+                }
+                let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
+                if coalescing.is_some() && in_flight.values().any(|v| *v == coalescing) {
+                    continue;
+                }
+                if !self.may_go(&row)? {
+                    continue;
+                }
+                in_flight.insert(row.id, coalescing);
+                started += 1;
+                let sink = Arc::clone(&self);
+                tasks.spawn(async move {
+                    let id = row.id;
+                    (id, sink.send(row).await)
+                });
+            }
+            if started == 0 {
+                if tasks.is_empty() {
+                    let finished = intake_done.load(Ordering::SeqCst) && {
+                        let store = self.store.lock().expect("store lock");
+                        store.pending_count(lane.as_str(), None)? == 0
+                    };
+                    if finished {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(poll).await;
+                } else {
+                    // Wake on the next completion, or soon, to pick up new work.
+                    tokio::select! {
+                        Some(joined) = tasks.join_next() => {
+                            let (id, result) = joined.expect("a send task does not panic");
+                            in_flight.remove(&id);
+                            result?;
+                        }
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a request may be sent now: one that waits for another is held until that one
+    /// is in the ledger, or until the hold runs out (then it goes, flagged).
+    fn may_go(&self, row: &Pending) -> Result<bool, SinkError> {
+        let Some(waits_for) = &row.waits_for else {
+            return Ok(true);
+        };
+        let mut store = self.store.lock().expect("store lock");
+        if store.ledger_has(waits_for)? {
+            return Ok(true);
+        }
+        let now = now_ms();
+        let held_for = Duration::from_millis((now - row.created_at).max(0) as u64);
+        if held_for >= self.config.hold {
+            store.flag_exception(row.id, "sent-after-hold", now)?;
+            self.report.lock().expect("report lock").sent_after_hold += 1;
+            return Ok(true);
+        }
+        let recheck = (self.config.hold - held_for).min(Duration::from_millis(200));
+        store.hold(row.id, now + recheck.as_millis() as i64)?;
+        Ok(false)
+    }
+
+    async fn send(self: Arc<Self>, row: Pending) -> Result<(), SinkError> {
+        let Some(endpoint) = Endpoint::parse(&row.endpoint) else {
+            let letter = dead(
+                "unknown-endpoint",
+                format!("no such endpoint {}", row.endpoint),
+                &row,
+                json!({}),
+            );
+            self.store
+                .lock()
+                .expect("store lock")
+                .dead_letter(row.id, &letter, now_ms())?;
+            return Ok(());
+        };
+        let mut body: Json = match serde_json::from_str(&row.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let letter = dead(
+                    "corrupt",
+                    format!("stored body is not JSON: {e}"),
+                    &row,
+                    json!({}),
+                );
+                self.store
+                    .lock()
+                    .expect("store lock")
+                    .dead_letter(row.id, &letter, now_ms())?;
+                return Ok(());
+            }
+        };
+        self.wait_for_slot(endpoint).await;
+        let (outcome, rate) = self
+            .client
+            .post(endpoint.path(), &body, self.config.time_scale)
+            .await;
+        if let (Some(0), Some(reset)) = (rate.remaining, rate.reset) {
+            self.limiter(endpoint).block_until(Instant::now() + reset);
+        }
+        let now = now_ms();
+        match outcome {
+            Outcome::Accepted { status, .. } => {
+                self.store
+                    .lock()
+                    .expect("store lock")
+                    .mark_sent(&[row.id], status, now)?;
+                *self
+                    .report
+                    .lock()
+                    .expect("report lock")
+                    .sent
+                    .entry(row.mapping.clone())
+                    .or_default() += 1;
+            }
+            Outcome::Retry { reason, after } => {
+                if let Some(after) = after {
+                    self.limiter(endpoint).block_until(Instant::now() + after);
+                }
+                if row.attempts + 1 >= self.config.max_attempts {
+                    let letter = dead(
+                        "retries-exhausted",
+                        format!("gave up after {} attempts: {reason}", row.attempts + 1),
+                        &row,
+                        json!({"last_error": reason}),
+                    );
+                    self.store
+                        .lock()
+                        .expect("store lock")
+                        .dead_letter(row.id, &letter, now)?;
+                    self.count_dead("retries-exhausted");
+                } else {
+                    let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
+                    self.store.lock().expect("store lock").reschedule(
+                        row.id,
+                        now + wait.as_millis() as i64,
+                        &reason,
+                    )?;
+                    self.report.lock().expect("report lock").retried += 1;
+                }
+            }
+            Outcome::Refused { status, errors } => {
+                let phone = "/data/attributes/phone_number";
+                let phone_refused =
+                    status == 400 && errors.iter().any(|e| e.pointer.as_deref() == Some(phone));
+                if phone_refused && remove_phone(&mut body) {
+                    // A phone Klaviyo cannot read is left out and the profile sent without it.
+                    let mut store = self.store.lock().expect("store lock");
+                    store.replace_body(row.id, &body.to_string())?;
+                    store.flag_exception(row.id, "phone-removed", now)?;
+                    store.reschedule(row.id, now, "phone number refused; retrying without it")?;
+                    self.report.lock().expect("report lock").phone_removed += 1;
+                } else {
+                    let letter = dead(
+                        "invalid",
+                        format!("Klaviyo refused it ({status}): {}", describe(&errors)),
+                        &row,
+                        json!({"status": status, "errors": errors}),
+                    );
+                    self.store
+                        .lock()
+                        .expect("store lock")
+                        .dead_letter(row.id, &letter, now)?;
+                    self.count_dead("invalid");
+                }
+            }
+            Outcome::DuplicateProfile {
+                errors,
+                existing_profile,
+            } => {
+                let attributes = body
+                    .pointer("/data/attributes")
+                    .cloned()
+                    .unwrap_or_default();
+                let letter = dead(
+                    "duplicate-profile",
+                    format!(
+                        "email {} and phone {} belong to different Klaviyo profiles (existing profile {})",
+                        attributes["email"],
+                        attributes["phone_number"],
+                        existing_profile.as_deref().unwrap_or("unknown")
+                    ),
+                    &row,
+                    json!({"email": attributes["email"], "phone_number": attributes["phone_number"],
+                           "existing_profile": existing_profile, "errors": errors}),
+                );
+                self.store
+                    .lock()
+                    .expect("store lock")
+                    .dead_letter(row.id, &letter, now)?;
+                self.count_dead("duplicate-profile");
+            }
+            Outcome::KeyRefused { status, detail } => {
+                self.stop.store(true, Ordering::SeqCst);
+                let detail = detail.trim_end_matches('.').to_owned();
+                return Err(SinkError::KeyRefused { status, detail });
+            }
+        }
+        Ok(())
+    }
+
+    fn limiter(&self, endpoint: Endpoint) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiters[&endpoint].lock().expect("limiter lock")
+    }
+
+    /// Reserves the endpoint's next slot and sleeps until it.
+    async fn wait_for_slot(&self, endpoint: Endpoint) {
+        let now = Instant::now();
+        let slot = {
+            let mut limiter = self.limiter(endpoint);
+            let slot = limiter.next_slot(now);
+            limiter.record(slot);
+            slot
+        };
+        if slot > now {
+            self.report.lock().expect("report lock").waited_on_limits += slot - now;
+            tokio::time::sleep_until(slot.into()).await;
+        }
+    }
+
+    /// Exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s, ... capped at a minute.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let ceiling = Duration::from_millis(500)
+            .saturating_mul(1 << attempts.min(7))
+            .min(Duration::from_secs(60));
+        ceiling
+            .mul_f64(rand::random::<f64>().max(0.1))
+            .div_f64(self.config.time_scale)
+    }
+
+    fn count_dead(&self, category: &str) {
+        *self
+            .report
+            .lock()
+            .expect("report lock")
+            .dead_letters
+            .entry(category.to_owned())
+            .or_default() += 1;
+    }
+}
+
+fn dead(category: &str, reason: String, row: &Pending, details: Json) -> NewDeadLetter {
+    NewDeadLetter {
+        mapping: Some(row.mapping.clone()),
+        category: category.to_owned(),
+        reason,
+        details,
+    }
+}
+
+fn describe(errors: &[ApiError]) -> String {
+    errors
+        .iter()
+        .map(|e| match &e.pointer {
+            Some(pointer) => format!("{} at {pointer}: {}", e.code, e.detail),
+            None => format!("{}: {}", e.code, e.detail),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Drops `phone_number` from a profile body; false when there was none to drop.
+fn remove_phone(body: &mut Json) -> bool {
+    body.pointer_mut("/data/attributes")
+        .and_then(Json::as_object_mut)
+        .and_then(|a| a.remove("phone_number"))
+        .is_some()
+}

@@ -1,0 +1,441 @@
+//! What the stand-in accepted, kept so that tests can assert the exact effect of a run:
+//! events once each (Klaviyo's dedupe), profiles as they stand after every upsert,
+//! subscriptions, and the body of every bulk job.
+
+use super::errors::ApiError;
+use crate::klaviyo::Endpoint;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value as Json, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Everything the stand-in accepted, in the order it accepted it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accepted {
+    /// Events recorded, each once: a duplicate (same profile, metric and `unique_id`) was
+    /// answered 202 like Klaviyo does, and left out here.
+    pub events: Vec<AcceptedEvent>,
+    /// Profiles as they stand now, in the order they were created.
+    pub profiles: Vec<Profile>,
+    /// One entry per profile of every accepted subscription job.
+    pub subscriptions: Vec<Subscription>,
+    /// The body of every accepted bulk job (subscription, event and profile import jobs).
+    pub bulk_jobs: Vec<BulkJob>,
+}
+
+impl Accepted {
+    /// The profile with this email (compared case-insensitively, as Klaviyo does).
+    pub fn profile_by_email(&self, email: &str) -> Option<&Profile> {
+        self.profiles.iter().find(|p| {
+            p.attribute("email")
+                .and_then(Json::as_str)
+                .is_some_and(|e| e.eq_ignore_ascii_case(email))
+        })
+    }
+
+    /// The events of one metric, in order.
+    pub fn events_named<'a>(&'a self, metric: &'a str) -> impl Iterator<Item = &'a AcceptedEvent> {
+        self.events.iter().filter(move |e| e.metric == metric)
+    }
+}
+
+/// An event as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedEvent {
+    /// [`Endpoint::CreateEvent`] or [`Endpoint::BulkCreateEvents`].
+    pub endpoint: Endpoint,
+    /// The metric's name.
+    pub metric: String,
+    /// The identifier that stands for the profile in the dedupe key: `email:…` (lower-cased),
+    /// else `phone_number:…`, `external_id:…`, `id:…`, `anonymous_id:…`, `_kx:…`.
+    pub profile_key: String,
+    pub unique_id: Option<String>,
+    /// The profile resource sent with the event (`{"type": "profile", "attributes": {…}}`).
+    pub profile: Json,
+    /// The event's attributes as sent (`properties`, `time`, `value`, `metric`, ...; the
+    /// profile is in [`AcceptedEvent::profile`]).
+    pub attributes: Json,
+}
+
+/// A profile as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub id: String,
+    /// The fields that are set. A field sent as `null` to profile-import is gone; `location`
+    /// and `properties` merge key by key.
+    pub attributes: Map<String, Json>,
+    pub created: String,
+    pub updated: String,
+}
+
+impl Profile {
+    pub fn attribute(&self, name: &str) -> Option<&Json> {
+        self.attributes.get(name)
+    }
+}
+
+/// One profile of an accepted subscription job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    /// `data.id` of the profile entry, when sent.
+    pub profile_id: Option<String>,
+    /// The consent given, by `channel.type`: `email.marketing`, `sms.marketing`,
+    /// `sms.transactional`, `whatsapp.marketing`, ... → the parameters sent
+    /// (`{"consent": "SUBSCRIBED", "consented_at": …}`).
+    pub consents: BTreeMap<String, Json>,
+    /// The list in the job's `relationships`, when sent.
+    pub list_id: Option<String>,
+    pub historical_import: bool,
+    pub custom_source: Option<String>,
+    /// The profile entry's `attributes` as sent.
+    pub attributes: Json,
+}
+
+/// The body of an accepted bulk job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkJob {
+    pub endpoint: Endpoint,
+    /// The job id the stand-in gave it (profile import jobs only: the other two answer 202
+    /// without a body).
+    pub id: Option<String>,
+    pub body: Json,
+}
+
+/// A profile bulk import job in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct ImportJob {
+    pub(crate) id: String,
+    pub(crate) created_at: DateTime<Utc>,
+    /// When it was created, on the scaled clock.
+    pub(crate) created: f64,
+    pub(crate) total: usize,
+    pub(crate) list_ids: Vec<String>,
+    /// The profile entries, until the job runs.
+    pub(crate) profiles: Vec<Json>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) outcome: Option<JobOutcome>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JobOutcome {
+    pub(crate) completed: usize,
+    pub(crate) completed_at: DateTime<Utc>,
+    pub(crate) errors: Vec<ImportError>,
+}
+
+/// A profile the job could not import.
+#[derive(Debug, Clone)]
+pub(crate) struct ImportError {
+    pub(crate) id: String,
+    pub(crate) error: ApiError,
+    pub(crate) original_payload: Json,
+}
+
+/// What `null` does to a stored field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nulls {
+    /// profile-import (and events): "setting a field to null will clear out the field".
+    Clear,
+    /// Bulk import: "does not support setting fields to null to clear them".
+    Ignore,
+}
+
+/// Why an upsert matched no single profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MatchError {
+    /// `data.id` names no profile.
+    NotFound(String),
+    /// The identifiers sent belong to two profiles; this is the other one.
+    Duplicate(String),
+}
+
+/// The identifiers a profile is found by, in the order they are tried.
+const IDENTIFIERS: [&str; 3] = ["email", "phone_number", "external_id"];
+
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    events: Vec<AcceptedEvent>,
+    event_keys: HashSet<String>,
+    profiles: Vec<Profile>,
+    by_id: HashMap<String, usize>,
+    /// (identifier, value) → profile; emails lower-cased.
+    by_identifier: HashMap<(&'static str, String), usize>,
+    subscriptions: Vec<Subscription>,
+    bulk_jobs: Vec<BulkJob>,
+    pub(crate) jobs: Vec<ImportJob>,
+}
+
+impl Store {
+    pub(crate) fn accepted(&self) -> Accepted {
+        Accepted {
+            events: self.events.clone(),
+            profiles: self.profiles.clone(),
+            subscriptions: self.subscriptions.clone(),
+            bulk_jobs: self.bulk_jobs.clone(),
+        }
+    }
+
+    pub(crate) fn profile(&self, index: usize) -> &Profile {
+        &self.profiles[index]
+    }
+
+    /// Records the event unless its key was seen; says whether it was recorded.
+    pub(crate) fn record_event(&mut self, key: String, event: AcceptedEvent) -> bool {
+        if !self.event_keys.insert(key) {
+            return false;
+        }
+        self.events.push(event);
+        true
+    }
+
+    pub(crate) fn record_subscription(&mut self, subscription: Subscription) {
+        self.subscriptions.push(subscription);
+    }
+
+    pub(crate) fn record_bulk_job(&mut self, job: BulkJob) {
+        self.bulk_jobs.push(job);
+    }
+
+    /// The profile these identifiers lead to: `id` if given (it must exist), else the first of
+    /// email, phone number, external id that matches. Any identifier that leads elsewhere is a
+    /// duplicate.
+    fn find(
+        &self,
+        id: Option<&str>,
+        attributes: &Map<String, Json>,
+    ) -> Result<Option<usize>, MatchError> {
+        let matches: Vec<usize> = IDENTIFIERS
+            .iter()
+            .filter_map(|&name| {
+                let value = attributes.get(name)?.as_str()?;
+                self.by_identifier.get(&key(name, value)).copied()
+            })
+            .collect();
+        let primary = match id {
+            Some(id) => Some(
+                *self
+                    .by_id
+                    .get(id)
+                    .ok_or_else(|| MatchError::NotFound(id.to_string()))?,
+            ),
+            None => matches.first().copied(),
+        };
+        if let Some(primary) = primary
+            && let Some(&other) = matches.iter().find(|&&i| i != primary)
+        {
+            return Err(MatchError::Duplicate(self.profiles[other].id.clone()));
+        }
+        Ok(primary)
+    }
+
+    /// Creates or updates a profile; gives its index and whether it was created.
+    pub(crate) fn upsert(
+        &mut self,
+        id: Option<&str>,
+        attributes: &Map<String, Json>,
+        meta: Option<&Json>,
+        nulls: Nulls,
+    ) -> Result<(usize, bool), MatchError> {
+        let found = self.find(id, attributes)?;
+        let now = timestamp(Utc::now());
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let id = new_id();
+                self.by_id.insert(id.clone(), self.profiles.len());
+                self.profiles.push(Profile {
+                    id,
+                    attributes: Map::new(),
+                    created: now.clone(),
+                    updated: now.clone(),
+                });
+                self.profiles.len() - 1
+            }
+        };
+        let profile = &mut self.profiles[index];
+        for name in IDENTIFIERS {
+            if let Some(value) = profile.attributes.get(name).and_then(Json::as_str) {
+                self.by_identifier.remove(&key(name, value));
+            }
+        }
+        apply(&mut profile.attributes, attributes, meta, nulls);
+        profile.updated = now;
+        for name in IDENTIFIERS {
+            if let Some(value) = profile.attributes.get(name).and_then(Json::as_str) {
+                self.by_identifier.insert(key(name, value), index);
+            }
+        }
+        Ok((index, found.is_none()))
+    }
+}
+
+fn key(identifier: &'static str, value: &str) -> (&'static str, String) {
+    let value = if identifier == "email" {
+        value.to_lowercase()
+    } else {
+        value.to_string()
+    };
+    (identifier, value)
+}
+
+/// Writes `attributes` over `target`: a value sets the field, `null` clears it (or is ignored),
+/// `location` and `properties` merge key by key; then `meta.patch_properties`.
+fn apply(
+    target: &mut Map<String, Json>,
+    attributes: &Map<String, Json>,
+    meta: Option<&Json>,
+    nulls: Nulls,
+) {
+    for (name, value) in attributes {
+        match value {
+            Json::Null => {
+                if nulls == Nulls::Clear {
+                    target.remove(name);
+                }
+            }
+            Json::Object(fields) if name == "location" || name == "properties" => {
+                let entry = target.entry(name.clone()).or_insert_with(|| json!({}));
+                if !entry.is_object() {
+                    *entry = json!({});
+                }
+                let object = entry.as_object_mut().expect("made an object above");
+                for (field, value) in fields {
+                    if !value.is_null() {
+                        object.insert(field.clone(), value.clone());
+                    } else if nulls == Nulls::Clear {
+                        object.remove(field);
+                    }
+                }
+            }
+            _ => {
+                target.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Some(patch) = meta.and_then(|m| m.get("patch_properties")) {
+        patch_properties(target, patch);
+    }
+}
+
+/// `append` adds values to an array property, `unappend` removes them, `unset` removes keys.
+fn patch_properties(target: &mut Map<String, Json>, patch: &Json) {
+    let properties = target.entry("properties").or_insert_with(|| json!({}));
+    let Some(properties) = properties.as_object_mut() else {
+        return;
+    };
+    let values = |v: &Json| match v {
+        Json::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    if let Some(append) = patch.get("append").and_then(Json::as_object) {
+        for (name, value) in append {
+            let entry = properties.entry(name.clone()).or_insert_with(|| json!([]));
+            if !entry.is_array() {
+                *entry = Json::Array(values(entry));
+            }
+            let list = entry.as_array_mut().expect("made an array above");
+            list.extend(values(value));
+        }
+    }
+    if let Some(unappend) = patch.get("unappend").and_then(Json::as_object) {
+        for (name, value) in unappend {
+            if let Some(list) = properties.get_mut(name).and_then(Json::as_array_mut) {
+                let gone = values(value);
+                list.retain(|item| !gone.contains(item));
+            }
+        }
+    }
+    match patch.get("unset") {
+        Some(Json::String(name)) => {
+            properties.remove(name);
+        }
+        Some(Json::Array(names)) => {
+            for name in names.iter().filter_map(Json::as_str) {
+                properties.remove(name);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Klaviyo's timestamp format: `2022-11-08T00:00:00+00:00`.
+pub(crate) fn timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+/// A new id in the shape of Klaviyo's profile ids: 26 characters of Crockford base 32.
+pub(crate) fn new_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let random: [u8; 24] = rand::random();
+    let tail: String = random
+        .iter()
+        .map(|b| ALPHABET[(*b % 32) as usize] as char)
+        .collect();
+    format!("01{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(value: Json) -> Map<String, Json> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn upsert_matches_by_email_then_phone_and_reports_duplicates() {
+        let mut store = Store::default();
+        let (a, created) = store
+            .upsert(None, &attrs(json!({"email": "A@x.co"})), None, Nulls::Clear)
+            .unwrap();
+        assert!(created);
+        let (b, _) = store
+            .upsert(
+                None,
+                &attrs(json!({"phone_number": "+15005550006"})),
+                None,
+                Nulls::Clear,
+            )
+            .unwrap();
+        assert_ne!(a, b);
+        let (again, created) = store
+            .upsert(
+                None,
+                &attrs(json!({"email": "a@x.co", "first_name": "Ann"})),
+                None,
+                Nulls::Clear,
+            )
+            .unwrap();
+        assert_eq!((again, created), (a, false));
+        let both = attrs(json!({"email": "a@x.co", "phone_number": "+15005550006"}));
+        assert_eq!(
+            store.upsert(None, &both, None, Nulls::Clear),
+            Err(MatchError::Duplicate(store.profile(b).id.clone()))
+        );
+    }
+
+    #[test]
+    fn nulls_clear_or_are_ignored() {
+        let mut store = Store::default();
+        let first =
+            attrs(json!({"email": "a@x.co", "first_name": "Ann", "properties": {"a": 1, "b": 2}}));
+        store.upsert(None, &first, None, Nulls::Clear).unwrap();
+        let nulls =
+            attrs(json!({"email": "a@x.co", "first_name": null, "properties": {"a": null}}));
+        store.upsert(None, &nulls, None, Nulls::Ignore).unwrap();
+        assert_eq!(store.profile(0).attributes["first_name"], "Ann");
+        store.upsert(None, &nulls, None, Nulls::Clear).unwrap();
+        let profile = store.profile(0);
+        assert_eq!(profile.attribute("first_name"), None);
+        assert_eq!(profile.attributes["properties"], json!({"b": 2}));
+    }
+
+    #[test]
+    fn patch_properties_appends_and_unsets() {
+        let mut target = attrs(json!({"properties": {"tags": ["a"], "gone": 1}}));
+        let meta = json!({"patch_properties": {"append": {"tags": ["b", "c"]}, "unappend": {"tags": "a"}, "unset": "gone"}});
+        apply(&mut target, &Map::new(), Some(&meta), Nulls::Clear);
+        assert_eq!(target["properties"], json!({"tags": ["b", "c"]}));
+    }
+}

@@ -1,0 +1,198 @@
+//! Dead letters: what could not become an accepted request, kept with what it came from until
+//! it is requeued or resolved.
+
+use super::intake::{queue, versions_of};
+use super::outbox::state_of;
+use super::{DeadLetter, Intake, NewDeadLetter, NewRequest, Store, StoreError};
+use rusqlite::{Connection, OptionalExtension, params};
+
+impl Store {
+    /// Klaviyo refused an outbox row for good: in one transaction the row becomes dead and the
+    /// letter is written, pointing at the row and its delivery. Without a mapping of its own,
+    /// the letter takes the row's.
+    pub fn dead_letter(
+        &mut self,
+        id: i64,
+        letter: &NewDeadLetter,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        match state_of(&tx, id)?.as_str() {
+            "pending" | "superseded" => {}
+            state => {
+                return Err(StoreError::NotPending {
+                    id,
+                    state: state.to_owned(),
+                });
+            }
+        }
+        tx.execute("UPDATE outbox SET state = 'dead' WHERE id = ?1", [id])?;
+        let inbox_id: i64 =
+            tx.query_row("SELECT inbox_id FROM outbox WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        insert_letter(&tx, inbox_id, Some(id), letter, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A line that could not be read as a delivery: kept as a dead letter (`unreadable`) with
+    /// its origin and raw text, as there is no delivery id to file it under. Reading the same
+    /// line again (same origin and text) while its letter is unresolved adds nothing; returns
+    /// whether a letter was written.
+    pub fn record_unreadable(
+        &mut self,
+        origin: &str,
+        text: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM dead_letter
+                            WHERE inbox_id IS NULL AND resolved_at IS NULL
+                              AND origin = ?1 AND text = ?2)",
+            params![origin, text],
+            |r| r.get(0),
+        )?;
+        if !known {
+            tx.execute(
+                "INSERT INTO dead_letter (category, reason, details, origin, text, created_at)
+                 VALUES ('unreadable', ?1, '{}', ?2, ?3, ?4)",
+                params![reason, origin, text, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(!known)
+    }
+
+    /// Unresolved dead letters, oldest first, of one category and/or mapping or all, each with
+    /// the raw delivery (or line) it came from.
+    pub fn dead_letters(
+        &self,
+        category: Option<&str>,
+        mapping: Option<&str>,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT d.id, d.category, d.reason, d.details, d.mapping, d.outbox_id,
+                    i.marketplace, i.delivery_id, coalesce(i.origin, d.origin),
+                    coalesce(i.text, d.text), d.created_at
+             FROM dead_letter d LEFT JOIN inbox i ON i.id = d.inbox_id
+             WHERE d.resolved_at IS NULL
+               AND (?1 IS NULL OR d.category = ?1) AND (?2 IS NULL OR d.mapping = ?2)
+             ORDER BY d.id",
+        )?;
+        let rows = statement.query_map(params![category, mapping], |r| {
+            let details: String = r.get(3)?;
+            let details = serde_json::from_str(&details).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+            })?;
+            let delivery = match (r.get(6)?, r.get(7)?) {
+                (Some(marketplace), Some(delivery_id)) => Some((marketplace, delivery_id)),
+                _ => None,
+            };
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                category: r.get(1)?,
+                reason: r.get(2)?,
+                details,
+                mapping: r.get(4)?,
+                outbox_id: r.get(5)?,
+                delivery,
+                origin: r.get(8)?,
+                text: r.get(9)?,
+                created_at: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Retries a dead letter: in one transaction the letter is resolved and `requests` (mapped
+    /// again from its delivery, with fixed mappings) are queued as fresh rows of that delivery,
+    /// under the same rules as at intake. A once key already accepted is still dropped; dead
+    /// rows hold no once key, so the refused request itself does not block its retry.
+    ///
+    /// An unreadable line has no delivery to queue under: take it in again with
+    /// [`Store::intake`] and [`Store::resolve`] its letter.
+    pub fn requeue(
+        &mut self,
+        dead_letter_id: i64,
+        requests: &[NewRequest],
+        now: i64,
+    ) -> Result<Intake, StoreError> {
+        let versions = versions_of(requests)?;
+        let tx = self.write()?;
+        let inbox_id = open_letter(&tx, dead_letter_id)?
+            .ok_or(StoreError::NoDelivery { id: dead_letter_id })?;
+        resolve_letter(&tx, dead_letter_id, now)?;
+        let mut intake = Intake::default();
+        for (request, version) in requests.iter().zip(&versions) {
+            intake.count(queue(&tx, inbox_id, request, version.as_deref(), now)?);
+        }
+        tx.commit()?;
+        Ok(intake)
+    }
+
+    /// Closes a dead letter without queueing anything: given up on, or taken in again.
+    pub fn resolve(&mut self, dead_letter_id: i64, now: i64) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        open_letter(&tx, dead_letter_id)?;
+        resolve_letter(&tx, dead_letter_id, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The delivery of an unresolved letter (`None` for an unreadable line), or why it cannot be
+/// retried.
+fn open_letter(conn: &Connection, id: i64) -> Result<Option<i64>, StoreError> {
+    let (inbox_id, resolved_at): (Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT inbox_id, resolved_at FROM dead_letter WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound {
+            what: "dead letter",
+            id,
+        })?;
+    match resolved_at {
+        Some(_) => Err(StoreError::AlreadyResolved { id }),
+        None => Ok(inbox_id),
+    }
+}
+
+fn resolve_letter(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE dead_letter SET resolved_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+/// Writes a letter from a delivery (and a refused outbox row, if any).
+pub(super) fn insert_letter(
+    conn: &Connection,
+    inbox_id: i64,
+    outbox_id: Option<i64>,
+    letter: &NewDeadLetter,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO dead_letter (inbox_id, outbox_id, mapping, category, reason, details,
+                                  created_at)
+         VALUES (?1, ?2, coalesce(?3, (SELECT mapping FROM outbox WHERE id = ?2)), ?4, ?5, ?6,
+                 ?7)",
+    )?
+    .execute(params![
+        inbox_id,
+        outbox_id,
+        letter.mapping,
+        letter.category,
+        letter.reason,
+        letter.details.to_string(),
+        now
+    ])?;
+    Ok(())
+}

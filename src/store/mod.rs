@@ -1,0 +1,286 @@
+//! The durable store: the only stateful part of marketsync, one SQLite file.
+//!
+//! It exists so that nothing read is lost or sent twice across crashes and restarts:
+//!
+//! - **inbox and outbox**: a delivery and the requests its mappings produced are written in one
+//!   transaction ([`Store::intake`]), deduplicated by marketplace and delivery id. A crash keeps
+//!   both or neither.
+//! - **ledger**: what Klaviyo accepted, written in the same transaction that marks the outbox
+//!   row sent ([`Store::mark_sent`]). A crash between sending and marking resends on restart,
+//!   which Klaviyo absorbs (events deduplicate by `unique_id`, profile imports are idempotent).
+//! - **once per key** across runs, **coalescing** of profile updates against a per-profile
+//!   **watermark**, **ordering holds** (`waits_for` is a ledger key), the **consent** ledger of
+//!   initial opt-ins, **dead letters** with the delivery they came from, and **exceptions**.
+//!
+//! What it must never do: read the clock (every time is unix milliseconds passed in by the
+//! caller, so tests are deterministic and a replay is reproducible), talk to the network, or
+//! know about mappings or Klaviyo payloads beyond opaque text. Bodies are stored and returned as
+//! written; the one Klaviyo fact it holds is [`CONSENT_ENDPOINT`], whose acceptance also lands
+//! in the consent ledger.
+//!
+//! The architecture puts the store behind a narrow trait so that a Postgres store can serve
+//! several instances later. The method set of [`Store`] is that narrow surface; the trait itself
+//! is left until the second implementation exists, because several instances will need `due`
+//! to *claim* rows with a lease (one SQLite writer does not), and that shape is better designed
+//! against the real second store than guessed now.
+
+mod dead;
+mod intake;
+mod outbox;
+mod schema;
+mod status;
+
+pub use status::{LaneStatus, Status};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// The endpoint whose accepted requests (with a once key) are also recorded as consent: the
+/// initial opt-in has been applied for that profile and marketplace.
+pub const CONSENT_ENDPOINT: &str = "/api/profile-subscription-bulk-create-jobs";
+
+/// The key under which an accepted request is kept in the ledger: its once key, scoped by the
+/// mapping that produced it, so that two mappings' keys never collide. Once-per checks at
+/// intake, [`Store::mark_sent`] and callers building `waits_for` all use this one spelling.
+pub fn ledger_key(mapping: &str, once_key: &str) -> String {
+    format!("{mapping}\u{1f}{once_key}")
+}
+
+/// The delivery a batch of requests came from.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryRecord<'a> {
+    pub marketplace: &'a str,
+    pub delivery_id: &'a str,
+    /// Where it was read: `file:line`, or the webhook receiver.
+    pub origin: &'a str,
+    /// The raw delivery, kept so that a retry can map it again with fixed mappings.
+    pub text: &'a str,
+}
+
+/// A request to queue. The body is opaque JSON text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRequest {
+    pub mapping: String,
+    /// The endpoint's path, e.g. `/api/events`.
+    pub endpoint: String,
+    /// `transaction` or `profile`; the store only groups by it.
+    pub lane: String,
+    pub body: String,
+    /// Set when the mapping fires once per key: dropped at intake if
+    /// [`ledger_key`]`(mapping, once_key)` was accepted before or is queued now.
+    pub once_key: Option<String>,
+    pub unique_id: Option<String>,
+    /// A ledger key that must be accepted before this request is sent (the sink asks
+    /// [`Store::ledger_has`]).
+    pub waits_for: Option<String>,
+    /// Requests of one mapping with the same coalesce key (e.g. the email) supersede each other:
+    /// only the newest `version` is sent. Needs `version`.
+    pub coalesce_key: Option<String>,
+    /// An RFC 3339 timestamp (the source's `updatedAt`), compared as an instant.
+    pub version: Option<String>,
+}
+
+/// What [`Store::intake`] (or [`Store::requeue`]) did with the requests: every request is
+/// counted in exactly one of `queued`, `dropped_once`, `dropped_stale` and `coalesced`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intake {
+    /// The delivery was taken in before: nothing was written, nothing counted.
+    pub duplicate_delivery: bool,
+    /// New outbox rows.
+    pub queued: usize,
+    /// Dropped because their once key is in the ledger or already queued.
+    pub dropped_once: usize,
+    /// Dropped because a version as new or newer was already applied (the watermark).
+    pub dropped_stale: usize,
+    /// Met a pending row of the same mapping and coalesce key: of the two, the newer version
+    /// stays queued, in the older one's place.
+    pub coalesced: usize,
+}
+
+/// An outbox row waiting to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: i64,
+    pub mapping: String,
+    pub endpoint: String,
+    pub lane: String,
+    pub body: String,
+    pub once_key: Option<String>,
+    pub unique_id: Option<String>,
+    pub waits_for: Option<String>,
+    pub coalesce_key: Option<String>,
+    /// Normalised to UTC (`2026-03-13T23:15:30.000000000Z`).
+    pub version: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When it was queued; a row that superseded an older one keeps the older one's time, so
+    /// it means "waiting since" for that profile's update.
+    pub created_at: i64,
+    /// The delivery it came from: (marketplace, delivery id).
+    pub delivery: (String, String),
+}
+
+/// A dead letter to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    /// The mapping involved; for a refused request, `None` means the request's own mapping.
+    pub mapping: Option<String>,
+    /// `invalid`, `duplicate-profile`, `retries-exhausted`, `mapping:missing-field`, ...
+    pub category: String,
+    pub reason: String,
+    /// Klaviyo's error code, detail and `source.pointer`, both identifiers of a duplicate
+    /// profile, and the like.
+    pub details: serde_json::Value,
+}
+
+/// An unresolved dead letter, with what it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub category: String,
+    pub reason: String,
+    pub details: serde_json::Value,
+    pub mapping: Option<String>,
+    /// The refused request, when Klaviyo refused one.
+    pub outbox_id: Option<i64>,
+    /// (marketplace, delivery id); `None` for an unreadable line.
+    pub delivery: Option<(String, String)>,
+    /// Where the delivery or line was read.
+    pub origin: String,
+    /// The raw delivery or line.
+    pub text: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the store's schema is version {found}, newer than this marketsync knows ({known}): \
+         upgrade marketsync"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
+    #[error("request from mapping `{mapping}`: {problem}")]
+    InvalidRequest { mapping: String, problem: String },
+    #[error("no {what} with id {id}")]
+    NotFound { what: &'static str, id: i64 },
+    #[error("outbox row {id} is {state}, not pending")]
+    NotPending { id: i64, state: String },
+    #[error("dead letter {id} is already resolved")]
+    AlreadyResolved { id: i64 },
+    #[error(
+        "dead letter {id} is an unreadable line with no stored delivery: take the line in \
+         again with `intake`, then resolve the letter"
+    )]
+    NoDelivery { id: i64 },
+}
+
+/// The store. One connection; writes take SQLite's write lock up front (`BEGIN IMMEDIATE`) so
+/// that another process waits on the busy timeout instead of failing mid-transaction.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens the file, creating it or migrating it to the current schema.
+    ///
+    /// WAL lets readers (`marketsync status`) run beside the writer; `synchronous = FULL`
+    /// makes a commit durable across power loss, not only a process crash, because a webhook is
+    /// acknowledged once its intake commits.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Store::ready(conn)
+    }
+
+    /// A store that lives as long as the value: for dry runs and tests.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Store::ready(Connection::open_in_memory()?)
+    }
+
+    fn ready(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut conn, schema::MIGRATIONS)?;
+        Ok(Store { conn })
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        schema::user_version(&self.conn)
+    }
+
+    /// Whether Klaviyo accepted a request under this [`ledger_key`].
+    pub fn ledger_has(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM ledger WHERE key = ?1)",
+            [key],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// When the initial opt-in under this once key was accepted, if it was.
+    pub fn consent_accepted_at(&self, once_key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT accepted_at FROM consent WHERE once_key = ?1",
+                [once_key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn write(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+/// A `count(*)` column. (rusqlite reads no `usize` without a feature; a count is never
+/// negative.)
+fn count_at(row: &rusqlite::Row, index: usize) -> rusqlite::Result<usize> {
+    Ok(row.get::<_, i64>(index)? as usize)
+}
+
+/// An RFC 3339 timestamp as UTC text of fixed width, so that text order is time order
+/// (`+10:00` and `Z` spellings of one instant become equal).
+fn normalise_version(mapping: &str, version: &str) -> Result<String, StoreError> {
+    let instant = chrono::DateTime::parse_from_rfc3339(version.trim()).map_err(|e| {
+        StoreError::InvalidRequest {
+            mapping: mapping.to_owned(),
+            problem: format!("version `{version}` is not an RFC 3339 timestamp: {e}"),
+        }
+    })?;
+    Ok(instant
+        .with_timezone(&chrono::Utc)
+        .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_normalise_to_sortable_utc() {
+        let v = |s| normalise_version("m", s).unwrap();
+        assert_eq!(
+            v("2026-03-13T23:15:30+10:00"),
+            "2026-03-13T13:15:30.000000000Z"
+        );
+        assert_eq!(v("2026-03-13T13:15:30Z"), v("2026-03-13T23:15:30+10:00"));
+        assert!(v("2026-03-13T13:15:30.5Z") > v("2026-03-13T13:15:30Z"));
+        assert!(v("2026-03-13T13:15:31Z") > v("2026-03-13T13:15:30.999Z"));
+        assert!(normalise_version("m", "yesterday").is_err());
+    }
+
+    #[test]
+    fn ledger_keys_are_scoped_by_mapping() {
+        assert_eq!(ledger_key("placed-order", "5001"), "placed-order\u{1f}5001");
+    }
+}

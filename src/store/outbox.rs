@@ -1,0 +1,216 @@
+//! The sink's side of the outbox: what is due, and what became of each send.
+
+use super::{CONSENT_ENDPOINT, Pending, Store, StoreError, count_at, ledger_key};
+use rusqlite::{Connection, OptionalExtension, params};
+
+impl Store {
+    /// Pending rows of a lane whose `next_attempt_at` has come, oldest first (by when they were
+    /// queued; a row that superseded an older one has the older one's place).
+    ///
+    /// The store does not know what is in flight, so a row returned here stays due until it is
+    /// marked, rescheduled, held or dead. The caller keeps its own in-flight set, and should
+    /// also hold back a row whose mapping and coalesce key are in flight: a newer profile
+    /// update may have superseded a row being sent, and sending both at once lets the older
+    /// body arrive last.
+    pub fn due(&self, lane: &str, now: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut statement = self.conn.prepare_cached(
+            "SELECT o.id, o.mapping, o.endpoint, o.lane, o.body, o.once_key, o.unique_id,
+                    o.waits_for, o.coalesce_key, o.version, o.attempts, o.last_error,
+                    o.created_at, i.marketplace, i.delivery_id
+             FROM outbox o JOIN inbox i ON i.id = o.inbox_id
+             WHERE o.state = 'pending' AND o.lane = ?1 AND o.next_attempt_at <= ?2
+             ORDER BY o.created_at, o.id
+             LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![lane, now, limit], |r| {
+            Ok(Pending {
+                id: r.get(0)?,
+                mapping: r.get(1)?,
+                endpoint: r.get(2)?,
+                lane: r.get(3)?,
+                body: r.get(4)?,
+                once_key: r.get(5)?,
+                unique_id: r.get(6)?,
+                waits_for: r.get(7)?,
+                coalesce_key: r.get(8)?,
+                version: r.get(9)?,
+                attempts: r.get(10)?,
+                last_error: r.get(11)?,
+                created_at: r.get(12)?,
+                delivery: (r.get(13)?, r.get(14)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Pending rows of a lane, of one endpoint or all, due or not.
+    pub fn pending_count(&self, lane: &str, endpoint: Option<&str>) -> Result<usize, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM outbox
+             WHERE state = 'pending' AND lane = ?1 AND (?2 IS NULL OR endpoint = ?2)",
+            params![lane, endpoint],
+            |r| count_at(r, 0),
+        )?)
+    }
+
+    /// Klaviyo accepted these rows. In one transaction: each row is marked sent and written to
+    /// the ledger (its [`ledger_key`], `unique_id`, endpoint, time and HTTP status), its
+    /// coalesce key's watermark rises to its version, and an accepted subscription with a once
+    /// key is recorded as consent.
+    ///
+    /// A row already sent is left as it is, so marking twice is harmless. A superseded row that
+    /// was in flight is marked too: its (older) version is what Klaviyo applied. Any other id
+    /// is an error, and then nothing is marked.
+    pub fn mark_sent(&mut self, ids: &[i64], status: u16, now: i64) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        for &id in ids {
+            let row = tx
+                .query_row(
+                    "SELECT state, mapping, endpoint, once_key, unique_id, coalesce_key, version
+                     FROM outbox WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(SentRow {
+                            state: r.get(0)?,
+                            mapping: r.get(1)?,
+                            endpoint: r.get(2)?,
+                            once_key: r.get(3)?,
+                            unique_id: r.get(4)?,
+                            coalesce_key: r.get(5)?,
+                            version: r.get(6)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound {
+                    what: "outbox row",
+                    id,
+                })?;
+            match row.state.as_str() {
+                "sent" => continue,
+                "pending" | "superseded" => {}
+                _ => {
+                    return Err(StoreError::NotPending {
+                        id,
+                        state: row.state,
+                    });
+                }
+            }
+            tx.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            let key = row.once_key.as_deref().map(|k| ledger_key(&row.mapping, k));
+            tx.execute(
+                "INSERT INTO ledger (outbox_id, key, unique_id, endpoint, status, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, key, row.unique_id, row.endpoint, status, now],
+            )?;
+            if let (Some(coalesce_key), Some(version)) = (&row.coalesce_key, &row.version) {
+                tx.execute(
+                    "INSERT INTO watermark (mapping, coalesce_key, version, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (mapping, coalesce_key) DO UPDATE
+                     SET version = max(version, excluded.version), updated_at = excluded.updated_at",
+                    params![row.mapping, coalesce_key, version, now],
+                )?;
+            }
+            if row.endpoint == CONSENT_ENDPOINT
+                && let Some(once_key) = &row.once_key
+            {
+                tx.execute(
+                    "INSERT INTO consent (once_key, mapping, outbox_id, accepted_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (once_key) DO NOTHING",
+                    params![once_key, row.mapping, id, now],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A send failed and will be tried again at `next_attempt_at`: attempts go up by one and
+    /// the error is kept. A superseded row is not retried (the newer row carries the update),
+    /// so for one this does nothing.
+    pub fn reschedule(
+        &mut self,
+        id: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
+             WHERE id = ?1 AND state = 'pending'",
+            params![id, next_attempt_at, error],
+        )?;
+        unless_superseded(&self.conn, id, changed)
+    }
+
+    /// Postpones a pending row to `until` without counting an attempt: an ordering hold whose
+    /// `waits_for` is not in the ledger yet. Does nothing to a superseded row.
+    pub fn hold(&mut self, id: i64, until: i64) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1 AND state = 'pending'",
+            params![id, until],
+        )?;
+        unless_superseded(&self.conn, id, changed)
+    }
+
+    /// Replaces a pending row's body (the sink rewrote it, e.g. to drop a field Klaviyo
+    /// refused). Does nothing to a superseded row, which is not sent again.
+    pub fn replace_body(&mut self, id: i64, body: &str) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE outbox SET body = ?2 WHERE id = ?1 AND state = 'pending'",
+            params![id, body],
+        )?;
+        unless_superseded(&self.conn, id, changed)
+    }
+
+    /// Notes that a row was sent out of the ordinary (`kind`, e.g. `hold-expired`: sent after
+    /// its ordering hold ran out), for the exceptions report.
+    pub fn flag_exception(&mut self, id: i64, kind: &str, now: i64) -> Result<(), StoreError> {
+        state_of(&self.conn, id)?;
+        self.conn.execute(
+            "INSERT INTO exception (outbox_id, kind, flagged_at) VALUES (?1, ?2, ?3)",
+            params![id, kind, now],
+        )?;
+        Ok(())
+    }
+}
+
+struct SentRow {
+    state: String,
+    mapping: String,
+    endpoint: String,
+    once_key: Option<String>,
+    unique_id: Option<String>,
+    coalesce_key: Option<String>,
+    version: Option<String>,
+}
+
+/// The state of an outbox row, or `NotFound`.
+pub(super) fn state_of(conn: &Connection, id: i64) -> Result<String, StoreError> {
+    conn.query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound {
+            what: "outbox row",
+            id,
+        })
+}
+
+/// After an update of a pending row: fine if it changed the row or the row is superseded,
+/// otherwise the error saying why not.
+fn unless_superseded(conn: &Connection, id: i64, changed: usize) -> Result<(), StoreError> {
+    if changed > 0 {
+        return Ok(());
+    }
+    match state_of(conn, id)?.as_str() {
+        "superseded" => Ok(()),
+        state => Err(StoreError::NotPending {
+            id,
+            state: state.to_owned(),
+        }),
+    }
+}

@@ -1,0 +1,194 @@
+//! The store's tables, as an ordered list of migration steps.
+//!
+//! `PRAGMA user_version` holds how many steps a database file has had. Opening a file applies
+//! the missing ones, each in its own transaction together with the version bump, so a crash
+//! mid-migration leaves the file at the previous version, never between two. Steps are only
+//! ever appended: a released step is never edited, because files in the field already ran it.
+
+use super::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Step `i` takes a file from version `i` to version `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[V1];
+
+/// Version 1: inbox, outbox, ledger, watermark, consent, dead letters, exceptions.
+const V1: &str = r#"
+-- Every delivery read, once per marketplace and delivery id.
+CREATE TABLE inbox (
+    id           INTEGER PRIMARY KEY,
+    marketplace  TEXT    NOT NULL,
+    delivery_id  TEXT    NOT NULL,
+    origin       TEXT    NOT NULL,   -- file:line, or where a webhook came from
+    text         TEXT    NOT NULL,   -- the raw delivery, for retries with fixed mappings
+    received_at  INTEGER NOT NULL,
+    UNIQUE (marketplace, delivery_id)
+) STRICT;
+
+-- Requests to send. `state` moves pending -> sent | dead, or pending -> superseded (a newer
+-- request for the same coalesce key took its place) -> sent | dead if it was already in flight.
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY,
+    inbox_id         INTEGER NOT NULL REFERENCES inbox (id),
+    mapping          TEXT    NOT NULL,
+    endpoint         TEXT    NOT NULL,
+    lane             TEXT    NOT NULL,
+    body             TEXT    NOT NULL,
+    once_key         TEXT,
+    unique_id        TEXT,
+    waits_for        TEXT,
+    coalesce_key     TEXT,
+    version          TEXT,   -- normalised UTC RFC 3339: sorts as text in time order
+    state            TEXT    NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'superseded', 'sent', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    sent_at          INTEGER,
+    CHECK (coalesce_key IS NULL OR version IS NOT NULL)
+) STRICT;
+CREATE INDEX outbox_due ON outbox (lane, next_attempt_at) WHERE state = 'pending';
+CREATE UNIQUE INDEX outbox_open_once ON outbox (mapping, once_key)
+    WHERE state IN ('pending', 'superseded') AND once_key IS NOT NULL;
+CREATE UNIQUE INDEX outbox_pending_coalesce ON outbox (mapping, coalesce_key)
+    WHERE state = 'pending' AND coalesce_key IS NOT NULL;
+
+-- What Klaviyo accepted. `key` is ledger_key(mapping, once_key).
+CREATE TABLE ledger (
+    id         INTEGER PRIMARY KEY,
+    outbox_id  INTEGER NOT NULL UNIQUE REFERENCES outbox (id),
+    key        TEXT,
+    unique_id  TEXT,
+    endpoint   TEXT    NOT NULL,
+    status     INTEGER NOT NULL,
+    sent_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX ledger_key ON ledger (key) WHERE key IS NOT NULL;
+CREATE INDEX ledger_endpoint ON ledger (endpoint, sent_at);
+
+-- The latest version applied per profile, scoped by mapping like once keys.
+CREATE TABLE watermark (
+    mapping       TEXT    NOT NULL,
+    coalesce_key  TEXT    NOT NULL,
+    version       TEXT    NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (mapping, coalesce_key)
+) STRICT, WITHOUT ROWID;
+
+-- Initial opt-ins Klaviyo accepted, by the subscription's once key (profile and marketplace).
+CREATE TABLE consent (
+    once_key     TEXT    PRIMARY KEY,
+    mapping      TEXT    NOT NULL,
+    outbox_id    INTEGER NOT NULL REFERENCES outbox (id),
+    accepted_at  INTEGER NOT NULL
+) STRICT;
+
+-- Everything that could not become an accepted request. A letter comes from a delivery
+-- (inbox_id, and outbox_id when Klaviyo refused a request) or from an unreadable line
+-- (origin and text, no delivery).
+CREATE TABLE dead_letter (
+    id           INTEGER PRIMARY KEY,
+    outbox_id    INTEGER UNIQUE REFERENCES outbox (id),
+    inbox_id     INTEGER REFERENCES inbox (id),
+    mapping      TEXT,
+    category     TEXT    NOT NULL,
+    reason       TEXT    NOT NULL,
+    details      TEXT    NOT NULL,   -- JSON
+    origin       TEXT,
+    text         TEXT,
+    created_at   INTEGER NOT NULL,
+    resolved_at  INTEGER,
+    CHECK ((inbox_id IS NULL) <> (text IS NULL))
+) STRICT;
+CREATE INDEX dead_letter_unresolved ON dead_letter (category) WHERE resolved_at IS NULL;
+
+-- Requests sent out of the ordinary (after their ordering hold expired), for the report.
+CREATE TABLE exception (
+    id          INTEGER PRIMARY KEY,
+    outbox_id   INTEGER NOT NULL REFERENCES outbox (id),
+    kind        TEXT    NOT NULL,
+    flagged_at  INTEGER NOT NULL
+) STRICT;
+"#;
+
+/// Applies the steps a file has not had yet and returns its version. Each step reads the
+/// version inside its own write transaction, so two processes opening one new file do not
+/// both run a step.
+pub(super) fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, StoreError> {
+    let known = steps.len() as u32;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = user_version(&tx)?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        if found == known {
+            return Ok(found);
+        }
+        tx.execute_batch(steps[found as usize])?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+    }
+}
+
+pub(super) fn user_version(conn: &Connection) -> Result<u32, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_file_takes_a_later_step_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(migrate(&mut conn, &[V1]).unwrap(), 1);
+        conn.execute(
+            "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
+             VALUES ('m', 'd', 'f:1', '{}', 0)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+
+        let v2 = "ALTER TABLE inbox ADD COLUMN sequence INTEGER";
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(migrate(&mut conn, &[V1, v2]).unwrap(), 2);
+        let (id, sequence): (String, Option<i64>) = conn
+            .query_row("SELECT delivery_id, sequence FROM inbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((id.as_str(), sequence), ("d", None));
+        // Opening again runs nothing.
+        assert_eq!(migrate(&mut conn, &[V1, v2]).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_failing_step_leaves_the_previous_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let broken = "CREATE TABLE extra (x INTEGER); THIS IS NOT SQL;";
+        assert!(migrate(&mut conn, &[V1, broken]).is_err());
+        assert_eq!(user_version(&conn).unwrap(), 1);
+        let extra: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'extra'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(extra, 0, "the failed step's table was rolled back");
+    }
+
+    #[test]
+    fn a_newer_file_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        assert!(matches!(
+            migrate(&mut conn, MIGRATIONS),
+            Err(StoreError::SchemaTooNew { found: 7, known: 1 })
+        ));
+    }
+}

@@ -1,0 +1,219 @@
+//! A real run: deliveries into the durable store, and the store's outbox out to Klaviyo.
+//!
+//! Intake and delivery run at the same time: a blocking thread reads and maps deliveries and
+//! writes each one (its inbox row, its requests and its failures) to the store in one
+//! transaction, while one task per lane sends what is due. Nothing is sent that the store has
+//! not kept first, and nothing leaves the outbox before Klaviyo accepted it, so the process can
+//! be killed at any instant and run again.
+
+use crate::engine::Engine;
+use crate::klaviyo::Request;
+use crate::sink::{DeliveryReport, Sink, SinkConfig, SinkError, now_ms};
+use crate::source::{self, Input};
+use crate::spec::Lane;
+use crate::store::{DeliveryRecord, NewDeadLetter, NewRequest, Store, StoreError, ledger_key};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What intake did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IntakeReport {
+    pub deliveries: usize,
+    pub records: usize,
+    /// Records already in the inbox from this run or an earlier one.
+    pub repeated: usize,
+    pub queued: usize,
+    pub once_per_key_dropped: usize,
+    pub stale_dropped: usize,
+    pub coalesced: usize,
+    pub skipped: BTreeMap<String, usize>,
+    /// Dead letters written at intake (unreadable deliveries, failed mappings), by category.
+    pub rejected: BTreeMap<String, usize>,
+    pub warnings: usize,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The requests of one record as the store keeps them.
+pub fn queued(request: &Request) -> NewRequest {
+    NewRequest {
+        mapping: request.mapping.to_string(),
+        endpoint: request.endpoint.path().to_owned(),
+        lane: request.lane.as_str().to_owned(),
+        body: request.body.to_string(),
+        once_key: request.once_key.clone(),
+        unique_id: request.unique_id().map(str::to_owned),
+        waits_for: request
+            .waits_for
+            .as_ref()
+            .map(|w| ledger_key(&w.mapping, &w.key)),
+        coalesce_key: request.coalesce.as_ref().map(|c| c.key.clone()),
+        version: request.coalesce.as_ref().map(|c| c.version.clone()),
+    }
+}
+
+/// Reads every input into the store. Problems go to `report` as lines naming the input and
+/// line; they are also dead letters, so nothing read is lost. Stops early when `stop` is set.
+pub fn intake(
+    engine: &Engine,
+    store: &Mutex<Store>,
+    inputs: &[Input],
+    report: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<IntakeReport, SyncError> {
+    let mut summary = IntakeReport::default();
+    for input in inputs {
+        for line in source::read_lines(input)? {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(summary);
+            }
+            let line = line?;
+            summary.deliveries += 1;
+            let origin = format!("{}:{}", line.origin, line.number);
+            let records = match source::parse_delivery(&line.text) {
+                Ok(records) => records,
+                Err(err) => {
+                    writeln!(report, "{origin}: rejected: {err}")?;
+                    store.lock().expect("store lock").record_unreadable(
+                        &origin,
+                        &line.text,
+                        &err.to_string(),
+                        now_ms(),
+                    )?;
+                    *summary
+                        .rejected
+                        .entry(format!("unreadable:{}", err.reason()))
+                        .or_default() += 1;
+                    continue;
+                }
+            };
+            for record in records {
+                summary.records += 1;
+                let mapped = engine.map(&record);
+                for warning in &mapped.warnings {
+                    writeln!(
+                        report,
+                        "{origin}: warning: delivery {}: {warning}",
+                        record.delivery_id
+                    )?;
+                }
+                summary.warnings += mapped.warnings.len();
+                let failures: Vec<NewDeadLetter> = mapped
+                    .errors
+                    .iter()
+                    .map(|e| NewDeadLetter {
+                        mapping: Some(e.mapping.to_string()),
+                        category: format!("mapping:{}", e.kind.as_str()),
+                        reason: e.message.clone(),
+                        details: serde_json::json!({}),
+                    })
+                    .collect();
+                let requests: Vec<NewRequest> = mapped.requests.iter().map(queued).collect();
+                let text = serde_json::to_string(&record).expect("a record serialises");
+                let delivery = DeliveryRecord {
+                    marketplace: engine.marketplace_of(&record),
+                    delivery_id: &record.delivery_id,
+                    origin: &origin,
+                    text: &text,
+                };
+                let mut store = store.lock().expect("store lock");
+                let outcome = match store.intake(&delivery, &requests, &failures, now_ms()) {
+                    // A request the store cannot keep (a coalescing version that is not a
+                    // timestamp) must not stop the run: the delivery is kept as a dead letter.
+                    Err(StoreError::InvalidRequest { mapping, problem }) => {
+                        writeln!(
+                            report,
+                            "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                            record.delivery_id
+                        )?;
+                        *summary
+                            .rejected
+                            .entry("mapping:invalid-request".into())
+                            .or_default() += 1;
+                        let letter = NewDeadLetter {
+                            mapping: Some(mapping.clone()),
+                            category: "mapping:invalid-request".into(),
+                            reason: problem.clone(),
+                            details: serde_json::json!({}),
+                        };
+                        store.intake(&delivery, &[], &[letter], now_ms())?
+                    }
+                    other => other?,
+                };
+                drop(store);
+                if outcome.duplicate_delivery {
+                    summary.repeated += 1;
+                    continue;
+                }
+                for error in &mapped.errors {
+                    writeln!(
+                        report,
+                        "{origin}: rejected: delivery {}: {error}",
+                        record.delivery_id
+                    )?;
+                    *summary
+                        .rejected
+                        .entry(format!("mapping:{}", error.kind.as_str()))
+                        .or_default() += 1;
+                }
+                if !mapped.matched {
+                    *summary.skipped.entry(record.typename.clone()).or_default() += 1;
+                }
+                summary.queued += outcome.queued;
+                summary.once_per_key_dropped += outcome.dropped_once;
+                summary.stale_dropped += outcome.dropped_stale;
+                summary.coalesced += outcome.coalesced;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Intake and delivery together; returns when every input is read and both lanes are empty
+/// (held requests included), or at the first refused key.
+pub async fn run(
+    engine: Arc<Engine>,
+    store: Arc<Mutex<Store>>,
+    inputs: Vec<Input>,
+    config: SinkConfig,
+    mut report: Box<dyn Write + Send>,
+) -> Result<(IntakeReport, DeliveryReport), SyncError> {
+    let sink = Sink::new(config, Arc::clone(&store));
+    let intake_done = Arc::new(AtomicBool::new(false));
+    let stop = sink.stop_flag();
+    let lanes: Vec<_> = [Lane::Transaction, Lane::Profile]
+        .into_iter()
+        .map(|lane| tokio::spawn(Arc::clone(&sink).drain_lane(lane, Arc::clone(&intake_done))))
+        .collect();
+    let reading = {
+        let store = Arc::clone(&store);
+        let done = Arc::clone(&intake_done);
+        tokio::task::spawn_blocking(move || {
+            let result = intake(&engine, &store, &inputs, &mut report, &stop);
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let intake_report = reading.await.expect("intake does not panic");
+    let mut first_error = None;
+    for lane in lanes {
+        if let Err(err) = lane.await.expect("a lane does not panic") {
+            first_error.get_or_insert(err);
+        }
+    }
+    if let Some(err) = first_error {
+        return Err(err.into());
+    }
+    Ok((intake_report?, sink.report()))
+}
