@@ -89,3 +89,30 @@ impl Run {
             .collect()
     }
 }
+
+/// `count` paid invoice captures of distinct single-seller orders (each with its own order,
+/// line item ids and customer), as NDJSON, built from the first sample capture.
+pub fn synthetic_orders(count: usize) -> String {
+    let text = std::fs::read_to_string(repo("examples/orders.ndjson")).unwrap();
+    let template: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let mut out = String::new();
+    for n in 0..count {
+        let mut capture = template.clone();
+        capture["headers"]["Idempotency-Key"] = format!("synthetic-{n}").into();
+        capture["body"]["id"] = format!("synthetic-delivery-{n}").into();
+        let node = &mut capture["body"]["payload"]["data"]["node"];
+        let order_id = 900_000 + n as u64;
+        node["order"]["legacyId"] = order_id.into();
+        node["order"]["emailAddress"] = format!("buyer{n}@example.com").into();
+        node["order"]["phone"] = format!("04{:08}", 12_000_000 + n).into();
+        let lines = node["lineItems"].as_array_mut().unwrap();
+        for (i, line) in lines.iter_mut().enumerate() {
+            line["legacyId"] = (order_id * 10 + i as u64).into();
+        }
+        let lines = node["lineItems"].clone();
+        node["order"]["lineItems"]["nodes"] = lines;
+        out.push_str(&capture.to_string());
+        out.push('\n');
+    }
+    out
+}

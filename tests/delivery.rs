@@ -1,0 +1,257 @@
+//! Delivery against the Klaviyo stand-in: nothing lost, nothing doubled, order events first,
+//! and the rate limits used without being exceeded.
+
+mod common;
+
+use marketsync::engine::Engine;
+use marketsync::klaviyo::Endpoint;
+use marketsync::sink::http::ApiKey;
+use marketsync::sink::limit::Limit;
+use marketsync::sink::{SinkConfig, SinkError};
+use marketsync::source::Input;
+use marketsync::standin::{self, Config, DEFAULT_API_KEY, Faults, StandIn};
+use marketsync::store::Store;
+use marketsync::sync::{self, SyncError};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn input_of(dir: &tempfile::TempDir, ndjson: &str) -> PathBuf {
+    let path = dir.path().join("input.ndjson");
+    std::fs::write(&path, ndjson).unwrap();
+    path
+}
+
+/// The unique_ids a dry run of `path` would send.
+fn expected_unique_ids(engine: &Engine, path: &PathBuf) -> BTreeSet<String> {
+    let run = common::run(engine, &[path.to_str().unwrap()]);
+    run.requests
+        .iter()
+        .filter_map(|r| r.unique_id().map(str::to_owned))
+        .collect()
+}
+
+fn config(standin: &StandIn, key: &str, scale: f64) -> SinkConfig {
+    let mut config = SinkConfig::new(&standin.url(), ApiKey::new(key));
+    config.time_scale = scale;
+    config.max_attempts = 12;
+    config.timeout = Duration::from_secs(5);
+    config
+}
+
+async fn run(
+    engine: &Arc<Engine>,
+    store: &Arc<Mutex<Store>>,
+    path: &PathBuf,
+    config: SinkConfig,
+) -> Result<(), SyncError> {
+    sync::run(
+        Arc::clone(engine),
+        Arc::clone(store),
+        vec![Input::File(path.clone())],
+        config,
+        Box::new(std::io::sink()),
+    )
+    .await
+    .map(|_| ())
+}
+
+fn pending(store: &Mutex<Store>) -> usize {
+    let store = store.lock().unwrap();
+    store.pending_count("transaction", None).unwrap()
+        + store.pending_count("profile", None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_faults_every_request_ends_accepted_or_dead_lettered() {
+    let faults = Faults {
+        error_5xx_rate: 0.15,
+        throttle_rate: 0.1,
+        drop_rate: 0.05,
+        slow_rate: 0.05,
+        slow: Duration::from_millis(50),
+        seed: 7,
+    };
+    let standin = StandIn::start(Config {
+        time_scale: 20.0,
+        faults,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(60));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    run(
+        &engine,
+        &store,
+        &path,
+        config(&standin, DEFAULT_API_KEY, 20.0),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(pending(&store), 0);
+    let status = store.lock().unwrap().status(0).unwrap();
+    let accepted = standin.accepted();
+    let got: BTreeSet<String> = accepted
+        .events
+        .iter()
+        .filter_map(|e| e.unique_id.clone())
+        .collect();
+    let dead: usize = status.dead_letters.values().sum();
+    assert_eq!(dead, 0, "{:?}", status.dead_letters);
+    assert_eq!(
+        got,
+        expected_unique_ids(&engine, &path),
+        "every event arrived, once"
+    );
+    assert_eq!(accepted.profiles.len(), 60);
+    let stats = standin.stats();
+    let events = stats.endpoint(Endpoint::CreateEvent);
+    assert!(
+        events.server_errors + events.spurious_throttled + events.dropped > 0,
+        "faults were injected: {events:?}"
+    );
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_stops_the_run_and_keeps_the_queue() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(5));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let err = run(&engine, &store, &path, config(&standin, "pk_wrong", 1.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SyncError::Sink(SinkError::KeyRefused { status: 401, .. })
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("pk_wrong"));
+    // Nothing was accepted or dropped: every queued request is still pending.
+    assert!(standin.accepted().events.is_empty());
+    let queued = pending(&store);
+    assert!(queued >= 5, "{queued}");
+    // The same queue goes out with a good key.
+    run(
+        &engine,
+        &store,
+        &path,
+        config(&standin, DEFAULT_API_KEY, 1.0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pending(&store), 0);
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 5);
+    standin.shutdown().await;
+}
+
+/// Queues profile imports in order and sends them one at a time.
+async fn send_profiles(
+    standin: &StandIn,
+    bodies: &[serde_json::Value],
+) -> (Arc<Mutex<Store>>, marketsync::sink::DeliveryReport) {
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    for (i, body) in bodies.iter().enumerate() {
+        let request = marketsync::store::NewRequest {
+            mapping: "profile".into(),
+            endpoint: "/api/profile-import".into(),
+            lane: "profile".into(),
+            body: body.to_string(),
+            ..Default::default()
+        };
+        let id = format!("d{i}");
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: &id,
+            origin: "test:1",
+            text: "{}",
+        };
+        store
+            .lock()
+            .unwrap()
+            .intake(&delivery, &[request], &[], i as i64)
+            .unwrap();
+    }
+    let mut config = config(standin, DEFAULT_API_KEY, 1.0);
+    config.concurrency = 1;
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Profile, done)
+        .await
+        .unwrap();
+    (store, sink.report())
+}
+
+fn profile(email: &str, phone: Option<&str>) -> serde_json::Value {
+    let mut attributes = serde_json::json!({"email": email});
+    if let Some(phone) = phone {
+        attributes["phone_number"] = phone.into();
+    }
+    serde_json::json!({"data": {"type": "profile", "attributes": attributes}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_customers_sharing_a_phone_become_a_duplicate_profile_dead_letter() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let (store, report) = send_profiles(
+        &standin,
+        &[
+            profile("a@example.com", Some("+61412000000")),
+            profile("b@example.com", None),
+            profile("b@example.com", Some("+61412000000")),
+        ],
+    )
+    .await;
+    assert_eq!(report.dead_letters.get("duplicate-profile"), Some(&1));
+    let letters = store
+        .lock()
+        .unwrap()
+        .dead_letters(Some("duplicate-profile"), None)
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].mapping.as_deref(), Some("profile"));
+    assert_eq!(letters[0].details["email"], "b@example.com");
+    assert_eq!(letters[0].details["phone_number"], "+61412000000");
+    assert!(
+        letters[0].details["existing_profile"].is_string(),
+        "{}",
+        letters[0].details
+    );
+    assert!(
+        letters[0].reason.contains("b@example.com") && letters[0].reason.contains("+61412000000"),
+        "{}",
+        letters[0].reason
+    );
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_klaviyo_refuses_is_dropped_and_the_profile_sent_without_it() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let mut body = profile("a@example.com", Some("+1234"));
+    body["data"]["attributes"]["first_name"] = "A".into();
+    let (store, report) = send_profiles(&standin, &[body]).await;
+    assert_eq!(report.phone_removed, 1);
+    let profile = standin
+        .accepted()
+        .profile_by_email("a@example.com")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        profile.attribute("first_name"),
+        Some(&serde_json::json!("A"))
+    );
+    assert_eq!(profile.attribute("phone_number"), None);
+    assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 1);
+    standin.shutdown().await;
+}
