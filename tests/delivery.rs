@@ -9,11 +9,11 @@ use marketsync::sink::http::ApiKey;
 use marketsync::sink::limit::Limit;
 use marketsync::sink::{SinkConfig, SinkError};
 use marketsync::source::Input;
-use marketsync::standin::{self, Config, DEFAULT_API_KEY, Faults, StandIn};
+use marketsync::standin::{Config, DEFAULT_API_KEY, Faults, StandIn};
 use marketsync::store::Store;
 use marketsync::sync::{self, SyncError};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ fn input_of(dir: &tempfile::TempDir, ndjson: &str) -> PathBuf {
 }
 
 /// The unique_ids a dry run of `path` would send.
-fn expected_unique_ids(engine: &Engine, path: &PathBuf) -> BTreeSet<String> {
+fn expected_unique_ids(engine: &Engine, path: &Path) -> BTreeSet<String> {
     let run = common::run(engine, &[path.to_str().unwrap()]);
     run.requests
         .iter()
@@ -253,5 +253,151 @@ async fn a_phone_klaviyo_refuses_is_dropped_and_the_profile_sent_without_it() {
     );
     assert_eq!(profile.attribute("phone_number"), None);
     assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 1);
+    standin.shutdown().await;
+}
+
+/// Queues `count` events (each its own delivery) of the given metric, for the given profile.
+fn queue_events(store: &Mutex<Store>, count: usize, metric: &str, lane: &str) {
+    let mut store = store.lock().unwrap();
+    for n in 0..count {
+        let body = serde_json::json!({"data": {"type": "event", "attributes": {
+            "properties": {"n": n}, "unique_id": format!("{metric}:{n}"),
+            "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+            "profile": {"data": {"type": "profile", "attributes": {"email": format!("p{n}@example.com")}}}}}});
+        let request = marketsync::store::NewRequest {
+            mapping: metric.into(),
+            endpoint: "/api/events".into(),
+            lane: lane.into(),
+            body: body.to_string(),
+            ..Default::default()
+        };
+        let id = format!("{metric}-{n}");
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: &id,
+            origin: "test",
+            text: "{}",
+        };
+        store.intake(&delivery, &[request], &[], 0).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_order_goes_out_within_a_second_behind_10000_profile_updates() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    {
+        let mut store = store.lock().unwrap();
+        let requests: Vec<marketsync::store::NewRequest> = (0..10_000)
+            .map(|n| marketsync::store::NewRequest {
+                mapping: "profile".into(),
+                endpoint: "/api/profile-import".into(),
+                lane: "profile".into(),
+                body: profile(&format!("backlog{n}@example.com"), None).to_string(),
+                ..Default::default()
+            })
+            .collect();
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: "backlog",
+            origin: "test",
+            text: "{}",
+        };
+        store.intake(&delivery, &requests, &[], 0).unwrap();
+    }
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let profile_lane = tokio::spawn(
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Profile, Arc::clone(&done)),
+    );
+    // Let the profile backlog saturate its limits first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    queue_events(&store, 1, "Placed Order", "transaction");
+    let transaction_lane =
+        tokio::spawn(Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, done));
+    while standin.accepted().events_named("Placed Order").count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the Placed Order never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let latency = started.elapsed();
+    assert!(
+        latency < Duration::from_secs(1),
+        "Placed Order took {latency:?} behind the profile backlog"
+    );
+    transaction_lane.await.unwrap().unwrap();
+    // The backlog was still there, being worked through at the profile endpoint's pace.
+    assert!(
+        store
+            .lock()
+            .unwrap()
+            .pending_count("profile", None)
+            .unwrap()
+            > 9_000
+    );
+    sink.stop_flag()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    profile_lane.await.unwrap().unwrap();
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_delivery_uses_the_rate_ceiling_without_a_429() {
+    // Events limited to 20 a second and 120 a minute, on a clock six times faster: a minute
+    // lasts ten seconds.
+    let scale = 6.0;
+    let mut limits = marketsync::standin::Limit::klaviyo_all();
+    limits.insert(
+        Endpoint::CreateEvent,
+        marketsync::standin::Limit {
+            burst_per_second: 20,
+            steady_per_minute: 120,
+        },
+    );
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        limits,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue_events(&store, 300, "Placed Order", "transaction");
+    let mut config = config(&standin, DEFAULT_API_KEY, scale);
+    config
+        .limits
+        .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(20, 120));
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let started = std::time::Instant::now();
+    Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Transaction, done)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stats = standin.stats();
+    let events = stats.endpoint(Endpoint::CreateEvent);
+    assert_eq!(
+        events.throttled, 0,
+        "a 429 the limiter should have avoided: {events:?}"
+    );
+    assert_eq!(events.accepted, 300);
+    // Every steady window was filled to at least 90% of its ceiling, never past it.
+    assert!(
+        events.max_per_minute <= 120 && events.max_per_second <= 20,
+        "{events:?}"
+    );
+    assert!(events.max_per_minute >= 108, "{events:?}");
+    // 300 events at 120 a (ten-second) minute, starting with a full window: the last window
+    // cannot start before 20 s. (How close to that it gets is measured by the benchmark,
+    // `cargo bench --bench delivery`, not asserted here.)
+    assert!(
+        elapsed >= Duration::from_secs_f64(20.0),
+        "faster than the limit allows: {elapsed:?}"
+    );
     standin.shutdown().await;
 }

@@ -46,7 +46,8 @@ impl Limit {
 #[derive(Debug)]
 pub struct Limiter {
     limit: Limit,
-    /// Extra time added to each window, for the gap between our clock and Klaviyo's.
+    /// Extra time added to each window, for the gap between our clock and Klaviyo's (and
+    /// between when we send and when a request arrives).
     margin: Duration,
     sent: VecDeque<Instant>,
     blocked_until: Option<Instant>,
@@ -55,7 +56,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(limit: Limit) -> Limiter {
         Limiter {
-            margin: limit.burst_window / 50,
+            margin: limit.burst_window / 50 + Duration::from_millis(5),
             limit,
             sent: VecDeque::with_capacity(limit.steady as usize),
             blocked_until: None,
