@@ -43,13 +43,13 @@ fn config(standin: &StandIn, key: &str, scale: f64) -> SinkConfig {
 async fn run(
     engine: &Arc<Engine>,
     store: &Arc<Mutex<Store>>,
-    path: &PathBuf,
+    path: &Path,
     config: SinkConfig,
 ) -> Result<(), SyncError> {
     sync::run(
         Arc::clone(engine),
         Arc::clone(store),
-        vec![Input::File(path.clone())],
+        vec![Input::File(path.to_path_buf())],
         config,
         Box::new(std::io::sink()),
     )
