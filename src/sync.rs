@@ -91,10 +91,7 @@ pub fn intake(
                         &err.to_string(),
                         now_ms(),
                     )?;
-                    *summary
-                        .rejected
-                        .entry(format!("unreadable:{}", err.reason()))
-                        .or_default() += 1;
+                    *summary.rejected.entry("unreadable".into()).or_default() += 1;
                     continue;
                 }
             };

@@ -227,3 +227,102 @@ fn schemas_extract_regenerates_the_committed_schemas() {
         .assert()
         .code(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_retry_repair_a_run_after_a_mapping_fix() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let url = standin.url();
+    let run = move |cmd: &mut Command| {
+        cmd.env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", &url)
+            .arg("--state")
+            .arg(&state)
+            .write_stdin("");
+    };
+    let (state_a, run_a) = (dir.path().join("state.db"), run.clone());
+    tokio::task::spawn_blocking(move || {
+        // The second order has no email: its mappings become dead letters.
+        let input = state_a.with_file_name("orders.ndjson");
+        let orders = common::synthetic_orders(2).replace("\"buyer1@example.com\"", "null");
+        fs::write(&input, orders).unwrap();
+        let mut cmd = marketsync();
+        cmd.arg("run").arg(&input);
+        run_a(&mut cmd);
+        cmd.assert()
+            .code(1)
+            .stderr(predicate::str::contains("mapping:missing-field"));
+        let output = marketsync()
+            .args(["status", "--format", "json", "--state"])
+            .arg(&state_a)
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        // placed-order, ordered-product, profile and consent.
+        assert_eq!(
+            status["dead_letters"]["mapping:missing-field"], 4,
+            "{status}"
+        );
+        assert_eq!(status["lanes"][0]["depth"], 0);
+        assert!(status["last_success"]["/api/events"].is_string());
+        // A consultant fixes the mappings: a missing order email falls back to the buyer's.
+        let root = tempfile::tempdir().unwrap();
+        let fixed = root.path().join("mappings");
+        fs::create_dir(&fixed).unwrap();
+        fs::create_dir(root.path().join("examples")).unwrap();
+        for entry in fs::read_dir(common::repo("examples")).unwrap() {
+            let path = entry.unwrap().path();
+            fs::copy(
+                &path,
+                root.path().join("examples").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+        for entry in fs::read_dir(common::repo("mappings")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap().replace(
+                "  email: $.order.emailAddress\n",
+                "  email: { path: $.order.emailAddress, default: fallback@example.com }\n",
+            );
+            fs::write(fixed.join(path.file_name().unwrap()), text).unwrap();
+        }
+        marketsync()
+            .args(["retry", "--category", "mapping:missing-field", "--mappings"])
+            .arg(&fixed)
+            .arg("--state")
+            .arg(&state_a)
+            .assert()
+            .code(0)
+            .stderr(predicate::str::contains("4 dead letter(s) requeued"));
+        let mut cmd = marketsync();
+        cmd.arg("run");
+        run_a(&mut cmd);
+        cmd.assert().code(0);
+        let output = marketsync()
+            .args(["status", "--state"])
+            .arg(&state_a)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("  transaction         0 pending"), "{text}");
+        assert!(!text.contains("mapping:missing-field"), "{text}");
+    })
+    .await
+    .unwrap();
+    let accepted = standin.accepted();
+    let mut fallback: Vec<&str> = accepted
+        .events
+        .iter()
+        .filter(|e| e.profile_key == "email:fallback@example.com")
+        .map(|e| e.metric.as_str())
+        .collect();
+    fallback.sort();
+    assert_eq!(
+        fallback,
+        ["Ordered Product", "Ordered Product", "Placed Order"]
+    );
+    assert!(accepted.profile_by_email("fallback@example.com").is_some());
+    standin.shutdown().await;
+}

@@ -408,11 +408,28 @@ async fn a_fulfilment_waits_for_its_placed_order() {
     let engine = Arc::new(common::engine());
     let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
     // The shipment is read first; its Placed Order comes later in the run.
-    let inputs = vec![Input::File("examples/shipment.json".into()), Input::File("examples/orders.ndjson".into())];
+    let inputs = vec![
+        Input::File("examples/shipment.json".into()),
+        Input::File("examples/orders.ndjson".into()),
+    ];
     let config = config(&standin, DEFAULT_API_KEY, 1.0);
-    let (_, report) = sync::run(Arc::clone(&engine), Arc::clone(&store), inputs, config, Box::new(std::io::sink())).await.unwrap();
+    let (_, report) = sync::run(
+        Arc::clone(&engine),
+        Arc::clone(&store),
+        inputs,
+        config,
+        Box::new(std::io::sink()),
+    )
+    .await
+    .unwrap();
     let accepted = standin.accepted();
-    let position = |metric: &str| accepted.events.iter().position(|e| e.metric == metric).unwrap();
+    let position = |metric: &str| {
+        accepted
+            .events
+            .iter()
+            .position(|e| e.metric == metric)
+            .unwrap()
+    };
     assert!(position("Placed Order") < position("Fulfilled Order"));
     assert_eq!(report.sent_after_hold, 0);
     standin.shutdown().await;
@@ -427,10 +444,24 @@ async fn a_fulfilment_whose_order_never_comes_goes_after_the_hold_flagged() {
     config.hold = Duration::from_millis(300);
     let started = std::time::Instant::now();
     let inputs = vec![Input::File("examples/shipment.json".into())];
-    let (_, report) = sync::run(Arc::clone(&engine), Arc::clone(&store), inputs, config, Box::new(std::io::sink())).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(300), "it was held");
+    let (_, report) = sync::run(
+        Arc::clone(&engine),
+        Arc::clone(&store),
+        inputs,
+        config,
+        Box::new(std::io::sink()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it was held"
+    );
     assert_eq!(report.sent_after_hold, 1);
-    assert_eq!(standin.accepted().events_named("Fulfilled Order").count(), 1);
+    assert_eq!(
+        standin.accepted().events_named("Fulfilled Order").count(),
+        1
+    );
     assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 1);
     standin.shutdown().await;
 }

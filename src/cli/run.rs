@@ -12,7 +12,7 @@ use marketsync::sink::limit::Limit;
 use marketsync::sink::{DeliveryReport, SinkConfig, SinkError};
 use marketsync::source::Input;
 use marketsync::sync::{self, IntakeReport, SyncError};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, IsTerminal};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use std::time::Duration;
   KLAVIYO_API_KEY=pk_... marketsync run --state /var/lib/marketsync/state.db captures.ndjson
 
 Inputs: `.json` files hold one delivery; `.ndjson`/`.jsonl` files and standard input (`-`, or
-no INPUT) hold one per line. Each delivery may be a webhook envelope, a capture with headers,
+no INPUT) hold one per line; with no INPUT at a terminal, a real run only sends what is queued. Each delivery may be a webhook envelope, a capture with headers,
 or a GraphQL backfill page; the shape is detected.
 
 With --dry-run: one request per line on stdout, {\"method\", \"path\", \"body\", \"mapping\",
@@ -93,7 +93,13 @@ pub fn execute(args: Args) -> u8 {
         None => engine,
     };
     let inputs: Vec<Input> = if args.inputs.is_empty() {
-        vec![Input::Stdin]
+        // `marketsync run` typed at a terminal sends what is queued (after `retry`, say)
+        // rather than waiting for deliveries to be typed in.
+        if !args.dry_run && io::stdin().is_terminal() {
+            Vec::new()
+        } else {
+            vec![Input::Stdin]
+        }
     } else {
         args.inputs.iter().map(|a| Input::from_arg(a)).collect()
     };

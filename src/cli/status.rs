@@ -60,7 +60,7 @@ pub fn execute(args: Args) -> u8 {
         println!(
             "  {:<12} {:>8} pending, oldest {:.0}s",
             lane["lane"].as_str().unwrap_or_default(),
-            lane["depth"],
+            lane["depth"].as_u64().unwrap_or_default(),
             lane["oldest_pending_seconds"].as_f64().unwrap_or_default()
         );
     }
