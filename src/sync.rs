@@ -14,7 +14,7 @@ use crate::spec::Lane;
 use crate::store::{DeliveryRecord, NewDeadLetter, NewRequest, Store, StoreError, ledger_key};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What intake did.
@@ -71,6 +71,7 @@ pub fn intake(
     inputs: &[Input],
     report: &mut dyn Write,
     stop: &AtomicBool,
+    read: &AtomicUsize,
 ) -> Result<IntakeReport, SyncError> {
     let mut summary = IntakeReport::default();
     for input in inputs {
@@ -80,6 +81,7 @@ pub fn intake(
             }
             let line = line?;
             summary.deliveries += 1;
+            read.fetch_add(1, Ordering::Relaxed);
             let origin = format!("{}:{}", line.origin, line.number);
             let records = match source::parse_delivery(&line.text) {
                 Ok(records) => records,
@@ -177,6 +179,18 @@ pub fn intake(
     Ok(summary)
 }
 
+/// Where a run is, for a progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub read: usize,
+    pub sent: usize,
+    pub dead: usize,
+    pub retried: usize,
+}
+
+/// Called a few times a second while a run goes on.
+pub type OnTick = Box<dyn FnMut(Tick) + Send>;
+
 /// Intake and delivery together; returns when every input is read and both lanes are empty
 /// (held requests included), or at the first refused key.
 pub async fn run(
@@ -186,28 +200,56 @@ pub async fn run(
     config: SinkConfig,
     mut report: Box<dyn Write + Send>,
 ) -> Result<(IntakeReport, DeliveryReport), SyncError> {
+    run_with_progress(engine, store, inputs, config, report.as_mut(), None).await
+}
+
+/// [`run`], calling `on_tick` as it goes.
+pub async fn run_with_progress(
+    engine: Arc<Engine>,
+    store: Arc<Mutex<Store>>,
+    inputs: Vec<Input>,
+    config: SinkConfig,
+    report: &mut (dyn Write + Send),
+    on_tick: Option<OnTick>,
+) -> Result<(IntakeReport, DeliveryReport), SyncError> {
     let sink = Sink::new(config, Arc::clone(&store));
     let intake_done = Arc::new(AtomicBool::new(false));
     let stop = sink.stop_flag();
+    let read = Arc::new(AtomicUsize::new(0));
+    let ticker = on_tick.map(|mut on_tick| {
+        let (sink, read) = (Arc::clone(&sink), Arc::clone(&read));
+        tokio::spawn(async move {
+            loop {
+                let delivered = sink.report();
+                on_tick(Tick {
+                    read: read.load(Ordering::Relaxed),
+                    sent: delivered.sent.values().sum(),
+                    dead: delivered.dead_letters.values().sum(),
+                    retried: delivered.retried,
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    });
     let lanes: Vec<_> = [Lane::Transaction, Lane::Profile]
         .into_iter()
         .map(|lane| tokio::spawn(Arc::clone(&sink).drain_lane(lane, Arc::clone(&intake_done))))
         .collect();
-    let reading = {
-        let store = Arc::clone(&store);
-        let done = Arc::clone(&intake_done);
-        tokio::task::spawn_blocking(move || {
-            let result = intake(&engine, &store, &inputs, &mut report, &stop);
-            done.store(true, Ordering::SeqCst);
-            result
-        })
-    };
-    let intake_report = reading.await.expect("intake does not panic");
+    // Intake is blocking work (file reads, SQLite); it runs on this thread while the lanes
+    // send on the runtime's workers.
+    let intake_report = tokio::task::block_in_place(|| {
+        let result = intake(&engine, &store, &inputs, report, &stop, &read);
+        intake_done.store(true, Ordering::SeqCst);
+        result
+    });
     let mut first_error = None;
     for lane in lanes {
         if let Err(err) = lane.await.expect("a lane does not panic") {
             first_error.get_or_insert(err);
         }
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
     }
     if let Some(err) = first_error {
         return Err(err.into());

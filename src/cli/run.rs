@@ -127,13 +127,31 @@ pub fn execute(args: Args) -> u8 {
         Err(code) => return code,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-    let result = runtime.block_on(sync::run(
+    // A spinner with counts on long runs; indicatif draws nothing when stderr is not a
+    // terminal (CI logs, files).
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .expect("a valid template"),
+    );
+    let ticker = bar.clone();
+    let on_tick: sync::OnTick = Box::new(move |tick: sync::Tick| {
+        ticker.set_message(format!(
+            "read {} · sent {} · retried {} · dead-lettered {}",
+            tick.read, tick.sent, tick.retried, tick.dead
+        ));
+        ticker.tick();
+    });
+    let mut report = AboveTheBar(bar.clone());
+    let result = runtime.block_on(sync::run_with_progress(
         Arc::new(engine),
         Arc::new(Mutex::new(store)),
         inputs,
         config,
-        Box::new(io::stderr()),
+        &mut report,
+        Some(on_tick),
     ));
+    bar.finish_and_clear();
     match result {
         Ok((intake, delivery)) => {
             eprint!("{}", render(&intake, &delivery));
@@ -242,4 +260,17 @@ fn render(intake: &IntakeReport, delivery: &DeliveryReport) -> String {
     );
     line("warnings", intake.warnings.to_string());
     out
+}
+
+/// Writes report lines to stderr with the progress spinner out of the way.
+struct AboveTheBar(indicatif::ProgressBar);
+
+impl io::Write for AboveTheBar {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.suspend(|| io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
 }

@@ -413,18 +413,29 @@ impl Sink {
         self.limiters[&endpoint].lock().expect("limiter lock")
     }
 
-    /// Reserves the endpoint's next slot and sleeps until it.
+    /// Waits until the endpoint has a free slot, then takes it. The slot is recorded at the
+    /// moment of sending, not when it was first computed: a task that wakes late must not
+    /// leave a gap in the log that lets the next requests crowd into one window.
     async fn wait_for_slot(&self, endpoint: Endpoint) {
-        let now = Instant::now();
-        let slot = {
-            let mut limiter = self.limiter(endpoint);
-            let slot = limiter.next_slot(now);
-            limiter.record(slot);
-            slot
-        };
-        if slot > now {
-            self.report.lock().expect("report lock").waited_on_limits += slot - now;
+        let started = Instant::now();
+        loop {
+            let now = Instant::now();
+            let slot = {
+                let mut limiter = self.limiter(endpoint);
+                let slot = limiter.next_slot(now);
+                if slot <= now {
+                    limiter.record(now);
+                }
+                slot
+            };
+            if slot <= now {
+                break;
+            }
             tokio::time::sleep_until(slot.into()).await;
+        }
+        let waited = started.elapsed();
+        if !waited.is_zero() {
+            self.report.lock().expect("report lock").waited_on_limits += waited;
         }
     }
 
