@@ -6,8 +6,12 @@
 //! however it is aligned on Klaviyo's side, ever holds more than its limit; and it never waits
 //! longer than the windows require, so sustained delivery runs at the steady limit.
 //!
-//! Klaviyo's answers adjust it: `Retry-After` on a 429 blocks the endpoint until then, and
-//! `RateLimit-Remaining: 0` with `RateLimit-Reset` does the same before a 429 happens.
+//! Klaviyo's answers adjust it: `Retry-After` on a 429 blocks the endpoint until then. The
+//! `RateLimit-*` headers tell what the account has left, which is less than our own count when
+//! something else (Marketplacer's own Klaviyo integration, say) uses the same account: when
+//! Klaviyo says nothing remains while we believe a good share does, the endpoint waits for the
+//! reset. When the two agree, our own log already paces us; waiting for a whole-second reset on
+//! every answer would throw away most of the limit.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,6 +55,12 @@ pub struct Limiter {
     margin: Duration,
     sent: VecDeque<Instant>,
     blocked_until: Option<Instant>,
+    /// How late after sending a request may be counted at Klaviyo's end: the slowest answer
+    /// of the last steady window, kept as a queue of (when, how long) with falling durations
+    /// so its front is the maximum. Under a burst the far end works through a queue, so a
+    /// request sent at t may be admitted well after t; leaving this much more room keeps the
+    /// next window's first requests from landing inside the last one's.
+    latencies: VecDeque<(Instant, Duration)>,
 }
 
 impl Limiter {
@@ -60,6 +70,7 @@ impl Limiter {
             limit,
             sent: VecDeque::with_capacity(limit.steady as usize),
             blocked_until: None,
+            latencies: VecDeque::new(),
         }
     }
 
@@ -69,7 +80,9 @@ impl Limiter {
 
     /// When the next request may go, as of `now` (`now` itself if it may go at once).
     pub fn next_slot(&mut self, now: Instant) -> Instant {
-        let steady_window = self.limit.steady_window + self.margin;
+        let lag = self.latencies.front().map_or(Duration::ZERO, |(_, d)| *d);
+        let margin = self.margin + lag;
+        let steady_window = self.limit.steady_window + margin;
         while self
             .sent
             .front()
@@ -90,7 +103,7 @@ impl Limiter {
         let burst = self.limit.burst as usize;
         if burst > 0 && self.sent.len() >= burst {
             let oldest_in_burst = self.sent[self.sent.len() - burst];
-            slot = slot.max(oldest_in_burst + self.limit.burst_window + self.margin);
+            slot = slot.max(oldest_in_burst + self.limit.burst_window + margin);
         }
         slot
     }
@@ -101,7 +114,38 @@ impl Limiter {
         self.sent.push_back(at);
     }
 
-    /// Klaviyo said to wait (a 429's `Retry-After`, or no requests remaining until a reset).
+    /// How long a request answered at `now` took from sending to its answer.
+    pub fn observe_latency(&mut self, latency: Duration, now: Instant) {
+        while self.latencies.back().is_some_and(|(_, d)| *d <= latency) {
+            self.latencies.pop_back();
+        }
+        self.latencies.push_back((now, latency));
+        let keep = self.limit.steady_window + self.margin;
+        while self
+            .latencies
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > keep)
+        {
+            self.latencies.pop_front();
+        }
+    }
+
+    /// What Klaviyo's `RateLimit-Remaining` and `RateLimit-Reset` said at `now`.
+    pub fn observe(&mut self, remaining: u64, reset: Duration, now: Instant) {
+        let window = self.limit.steady_window + self.margin;
+        let ours = self
+            .sent
+            .iter()
+            .filter(|t| now.duration_since(**t) < window)
+            .count() as u64;
+        let we_believe_left = u64::from(self.limit.steady).saturating_sub(ours);
+        let slack = u64::from(self.limit.steady / 20).max(1);
+        if remaining == 0 && we_believe_left > slack {
+            self.block_until(now + reset);
+        }
+    }
+
+    /// Klaviyo said to wait (a 429's `Retry-After`).
     pub fn block_until(&mut self, until: Instant) {
         self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
     }
@@ -170,6 +214,41 @@ mod tests {
         // A shorter block does not shorten a longer one.
         limiter.block_until(now + Duration::from_secs(1));
         assert_eq!(limiter.next_slot(now), now + Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_exhausted_account_blocks_only_when_we_did_not_exhaust_it() {
+        let limit = Limit::per_second_and_minute(100, 100);
+        let now = Instant::now();
+        // We sent nothing, yet Klaviyo says nothing remains: another client uses the account.
+        let mut limiter = Limiter::new(limit);
+        limiter.observe(0, Duration::from_secs(30), now);
+        assert_eq!(limiter.next_slot(now), now + Duration::from_secs(30));
+        // We used the window ourselves: our own log already paces us.
+        let mut limiter = Limiter::new(limit);
+        for _ in 0..100 {
+            limiter.record(now);
+        }
+        let own = limiter.next_slot(now);
+        limiter.observe(0, Duration::from_secs(30), now);
+        assert_eq!(limiter.next_slot(now), own);
+    }
+
+    #[test]
+    fn slow_answers_widen_the_windows_for_a_steady_window() {
+        let limit = Limit::per_second_and_minute(1, 1000);
+        let mut limiter = Limiter::new(limit);
+        let start = Instant::now();
+        limiter.record(start);
+        let plain = limiter.next_slot(start);
+        limiter.observe_latency(Duration::from_millis(300), start);
+        assert_eq!(limiter.next_slot(start), plain + Duration::from_millis(300));
+        // A faster answer later does not hide the slow one while it is within the window...
+        limiter.observe_latency(Duration::from_millis(10), start + Duration::from_secs(30));
+        assert_eq!(limiter.next_slot(start), plain + Duration::from_millis(300));
+        // ...but once the slow one is older than the steady window, it no longer counts.
+        limiter.observe_latency(Duration::from_millis(10), start + Duration::from_secs(61));
+        assert_eq!(limiter.next_slot(start), plain + Duration::from_millis(10));
     }
 
     #[test]

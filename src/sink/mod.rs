@@ -301,12 +301,16 @@ impl Sink {
             }
         };
         self.wait_for_slot(endpoint).await;
+        let sent_at = Instant::now();
         let (outcome, rate) = self
             .client
             .post(endpoint.path(), &body, self.config.time_scale)
             .await;
-        if let (Some(0), Some(reset)) = (rate.remaining, rate.reset) {
-            self.limiter(endpoint).block_until(Instant::now() + reset);
+        self.limiter(endpoint)
+            .observe_latency(sent_at.elapsed(), Instant::now());
+        if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
+            self.limiter(endpoint)
+                .observe(remaining, reset, Instant::now());
         }
         let now = now_ms();
         match outcome {
