@@ -371,6 +371,8 @@ async fn sustained_delivery_uses_the_rate_ceiling_without_a_429() {
     config
         .limits
         .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(20, 120));
+    // This measures the single-event endpoint; a backlog would otherwise go in bulk jobs.
+    config.bulk = false;
     let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let started = std::time::Instant::now();
@@ -463,5 +465,35 @@ async fn a_fulfilment_whose_order_never_comes_goes_after_the_hold_flagged() {
         1
     );
     assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 1);
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_in_bulk_jobs_and_every_event_arrives_once() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue_events(&store, 2_500, "Placed Order", "transaction");
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Transaction, done)
+        .await
+        .unwrap();
+    let report = sink.report();
+    assert!(report.bulk_requests >= 3, "{report:?}");
+    assert_eq!(pending(&store), 0);
+    let accepted = standin.accepted();
+    let ids: BTreeSet<&str> = accepted
+        .events
+        .iter()
+        .filter_map(|e| e.unique_id.as_deref())
+        .collect();
+    assert_eq!(ids.len(), 2_500);
+    assert_eq!(accepted.events.len(), 2_500);
+    let stats = standin.stats();
+    assert!(stats.endpoint(Endpoint::BulkCreateEvents).accepted >= 3);
+    // The tail of the backlog, below one burst, went to the single-event endpoint.
+    assert!(stats.endpoint(Endpoint::CreateEvent).accepted < 350);
     standin.shutdown().await;
 }

@@ -10,6 +10,7 @@
 //! The sink never marks a request done before Klaviyo accepted it, so a crash at any point
 //! leads at worst to a resend, which Klaviyo deduplicates by `unique_id`.
 
+pub mod bulk;
 pub mod http;
 pub mod limit;
 
@@ -19,7 +20,7 @@ use crate::store::{NewDeadLetter, Pending, Store, StoreError};
 use http::{ApiError, ApiKey, Client, Outcome};
 use limit::{Limit, Limiter};
 use serde_json::{Value as Json, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +43,8 @@ pub struct SinkConfig {
     pub timeout: Duration,
     /// Requests in flight at once, per lane.
     pub concurrency: usize,
+    /// Whether a backlog may go as bulk requests (event bulk jobs, merged subscriptions).
+    pub bulk: bool,
 }
 
 impl SinkConfig {
@@ -57,6 +60,7 @@ impl SinkConfig {
             hold: Duration::from_secs(120),
             timeout: Duration::from_secs(30),
             concurrency: 16,
+            bulk: true,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct DeliveryReport {
     pub phone_removed: usize,
     /// Time spent waiting for rate-limit slots, summed over requests.
     pub waited_on_limits: Duration,
+    /// Bulk requests sent (each carrying many queued requests).
+    pub bulk_requests: usize,
 }
 
 /// Sends the outbox.
@@ -124,6 +130,7 @@ pub struct Sink {
     store: Arc<Mutex<Store>>,
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
+    schemas: &'static crate::klaviyo::Schemas,
 }
 
 /// Unix milliseconds, the store's clock.
@@ -162,6 +169,7 @@ impl Sink {
             store,
             report: Arc::default(),
             stop: Arc::default(),
+            schemas: crate::klaviyo::Schemas::builtin(),
         })
     }
 
@@ -184,26 +192,40 @@ impl Sink {
         // Rows being sent, and the coalescing keys they hold: two updates of one profile must
         // never be in flight together, or the older could reach Klaviyo last.
         let mut in_flight: HashMap<i64, Option<(String, String)>> = HashMap::new();
-        let mut tasks: JoinSet<(i64, Result<(), SinkError>)> = JoinSet::new();
+        // Rows a bulk request could not carry: they go one by one.
+        let mut single_only: HashSet<i64> = HashSet::new();
+        let mut tasks: JoinSet<Sent> = JoinSet::new();
         let poll = Duration::from_millis(10);
         loop {
             while let Some(joined) = tasks.try_join_next() {
-                let (id, result) = joined.expect("a send task does not panic");
-                in_flight.remove(&id);
-                result?;
+                settle(joined, &mut in_flight, &mut single_only)?;
             }
             if self.stop.load(Ordering::SeqCst) {
                 tasks.shutdown().await;
                 return Ok(());
             }
-            let room = self.config.concurrency.saturating_sub(in_flight.len());
+            let room = self.config.concurrency.saturating_sub(tasks.len());
+            let mut bulk: Vec<Endpoint> = Vec::new();
             let due = if room == 0 {
                 Vec::new()
             } else {
                 let store = self.store.lock().expect("store lock");
-                store.due(lane.as_str(), now_ms(), room + in_flight.len())?
+                let bulk_endpoints: &[Endpoint] = if self.config.bulk {
+                    &[Endpoint::CreateEvent, Endpoint::BulkSubscribeProfiles]
+                } else {
+                    &[]
+                };
+                for &endpoint in bulk_endpoints {
+                    let backlog = store.pending_count(lane.as_str(), Some(endpoint.path()))?;
+                    if backlog >= self.bulk_threshold(endpoint) {
+                        bulk.push(endpoint);
+                    }
+                }
+                let extra = if bulk.is_empty() { 0 } else { bulk::MAX_ITEMS };
+                store.due(lane.as_str(), now_ms(), room + in_flight.len() + extra)?
             };
             let mut started = 0;
+            let mut batchable: Vec<(Endpoint, Pending)> = Vec::new();
             for row in due {
                 if started == room || in_flight.contains_key(&row.id) {
                     continue;
@@ -215,13 +237,56 @@ impl Sink {
                 if !self.may_go(&row)? {
                     continue;
                 }
+                if let Some(endpoint) = Endpoint::parse(&row.endpoint)
+                    .filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
+                {
+                    batchable.push((endpoint, row));
+                    continue;
+                }
                 in_flight.insert(row.id, coalescing);
                 started += 1;
                 let sink = Arc::clone(&self);
                 tasks.spawn(async move {
                     let id = row.id;
-                    (id, sink.send(row).await)
+                    (vec![id], sink.send(row).await.map(|()| Vec::new()))
                 });
+            }
+            for endpoint in bulk {
+                let rows: Vec<Pending> = batchable
+                    .iter()
+                    .filter(|(e, _)| *e == endpoint)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let bodies: Vec<(i64, Json)> = rows
+                    .iter()
+                    .filter_map(|r| serde_json::from_str(&r.body).ok().map(|b| (r.id, b)))
+                    .collect();
+                let (batches, left) = match endpoint {
+                    Endpoint::CreateEvent => bulk::event_batches(&bodies),
+                    _ => bulk::subscription_batches(&bodies),
+                };
+                let (batches, invalid) = bulk::valid(batches, self.schemas);
+                single_only.extend(left);
+                single_only.extend(invalid);
+                for batch in batches {
+                    if started == room {
+                        break;
+                    }
+                    let members: Vec<Pending> = rows
+                        .iter()
+                        .filter(|r| batch.ids.contains(&r.id))
+                        .cloned()
+                        .collect();
+                    for id in &batch.ids {
+                        in_flight.insert(*id, None);
+                    }
+                    started += 1;
+                    let sink = Arc::clone(&self);
+                    tasks.spawn(async move {
+                        let ids = batch.ids.clone();
+                        (ids, sink.send_batch(batch, members).await)
+                    });
+                }
             }
             if started == 0 {
                 if tasks.is_empty() {
@@ -236,14 +301,72 @@ impl Sink {
                 } else {
                     // Wake on the next completion, or soon, to pick up new work.
                     tokio::select! {
-                        Some(joined) = tasks.join_next() => {
-                            let (id, result) = joined.expect("a send task does not panic");
-                            in_flight.remove(&id);
-                            result?;
-                        }
+                        Some(joined) = tasks.join_next() => settle(joined, &mut in_flight, &mut single_only)?,
                         () = tokio::time::sleep(poll) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// How deep a backlog must be before bulk requests beat single ones: more than one burst
+    /// of the single endpoint.
+    fn bulk_threshold(&self, endpoint: Endpoint) -> usize {
+        let limit = self.limiters[&endpoint]
+            .lock()
+            .expect("limiter lock")
+            .limit();
+        (limit.burst as usize).max(2)
+    }
+
+    /// Sends a bulk request; returns the ids Klaviyo refused it for, to go one by one.
+    async fn send_batch(
+        self: Arc<Self>,
+        batch: bulk::Batch,
+        rows: Vec<Pending>,
+    ) -> Result<Vec<i64>, SinkError> {
+        self.wait_for_slot(batch.endpoint).await;
+        let sent_at = Instant::now();
+        let (outcome, rate) = self
+            .client
+            .post(batch.endpoint.path(), &batch.body, self.config.time_scale)
+            .await;
+        self.limiter(batch.endpoint)
+            .observe_latency(sent_at.elapsed(), Instant::now());
+        if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
+            self.limiter(batch.endpoint)
+                .observe(remaining, reset, Instant::now());
+        }
+        let now = now_ms();
+        match outcome {
+            Outcome::Accepted { status, .. } => {
+                self.store
+                    .lock()
+                    .expect("store lock")
+                    .mark_sent(&batch.ids, status, now)?;
+                let mut report = self.report.lock().expect("report lock");
+                report.bulk_requests += 1;
+                for row in &rows {
+                    *report.sent.entry(row.mapping.clone()).or_default() += 1;
+                }
+                Ok(Vec::new())
+            }
+            Outcome::Retry { reason, after } => {
+                if let Some(after) = after {
+                    self.limiter(batch.endpoint)
+                        .block_until(Instant::now() + after);
+                }
+                for row in &rows {
+                    self.retry_later(row, &reason, after, now)?;
+                }
+                Ok(Vec::new())
+            }
+            // Something in the batch was refused: each goes on its own, to find which.
+            Outcome::Refused { .. } | Outcome::DuplicateProfile { .. } => Ok(batch.ids),
+            Outcome::KeyRefused { status, detail } => {
+                self.stop.store(true, Ordering::SeqCst);
+                let detail = detail.trim_end_matches('.').to_owned();
+                Err(SinkError::KeyRefused { status, detail })
             }
         }
     }
@@ -331,27 +454,7 @@ impl Sink {
                 if let Some(after) = after {
                     self.limiter(endpoint).block_until(Instant::now() + after);
                 }
-                if row.attempts + 1 >= self.config.max_attempts {
-                    let letter = dead(
-                        "retries-exhausted",
-                        format!("gave up after {} attempts: {reason}", row.attempts + 1),
-                        &row,
-                        json!({"last_error": reason}),
-                    );
-                    self.store
-                        .lock()
-                        .expect("store lock")
-                        .dead_letter(row.id, &letter, now)?;
-                    self.count_dead("retries-exhausted");
-                } else {
-                    let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
-                    self.store.lock().expect("store lock").reschedule(
-                        row.id,
-                        now + wait.as_millis() as i64,
-                        &reason,
-                    )?;
-                    self.report.lock().expect("report lock").retried += 1;
-                }
+                self.retry_later(&row, &reason, after, now)?;
             }
             Outcome::Refused { status, errors } => {
                 let phone = "/data/attributes/phone_number";
@@ -413,6 +516,38 @@ impl Sink {
         Ok(())
     }
 
+    /// Schedules another attempt, or gives up after the last one.
+    fn retry_later(
+        &self,
+        row: &Pending,
+        reason: &str,
+        after: Option<Duration>,
+        now: i64,
+    ) -> Result<(), SinkError> {
+        if row.attempts + 1 >= self.config.max_attempts {
+            let letter = dead(
+                "retries-exhausted",
+                format!("gave up after {} attempts: {reason}", row.attempts + 1),
+                row,
+                json!({"last_error": reason}),
+            );
+            self.store
+                .lock()
+                .expect("store lock")
+                .dead_letter(row.id, &letter, now)?;
+            self.count_dead("retries-exhausted");
+        } else {
+            let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
+            self.store.lock().expect("store lock").reschedule(
+                row.id,
+                now + wait.as_millis() as i64,
+                reason,
+            )?;
+            self.report.lock().expect("report lock").retried += 1;
+        }
+        Ok(())
+    }
+
     fn limiter(&self, endpoint: Endpoint) -> std::sync::MutexGuard<'_, Limiter> {
         self.limiters[&endpoint].lock().expect("limiter lock")
     }
@@ -462,6 +597,23 @@ impl Sink {
             .entry(category.to_owned())
             .or_default() += 1;
     }
+}
+
+type Sent = (Vec<i64>, Result<Vec<i64>, SinkError>);
+
+/// Books a finished send task: its rows leave the in-flight set, and rows a bulk request was
+/// refused for are sent one by one from now on.
+fn settle(
+    joined: Result<Sent, tokio::task::JoinError>,
+    in_flight: &mut HashMap<i64, Option<(String, String)>>,
+    single_only: &mut HashSet<i64>,
+) -> Result<(), SinkError> {
+    let (ids, result) = joined.expect("a send task does not panic");
+    for id in &ids {
+        in_flight.remove(id);
+    }
+    single_only.extend(result?);
+    Ok(())
 }
 
 fn dead(category: &str, reason: String, row: &Pending, details: Json) -> NewDeadLetter {
