@@ -497,3 +497,70 @@ async fn a_backlog_goes_in_bulk_jobs_and_every_event_arrives_once() {
     assert!(stats.endpoint(Endpoint::CreateEvent).accepted < 350);
     standin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_backlog_goes_as_a_bulk_import_and_a_refused_profile_on_its_own() {
+    let standin = StandIn::start(Config {
+        time_scale: 10.0,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let mut bodies: Vec<serde_json::Value> = (0..100)
+        .map(|n| profile(&format!("bulk{n}@example.com"), None))
+        .collect();
+    bodies[42] = profile("bulk42@example.com", Some("+1234"));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    for (i, body) in bodies.iter().enumerate() {
+        let request = marketsync::store::NewRequest {
+            mapping: "profile".into(),
+            endpoint: "/api/profile-import".into(),
+            lane: "profile".into(),
+            body: body.to_string(),
+            ..Default::default()
+        };
+        let id = format!("d{i}");
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: &id,
+            origin: "test",
+            text: "{}",
+        };
+        store
+            .lock()
+            .unwrap()
+            .intake(&delivery, &[request], &[], 0)
+            .unwrap();
+    }
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 10.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Profile, done)
+        .await
+        .unwrap();
+    let report = sink.report();
+    assert_eq!(report.bulk_requests, 1, "{report:?}");
+    assert_eq!(
+        report.phone_removed, 1,
+        "the refused profile was sent on its own, without its phone"
+    );
+    assert_eq!(pending(&store), 0);
+    let accepted = standin.accepted();
+    assert_eq!(accepted.profiles.len(), 100);
+    assert!(
+        accepted
+            .profile_by_email("bulk42@example.com")
+            .unwrap()
+            .attribute("phone_number")
+            .is_none()
+    );
+    assert_eq!(
+        standin
+            .stats()
+            .endpoint(Endpoint::BulkImportProfiles)
+            .accepted,
+        1
+    );
+    standin.shutdown().await;
+}

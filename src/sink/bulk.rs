@@ -171,6 +171,54 @@ fn subscription_batch(mut options: Json, ids: Vec<i64>, profiles: Vec<Json>) -> 
     }
 }
 
+/// At most this many profiles in one bulk import job.
+pub const MAX_PROFILES: usize = 10_000;
+
+/// Groups profile upserts (`POST /api/profile-import`) into bulk import jobs, 10,000 profiles
+/// and 5 MB at most. Entry `i` of a job is the `i`-th id of the batch, which is how import
+/// errors (pointing at `/data/attributes/profiles/data/i`) find their request.
+pub fn profile_batches(rows: &[(i64, Json)]) -> (Vec<Batch>, Vec<i64>) {
+    let mut batches = Vec::new();
+    let mut left = Vec::new();
+    let (mut ids, mut entries, mut bytes) = (Vec::new(), Vec::new(), 0);
+    let finish = |ids: Vec<i64>, entries: Vec<Json>| Batch {
+        endpoint: Endpoint::BulkImportProfiles,
+        ids,
+        body: json!({"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": entries}}}}),
+    };
+    for (id, body) in rows {
+        let Some(resource) = body.get("data").filter(|d| d.is_object()) else {
+            left.push(*id);
+            continue;
+        };
+        let size = resource.to_string().len() + 2;
+        if ids.len() == MAX_PROFILES || bytes + size > MAX_BYTES {
+            batches.push(finish(
+                std::mem::take(&mut ids),
+                std::mem::take(&mut entries),
+            ));
+            bytes = 0;
+        }
+        ids.push(*id);
+        entries.push(resource.clone());
+        bytes += size;
+    }
+    if !ids.is_empty() {
+        batches.push(finish(ids, entries));
+    }
+    (batches, left)
+}
+
+/// The index of the profile an import error points at (`/data/attributes/profiles/data/3/...`).
+pub fn profile_index(pointer: &str) -> Option<usize> {
+    pointer
+        .strip_prefix("/data/attributes/profiles/data/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Keeps the batches that pass their endpoint's schema; the ids of the others go back to be
 /// sent one by one.
 pub fn valid(batches: Vec<Batch>, schemas: &Schemas) -> (Vec<Batch>, Vec<i64>) {
@@ -246,6 +294,29 @@ mod tests {
             [9_999],
             "the duplicate of event 0 waits for another request"
         );
+    }
+
+    #[test]
+    fn profiles_become_a_bulk_import_job_whose_errors_find_their_request() {
+        let profile = |email: &str| json!({"data": {"type": "profile", "attributes": {"email": email, "first_name": "A"}}});
+        let rows = vec![(7, profile("a@x.co")), (9, profile("b@x.co"))];
+        let (batches, left) = profile_batches(&rows);
+        assert!(left.is_empty());
+        assert_eq!(batches[0].ids, [7, 9]);
+        let (good, single) = valid(batches, Schemas::builtin());
+        assert!(
+            single.is_empty(),
+            "the bulk import body passes Klaviyo's schema"
+        );
+        assert_eq!(
+            good[0].body["data"]["attributes"]["profiles"]["data"][1]["attributes"]["email"],
+            "b@x.co"
+        );
+        assert_eq!(
+            profile_index("/data/attributes/profiles/data/1/attributes/phone_number"),
+            Some(1)
+        );
+        assert_eq!(profile_index("/data/attributes/other"), None);
     }
 
     #[test]

@@ -211,7 +211,11 @@ impl Sink {
             } else {
                 let store = self.store.lock().expect("store lock");
                 let bulk_endpoints: &[Endpoint] = if self.config.bulk {
-                    &[Endpoint::CreateEvent, Endpoint::BulkSubscribeProfiles]
+                    &[
+                        Endpoint::CreateEvent,
+                        Endpoint::BulkSubscribeProfiles,
+                        Endpoint::CreateOrUpdateProfile,
+                    ]
                 } else {
                     &[]
                 };
@@ -263,6 +267,7 @@ impl Sink {
                     .collect();
                 let (batches, left) = match endpoint {
                     Endpoint::CreateEvent => bulk::event_batches(&bodies),
+                    Endpoint::CreateOrUpdateProfile => bulk::profile_batches(&bodies),
                     _ => bulk::subscription_batches(&bodies),
                 };
                 let (batches, invalid) = bulk::valid(batches, self.schemas);
@@ -339,17 +344,55 @@ impl Sink {
         }
         let now = now_ms();
         match outcome {
-            Outcome::Accepted { status, .. } => {
+            Outcome::Accepted { status, body } => {
+                self.report.lock().expect("report lock").bulk_requests += 1;
+                let refused = if batch.endpoint == Endpoint::BulkImportProfiles {
+                    let job = body
+                        .as_ref()
+                        .and_then(|b| b.pointer("/data/id"))
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    match self.import_errors(&job).await? {
+                        Some(errors) => errors,
+                        None => {
+                            // The job did not finish in time: send the profiles again later
+                            // (an import is an upsert, so a second one changes nothing).
+                            for row in &rows {
+                                self.retry_later(
+                                    row,
+                                    "bulk import job did not finish",
+                                    None,
+                                    now_ms(),
+                                )?;
+                            }
+                            return Ok(Vec::new());
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                let refused_ids: HashSet<i64> = refused
+                    .iter()
+                    .filter_map(|(index, _)| batch.ids.get(*index).copied())
+                    .collect();
+                let accepted: Vec<i64> = batch
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !refused_ids.contains(id))
+                    .collect();
                 self.store
                     .lock()
                     .expect("store lock")
-                    .mark_sent(&batch.ids, status, now)?;
+                    .mark_sent(&accepted, status, now)?;
                 let mut report = self.report.lock().expect("report lock");
-                report.bulk_requests += 1;
-                for row in &rows {
+                for row in rows.iter().filter(|r| !refused_ids.contains(&r.id)) {
                     *report.sent.entry(row.mapping.clone()).or_default() += 1;
                 }
-                Ok(Vec::new())
+                // A profile the job refused goes on its own, where a refused phone is dropped
+                // and anything else becomes a dead letter with Klaviyo's reason.
+                Ok(refused_ids.into_iter().collect())
             }
             Outcome::Retry { reason, after } => {
                 if let Some(after) = after {
@@ -514,6 +557,78 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Waits for a profile bulk import job to finish and returns its import errors as
+    /// (profile index, error), or `None` if it has not finished after about ten minutes.
+    async fn import_errors(&self, job: &str) -> Result<Option<Vec<(usize, ApiError)>>, SinkError> {
+        let mut wait = Duration::from_millis(500);
+        let deadline = Instant::now() + Duration::from_secs(600).div_f64(self.config.time_scale);
+        loop {
+            if Instant::now() > deadline || job.is_empty() {
+                return Ok(None);
+            }
+            tokio::time::sleep(wait.div_f64(self.config.time_scale)).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+            self.wait_for_slot(Endpoint::BulkImportProfiles).await;
+            let path = format!("{}/{job}", Endpoint::BulkImportProfiles.path());
+            match self.client.get(&path, self.config.time_scale).await.0 {
+                Outcome::Accepted { body, .. } => {
+                    let status = body
+                        .as_ref()
+                        .and_then(|b| b.pointer("/data/attributes/status"))
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    match status.as_str() {
+                        "complete" => break,
+                        "cancelled" | "failed" => return Ok(None),
+                        _ => continue,
+                    }
+                }
+                Outcome::KeyRefused { status, detail } => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    return Err(SinkError::KeyRefused { status, detail });
+                }
+                _ => continue,
+            }
+        }
+        let mut errors = Vec::new();
+        let mut next = Some(format!(
+            "{}/{job}/import-errors?page[size]=100",
+            Endpoint::BulkImportProfiles.path()
+        ));
+        while let Some(path) = next.take() {
+            self.wait_for_slot(Endpoint::BulkImportProfiles).await;
+            let Outcome::Accepted {
+                body: Some(page), ..
+            } = self.client.get(&path, self.config.time_scale).await.0
+            else {
+                return Ok(None);
+            };
+            for item in page["data"].as_array().into_iter().flatten() {
+                let attributes = &item["attributes"];
+                let text = |key: &str| attributes[key].as_str().unwrap_or_default().to_owned();
+                let error = ApiError {
+                    code: text("code"),
+                    title: text("title"),
+                    detail: text("detail"),
+                    pointer: attributes
+                        .pointer("/source/pointer")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned),
+                };
+                if let Some(index) = error.pointer.as_deref().and_then(bulk::profile_index) {
+                    errors.push((index, error));
+                }
+            }
+            // `links.next` is a full URL; the client wants the path from `/api/` on.
+            next = page
+                .pointer("/links/next")
+                .and_then(Json::as_str)
+                .and_then(|url| url.find("/api/").map(|at| url[at..].to_owned()));
+        }
+        Ok(Some(errors))
     }
 
     /// Schedules another attempt, or gives up after the last one.
