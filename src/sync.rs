@@ -192,7 +192,8 @@ pub struct Tick {
 pub type OnTick = Box<dyn FnMut(Tick) + Send>;
 
 /// Intake and delivery together; returns when every input is read and both lanes are empty
-/// (held requests included), or at the first refused key.
+/// (held requests included), or at the first refused key. Needs a multi-threaded tokio
+/// runtime: intake runs as blocking work on the calling thread while the lanes send.
 pub async fn run(
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
