@@ -154,33 +154,47 @@ async fn a_refused_key_stops_the_run_and_keeps_the_queue() {
     standin.shutdown().await;
 }
 
+/// Queues one request per body, each its own delivery, as intake would.
+fn queue(
+    store: &Mutex<Store>,
+    mapping: &str,
+    endpoint: Endpoint,
+    lane: &str,
+    bodies: &[serde_json::Value],
+) {
+    let mut store = store.lock().unwrap();
+    for (i, body) in bodies.iter().enumerate() {
+        let request = marketsync::store::NewRequest {
+            mapping: mapping.into(),
+            endpoint: endpoint.path().into(),
+            lane: lane.into(),
+            body: body.to_string(),
+            ..Default::default()
+        };
+        let id = format!("{mapping}-{i}");
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: &id,
+            origin: "test",
+            text: "{}",
+        };
+        store.intake(&delivery, &[request], &[], i as i64).unwrap();
+    }
+}
+
 /// Queues profile imports in order and sends them one at a time.
 async fn send_profiles(
     standin: &StandIn,
     bodies: &[serde_json::Value],
 ) -> (Arc<Mutex<Store>>, marketsync::sink::DeliveryReport) {
     let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
-    for (i, body) in bodies.iter().enumerate() {
-        let request = marketsync::store::NewRequest {
-            mapping: "profile".into(),
-            endpoint: "/api/profile-import".into(),
-            lane: "profile".into(),
-            body: body.to_string(),
-            ..Default::default()
-        };
-        let id = format!("d{i}");
-        let delivery = marketsync::store::DeliveryRecord {
-            marketplace: "m",
-            delivery_id: &id,
-            origin: "test:1",
-            text: "{}",
-        };
-        store
-            .lock()
-            .unwrap()
-            .intake(&delivery, &[request], &[], i as i64)
-            .unwrap();
-    }
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        bodies,
+    );
     let mut config = config(standin, DEFAULT_API_KEY, 1.0);
     config.concurrency = 1;
     let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
@@ -258,28 +272,15 @@ async fn a_phone_klaviyo_refuses_is_dropped_and_the_profile_sent_without_it() {
 
 /// Queues `count` events (each its own delivery) of the given metric, for the given profile.
 fn queue_events(store: &Mutex<Store>, count: usize, metric: &str, lane: &str) {
-    let mut store = store.lock().unwrap();
-    for n in 0..count {
-        let body = serde_json::json!({"data": {"type": "event", "attributes": {
-            "properties": {"n": n}, "unique_id": format!("{metric}:{n}"),
-            "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
-            "profile": {"data": {"type": "profile", "attributes": {"email": format!("p{n}@example.com")}}}}}});
-        let request = marketsync::store::NewRequest {
-            mapping: metric.into(),
-            endpoint: "/api/events".into(),
-            lane: lane.into(),
-            body: body.to_string(),
-            ..Default::default()
-        };
-        let id = format!("{metric}-{n}");
-        let delivery = marketsync::store::DeliveryRecord {
-            marketplace: "m",
-            delivery_id: &id,
-            origin: "test",
-            text: "{}",
-        };
-        store.intake(&delivery, &[request], &[], 0).unwrap();
-    }
+    let bodies: Vec<serde_json::Value> = (0..count)
+        .map(|n| {
+            serde_json::json!({"data": {"type": "event", "attributes": {
+                "properties": {"n": n}, "unique_id": format!("{metric}:{n}"),
+                "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+                "profile": {"data": {"type": "profile", "attributes": {"email": format!("p{n}@example.com")}}}}}})
+        })
+        .collect();
+    queue(store, metric, Endpoint::CreateEvent, lane, &bodies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,27 +512,13 @@ async fn a_profile_backlog_goes_as_a_bulk_import_and_a_refused_profile_on_its_ow
         .collect();
     bodies[42] = profile("bulk42@example.com", Some("+1234"));
     let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
-    for (i, body) in bodies.iter().enumerate() {
-        let request = marketsync::store::NewRequest {
-            mapping: "profile".into(),
-            endpoint: "/api/profile-import".into(),
-            lane: "profile".into(),
-            body: body.to_string(),
-            ..Default::default()
-        };
-        let id = format!("d{i}");
-        let delivery = marketsync::store::DeliveryRecord {
-            marketplace: "m",
-            delivery_id: &id,
-            origin: "test",
-            text: "{}",
-        };
-        store
-            .lock()
-            .unwrap()
-            .intake(&delivery, &[request], &[], 0)
-            .unwrap();
-    }
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &bodies,
+    );
     let sink =
         marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 10.0), Arc::clone(&store));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
