@@ -438,32 +438,14 @@ impl Sink {
 
     async fn send(self: Arc<Self>, row: Pending) -> Result<(), SinkError> {
         let Some(endpoint) = Endpoint::parse(&row.endpoint) else {
-            let letter = dead(
-                "unknown-endpoint",
-                format!("no such endpoint {}", row.endpoint),
-                &row,
-                json!({}),
-            );
-            self.store
-                .lock()
-                .expect("store lock")
-                .dead_letter(row.id, &letter, now_ms())?;
-            return Ok(());
+            let reason = format!("no such endpoint {}", row.endpoint);
+            return self.bury(&row, "unknown-endpoint", reason, json!({}));
         };
         let mut body: Json = match serde_json::from_str(&row.body) {
             Ok(body) => body,
             Err(e) => {
-                let letter = dead(
-                    "corrupt",
-                    format!("stored body is not JSON: {e}"),
-                    &row,
-                    json!({}),
-                );
-                self.store
-                    .lock()
-                    .expect("store lock")
-                    .dead_letter(row.id, &letter, now_ms())?;
-                return Ok(());
+                let reason = format!("stored body is not JSON: {e}");
+                return self.bury(&row, "corrupt", reason, json!({}));
             }
         };
         self.wait_for_slot(endpoint).await;
@@ -511,17 +493,13 @@ impl Sink {
                     store.reschedule(row.id, now, "phone number refused; retrying without it")?;
                     self.report.lock().expect("report lock").phone_removed += 1;
                 } else {
-                    let letter = dead(
-                        "invalid",
-                        format!("Klaviyo refused it ({status}): {}", describe(&errors)),
+                    let reason = format!("Klaviyo refused it ({status}): {}", describe(&errors));
+                    self.bury(
                         &row,
+                        "invalid",
+                        reason,
                         json!({"status": status, "errors": errors}),
-                    );
-                    self.store
-                        .lock()
-                        .expect("store lock")
-                        .dead_letter(row.id, &letter, now)?;
-                    self.count_dead("invalid");
+                    )?;
                 }
             }
             Outcome::DuplicateProfile {
@@ -532,23 +510,15 @@ impl Sink {
                     .pointer("/data/attributes")
                     .cloned()
                     .unwrap_or_default();
-                let letter = dead(
-                    "duplicate-profile",
-                    format!(
-                        "email {} and phone {} belong to different Klaviyo profiles (existing profile {})",
-                        attributes["email"],
-                        attributes["phone_number"],
-                        existing_profile.as_deref().unwrap_or("unknown")
-                    ),
-                    &row,
-                    json!({"email": attributes["email"], "phone_number": attributes["phone_number"],
-                           "existing_profile": existing_profile, "errors": errors}),
+                let reason = format!(
+                    "email {} and phone {} belong to different Klaviyo profiles (existing profile {})",
+                    attributes["email"],
+                    attributes["phone_number"],
+                    existing_profile.as_deref().unwrap_or("unknown")
                 );
-                self.store
-                    .lock()
-                    .expect("store lock")
-                    .dead_letter(row.id, &letter, now)?;
-                self.count_dead("duplicate-profile");
+                let details = json!({"email": attributes["email"], "phone_number": attributes["phone_number"],
+                                     "existing_profile": existing_profile, "errors": errors});
+                self.bury(&row, "duplicate-profile", reason, details)?;
             }
             Outcome::KeyRefused { status, detail } => {
                 self.stop.store(true, Ordering::SeqCst);
@@ -640,17 +610,13 @@ impl Sink {
         now: i64,
     ) -> Result<(), SinkError> {
         if row.attempts + 1 >= self.config.max_attempts {
-            let letter = dead(
-                "retries-exhausted",
-                format!("gave up after {} attempts: {reason}", row.attempts + 1),
+            let gave_up = format!("gave up after {} attempts: {reason}", row.attempts + 1);
+            self.bury(
                 row,
+                "retries-exhausted",
+                gave_up,
                 json!({"last_error": reason}),
-            );
-            self.store
-                .lock()
-                .expect("store lock")
-                .dead_letter(row.id, &letter, now)?;
-            self.count_dead("retries-exhausted");
+            )?;
         } else {
             let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
             self.store.lock().expect("store lock").reschedule(
@@ -703,7 +669,24 @@ impl Sink {
             .div_f64(self.config.time_scale)
     }
 
-    fn count_dead(&self, category: &str) {
+    /// Turns a request into a dead letter of `category`, and counts it.
+    fn bury(
+        &self,
+        row: &Pending,
+        category: &str,
+        reason: String,
+        details: Json,
+    ) -> Result<(), SinkError> {
+        let letter = NewDeadLetter {
+            mapping: Some(row.mapping.clone()),
+            category: category.to_owned(),
+            reason,
+            details,
+        };
+        self.store
+            .lock()
+            .expect("store lock")
+            .dead_letter(row.id, &letter, now_ms())?;
         *self
             .report
             .lock()
@@ -711,6 +694,7 @@ impl Sink {
             .dead_letters
             .entry(category.to_owned())
             .or_default() += 1;
+        Ok(())
     }
 }
 
@@ -729,15 +713,6 @@ fn settle(
     }
     single_only.extend(result?);
     Ok(())
-}
-
-fn dead(category: &str, reason: String, row: &Pending, details: Json) -> NewDeadLetter {
-    NewDeadLetter {
-        mapping: Some(row.mapping.clone()),
-        category: category.to_owned(),
-        reason,
-        details,
-    }
 }
 
 fn describe(errors: &[ApiError]) -> String {
