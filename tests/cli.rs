@@ -326,3 +326,57 @@ async fn status_and_retry_repair_a_run_after_a_mapping_fix() {
     assert!(accepted.profile_by_email("fallback@example.com").is_some());
     standin.shutdown().await;
 }
+
+#[test]
+fn validate_speaks_json_and_github_annotations() {
+    let (a, a_text) = common::broken_spec("unknown-keys.yaml");
+    let (b, b_text) = common::broken_spec("bad-paths.yaml");
+    let dir = common::mapping_folder(&[(a, &a_text), (b, &b_text)]);
+    let output = marketsync()
+        .args(["validate", "--format", "github", "--mappings"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let unknown = lines
+        .iter()
+        .find(|l| l.contains("unknown-keys.yaml"))
+        .unwrap();
+    assert!(unknown.starts_with("::error file="), "{unknown}");
+    // In the message only %, CR and LF are escaped; in the file property : and , too.
+    assert!(
+        unknown.ends_with(
+            "unknown-keys.yaml,line=5,col=3::unknown field `event`, expected one of type, events, where"
+        ),
+        "{unknown}"
+    );
+
+    let output = marketsync()
+        .args(["validate", "--format", "json", "--mappings"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"], 3);
+    let first = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["file"].as_str().unwrap().ends_with("bad-paths.yaml"))
+        .unwrap();
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(6), Some(13))
+    );
+    assert_eq!(first["severity"], "error");
+
+    marketsync()
+        .args(["validate", "--format", "github"])
+        .assert()
+        .code(0)
+        .stdout("");
+}

@@ -1,46 +1,101 @@
 //! `marketsync validate`: every problem in a mapping set, in one pass.
 
 use super::{EXIT_OK, EXIT_REJECTED, MappingArgs};
-use marketsync::diagnostic::Diagnostics;
+use marketsync::diagnostic::{Diagnostic, Diagnostics, Severity};
+use serde_json::json;
 
 /// Check mapping specs: YAML and unknown keys, JSONPath and template syntax, undefined names,
-/// endpoints, and a render of every example delivery against Klaviyo's schemas.
+/// unknown filters, endpoints, and a render of every example delivery against Klaviyo's schemas.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   marketsync validate                      # the built-in default mappings
   marketsync validate --mappings mappings  # a mapping folder
+  marketsync validate --mappings mappings --format github   # annotations on a pull request
 
 Prints each problem as `file:line:col: message` with the offending line, and exits 1 if any
-error was found (warnings alone exit 0).")]
+error was found (warnings alone exit 0). `--format json` prints one JSON document on stdout;
+`--format github` prints GitHub Actions workflow commands (`::error file=...,line=...::...`).")]
 pub struct Args {
     #[command(flatten)]
     mappings: MappingArgs,
+    /// `human`, `json` or `github`.
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json", "github"])]
+    format: String,
 }
 
 pub fn execute(args: Args) -> u8 {
-    match args.mappings.load() {
-        Ok((engine, warnings)) => {
-            print_all(&warnings);
-            eprintln!(
-                "ok: {} mappings valid{}",
-                engine.mapping_names().len(),
-                match warnings.0.len() {
-                    0 => String::new(),
-                    n => format!(", {n} warning(s)"),
-                }
+    let (ok, diagnostics, mappings) = match args.mappings.load() {
+        Ok((engine, warnings)) => (true, warnings, engine.mapping_names().len()),
+        Err(problems) => (false, problems, 0),
+    };
+    let errors = diagnostics.error_count();
+    let warnings = diagnostics.0.len() - errors;
+    match args.format.as_str() {
+        "json" => {
+            let items: Vec<serde_json::Value> = diagnostics
+                .iter()
+                .map(|d| {
+                    json!({
+                        "severity": severity(d),
+                        "file": d.file.name,
+                        "line": d.position.line,
+                        "column": d.position.column,
+                        "message": d.message,
+                    })
+                })
+                .collect();
+            let out = json!({"ok": ok, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("diagnostics serialise")
             );
-            EXIT_OK
         }
-        Err(problems) => {
-            print_all(&problems);
-            let errors = problems.error_count();
-            eprintln!(
-                "failed: {errors} error(s), {} warning(s)",
-                problems.0.len() - errors
-            );
-            EXIT_REJECTED
+        "github" => {
+            for d in diagnostics.iter() {
+                println!("{}", annotation(d));
+            }
         }
+        _ => print_all(&diagnostics),
     }
+    if ok {
+        eprintln!(
+            "ok: {mappings} mappings valid{}",
+            match warnings {
+                0 => String::new(),
+                n => format!(", {n} warning(s)"),
+            }
+        );
+        EXIT_OK
+    } else {
+        eprintln!("failed: {errors} error(s), {warnings} warning(s)");
+        EXIT_REJECTED
+    }
+}
+
+fn severity(d: &Diagnostic) -> &'static str {
+    match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    }
+}
+
+/// A GitHub Actions workflow command, which GitHub shows on the pull request's line.
+fn annotation(d: &Diagnostic) -> String {
+    // Workflow commands escape %, CR and LF everywhere, and also : and , in properties.
+    let data = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
+    let property = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
+    format!(
+        "::{} file={},line={},col={}::{}",
+        severity(d),
+        property(&d.file.name),
+        d.position.line,
+        d.position.column,
+        data(&d.message)
+    )
 }
 
 fn print_all(diagnostics: &Diagnostics) {
