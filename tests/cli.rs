@@ -340,7 +340,7 @@ fn validate_speaks_json_and_github_annotations() {
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     let unknown = lines
         .iter()
         .find(|l| l.contains("unknown-keys.yaml"))
@@ -361,7 +361,7 @@ fn validate_speaks_json_and_github_annotations() {
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert_eq!(report["errors"], 3);
+    assert_eq!(report["errors"], 4);
     let first = report["diagnostics"]
         .as_array()
         .unwrap()

@@ -191,7 +191,10 @@ fn fan_out_gives_one_request_per_element_with_its_own_key() {
 
 #[test]
 fn a_body_klaviyo_would_reject_is_an_error_not_a_request() {
-    let spec = event_spec("", "          X: 1").replace("unique_id:", "uniqueId:");
+    let spec = event_spec("", "          X: 1").replace(
+        "        unique_id:",
+        "        uniqueId: x\n        unique_id:",
+    );
     let mapped = map_with(&spec, invoice());
     assert!(mapped.requests.is_empty());
     assert_eq!(mapped.errors[0].kind, MappingErrorKind::Schema);
@@ -289,4 +292,53 @@ fn waiting_for_a_mapping_needs_one_with_a_once_per_key() {
         err.contains("`waits_for.mapping: test` has no `once_per`"),
         "{err}"
     );
+}
+
+#[test]
+fn an_event_mapping_needs_a_unique_id_that_names_its_item_when_it_fans_out() {
+    let spec = event_spec("", "          X: 1").replace("        unique_id: \"m:{{ id }}\"\n", "");
+    let err = compile(&spec).err().unwrap().to_string();
+    assert!(
+        err.contains("an event mapping must set data.attributes.unique_id"),
+        "{err}"
+    );
+
+    let spec = event_spec(
+        "  lines: { path: \"$.lines[*]\", many: true }",
+        "          X: 1",
+    )
+    .replace("emit:", "for: line in lines\nemit:");
+    let err = compile(&spec).err().unwrap().to_string();
+    assert!(
+        err.contains("fans out with `line`, so its unique_id must include the item"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_subscription_mapping_must_rest_on_an_explicit_opt_in_and_never_unsubscribe() {
+    let consent = std::fs::read_to_string(common::repo("mappings/consent.yaml")).unwrap();
+    let consent = consent.replace(
+        "examples:\n  - ../examples/orders.ndjson\n  - ../examples/backfill-page.json\n",
+        "",
+    );
+    compile(&consent).unwrap_or_else(|d| panic!("{d:#}"));
+
+    let unconditional = consent.replace("when: opted_in\n", "");
+    let err = compile(&unconditional).err().unwrap().to_string();
+    assert!(
+        err.contains("a subscription mapping must subscribe only on an explicit opt-in"),
+        "{err}"
+    );
+
+    let by_hand = consent.replace("when: opted_in\n", "when: accepts_marketing == 'yes'\n");
+    let err = compile(&by_hand).err().unwrap().to_string();
+    assert!(
+        err.contains("explicit opt-in"),
+        "a condition that bypasses opt_in is refused: {err}"
+    );
+
+    let unsubscribe = consent.replace("consent: SUBSCRIBED", "consent: UNSUBSCRIBED");
+    let err = compile(&unsubscribe).err().unwrap().to_string();
+    assert!(err.contains("mappings never unsubscribe"), "{err}");
 }

@@ -381,6 +381,15 @@ fn plan(
         Some((key?, version?))
     });
     let body = plan_body(&spec.emit.body, &file.source.name, "", env, reporter);
+    if let Some(endpoint) = endpoint {
+        lint(
+            spec,
+            endpoint,
+            &body,
+            for_each.as_ref().map(|(var, _)| var.as_str()),
+            reporter,
+        );
+    }
 
     Plan {
         file: Arc::clone(&file.source),
@@ -416,6 +425,103 @@ fn plan(
         waits_for,
         coalesce,
         body,
+    }
+}
+
+/// Where the body leaf at `path` (keys) was written, if there is a value there.
+fn leaf_position(node: &PlanNode, path: &[&str]) -> Option<Position> {
+    match (node, path) {
+        (PlanNode::Expression(src), []) => Some(src.position),
+        (PlanNode::Template(_, position), []) => Some(*position),
+        (PlanNode::Literal(json), []) if !json.is_null() => Some(Position::default()),
+        (PlanNode::Map(entries), [key, rest @ ..]) => entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, node)| leaf_position(node, rest)),
+        _ => None,
+    }
+}
+
+/// Rules every mapping of a kind must follow, whatever a client changes:
+/// - an event carries a `unique_id`, and a fan-out event's includes its item, so the same fact
+///   always gets the same key and two items never share one;
+/// - a subscription only on an explicit opt-in read through `opt_in`, and never an
+///   unsubscribe: consent is compliance.
+fn lint(
+    spec: &MappingSpec,
+    endpoint: Endpoint,
+    body: &PlanNode,
+    fan_out: Option<&str>,
+    reporter: &mut Reporter<'_>,
+) {
+    let at = Position::of(&spec.emit.endpoint.referenced);
+    match endpoint {
+        Endpoint::CreateEvent => {
+            let path = ["data", "attributes", "unique_id"];
+            match leaf_position(body, &path) {
+                None => reporter.error(
+                    at,
+                    "an event mapping must set data.attributes.unique_id, built from the marketplace and Marketplacer's ids, so Klaviyo can deduplicate it",
+                ),
+                Some(position) => {
+                    let written = spec_text_at(spec, &path).unwrap_or_default();
+                    if let Some(var) = fan_out.filter(|var| !written.contains(var)) {
+                        reporter.error(
+                            position,
+                            format!("this mapping fans out with `{var}`, so its unique_id must include the item (such as `{{{{ {var}.legacyId }}}}`), or its events would share one key"),
+                        );
+                    }
+                }
+            }
+        }
+        Endpoint::BulkSubscribeProfiles => {
+            let opt_in_names: Vec<&str> = spec
+                .compute
+                .iter()
+                .filter(|(_, src)| src.value.contains("opt_in"))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            let conditioned = spec.when.as_ref().is_some_and(|when| {
+                when.value.contains("opt_in") || opt_in_names.iter().any(|n| when.value.contains(n))
+            });
+            if !conditioned {
+                reporter.error(
+                    at,
+                    "a subscription mapping must subscribe only on an explicit opt-in: read the consent field and add `when:` with it passed through `opt_in` (see consent.yaml)",
+                );
+            }
+            if spec_contains(&spec.emit.body.value, "UNSUBSCRIBED") {
+                reporter.error(
+                    at,
+                    "mappings never unsubscribe: later consent changes belong to Klaviyo",
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The text of a body string at `path`, as written.
+fn spec_text_at(spec: &MappingSpec, path: &[&str]) -> Option<String> {
+    let mut node = &spec.emit.body.value;
+    for key in path {
+        match node {
+            BodyNode::Map(entries) => node = &entries.get(*key)?.value,
+            _ => return None,
+        }
+    }
+    match node {
+        BodyNode::String(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn spec_contains(node: &BodyNode, needle: &str) -> bool {
+    match node {
+        BodyNode::String(text) => text.contains(needle),
+        BodyNode::List(items) => items.iter().any(|i| spec_contains(&i.value, needle)),
+        BodyNode::Map(entries) => entries.values().any(|v| spec_contains(&v.value, needle)),
+        _ => false,
     }
 }
 
