@@ -330,18 +330,7 @@ impl Sink {
         batch: bulk::Batch,
         rows: Vec<Pending>,
     ) -> Result<Vec<i64>, SinkError> {
-        self.wait_for_slot(batch.endpoint).await;
-        let sent_at = Instant::now();
-        let (outcome, rate) = self
-            .client
-            .post(batch.endpoint.path(), &batch.body, self.config.time_scale)
-            .await;
-        self.limiter(batch.endpoint)
-            .observe_latency(sent_at.elapsed(), Instant::now());
-        if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
-            self.limiter(batch.endpoint)
-                .observe(remaining, reset, Instant::now());
-        }
+        let outcome = self.paced(batch.endpoint, Call::Post(&batch.body)).await;
         let now = now_ms();
         match outcome {
             Outcome::Accepted { status, body } => {
@@ -448,18 +437,7 @@ impl Sink {
                 return self.bury(&row, "corrupt", reason, json!({}));
             }
         };
-        self.wait_for_slot(endpoint).await;
-        let sent_at = Instant::now();
-        let (outcome, rate) = self
-            .client
-            .post(endpoint.path(), &body, self.config.time_scale)
-            .await;
-        self.limiter(endpoint)
-            .observe_latency(sent_at.elapsed(), Instant::now());
-        if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
-            self.limiter(endpoint)
-                .observe(remaining, reset, Instant::now());
-        }
+        let outcome = self.paced(endpoint, Call::Post(&body)).await;
         let now = now_ms();
         match outcome {
             Outcome::Accepted { status, .. } => {
@@ -540,9 +518,11 @@ impl Sink {
             }
             tokio::time::sleep(wait.div_f64(self.config.time_scale)).await;
             wait = (wait * 2).min(Duration::from_secs(10));
-            self.wait_for_slot(Endpoint::BulkImportProfiles).await;
             let path = format!("{}/{job}", Endpoint::BulkImportProfiles.path());
-            match self.client.get(&path, self.config.time_scale).await.0 {
+            match self
+                .paced(Endpoint::BulkImportProfiles, Call::Get(&path))
+                .await
+            {
                 Outcome::Accepted { body, .. } => {
                     let status = body
                         .as_ref()
@@ -569,10 +549,11 @@ impl Sink {
             Endpoint::BulkImportProfiles.path()
         ));
         while let Some(path) = next.take() {
-            self.wait_for_slot(Endpoint::BulkImportProfiles).await;
             let Outcome::Accepted {
                 body: Some(page), ..
-            } = self.client.get(&path, self.config.time_scale).await.0
+            } = self
+                .paced(Endpoint::BulkImportProfiles, Call::Get(&path))
+                .await
             else {
                 return Ok(None);
             };
@@ -631,6 +612,24 @@ impl Sink {
 
     fn limiter(&self, endpoint: Endpoint) -> std::sync::MutexGuard<'_, Limiter> {
         self.limiters[&endpoint].lock().expect("limiter lock")
+    }
+
+    /// One request under `endpoint`'s limits: waits for a slot, sends, and lets the answer's
+    /// timing and `RateLimit-*` headers adjust the limiter.
+    async fn paced(&self, endpoint: Endpoint, call: Call<'_>) -> Outcome {
+        self.wait_for_slot(endpoint).await;
+        let sent_at = Instant::now();
+        let scale = self.config.time_scale;
+        let (outcome, rate) = match call {
+            Call::Post(body) => self.client.post(endpoint.path(), body, scale).await,
+            Call::Get(path) => self.client.get(path, scale).await,
+        };
+        let mut limiter = self.limiter(endpoint);
+        limiter.observe_latency(sent_at.elapsed(), Instant::now());
+        if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
+            limiter.observe(remaining, reset, Instant::now());
+        }
+        outcome
     }
 
     /// Waits until the endpoint has a free slot, then takes it. The slot is recorded at the
@@ -699,6 +698,12 @@ impl Sink {
 }
 
 type Sent = (Vec<i64>, Result<Vec<i64>, SinkError>);
+
+/// What [`Sink::paced`] sends: a body to the endpoint's own path, or a read of a path under it.
+enum Call<'a> {
+    Post(&'a Json),
+    Get(&'a str),
+}
 
 /// Books a finished send task: its rows leave the in-flight set, and rows a bulk request was
 /// refused for are sent one by one from now on.
