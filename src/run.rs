@@ -125,19 +125,14 @@ impl<'a> Runner<'a> {
                 continue;
             }
             self.summary.records += 1;
+            let mapped = self.engine.map(&record);
+            report_mapped(report, &at, &record.delivery_id, &mapped)?;
             let Mapped {
                 requests,
                 warnings,
                 errors,
                 matched,
-            } = self.engine.map(&record);
-            for warning in &warnings {
-                writeln!(
-                    report,
-                    "{at}: warning: delivery {}: {warning}",
-                    record.delivery_id
-                )?;
-            }
+            } = mapped;
             self.summary.warnings += warnings.len();
             for error in &errors {
                 *self
@@ -145,11 +140,6 @@ impl<'a> Runner<'a> {
                     .rejected
                     .entry(error.kind.as_str().to_owned())
                     .or_default() += 1;
-                writeln!(
-                    report,
-                    "{at}: rejected: delivery {}: {error}",
-                    record.delivery_id
-                )?;
             }
             if !matched {
                 *self
@@ -180,6 +170,22 @@ impl<'a> Runner<'a> {
         }
         Ok(())
     }
+}
+
+/// Writes a record's warnings and mapping failures as report lines naming where it was read.
+pub(crate) fn report_mapped(
+    report: &mut dyn Write,
+    at: &str,
+    delivery_id: &str,
+    mapped: &Mapped,
+) -> io::Result<()> {
+    for warning in &mapped.warnings {
+        writeln!(report, "{at}: warning: delivery {delivery_id}: {warning}")?;
+    }
+    for error in &mapped.errors {
+        writeln!(report, "{at}: rejected: delivery {delivery_id}: {error}")?;
+    }
+    Ok(())
 }
 
 /// A dry run: every input in order, one request per line on `out` as NDJSON.

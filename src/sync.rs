@@ -8,6 +8,7 @@
 
 use crate::engine::Engine;
 use crate::klaviyo::Request;
+use crate::run::report_mapped;
 use crate::sink::{DeliveryReport, Sink, SinkConfig, SinkError, now_ms};
 use crate::source::{self, Input};
 use crate::spec::Lane;
@@ -100,14 +101,6 @@ pub fn intake(
             for record in records {
                 summary.records += 1;
                 let mapped = engine.map(&record);
-                for warning in &mapped.warnings {
-                    writeln!(
-                        report,
-                        "{origin}: warning: delivery {}: {warning}",
-                        record.delivery_id
-                    )?;
-                }
-                summary.warnings += mapped.warnings.len();
                 let failures: Vec<NewDeadLetter> = mapped
                     .errors
                     .iter()
@@ -155,12 +148,10 @@ pub fn intake(
                     summary.repeated += 1;
                     continue;
                 }
+                // Reported only now: a delivery already in the store says nothing new.
+                report_mapped(report, &origin, &record.delivery_id, &mapped)?;
+                summary.warnings += mapped.warnings.len();
                 for error in &mapped.errors {
-                    writeln!(
-                        report,
-                        "{origin}: rejected: delivery {}: {error}",
-                        record.delivery_id
-                    )?;
                     *summary
                         .rejected
                         .entry(format!("mapping:{}", error.kind.as_str()))
