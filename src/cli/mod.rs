@@ -80,6 +80,19 @@ impl StateArgs {
 }
 
 impl MappingArgs {
+    /// The compiled mappings, or every problem printed and the exit code to return.
+    fn load_or_report(&self) -> Result<Engine, u8> {
+        self.load()
+            .map(|(engine, _warnings)| engine)
+            .map_err(|problems| {
+                for d in problems.iter() {
+                    eprintln!("{d:#}\n");
+                }
+                eprintln!("error: the mappings do not load; run `marketsync validate` for details");
+                EXIT_BAD_MAPPINGS
+            })
+    }
+
     fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
         match &self.mappings {
             Some(dir) => Engine::load_dir(dir),

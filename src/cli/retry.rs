@@ -28,12 +28,9 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let engine = match args.mappings.load() {
-        Ok((engine, _)) => engine,
-        Err(problems) => {
-            eprintln!("{problems:#}");
-            return super::EXIT_BAD_MAPPINGS;
-        }
+    let engine = match args.mappings.load_or_report() {
+        Ok(engine) => engine,
+        Err(code) => return code,
     };
     let mut store = match args.state.open() {
         Ok(store) => store,

@@ -1,8 +1,7 @@
 //! `marketsync run`: deliveries in, Klaviyo requests out.
 
 use super::{
-    EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, MappingArgs,
-    StateArgs,
+    EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, MappingArgs, StateArgs,
 };
 use marketsync::engine::Engine;
 use marketsync::klaviyo::Endpoint;
@@ -78,15 +77,9 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let engine = match args.mappings.load() {
-        Ok((engine, _warnings)) => engine,
-        Err(problems) => {
-            for d in problems.iter() {
-                eprintln!("{d:#}\n");
-            }
-            eprintln!("error: the mappings do not load; run `marketsync validate` for details");
-            return EXIT_BAD_MAPPINGS;
-        }
+    let engine = match args.mappings.load_or_report() {
+        Ok(engine) => engine,
+        Err(code) => return code,
     };
     let engine = match &args.marketplace {
         Some(name) => engine.with_default_marketplace(name.clone()),
