@@ -28,15 +28,56 @@ pub struct SourceFile {
 pub struct Position {
     pub line: usize,
     pub column: usize,
+    /// Which file of a mapping set the place is in. A client's overlay puts values from its own
+    /// file into a base mapping, so one mapping's positions can point into several files.
+    pub file: FileId,
 }
+
+/// A file's index in the table of files a mapping set was loaded from ([`Files`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct FileId(pub u32);
 
 impl Position {
     pub const fn new(line: usize, column: usize) -> Self {
-        Position { line, column }
+        Position {
+            line,
+            column,
+            file: FileId(0),
+        }
+    }
+
+    pub fn in_file(self, file: FileId) -> Self {
+        Position { file, ..self }
     }
 
     pub(crate) fn of(location: &serde_saphyr::Location) -> Self {
         Position::new(location.line() as usize, location.column() as usize)
+    }
+}
+
+/// Every file a mapping set was read from, so a [`Position`] can name its file.
+#[derive(Debug, Clone, Default)]
+pub struct Files(Vec<Arc<SourceFile>>);
+
+impl Files {
+    /// Adds a file and returns the id its positions carry.
+    pub fn add(&mut self, file: Arc<SourceFile>) -> FileId {
+        self.0.push(file);
+        FileId(self.0.len() as u32 - 1)
+    }
+
+    pub fn get(&self, id: FileId) -> &Arc<SourceFile> {
+        &self.0[id.0 as usize]
+    }
+
+    /// An error at `position`, in whichever file the position is in.
+    pub fn error(&self, position: Position, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(self.get(position.file), position, message)
+    }
+
+    /// A warning at `position`, in whichever file the position is in.
+    pub fn warning(&self, position: Position, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::warning(self.get(position.file), position, message)
     }
 }
 
@@ -87,7 +128,7 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let Position { line, column } = self.position;
+        let Position { line, column, .. } = self.position;
         write!(
             f,
             "{}:{line}:{column}: {severity}: {}",

@@ -31,22 +31,35 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
             .spawn()
             .unwrap()
     };
-    // Kill it (SIGKILL: no chance to tidy up) at points across intake and delivery.
+    // Kill it (SIGKILL: no chance to tidy up) at points across intake and delivery: twice
+    // after a fixed delay (during intake or the first sends), then each time a few more events
+    // have reached the stand-in, so kills land mid-delivery however slow the machine is.
     let mut killed = 0;
     // Whether some kill landed while events were being sent (not only during intake).
     let mut mid_delivery = false;
-    for after_ms in [40, 150, 400, 700, 1000, 1400] {
+    let events_sent = || standin.accepted().events.len();
+    for round in 0..6 {
         let mut child = run();
-        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        if round < 2 {
+            tokio::time::sleep(Duration::from_millis(40 + 200 * round)).await;
+        } else {
+            let before = events_sent();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while events_sent() < before + 10
+                && child.try_wait().unwrap().is_none()
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             killed += 1;
-            let sent = standin.accepted().events.len();
+            let sent = events_sent();
             mid_delivery |= sent > 0 && sent < orders * 3; // 3 events an order
         }
         child.wait().unwrap();
     }
-    assert!(killed >= 3, "the runs finished before they could be killed");
     assert!(mid_delivery, "no kill landed during delivery");
     let mut last = run();
     let status = tokio::task::spawn_blocking(move || last.wait().unwrap())

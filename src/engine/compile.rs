@@ -10,14 +10,13 @@ use super::body::Node;
 use super::callables::{Callable, callables};
 use super::select::{Cardinality, Condition, Path, Selection};
 use super::{CONTEXT_NAMES, Compiled, Engine, Mapping, filters};
-use crate::diagnostic::{Diagnostic, Diagnostics, Position, SourceFile};
+use crate::diagnostic::{Diagnostics, Files, Position, SourceFile};
 use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
-use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, SpecFile};
+use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Spanned, SpecFile};
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
 use serde_json::Value as Json;
-use serde_saphyr::Spanned;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
@@ -31,7 +30,7 @@ impl Src {
     fn of(spanned: &Spanned<String>) -> Src {
         Src {
             text: spanned.value.clone(),
-            position: Position::of(&spanned.referenced),
+            position: spanned.at,
         }
     }
 }
@@ -52,7 +51,6 @@ enum PlanNode {
 
 /// A mapping after the first pass.
 struct Plan {
-    file: Arc<SourceFile>,
     name: Arc<str>,
     lane: Lane,
     /// Whether the first pass found problems: the plan is still checked, never built.
@@ -77,16 +75,15 @@ struct Plan {
     body: PlanNode,
 }
 
-/// Collects diagnostics for one file.
+/// Collects diagnostics, each in the file its position names.
 struct Reporter<'a> {
-    file: &'a Arc<SourceFile>,
+    files: &'a Files,
     diagnostics: &'a mut Diagnostics,
 }
 
 impl Reporter<'_> {
     fn error(&mut self, position: Position, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::error(self.file, position, message));
+        self.diagnostics.push(self.files.error(position, message));
     }
 }
 
@@ -94,6 +91,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
     let MappingSet {
         settings,
         mappings,
+        files,
         mut diagnostics,
     } = set;
     let Some(settings) = settings else {
@@ -106,12 +104,12 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
     let mut names: Vec<(Arc<str>, Arc<SourceFile>, Position)> = Vec::new();
     for file in &mappings {
         let mut reporter = Reporter {
-            file: &file.source,
+            files: &files,
             diagnostics: &mut diagnostics,
         };
         let plan = plan(file, &mut env, &settings_value, &mut reporter);
         {
-            let position = Position::of(&file.spec.name.referenced);
+            let position = file.spec.name.at;
             if let Some((_, first_file, first)) = names.iter().find(|(n, ..)| *n == plan.name) {
                 reporter.error(
                     position,
@@ -138,11 +136,8 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
                 } else {
                     "is not a mapping in this set"
                 };
-                diagnostics.push(Diagnostic::error(
-                    &plan.file,
-                    *position,
-                    format!("`waits_for.mapping: {waited}` {why}"),
-                ));
+                diagnostics
+                    .push(files.error(*position, format!("`waits_for.mapping: {waited}` {why}")));
             }
         }
     }
@@ -152,7 +147,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
     let compiled = Compiled::new(env, |env| {
         plans
             .into_iter()
-            .filter_map(|plan| build(plan, env, &mut diagnostics))
+            .filter_map(|plan| build(plan, env, &files, &mut diagnostics))
             .collect()
     });
     // The mappings that built are checked against their examples even when others failed,
@@ -164,7 +159,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         settings_value,
         schemas: Schemas::builtin(),
     };
-    check_examples(&engine, &mappings, &mut diagnostics);
+    check_examples(&engine, &mappings, &files, &mut diagnostics);
     diagnostics.sort();
     if diagnostics.has_errors() {
         return Err(diagnostics);
@@ -219,10 +214,7 @@ fn plan(
     let errors_before = reporter.diagnostics.error_count();
     let name: Arc<str> = spec.name.value.as_str().into();
     if name.trim().is_empty() {
-        reporter.error(
-            Position::of(&spec.name.referenced),
-            "a mapping needs a name",
-        );
+        reporter.error(spec.name.at, "a mapping needs a name");
     }
     let endpoint = Endpoint::parse(&spec.emit.endpoint.value);
     if endpoint.is_none() {
@@ -231,7 +223,7 @@ fn plan(
             .map(|e| format!("{} {}", e.method(), e.path()))
             .collect();
         reporter.error(
-            Position::of(&spec.emit.endpoint.referenced),
+            spec.emit.endpoint.at,
             format!(
                 "unknown endpoint `{}`; known: {}",
                 spec.emit.endpoint.value,
@@ -242,7 +234,7 @@ fn plan(
     let types = spec.matcher.types.value.0.clone();
     if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
         reporter.error(
-            Position::of(&spec.matcher.types.referenced),
+            spec.matcher.types.at,
             "`match.type` needs at least one object type (`__typename`), such as Invoice",
         );
     }
@@ -255,7 +247,7 @@ fn plan(
 
     let mut selections: Vec<Selection> = Vec::new();
     for (field, spanned) in &spec.select {
-        let position = Position::of(&spanned.referenced);
+        let position = spanned.at;
         let select = &spanned.value;
         if CONTEXT_NAMES.contains(&field.as_str()) {
             reporter.error(
@@ -329,7 +321,7 @@ fn plan(
         .map(|(name, src)| {
             if CONTEXT_NAMES.contains(&name.as_str()) || spec.select.contains_key(name) {
                 reporter.error(
-                    Position::of(&src.referenced),
+                    src.at,
                     format!("`{name}` is already defined; a computed value needs its own name"),
                 );
             }
@@ -344,12 +336,12 @@ fn plan(
                 var,
                 Src {
                     text: items,
-                    position: Position::of(&spanned.referenced),
+                    position: spanned.at,
                 },
             )),
             None => {
                 reporter.error(
-                    Position::of(&spanned.referenced),
+                    spanned.at,
                     format!(
                         "`for: {}` should read `NAME in EXPRESSION`, such as `line in lines`",
                         spanned.value
@@ -369,11 +361,7 @@ fn plan(
         .and_then(|s| key_template("once_per", s));
     let waits_for = spec.waits_for.as_ref().and_then(|w| {
         let key = key_template("waits_for", &w.key)?;
-        Some((
-            w.mapping.value.clone(),
-            Position::of(&w.mapping.referenced),
-            key,
-        ))
+        Some((w.mapping.value.clone(), w.mapping.at, key))
     });
     let coalesce = spec.coalesce.as_ref().and_then(|c| {
         let key = key_template("coalesce.key", &c.key);
@@ -392,7 +380,6 @@ fn plan(
     }
 
     Plan {
-        file: Arc::clone(&file.source),
         name,
         lane: spec.lane.value,
         failed: reporter.diagnostics.error_count() > errors_before,
@@ -413,7 +400,7 @@ fn plan(
             .require
             .iter()
             .flat_map(|r| {
-                let position = Position::of(&r.referenced);
+                let position = r.at;
                 r.value.0.iter().map(move |name| Src {
                     text: name.clone(),
                     position,
@@ -454,7 +441,7 @@ fn lint(
     fan_out: Option<&str>,
     reporter: &mut Reporter<'_>,
 ) {
-    let at = Position::of(&spec.emit.endpoint.referenced);
+    let at = spec.emit.endpoint.at;
     match endpoint {
         Endpoint::CreateEvent => {
             let path = ["data", "attributes", "unique_id"];
@@ -536,7 +523,7 @@ fn parse_binding(text: &str) -> Option<(String, String)> {
 }
 
 fn condition(spanned: &Spanned<ConditionSpec>, reporter: &mut Reporter<'_>) -> Option<Condition> {
-    let position = Position::of(&spanned.referenced);
+    let position = spanned.at;
     let spec = &spanned.value;
     if let Some(any) = &spec.any {
         if spec.path.is_some()
@@ -565,7 +552,7 @@ fn condition(spanned: &Spanned<ConditionSpec>, reporter: &mut Reporter<'_>) -> O
     let path = match Path::parse(&path_text.value) {
         Ok(path) => path,
         Err(message) => {
-            reporter.error(Position::of(&path_text.referenced), message);
+            reporter.error(path_text.at, message);
             return None;
         }
     };
@@ -631,7 +618,7 @@ fn plan_body(
     env: &mut Environment<'static>,
     reporter: &mut Reporter<'_>,
 ) -> PlanNode {
-    let position = Position::of(&spanned.referenced);
+    let position = spanned.at;
     match &spanned.value {
         BodyNode::Null => PlanNode::Literal(Json::Null),
         BodyNode::Bool(b) => PlanNode::Literal(Json::Bool(*b)),
@@ -692,13 +679,13 @@ fn plan_body(
                     var,
                     items: Src {
                         text: items,
-                        position: Position::of(&binding.referenced),
+                        position: binding.at,
                     },
                     element: Box::new(element),
                 },
                 None => {
                     reporter.error(
-                        Position::of(&binding.referenced),
+                        binding.at,
                         format!("`$for: {text}` should read `NAME in EXPRESSION`, such as `line in lines`"),
                     );
                     PlanNode::Literal(Json::Null)
@@ -800,13 +787,10 @@ fn check_callables(
 fn build<'env>(
     plan: Plan,
     env: &'env Environment<'static>,
+    files: &Files,
     diagnostics: &mut Diagnostics,
 ) -> Option<Mapping<'env>> {
-    let file = Arc::clone(&plan.file);
-    let mut reporter = Reporter {
-        file: &file,
-        diagnostics,
-    };
+    let mut reporter = Reporter { files, diagnostics };
     let errors_before = reporter.diagnostics.error_count();
     let globals: HashSet<String> = env.globals().map(|(name, _)| name.to_owned()).collect();
     let mut scope = Scope {
@@ -962,6 +946,7 @@ where
 fn check_examples(
     engine: &Engine,
     mappings: &[SpecFile<MappingSpec>],
+    files: &Files,
     diagnostics: &mut Diagnostics,
 ) {
     let built = engine.mapping_names();
@@ -971,8 +956,7 @@ fn check_examples(
             continue;
         }
         for example in &file.examples {
-            let report =
-                |message: String| Diagnostic::error(&file.source, example.position, message);
+            let report = |message: String| files.error(example.position, message);
             let text = match &example.text {
                 Ok(text) => text,
                 Err(message) => {
@@ -1019,8 +1003,7 @@ fn check_examples(
                 )));
             }
             if produced == 0 && failures.is_empty() {
-                diagnostics.push(Diagnostic::warning(
-                    &file.source,
+                diagnostics.push(files.warning(
                     example.position,
                     format!(
                         "example `{}` produces no request from this mapping",

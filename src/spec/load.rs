@@ -4,8 +4,9 @@
 //! not hide the problems of the others, so the loader parses every file it can and returns what
 //! parsed together with a diagnostic for each file that did not.
 
+use super::spanned::parsing;
 use super::{MappingSpec, Settings};
-use crate::diagnostic::{Diagnostic, Diagnostics, Position, SourceFile};
+use crate::diagnostic::{Diagnostic, Diagnostics, FileId, Files, Position, SourceFile};
 use include_dir::{Dir, include_dir};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ pub struct Example {
 pub struct MappingSet {
     pub settings: Option<SpecFile<Settings>>,
     pub mappings: Vec<SpecFile<MappingSpec>>,
+    /// Every file read, so that a position names its file.
+    pub files: Files,
     /// Problems found while reading and parsing; more are added when the set is compiled.
     pub diagnostics: Diagnostics,
 }
@@ -131,6 +134,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
     let mut set = MappingSet {
         settings: None,
         mappings: Vec::new(),
+        files: Files::default(),
         diagnostics: Diagnostics::default(),
     };
     let files = match origin.files() {
@@ -150,8 +154,9 @@ fn load(origin: &Origin<'_>) -> MappingSet {
             name: display_name,
             text,
         });
+        let id = set.files.add(Arc::clone(&source));
         if is_settings(&file_name) {
-            match parse::<Settings>(&source) {
+            match parse::<Settings>(&source, id) {
                 Ok(settings) => {
                     set.settings = Some(SpecFile {
                         source,
@@ -163,14 +168,14 @@ fn load(origin: &Origin<'_>) -> MappingSet {
             }
             continue;
         }
-        match parse::<MappingSpec>(&source) {
+        match parse::<MappingSpec>(&source, id) {
             Ok(spec) => {
                 let examples = spec
                     .examples
                     .iter()
                     .map(|name| Example {
                         name: name.value.clone(),
-                        position: Position::of(&name.referenced),
+                        position: name.at,
                         text: origin.read_example(&name.value),
                     })
                     .collect();
@@ -206,7 +211,7 @@ pub fn parse_mapping(name: &str, text: &str) -> Result<SpecFile<MappingSpec>, Di
         name: name.to_owned(),
         text: text.to_owned(),
     });
-    let spec = parse::<MappingSpec>(&source)?;
+    let spec = parse::<MappingSpec>(&source, FileId(0))?;
     Ok(SpecFile {
         source,
         spec,
@@ -214,8 +219,8 @@ pub fn parse_mapping(name: &str, text: &str) -> Result<SpecFile<MappingSpec>, Di
     })
 }
 
-fn parse<T: DeserializeOwned>(source: &Arc<SourceFile>) -> Result<T, Diagnostic> {
-    serde_saphyr::from_str::<T>(&source.text).map_err(|err| {
+fn parse<T: DeserializeOwned>(source: &Arc<SourceFile>, id: FileId) -> Result<T, Diagnostic> {
+    parsing(id, || serde_saphyr::from_str::<T>(&source.text)).map_err(|err| {
         let position = err.location().map(|l| Position::of(&l)).unwrap_or_default();
         Diagnostic::error(source, position, yaml_message(&err))
     })

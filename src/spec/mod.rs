@@ -7,6 +7,7 @@
 
 mod load;
 mod settings;
+mod spanned;
 
 pub use load::{MappingSet, SpecFile, load_dir, load_embedded, parse_mapping};
 pub use settings::{ConsentSettings, Metrics, RateLimitSettings, Settings};
@@ -14,7 +15,7 @@ pub use settings::{ConsentSettings, Metrics, RateLimitSettings, Settings};
 use indexmap::IndexMap;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_saphyr::Spanned;
+pub use spanned::Spanned;
 use std::fmt;
 
 /// One mapping: which deliveries it applies to, what it reads, and the request it emits.
