@@ -60,6 +60,7 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
         }
         child.wait().unwrap();
     }
+    assert!(killed >= 3, "the runs finished before they could be killed");
     assert!(mid_delivery, "no kill landed during delivery");
     let mut last = run();
     let status = tokio::task::spawn_blocking(move || last.wait().unwrap())
