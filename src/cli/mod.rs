@@ -53,12 +53,20 @@ enum Command {
     Standin(standin::Args),
 }
 
-/// Where mappings come from: a folder, or the default set built into the binary.
+/// Where mappings come from: a folder, or the default set built into the binary, with a
+/// client's settings and overlays on top.
 #[derive(clap::Args, Clone)]
 struct MappingArgs {
     /// Mapping folder (YAML specs plus settings.yaml); the built-in defaults when left out.
     #[arg(long, value_name = "DIR")]
     mappings: Option<PathBuf>,
+    /// A client: `clients/NAME/client.yaml` and overlays in `clients/NAME/mappings/`, applied
+    /// on top of the base mappings. A path to a client folder works too.
+    #[arg(long, value_name = "NAME")]
+    client: Option<String>,
+    /// The folder holding client folders.
+    #[arg(long, value_name = "DIR", default_value = "clients")]
+    clients: PathBuf,
 }
 
 /// Where the durable state lives.
@@ -94,9 +102,20 @@ impl MappingArgs {
     }
 
     fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
-        match &self.mappings {
-            Some(dir) => Engine::load_dir(dir),
-            None => Engine::builtin(),
+        match (&self.client, &self.mappings) {
+            (Some(client), base) => Engine::load_client(base.as_deref(), &self.client_dir(client)),
+            (None, Some(dir)) => Engine::load_dir(dir),
+            (None, None) => Engine::builtin(),
+        }
+    }
+
+    /// The client's folder: `NAME` inside `--clients`, or a path given as is.
+    fn client_dir(&self, client: &str) -> PathBuf {
+        let path = PathBuf::from(client);
+        if path.components().count() > 1 {
+            path
+        } else {
+            self.clients.join(client)
         }
     }
 }

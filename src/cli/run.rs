@@ -31,7 +31,8 @@ With --dry-run: one request per line on stdout, {\"method\", \"path\", \"body\",
 
 Without it: every delivery is kept in the state database before anything is sent, requests go
 to Klaviyo under its rate limits (order events first), and a run that is killed picks up where
-it stopped when started again. The API key is read from KLAVIYO_API_KEY only, and never printed.
+it stopped when started again. The API key is read from KLAVIYO_API_KEY (or the variable a client's
+`klaviyo_api_key_env` names) only, and never printed.
 
 Exit 0 when nothing was rejected, 1 when any delivery or request was rejected or dead-lettered,
 2 on a usage error, 3 when the mappings do not load, 4 on an I/O or state error, 5 when Klaviyo
@@ -99,12 +100,18 @@ pub fn execute(args: Args) -> u8 {
     if args.dry_run {
         return dry(&engine, &inputs);
     }
-    let Some(key) = std::env::var("KLAVIYO_API_KEY")
+    // A client names its own variable, so several clients' keys can sit side by side.
+    let key_variable = engine
+        .settings()
+        .klaviyo_api_key_env
+        .as_deref()
+        .unwrap_or("KLAVIYO_API_KEY");
+    let Some(key) = std::env::var(key_variable)
         .ok()
         .filter(|k| !k.trim().is_empty())
     else {
         eprintln!(
-            "error: set KLAVIYO_API_KEY to a Klaviyo private API key to send (or use --dry-run)"
+            "error: set {key_variable} to a Klaviyo private API key to send (or use --dry-run)"
         );
         return EXIT_USAGE;
     };

@@ -92,6 +92,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         settings,
         mappings,
         files,
+        client: _,
         mut diagnostics,
     } = set;
     let Some(settings) = settings else {
@@ -124,6 +125,18 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         }
     }
 
+    if let Some(on) = &settings.spec.marketplacer_klaviyo_integration {
+        if on.value {
+            native_metric_collisions(
+                &mappings,
+                on.at,
+                &env,
+                &settings_value,
+                &files,
+                &mut diagnostics,
+            );
+        }
+    }
     for plan in &plans {
         let Some((waited, position, _)) = &plan.waits_for else {
             continue;
@@ -486,6 +499,69 @@ fn lint(
         }
         _ => {}
     }
+}
+
+/// Metrics Marketplacer's own Klaviyo integration sends (its "Klaviyo eCommerce tracking").
+const NATIVE_METRICS: &[&str] = &[
+    "Placed Order",
+    "Ordered Product",
+    "Invoice Created",
+    "Invoice Fulfilled",
+    "Invoice Refunded",
+];
+
+/// With Marketplacer's own integration on, an event of ours under one of its metric names
+/// would be counted twice in Klaviyo's revenue and fire flows twice. A warning, not an error:
+/// a client may switch the integration off on a date and want the names ready.
+fn native_metric_collisions(
+    mappings: &[SpecFile<MappingSpec>],
+    switched_on: Position,
+    env: &Environment<'static>,
+    settings: &Value,
+    files: &Files,
+    diagnostics: &mut Diagnostics,
+) {
+    let path = ["data", "attributes", "metric", "data", "attributes", "name"];
+    for file in mappings {
+        let Some(node) = spec_node_at(&file.spec, &path) else {
+            continue;
+        };
+        let BodyNode::String(text) = &node.value else {
+            continue;
+        };
+        // Metric names come from settings, so rendering with settings alone gives the name;
+        // anything read from the record renders empty and cannot collide.
+        let Ok(name) = env.render_str(text, context! { settings => settings.clone() }) else {
+            continue;
+        };
+        if let Some(native) = NATIVE_METRICS
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(name.trim()))
+        {
+            // Reported where the integration is switched on: that is the client's file, where
+            // the metric is renamed, while the mapping may well be a built-in one.
+            let mapping = files.get(node.at.file);
+            diagnostics.push(files.warning(
+                switched_on,
+                format!(
+                    "mapping `{}` sends metric `{native}` ({}:{}), which Marketplacer's own Klaviyo integration also sends: give ours another name under `metrics:`, or flows fire and revenue counts twice",
+                    file.spec.name.value, mapping.name, node.at.line
+                ),
+            ));
+        }
+    }
+}
+
+/// The body node at `path`, as written.
+fn spec_node_at<'s>(spec: &'s MappingSpec, path: &[&str]) -> Option<&'s Spanned<BodyNode>> {
+    let mut node = &spec.emit.body;
+    for key in path {
+        match &node.value {
+            BodyNode::Map(entries) => node = entries.get(*key)?,
+            _ => return None,
+        }
+    }
+    Some(node)
 }
 
 /// The text of a body string at `path`, as written.

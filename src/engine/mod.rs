@@ -133,6 +133,15 @@ impl Engine {
         Engine::compile(crate::spec::load_dir(dir))
     }
 
+    /// Loads and compiles a client's mappings: the base set (`base`, or the built-in defaults)
+    /// with the client folder's settings and overlays applied.
+    pub fn load_client(
+        base: Option<&Path>,
+        client: &Path,
+    ) -> Result<(Engine, Diagnostics), Diagnostics> {
+        Engine::compile(crate::spec::load_client(base, client))
+    }
+
     /// Loads and compiles the default mapping set built into the binary.
     pub fn builtin() -> Result<(Engine, Diagnostics), Diagnostics> {
         Engine::compile(crate::spec::load_embedded())
@@ -172,7 +181,7 @@ impl Engine {
         let currency = record
             .currency
             .as_deref()
-            .unwrap_or(&self.settings.currency);
+            .unwrap_or_else(|| self.settings.currency_of(marketplace));
         let source: Arc<str> = record.delivery_id.as_str().into();
         let globals = Globals {
             settings: &self.settings_value,

@@ -4,10 +4,13 @@
 //! not hide the problems of the others, so the loader parses every file it can and returns what
 //! parsed together with a diagnostic for each file that did not.
 
+use super::Spanned;
+use super::overlay::{ClientConfig, OverlaySpec};
 use super::spanned::parsing;
-use super::{MappingSpec, Settings};
+use super::{MappingSpec, Settings, TestSpec};
 use crate::diagnostic::{Diagnostic, Diagnostics, FileId, Files, Position, SourceFile};
 use include_dir::{Dir, include_dir};
+use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,15 +28,31 @@ fn is_settings(file_name: &str) -> bool {
     file_name == SETTINGS_FILE || file_name == "settings.yml"
 }
 
-/// A parsed spec with the text it came from and the example deliveries it names.
+/// A parsed spec with the text it came from and the deliveries it names.
 #[derive(Debug)]
 pub struct SpecFile<T> {
     pub source: Arc<SourceFile>,
     pub spec: T,
     pub examples: Vec<Example>,
+    /// The delivery of each of the spec's `tests`, in the same order.
+    pub test_deliveries: Vec<Example>,
+    /// Overlay files applied on top of `source`, in order.
+    pub layers: Vec<Arc<SourceFile>>,
 }
 
-/// A sample delivery named in a spec's `examples:`.
+impl<T> SpecFile<T> {
+    fn new(source: Arc<SourceFile>, spec: T) -> Self {
+        SpecFile {
+            source,
+            spec,
+            examples: Vec::new(),
+            test_deliveries: Vec::new(),
+            layers: Vec::new(),
+        }
+    }
+}
+
+/// A sample delivery named in a spec's `examples:`, or a test's delivery.
 #[derive(Debug)]
 pub struct Example {
     pub name: String,
@@ -47,6 +66,8 @@ pub struct Example {
 pub struct MappingSet {
     pub settings: Option<SpecFile<Settings>>,
     pub mappings: Vec<SpecFile<MappingSpec>>,
+    /// The client's `client.yaml`, when the set was loaded for a client.
+    pub client: Option<SpecFile<ClientConfig>>,
     /// Every file read, so that a position names its file.
     pub files: Files,
     /// Problems found while reading and parsing; more are added when the set is compiled.
@@ -130,64 +151,73 @@ pub fn load_embedded() -> MappingSet {
     load(&Origin::Builtin)
 }
 
+/// The file in a client folder that holds its settings.
+pub const CLIENT_FILE: &str = "client.yaml";
+
+/// Loads a client: the base set (a folder, or the built-in defaults), then the client's
+/// `client.yaml`, then its overlays and extra mappings from `<client>/mappings/`.
+pub fn load_client(base: Option<&Path>, client: &Path) -> MappingSet {
+    let mut set = match base {
+        Some(dir) => load_dir(dir),
+        None => load_embedded(),
+    };
+    let config_path = client.join(CLIENT_FILE);
+    let text = match std::fs::read_to_string(&config_path) {
+        Ok(text) => text,
+        Err(e) => {
+            let file = Arc::new(SourceFile {
+                name: config_path.display().to_string(),
+                text: String::new(),
+            });
+            set.diagnostics.push(Diagnostic::error(
+                &file,
+                Position::default(),
+                format!("cannot read the client's settings: {e} (`marketsync init NAME` creates a client folder)"),
+            ));
+            return set;
+        }
+    };
+    let source = Arc::new(SourceFile {
+        name: config_path.display().to_string(),
+        text,
+    });
+    let id = set.files.add(Arc::clone(&source));
+    match parse::<ClientConfig>(&source, id) {
+        Ok(config) => {
+            if let Some(settings) = &mut set.settings {
+                config.apply_to(&mut settings.spec);
+            }
+            set.client = Some(SpecFile::new(source, config));
+        }
+        Err(d) => set.diagnostics.push(d),
+    }
+    let overlays = client.join("mappings");
+    if overlays.is_dir() {
+        add_files(&mut set, &Origin::Folder(&overlays), Layer::Client);
+    }
+    if let Some(overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
+        let source = Arc::clone(&set.client.as_ref().expect("client loaded").source);
+        apply_overlay(&mut set, source, overlay, Vec::new(), Vec::new());
+    }
+    set
+}
+
+/// Whether files are a base set or a client's layer on top of one.
+#[derive(Clone, Copy, PartialEq)]
+enum Layer {
+    Base,
+    Client,
+}
+
 fn load(origin: &Origin<'_>) -> MappingSet {
     let mut set = MappingSet {
         settings: None,
         mappings: Vec::new(),
+        client: None,
         files: Files::default(),
         diagnostics: Diagnostics::default(),
     };
-    let files = match origin.files() {
-        Ok(files) => files,
-        Err(message) => {
-            let file = Arc::new(SourceFile {
-                name: "<mappings>".into(),
-                text: String::new(),
-            });
-            set.diagnostics
-                .push(Diagnostic::error(&file, Position::default(), message));
-            return set;
-        }
-    };
-    for (display_name, file_name, text) in files {
-        let source = Arc::new(SourceFile {
-            name: display_name,
-            text,
-        });
-        let id = set.files.add(Arc::clone(&source));
-        if is_settings(&file_name) {
-            match parse::<Settings>(&source, id) {
-                Ok(settings) => {
-                    set.settings = Some(SpecFile {
-                        source,
-                        spec: settings,
-                        examples: Vec::new(),
-                    })
-                }
-                Err(d) => set.diagnostics.push(d),
-            }
-            continue;
-        }
-        match parse::<MappingSpec>(&source, id) {
-            Ok(spec) => {
-                let examples = spec
-                    .examples
-                    .iter()
-                    .map(|name| Example {
-                        name: name.value.clone(),
-                        position: name.at,
-                        text: origin.read_example(&name.value),
-                    })
-                    .collect();
-                set.mappings.push(SpecFile {
-                    source,
-                    spec,
-                    examples,
-                });
-            }
-            Err(d) => set.diagnostics.push(d),
-        }
-    }
+    add_files(&mut set, origin, Layer::Base);
     if set.settings.is_none() && !set.diagnostics.has_errors() {
         let file = Arc::new(SourceFile {
             name: match origin {
@@ -205,6 +235,141 @@ fn load(origin: &Origin<'_>) -> MappingSet {
     set
 }
 
+/// Reads every YAML file of `origin` into `set`: settings, mappings, and (in a client layer)
+/// overlays of the mappings already there.
+fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
+    let files = match origin.files() {
+        Ok(files) => files,
+        Err(message) => {
+            let file = Arc::new(SourceFile {
+                name: "<mappings>".into(),
+                text: String::new(),
+            });
+            set.diagnostics
+                .push(Diagnostic::error(&file, Position::default(), message));
+            return;
+        }
+    };
+    for (display_name, file_name, text) in files {
+        let source = Arc::new(SourceFile {
+            name: display_name,
+            text,
+        });
+        let id = set.files.add(Arc::clone(&source));
+        if is_settings(&file_name) {
+            if layer == Layer::Client {
+                set.diagnostics.push(Diagnostic::error(
+                    &source,
+                    Position::new(1, 1),
+                    format!("a client's settings go in {CLIENT_FILE}, beside its mappings folder, not in {SETTINGS_FILE}"),
+                ));
+                continue;
+            }
+            match parse::<Settings>(&source, id) {
+                Ok(settings) => set.settings = Some(SpecFile::new(source, settings)),
+                Err(d) => set.diagnostics.push(d),
+            }
+            continue;
+        }
+        if layer == Layer::Client && is_overlay(&source.text) {
+            match parse::<OverlaySpec>(&source, id) {
+                Ok(overlay) => {
+                    let examples = read_examples(origin, &overlay.examples);
+                    let tests = read_test_deliveries(origin, &overlay.tests);
+                    apply_overlay(set, source, overlay, examples, tests);
+                }
+                Err(d) => set.diagnostics.push(d),
+            }
+            continue;
+        }
+        match parse::<MappingSpec>(&source, id) {
+            Ok(spec) => {
+                let mut file = SpecFile::new(source, spec);
+                file.examples = read_examples(origin, &file.spec.examples);
+                file.test_deliveries = read_test_deliveries(origin, &file.spec.tests);
+                set.mappings.push(file);
+            }
+            Err(d) => set.diagnostics.push(d),
+        }
+    }
+}
+
+/// Whether a file is an overlay: it has a top-level `overlay:` key. Read loosely, so a file
+/// that fails here is parsed, and reported on, as a mapping.
+fn is_overlay(text: &str) -> bool {
+    serde_saphyr::from_str::<IndexMap<String, serde::de::IgnoredAny>>(text)
+        .is_ok_and(|keys| keys.contains_key("overlay"))
+}
+
+fn apply_overlay(
+    set: &mut MappingSet,
+    source: Arc<SourceFile>,
+    overlay: OverlaySpec,
+    examples: Vec<Example>,
+    tests: Vec<Example>,
+) {
+    let name = overlay.overlay.value.clone();
+    let Some(index) = set.mappings.iter().position(|m| m.spec.name.value == name) else {
+        let known: Vec<&str> = set
+            .mappings
+            .iter()
+            .map(|m| m.spec.name.value.as_str())
+            .collect();
+        set.diagnostics.push(set.files.error(
+            overlay.overlay.at,
+            format!(
+                "`overlay: {name}` names no base mapping; the base mappings are {}",
+                known.join(", ")
+            ),
+        ));
+        return;
+    };
+    if overlay.disable {
+        set.mappings.remove(index);
+        return;
+    }
+    let base = &mut set.mappings[index];
+    overlay.apply_to(&mut base.spec);
+    base.examples.extend(examples);
+    base.test_deliveries.extend(tests);
+    base.layers.push(source);
+}
+
+fn read_examples(origin: &Origin<'_>, names: &[Spanned<String>]) -> Vec<Example> {
+    names
+        .iter()
+        .map(|name| Example {
+            name: name.value.clone(),
+            position: name.at,
+            text: origin.read_example(&name.value),
+        })
+        .collect()
+}
+
+/// Each test's delivery: a file beside the spec, or the delivery written inline.
+fn read_test_deliveries(origin: &Origin<'_>, tests: &[TestSpec]) -> Vec<Example> {
+    tests
+        .iter()
+        .map(|test| {
+            let (name, text) = match &test.delivery.value {
+                serde_json::Value::String(file) => (file.clone(), origin.read_example(file)),
+                inline @ serde_json::Value::Object(_) => {
+                    ("(inline)".to_owned(), Ok(inline.to_string()))
+                }
+                _ => (
+                    "(invalid)".to_owned(),
+                    Err("`delivery` must be a file name or a delivery written inline".to_owned()),
+                ),
+            };
+            Example {
+                name,
+                position: test.delivery.at,
+                text,
+            }
+        })
+        .collect()
+}
+
 /// Parses one mapping file on its own (for tests and editors).
 pub fn parse_mapping(name: &str, text: &str) -> Result<SpecFile<MappingSpec>, Diagnostic> {
     let source = Arc::new(SourceFile {
@@ -212,11 +377,7 @@ pub fn parse_mapping(name: &str, text: &str) -> Result<SpecFile<MappingSpec>, Di
         text: text.to_owned(),
     });
     let spec = parse::<MappingSpec>(&source, FileId(0))?;
-    Ok(SpecFile {
-        source,
-        spec,
-        examples: Vec::new(),
-    })
+    Ok(SpecFile::new(source, spec))
 }
 
 fn parse<T: DeserializeOwned>(source: &Arc<SourceFile>, id: FileId) -> Result<T, Diagnostic> {

@@ -6,63 +6,87 @@
 //! Nothing here interprets JSONPath or templates; nothing here touches a record.
 
 mod load;
+mod overlay;
 mod settings;
 mod spanned;
 
-pub use load::{MappingSet, SpecFile, load_dir, load_embedded, parse_mapping};
-pub use settings::{ConsentSettings, Metrics, RateLimitSettings, Settings};
+pub use load::{
+    CLIENT_FILE, Example, MappingSet, SpecFile, load_client, load_dir, load_embedded, parse_mapping,
+};
+pub use overlay::{ClientConfig, OverlaySpec};
+pub use settings::{ConsentSettings, MarketplaceSettings, Metrics, RateLimitSettings, Settings};
 
 use indexmap::IndexMap;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use spanned::Spanned;
 use std::fmt;
 
 /// One mapping: which deliveries it applies to, what it reads, and the request it emits.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingSpec {
     /// Unique within a set; appears in every request and error the mapping produces.
     pub name: Spanned<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub description: Option<String>,
     /// Which delivery lane the requests travel in.
     pub lane: Spanned<Lane>,
     #[serde(rename = "match")]
     pub matcher: MatchSpec,
     /// Named values picked from the record with JSONPath.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub select: IndexMap<String, Spanned<SelectSpec>>,
     /// Named expressions over the selections, evaluated in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub compute: IndexMap<String, Spanned<String>>,
     /// An expression that must be true for the mapping to emit anything.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub when: Option<Spanned<String>>,
     /// Values that must not be empty after compute; otherwise the record is rejected.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub require: Option<Spanned<OneOrMany<String>>>,
     /// Fan-out: `NAME in EXPRESSION`, one request per element.
-    #[serde(default, rename = "for")]
+    #[serde(skip_serializing_if = "Option::is_none", default, rename = "for")]
     pub for_each: Option<Spanned<String>>,
     /// A template for a key: the mapping emits once per distinct key.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub once_per: Option<Spanned<String>>,
     /// Hold each request until a request of another mapping, with the given once-per key, has
     /// been accepted (a Fulfilled Order waits for its order's Placed Order).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub waits_for: Option<WaitsForSpec>,
     /// Keep only the newest of several pending requests with the same key, and drop one older
     /// than what was already applied (profile updates, versioned by the source's updatedAt).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub coalesce: Option<CoalesceSpec>,
     pub emit: EmitSpec,
     /// Sample deliveries (paths relative to this file) that `validate` renders and checks.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<Spanned<String>>,
+    /// Deliveries and the requests this mapping must make from them, run by `marketsync test`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestSpec>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+/// A test a consultant writes beside the mapping: one delivery and what must come of it.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    pub name: Spanned<String>,
+    /// A file (relative to this spec) holding one delivery, or the delivery written inline.
+    pub delivery: Spanned<serde_json::Value>,
+    /// This mapping's requests, in order: each lists body fields (dotted paths such as
+    /// `data.attributes.value`) that must equal the given value, or `body` for the whole
+    /// body. `[]` means no request at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Spanned<Vec<IndexMap<String, Spanned<serde_json::Value>>>>>,
+    /// The mapping must reject the delivery with an error containing this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
     /// Order events: sent first, never behind profile work.
@@ -80,36 +104,44 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// The object types (`__typename`) this mapping reads.
     #[serde(rename = "type")]
     pub types: Spanned<OneOrMany<String>>,
     /// Event names (`create`, `update`, `backfill`); left out means any.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub events: Option<Spanned<OneOrMany<String>>>,
     /// Conditions on the payload, all of which must hold.
-    #[serde(default, rename = "where")]
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Spanned<ConditionSpec>>,
 }
 
 /// One condition: a JSONPath and a test on the nodes it selects, or a group of alternatives.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionSpec {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub path: Option<Spanned<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub equals: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub one_of: Option<Vec<serde_json::Value>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub contains: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exists: Option<bool>,
     /// Holds when any of the listed conditions holds.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub any: Option<Vec<Spanned<ConditionSpec>>>,
 }
 
@@ -173,7 +205,7 @@ impl<'de> Deserialize<'de> for SelectSpec {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitsForSpec {
     /// The mapping whose request must be accepted first.
@@ -182,7 +214,7 @@ pub struct WaitsForSpec {
     pub key: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceSpec {
     /// A template: requests with the same key replace each other.
@@ -192,13 +224,37 @@ pub struct CoalesceSpec {
     pub version: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmitSpec {
     /// `POST /api/events` and the like.
     pub endpoint: Spanned<String>,
     /// The request body; string leaves are templates, `$for`/`$yield` build lists.
     pub body: Spanned<BodyNode>,
+}
+
+impl Serialize for SelectSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if !self.many && !self.optional && self.default.is_none() && self.from.is_none() {
+            return serializer.serialize_str(&self.path);
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("path", &self.path)?;
+        if self.many {
+            map.serialize_entry("many", &true)?;
+        }
+        if self.optional {
+            map.serialize_entry("optional", &true)?;
+        }
+        if let Some(default) = &self.default {
+            map.serialize_entry("default", default)?;
+        }
+        if let Some(from) = &self.from {
+            map.serialize_entry("from", from)?;
+        }
+        map.end()
+    }
 }
 
 /// A body as written. Kept as a tree of spanned nodes so a template error points at its line.
@@ -264,6 +320,19 @@ impl<'de> Deserialize<'de> for BodyNode {
     }
 }
 
+impl Serialize for BodyNode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BodyNode::Null => serializer.serialize_unit(),
+            BodyNode::Bool(v) => serializer.serialize_bool(*v),
+            BodyNode::Number(n) => n.serialize(serializer),
+            BodyNode::String(text) => serializer.serialize_str(text),
+            BodyNode::List(items) => serializer.collect_seq(items),
+            BodyNode::Map(entries) => serializer.collect_map(entries),
+        }
+    }
+}
+
 /// A key that is present is `Some`, even when its value is `null` (which serde would read as
 /// absent): `default: null` and `equals: null` mean something, and must not silently vanish.
 fn present<'de, D: Deserializer<'de>>(
@@ -275,6 +344,15 @@ fn present<'de, D: Deserializer<'de>>(
 /// `type: Invoice` or `type: [Invoice, Order]`.
 #[derive(Debug)]
 pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<T: Serialize> Serialize for OneOrMany<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(serializer),
+            many => many.serialize(serializer),
+        }
+    }
+}
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

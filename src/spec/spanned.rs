@@ -46,3 +46,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
         })
     }
 }
+
+/// Written back as the bare value: `marketsync config` prints specs as a consultant writes them.
+impl<T: serde::Serialize> serde::Serialize for Spanned<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}

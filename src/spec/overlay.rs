@@ -1,0 +1,369 @@
+//! A client's changes to the base mappings: `client.yaml` and overlay files.
+//!
+//! Consultants keep one base set and adjust it per client. Copying a whole mapping to change one
+//! property means the copy silently stops receiving fixes to the base, so a client states only
+//! its differences:
+//! - `client.yaml` overrides settings (marketplaces, metric names, consent path, key variable,
+//!   rate limits) and adds profile attributes;
+//! - an overlay file names a base mapping (`overlay: placed-order`) and changes it: keys it sets
+//!   replace the base's, `null` removes, `select`/`compute` change entry by entry, and
+//!   `emit.body` is merged as a JSON merge patch (RFC 7396: maps merge key by key, `null`
+//!   deletes, anything else replaces).
+//!
+//! Every value keeps the position of the file it was written in, so a mistake in an overlay is
+//! reported in the overlay, not in the base file it was merged into.
+
+use super::settings::{ConsentSettings, MarketplaceSettings, RateLimitSettings, Settings};
+use super::{
+    BodyNode, CoalesceSpec, Lane, MappingSpec, MatchSpec, OneOrMany, SelectSpec, Spanned, TestSpec,
+    WaitsForSpec,
+};
+use crate::diagnostic::Position;
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+
+/// A change to one optional key: left alone, removed (`null`), or replaced.
+#[derive(Debug, Default)]
+pub enum Patch<T> {
+    #[default]
+    Keep,
+    Remove,
+    Set(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(deserializer)? {
+            None => Patch::Remove,
+            Some(value) => Patch::Set(value),
+        })
+    }
+}
+
+impl<T> Patch<T> {
+    fn apply(self, target: &mut Option<T>) {
+        match self {
+            Patch::Keep => {}
+            Patch::Remove => *target = None,
+            Patch::Set(value) => *target = Some(value),
+        }
+    }
+}
+
+/// An overlay file: which base mapping it changes, and how.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlaySpec {
+    /// The name of the base mapping this file changes.
+    pub overlay: Spanned<String>,
+    /// Drop the base mapping for this client.
+    #[serde(default)]
+    pub disable: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub lane: Option<Spanned<Lane>>,
+    /// Replaces the base's `match` as a whole (conditions do not merge well).
+    #[serde(default, rename = "match")]
+    pub matcher: Option<MatchSpec>,
+    /// Selections added or replaced by name; `name: null` removes one.
+    #[serde(default)]
+    pub select: IndexMap<String, Option<Spanned<SelectSpec>>>,
+    /// Computed values added or replaced by name; `name: null` removes one.
+    #[serde(default)]
+    pub compute: IndexMap<String, Option<Spanned<String>>>,
+    #[serde(default)]
+    pub when: Patch<Spanned<String>>,
+    #[serde(default)]
+    pub require: Patch<Spanned<OneOrMany<String>>>,
+    #[serde(default, rename = "for")]
+    pub for_each: Patch<Spanned<String>>,
+    #[serde(default)]
+    pub once_per: Patch<Spanned<String>>,
+    #[serde(default)]
+    pub waits_for: Patch<WaitsForSpec>,
+    #[serde(default)]
+    pub coalesce: Patch<CoalesceSpec>,
+    #[serde(default)]
+    pub emit: Option<EmitOverlay>,
+    /// More sample deliveries, relative to the overlay file.
+    #[serde(default)]
+    pub examples: Vec<Spanned<String>>,
+    /// More tests, their files relative to the overlay file.
+    #[serde(default)]
+    pub tests: Vec<TestSpec>,
+}
+
+/// Changes to `emit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmitOverlay {
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    /// A merge patch over the base body.
+    #[serde(default)]
+    pub body: Option<Spanned<BodyNode>>,
+}
+
+impl OverlaySpec {
+    /// Applies this overlay's changes to `base` (its `disable` is the caller's business).
+    pub fn apply_to(self, base: &mut MappingSpec) {
+        if let Some(description) = self.description {
+            base.description = Some(description);
+        }
+        if let Some(lane) = self.lane {
+            base.lane = lane;
+        }
+        if let Some(matcher) = self.matcher {
+            base.matcher = matcher;
+        }
+        merge_entries(&mut base.select, self.select);
+        merge_entries(&mut base.compute, self.compute);
+        self.when.apply(&mut base.when);
+        self.require.apply(&mut base.require);
+        self.for_each.apply(&mut base.for_each);
+        self.once_per.apply(&mut base.once_per);
+        self.waits_for.apply(&mut base.waits_for);
+        self.coalesce.apply(&mut base.coalesce);
+        if let Some(emit) = self.emit {
+            if let Some(endpoint) = emit.endpoint {
+                base.emit.endpoint = endpoint;
+            }
+            if let Some(body) = emit.body {
+                merge_patch(&mut base.emit.body, body);
+            }
+        }
+        base.examples.extend(self.examples);
+        base.tests.extend(self.tests);
+    }
+}
+
+/// Replaces entries in place (keeping their order, which compute depends on), appends new
+/// ones, and removes those set to `null`.
+fn merge_entries<T>(base: &mut IndexMap<String, T>, changes: IndexMap<String, Option<T>>) {
+    for (name, change) in changes {
+        match change {
+            Some(value) => {
+                base.insert(name, value);
+            }
+            None => {
+                base.shift_remove(&name);
+            }
+        }
+    }
+}
+
+/// RFC 7396 over spanned body trees: a map merges into a map key by key (`null` deletes the
+/// key); anything else replaces what was there, position included.
+fn merge_patch(base: &mut Spanned<BodyNode>, patch: Spanned<BodyNode>) {
+    match (&mut base.value, patch.value) {
+        (BodyNode::Map(entries), BodyNode::Map(changes)) => {
+            for (key, change) in changes {
+                if matches!(change.value, BodyNode::Null) {
+                    entries.shift_remove(&key);
+                } else if let Some(existing) = entries.get_mut(&key) {
+                    merge_patch(existing, change);
+                } else {
+                    entries.insert(key, without_nulls(change));
+                }
+            }
+        }
+        (_, value) => *base = without_nulls(Spanned::new(value, patch.at)),
+    }
+}
+
+/// A new subtree added by a merge patch keeps no `null` members (RFC 7396).
+fn without_nulls(mut node: Spanned<BodyNode>) -> Spanned<BodyNode> {
+    if let BodyNode::Map(entries) = &mut node.value {
+        entries.retain(|_, v| !matches!(v.value, BodyNode::Null));
+        for value in entries.values_mut() {
+            *value = without_nulls(std::mem::replace(
+                value,
+                Spanned::new(BodyNode::Null, Position::default()),
+            ));
+        }
+    }
+    node
+}
+
+/// `clients/<name>/client.yaml`: what sets one client apart from the base settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The Marketplacer verticals of this client, with their currencies.
+    #[serde(default)]
+    pub marketplaces: IndexMap<String, MarketplaceSettings>,
+    /// The marketplace of deliveries that name none; the first of `marketplaces` when left out.
+    #[serde(default)]
+    pub default_marketplace: Option<String>,
+    /// The environment variable holding this client's Klaviyo private key.
+    #[serde(default)]
+    pub klaviyo_api_key_env: Option<String>,
+    /// Whether Marketplacer's own Klaviyo integration is on for this client.
+    #[serde(default)]
+    pub marketplacer_klaviyo_integration: Option<Spanned<bool>>,
+    /// Metric names by role, replacing the base's one by one.
+    #[serde(default)]
+    pub metrics: IndexMap<String, String>,
+    #[serde(default)]
+    pub consent: Option<ConsentSettings>,
+    #[serde(default)]
+    pub phone_region: Option<String>,
+    /// Extra profile properties: property name → JSONPath into the record (optional values;
+    /// an empty one is left out). Added to the mapping named by `profile_mapping`.
+    #[serde(default)]
+    pub profile_attributes: IndexMap<String, Spanned<String>>,
+    /// The mapping `profile_attributes` are added to.
+    #[serde(default = "default_profile_mapping")]
+    pub profile_mapping: Spanned<String>,
+    /// Per-endpoint rate limits, replacing the base's one by one.
+    #[serde(default)]
+    pub rate_limits: IndexMap<String, RateLimitSettings>,
+}
+
+fn default_profile_mapping() -> Spanned<String> {
+    Spanned::new("profile".to_owned(), Position::default())
+}
+
+impl ClientConfig {
+    /// The base settings with this client's values in place.
+    pub fn apply_to(&self, settings: &mut Settings) {
+        if !self.marketplaces.is_empty() {
+            settings.marketplaces = self.marketplaces.clone();
+        }
+        let default_marketplace = self
+            .default_marketplace
+            .as_ref()
+            .or(self.marketplaces.keys().next());
+        if let Some(marketplace) = default_marketplace {
+            settings.marketplace = marketplace.clone();
+            if let Some(m) = self.marketplaces.get(marketplace) {
+                settings.currency = m.currency.clone();
+            }
+        }
+        if let Some(env) = &self.klaviyo_api_key_env {
+            settings.klaviyo_api_key_env = Some(env.clone());
+        }
+        if let Some(on) = &self.marketplacer_klaviyo_integration {
+            settings.marketplacer_klaviyo_integration = Some(on.clone());
+        }
+        for (role, name) in &self.metrics {
+            settings.metrics.insert(role.clone(), name.clone());
+        }
+        if let Some(consent) = &self.consent {
+            settings.consent = consent.clone();
+        }
+        if let Some(region) = &self.phone_region {
+            settings.phone_region = region.clone();
+        }
+        for (path, limit) in &self.rate_limits {
+            settings.rate_limits.insert(path.clone(), *limit);
+        }
+    }
+
+    /// `profile_attributes` as an overlay of the profile mapping: each attribute becomes an
+    /// optional selection and a property, both pointing at the attribute's line.
+    pub fn profile_overlay(&self) -> Option<OverlaySpec> {
+        if self.profile_attributes.is_empty() {
+            return None;
+        }
+        let mut select = IndexMap::new();
+        let mut properties = IndexMap::new();
+        for (index, (property, path)) in self.profile_attributes.iter().enumerate() {
+            let name = format!("client_attribute_{}", index + 1);
+            let selection = SelectSpec {
+                path: path.value.clone(),
+                many: false,
+                optional: true,
+                default: None,
+                from: None,
+            };
+            select.insert(name.clone(), Some(Spanned::new(selection, path.at)));
+            properties.insert(
+                property.clone(),
+                Spanned::new(BodyNode::String(format!("{{{{ {name} }}}}")), path.at),
+            );
+        }
+        let at = self.profile_mapping.at;
+        let nest = |key: &str, inner: BodyNode| {
+            BodyNode::Map(IndexMap::from([(key.to_owned(), Spanned::new(inner, at))]))
+        };
+        let body = nest(
+            "data",
+            nest("attributes", nest("properties", BodyNode::Map(properties))),
+        );
+        Some(OverlaySpec {
+            overlay: self.profile_mapping.clone(),
+            disable: false,
+            description: None,
+            lane: None,
+            matcher: None,
+            select,
+            compute: IndexMap::new(),
+            when: Patch::Keep,
+            require: Patch::Keep,
+            for_each: Patch::Keep,
+            once_per: Patch::Keep,
+            waits_for: Patch::Keep,
+            coalesce: Patch::Keep,
+            emit: Some(EmitOverlay {
+                endpoint: None,
+                body: Some(Spanned::new(body, at)),
+            }),
+            examples: Vec::new(),
+            tests: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(yaml: &str) -> Spanned<BodyNode> {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn json(node: &Spanned<BodyNode>) -> serde_json::Value {
+        serde_json::to_value(node).unwrap()
+    }
+
+    #[test]
+    fn merge_patch_merges_maps_deletes_nulls_and_replaces_the_rest() {
+        let mut base = body("a: {b: 1, c: 2, d: [1, 2]}\ne: x\n");
+        merge_patch(
+            &mut base,
+            body("a: {c: null, d: [3], f: {g: 1, h: null}}\ne: y\n"),
+        );
+        assert_eq!(
+            json(&base),
+            serde_json::json!({"a": {"b": 1, "d": [3], "f": {"g": 1}}, "e": "y"})
+        );
+    }
+
+    #[test]
+    fn entries_are_replaced_in_place_added_at_the_end_or_removed() {
+        let mut base: IndexMap<String, i32> = IndexMap::from([("a".into(), 1), ("b".into(), 2)]);
+        merge_entries(
+            &mut base,
+            IndexMap::from([
+                ("a".into(), Some(10)),
+                ("c".into(), Some(3)),
+                ("b".into(), None),
+            ]),
+        );
+        assert_eq!(
+            base.into_iter().collect::<Vec<_>>(),
+            [("a".into(), 10), ("c".into(), 3)]
+        );
+    }
+
+    #[test]
+    fn null_removes_an_optional_key_and_absence_keeps_it() {
+        let overlay: OverlaySpec = serde_saphyr::from_str("overlay: x\nwhen: null\n").unwrap();
+        assert!(matches!(overlay.when, Patch::Remove));
+        assert!(matches!(overlay.once_per, Patch::Keep));
+    }
+}
