@@ -31,3 +31,4 @@ pub mod spec;
 pub mod standin;
 pub mod store;
 pub mod sync;
+pub mod testing;

@@ -9,7 +9,7 @@
 
 use crate::engine::{Engine, Mapped};
 use crate::klaviyo::Request;
-use crate::source::{self, Input, Line};
+use crate::source::{self, Input, Line, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
 
@@ -118,57 +118,64 @@ impl<'a> Runner<'a> {
             }
         };
         for record in records {
-            let marketplace = self.engine.marketplace_of(&record);
-            let identity = format!("{marketplace}\u{1f}{}", record.delivery_id);
-            if !self.seen_deliveries.insert(identity) {
-                self.summary.repeated_deliveries += 1;
+            let Some(mapped) = self.record(&record) else {
                 continue;
-            }
-            self.summary.records += 1;
-            let mapped = self.engine.map(&record);
+            };
             report_mapped(report, &at, &record.delivery_id, &mapped)?;
-            let Mapped {
-                requests,
-                warnings,
-                errors,
-                matched,
-            } = mapped;
-            self.summary.warnings += warnings.len();
-            for error in &errors {
-                *self
-                    .summary
-                    .rejected
-                    .entry(error.kind.as_str().to_owned())
-                    .or_default() += 1;
-            }
-            if !matched {
-                *self
-                    .summary
-                    .skipped
-                    .entry(record.typename.clone())
-                    .or_default() += 1;
-                continue;
-            }
-            if requests.is_empty() && errors.is_empty() {
-                self.summary.without_request += 1;
-            }
-            for request in requests {
-                if let Some(key) = &request.once_key {
-                    let scoped = format!("{}\u{1f}{key}", request.mapping);
-                    if !self.seen_keys.insert(scoped) {
-                        self.summary.once_per_key_dropped += 1;
-                        continue;
-                    }
-                }
-                *self
-                    .summary
-                    .requests
-                    .entry(request.mapping.to_string())
-                    .or_default() += 1;
-                emit(&request)?;
+            for request in &mapped.requests {
+                emit(request)?;
             }
         }
         Ok(())
+    }
+
+    /// Maps one record as a run does, counting it: a delivery seen before gives `None`, and a
+    /// request whose mapping fires once per key is dropped when its key was seen. Tests and
+    /// snapshots go through here too, so they show exactly what a run would send.
+    pub fn record(&mut self, record: &Record) -> Option<Mapped> {
+        let marketplace = self.engine.marketplace_of(record);
+        let identity = format!("{marketplace}\u{1f}{}", record.delivery_id);
+        if !self.seen_deliveries.insert(identity) {
+            self.summary.repeated_deliveries += 1;
+            return None;
+        }
+        self.summary.records += 1;
+        let mut mapped = self.engine.map(record);
+        self.summary.warnings += mapped.warnings.len();
+        for error in &mapped.errors {
+            *self
+                .summary
+                .rejected
+                .entry(error.kind.as_str().to_owned())
+                .or_default() += 1;
+        }
+        if !mapped.matched {
+            *self
+                .summary
+                .skipped
+                .entry(record.typename.clone())
+                .or_default() += 1;
+            return Some(mapped);
+        }
+        if mapped.requests.is_empty() && mapped.errors.is_empty() {
+            self.summary.without_request += 1;
+        }
+        mapped.requests.retain(|request| {
+            if let Some(key) = &request.once_key {
+                let scoped = format!("{}\u{1f}{key}", request.mapping);
+                if !self.seen_keys.insert(scoped) {
+                    self.summary.once_per_key_dropped += 1;
+                    return false;
+                }
+            }
+            *self
+                .summary
+                .requests
+                .entry(request.mapping.to_string())
+                .or_default() += 1;
+            true
+        });
+        Some(mapped)
     }
 }
 

@@ -3,11 +3,15 @@
 //! Exit codes are part of the interface (CI scripts branch on them), so each outcome has one
 //! constant here and the README lists them.
 
+mod config;
+mod init;
+mod report;
 mod retry;
 mod run;
 mod schemas;
 mod standin;
 mod status;
+mod test;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +50,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Validate(validate::Args),
+    Test(test::Args),
+    Config(config::ConfigArgs),
+    Diff(config::DiffArgs),
+    Init(init::Args),
     Run(run::Args),
     Status(status::Args),
     Retry(retry::Args),
@@ -102,10 +110,17 @@ impl MappingArgs {
     }
 
     fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
+        Engine::compile(self.load_set())
+    }
+
+    /// The mapping set as read, before it is compiled.
+    fn load_set(&self) -> marketsync::spec::MappingSet {
         match (&self.client, &self.mappings) {
-            (Some(client), base) => Engine::load_client(base.as_deref(), &self.client_dir(client)),
-            (None, Some(dir)) => Engine::load_dir(dir),
-            (None, None) => Engine::builtin(),
+            (Some(client), base) => {
+                marketsync::spec::load_client(base.as_deref(), &self.client_dir(client))
+            }
+            (None, Some(dir)) => marketsync::spec::load_dir(dir),
+            (None, None) => marketsync::spec::load_embedded(),
         }
     }
 
@@ -134,6 +149,10 @@ pub fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Validate(args) => validate::execute(args),
+        Command::Test(args) => test::execute(args),
+        Command::Config(args) => config::config(args),
+        Command::Diff(args) => config::diff_clients(args),
+        Command::Init(args) => init::execute(args),
         Command::Run(args) => run::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),

@@ -1,7 +1,8 @@
 //! `marketsync validate`: every problem in a mapping set, in one pass.
 
+use super::report::{annotation, diagnostic_json};
 use super::{EXIT_OK, EXIT_REJECTED, MappingArgs};
-use marketsync::diagnostic::{Diagnostic, Diagnostics, Severity};
+use marketsync::diagnostic::Diagnostics;
 use serde_json::json;
 
 /// Check mapping specs: YAML and unknown keys, JSONPath and template syntax, undefined names,
@@ -32,18 +33,7 @@ pub fn execute(args: Args) -> u8 {
     let warnings = diagnostics.0.len() - errors;
     match args.format.as_str() {
         "json" => {
-            let items: Vec<serde_json::Value> = diagnostics
-                .iter()
-                .map(|d| {
-                    json!({
-                        "severity": severity(d),
-                        "file": d.file.name,
-                        "line": d.position.line,
-                        "column": d.position.column,
-                        "message": d.message,
-                    })
-                })
-                .collect();
+            let items: Vec<serde_json::Value> = diagnostics.iter().map(diagnostic_json).collect();
             let out = json!({"ok": ok, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items});
             println!(
                 "{}",
@@ -70,32 +60,6 @@ pub fn execute(args: Args) -> u8 {
         eprintln!("failed: {errors} error(s), {warnings} warning(s)");
         EXIT_REJECTED
     }
-}
-
-fn severity(d: &Diagnostic) -> &'static str {
-    match d.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-    }
-}
-
-/// A GitHub Actions workflow command, which GitHub shows on the pull request's line.
-fn annotation(d: &Diagnostic) -> String {
-    // Workflow commands escape %, CR and LF everywhere, and also : and , in properties.
-    let data = |s: &str| {
-        s.replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A")
-    };
-    let property = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
-    format!(
-        "::{} file={},line={},col={}::{}",
-        severity(d),
-        property(&d.file.name),
-        d.position.line,
-        d.position.column,
-        data(&d.message)
-    )
 }
 
 fn print_all(diagnostics: &Diagnostics) {

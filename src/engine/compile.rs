@@ -125,17 +125,17 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         }
     }
 
-    if let Some(on) = &settings.spec.marketplacer_klaviyo_integration {
-        if on.value {
-            native_metric_collisions(
-                &mappings,
-                on.at,
-                &env,
-                &settings_value,
-                &files,
-                &mut diagnostics,
-            );
-        }
+    if let Some(on) = &settings.spec.marketplacer_klaviyo_integration
+        && on.value
+    {
+        native_metric_collisions(
+            &mappings,
+            on.at,
+            &env,
+            &settings_value,
+            &files,
+            &mut diagnostics,
+        );
     }
     for plan in &plans {
         let Some((waited, position, _)) = &plan.waits_for else {

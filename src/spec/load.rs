@@ -21,6 +21,13 @@ static BUILTIN: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/mappings");
 /// The sample deliveries the default mappings name as their examples (`../examples/...`).
 static BUILTIN_EXAMPLES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples");
 
+/// A sample delivery shipped with the binary (`orders.ndjson`), for scaffolding and demos.
+pub fn builtin_example(name: &str) -> Option<&'static str> {
+    BUILTIN_EXAMPLES
+        .get_file(name)
+        .and_then(|f| f.contents_utf8())
+}
+
 /// The name of the settings file inside a mapping folder; every other YAML file is a mapping.
 pub const SETTINGS_FILE: &str = "settings.yaml";
 

@@ -11,9 +11,11 @@ mod settings;
 mod spanned;
 
 pub use load::{
-    CLIENT_FILE, Example, MappingSet, SpecFile, load_client, load_dir, load_embedded, parse_mapping,
+    CLIENT_FILE, Example, MappingSet, SpecFile, builtin_example, load_client, load_dir,
+    load_embedded, parse_mapping,
 };
 pub use overlay::{ClientConfig, OverlaySpec};
+
 pub use settings::{ConsentSettings, MarketplaceSettings, Metrics, RateLimitSettings, Settings};
 
 use indexmap::IndexMap;
@@ -69,6 +71,9 @@ pub struct MappingSpec {
     pub tests: Vec<TestSpec>,
 }
 
+/// Body fields (dotted paths, or `body`/`endpoint`) and the values a request must have.
+pub type ExpectedRequest = IndexMap<String, Spanned<serde_json::Value>>;
+
 /// A test a consultant writes beside the mapping: one delivery and what must come of it.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,7 +85,7 @@ pub struct TestSpec {
     /// `data.attributes.value`) that must equal the given value, or `body` for the whole
     /// body. `[]` means no request at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<Spanned<Vec<IndexMap<String, Spanned<serde_json::Value>>>>>,
+    pub expect: Option<Spanned<Vec<ExpectedRequest>>>,
     /// The mapping must reject the delivery with an error containing this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Spanned<String>>,

@@ -335,11 +335,11 @@ mod tests {
         let mut base = body("a: {b: 1, c: 2, d: [1, 2]}\ne: x\n");
         merge_patch(
             &mut base,
-            body("a: {c: null, d: [3], f: {g: 1, h: null}}\ne: y\n"),
+            body("a: {c: null, d: [3], f: {g: 1, h: null}}\ne: why\n"),
         );
         assert_eq!(
             json(&base),
-            serde_json::json!({"a": {"b": 1, "d": [3], "f": {"g": 1}}, "e": "y"})
+            serde_json::json!({"a": {"b": 1, "d": [3], "f": {"g": 1}}, "e": "why"})
         );
     }
 
