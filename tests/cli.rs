@@ -176,6 +176,11 @@ fn every_command_has_help_with_examples() {
         .code(0)
         .stdout(predicate::str::contains("Example:"));
     marketsync()
+        .args(["schemas", "marketplacer", "--help"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("Example:"));
+    marketsync()
         .arg("--help")
         .assert()
         .code(0)
@@ -226,6 +231,46 @@ fn schemas_extract_regenerates_the_committed_schemas() {
         .arg(&spec)
         .assert()
         .code(0);
+}
+
+#[test]
+fn schemas_marketplacer_regenerates_the_committed_types() {
+    // `shared/` is beside the repository (../shared), or beside a folder holding it.
+    let Some(sdl) = common::repo(".")
+        .ancestors()
+        .map(|dir| dir.join("shared/reference/marketplacer/marketplacer.graphqls"))
+        .find(|path| path.is_file())
+    else {
+        eprintln!("shared/reference/marketplacer/marketplacer.graphqls not found: skipped");
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let types = out.path().join("types.json");
+    marketsync()
+        .args(["schemas", "marketplacer", "--sdl"])
+        .arg(&sdl)
+        .arg("--out")
+        .arg(&types)
+        .assert()
+        .code(0);
+    assert_eq!(
+        fs::read_to_string(&types).unwrap(),
+        fs::read_to_string(common::repo("schemas/marketplacer/types.json")).unwrap()
+    );
+    marketsync()
+        .args(["schemas", "marketplacer", "--check", "--sdl"])
+        .arg(&sdl)
+        .assert()
+        .code(0);
+    fs::write(&types, "{}").unwrap();
+    marketsync()
+        .args(["schemas", "marketplacer", "--check", "--sdl"])
+        .arg(&sdl)
+        .arg("--out")
+        .arg(&types)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("stale"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,12 @@
-//! `marketsync schemas extract`: regenerate `schemas/klaviyo/` from Klaviyo's OpenAPI spec.
+//! `marketsync schemas`: regenerate the schema data shipped in `schemas/` from its sources,
+//! Klaviyo's OpenAPI spec (`extract`) and Marketplacer's GraphQL SDL (`marketplacer`).
 
 use super::{EXIT_IO, EXIT_OK, EXIT_REJECTED};
 use marketsync::klaviyo::extract;
+use marketsync::source::schema::extract as marketplacer;
 use std::path::PathBuf;
 
-/// Klaviyo request-body schemas, extracted from Klaviyo's OpenAPI spec.
+/// Schema data shipped in `schemas/`: Klaviyo request bodies, Marketplacer record types.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -32,15 +34,41 @@ With --check, writes nothing and exits 1 if the folder differs from what the spe
         #[arg(long)]
         check: bool,
     },
+    /// Write the Marketplacer types mappings can read (for JSONPath checks) into a file.
+    #[command(after_help = "Example:
+  marketsync schemas marketplacer --sdl ../shared/reference/marketplacer/marketplacer.graphqls
+
+With --check, writes nothing and exits 1 if the file differs from what the SDL gives.")]
+    Marketplacer {
+        /// The Marketplacer GraphQL SDL (the copy recorded in src/source/schema/extract.rs).
+        #[arg(long, value_name = "FILE")]
+        sdl: PathBuf,
+        /// File to write.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "schemas/marketplacer/types.json"
+        )]
+        out: PathBuf,
+        /// Compare instead of writing.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 pub fn execute(args: Args) -> u8 {
-    let SchemasCommand::Extract {
-        openapi,
-        out,
-        label,
-        check,
-    } = args.command;
+    match args.command {
+        SchemasCommand::Extract {
+            openapi,
+            out,
+            label,
+            check,
+        } => klaviyo(openapi, out, label, check),
+        SchemasCommand::Marketplacer { sdl, out, check } => marketplacer_types(sdl, out, check),
+    }
+}
+
+fn klaviyo(openapi: PathBuf, out: PathBuf, label: Option<String>, check: bool) -> u8 {
     let bytes = match std::fs::read(&openapi) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -77,5 +105,39 @@ pub fn execute(args: Args) -> u8 {
         eprintln!("{stale} schema file(s) differ from {}", openapi.display());
         return EXIT_REJECTED;
     }
+    EXIT_OK
+}
+
+fn marketplacer_types(sdl: PathBuf, out: PathBuf, check: bool) -> u8 {
+    let bytes = match std::fs::read(&sdl) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", sdl.display());
+            return EXIT_IO;
+        }
+    };
+    let text = match marketplacer::extract(&bytes) {
+        Ok(file) => file.render(),
+        Err(e) => {
+            eprintln!("error: {}: {e}", sdl.display());
+            return EXIT_REJECTED;
+        }
+    };
+    if check {
+        if std::fs::read_to_string(&out).ok().as_deref() != Some(text.as_str()) {
+            eprintln!("stale: {} differs from {}", out.display(), sdl.display());
+            return EXIT_REJECTED;
+        }
+        return EXIT_OK;
+    }
+    let written = match out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&out, text)),
+        None => std::fs::write(&out, text),
+    };
+    if let Err(e) = written {
+        eprintln!("error: cannot write {}: {e}", out.display());
+        return EXIT_IO;
+    }
+    eprintln!("wrote {}", out.display());
     EXIT_OK
 }

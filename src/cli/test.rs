@@ -209,14 +209,17 @@ fn print(format: &str, results: &[Result], failed: usize) {
                     println!("{}", annotation(d));
                 }
                 if let Some((path, diff)) = &r.snapshot {
+                    let path = path.display().to_string();
                     println!(
                         "::error file={}::{}",
-                        escape_property(&path.display().to_string()),
+                        escape_property(&path),
                         escape_data(&format!(
-                            "{} no longer matches its snapshot (accept with `marketsync test --update` or `cargo insta review`)\n{diff}",
+                            "{} no longer matches its snapshot (accept with `marketsync test --update` or `cargo insta review`)",
                             r.name
                         ))
                     );
+                    // The diff in a folded group of the job log: too long for an annotation.
+                    println!("::group::{path}\n{diff}\n::endgroup::");
                 }
             }
         }

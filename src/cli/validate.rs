@@ -22,6 +22,10 @@ pub struct Args {
     /// `human`, `json` or `github`.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json", "github"])]
     format: String,
+    /// Fail (exit 1) on warnings too: paths the Marketplacer schema does not know, metric
+    /// names Marketplacer's own integration also sends.
+    #[arg(long)]
+    strict: bool,
 }
 
 pub fn execute(args: Args) -> u8 {
@@ -46,6 +50,10 @@ pub fn execute(args: Args) -> u8 {
             }
         }
         _ => print_all(&diagnostics),
+    }
+    if ok && args.strict && warnings > 0 {
+        eprintln!("failed: {warnings} warning(s), and --strict fails on warnings");
+        return EXIT_REJECTED;
     }
     if ok {
         eprintln!(

@@ -13,6 +13,7 @@ use super::{CONTEXT_NAMES, Compiled, Engine, Mapping, filters};
 use crate::diagnostic::{Diagnostics, Files, Position, SourceFile};
 use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
+use crate::source::schema::{MarketplacerSchema, PathMismatch, Shape};
 use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Spanned, SpecFile};
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
@@ -84,6 +85,10 @@ struct Reporter<'a> {
 impl Reporter<'_> {
     fn error(&mut self, position: Position, message: impl Into<String>) {
         self.diagnostics.push(self.files.error(position, message));
+    }
+
+    fn warning(&mut self, position: Position, message: impl Into<String>) {
+        self.diagnostics.push(self.files.warning(position, message));
     }
 }
 
@@ -328,6 +333,8 @@ fn plan(
         });
     }
 
+    schema_check(spec, &selections, reporter);
+
     let compute = spec
         .compute
         .iter()
@@ -498,6 +505,78 @@ fn lint(
             }
         }
         _ => {}
+    }
+}
+
+/// Paths that cannot match anything Marketplacer sends (a misspelt field, a field below a
+/// scalar) are warned about at their selection or condition: a typo in an optional field would
+/// otherwise just be empty forever. Warnings rather than errors because the schema shipped is a
+/// dated copy, and a client's instance may have more; `validate --strict` fails on them.
+fn schema_check(spec: &MappingSpec, selections: &[Selection], reporter: &mut Reporter<'_>) {
+    let schema = MarketplacerSchema::builtin();
+    let roots: Vec<Shape> = spec
+        .matcher
+        .types
+        .value
+        .0
+        .iter()
+        .filter(|t| schema.has_type(t))
+        .map(|t| Shape::named(t.as_str()))
+        .collect();
+    if roots.is_empty() {
+        return;
+    }
+    // The first shape a path fits, or the mismatch against the first root.
+    let fit = |bases: &[Shape], path: &Path| -> Result<Shape, PathMismatch> {
+        let mut first = None;
+        for base in bases {
+            match schema.check(base, path.query(), &path.text) {
+                Ok(shape) => return Ok(shape),
+                Err(mismatch) => {
+                    first.get_or_insert(mismatch);
+                }
+            }
+        }
+        Err(first.expect("at least one root"))
+    };
+    let mut shapes: Vec<Shape> = Vec::new();
+    for selection in selections {
+        let bases = match selection.from {
+            Some(index) => vec![shapes[index].clone()],
+            None => roots.clone(),
+        };
+        let shape = match fit(&bases, &selection.path) {
+            Ok(shape) => shape,
+            Err(mismatch) => {
+                let at = spec
+                    .select
+                    .get(&selection.name)
+                    .map_or(spec.name.at, |s| s.at);
+                reporter.warning(at, format!("selection `{}`: {mismatch}", selection.name));
+                Shape::Unknown
+            }
+        };
+        shapes.push(match selection.cardinality {
+            Cardinality::Many => shape.into_list(),
+            _ => shape,
+        });
+    }
+    fn conditions<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
+        for c in list {
+            out.extend(c.value.path.as_ref());
+            if let Some(any) = &c.value.any {
+                conditions(any, out);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    conditions(&spec.matcher.conditions, &mut paths);
+    for text in paths {
+        if let Ok(path) = Path::parse(&text.value)
+            && let Err(mismatch) = fit(&roots, &path)
+        {
+            reporter.warning(text.at, format!("condition: {mismatch}"));
+        }
     }
 }
 

@@ -26,6 +26,11 @@ impl Path {
         })
     }
 
+    /// The parsed query, for checks against the Marketplacer schema.
+    pub fn query(&self) -> &JpQuery {
+        &self.query
+    }
+
     /// Every node the path selects, in document order.
     pub fn nodes<'a>(&self, value: &'a Json) -> Vec<&'a Json> {
         // A well-formed query over a JSON document does not fail at run time; treat the

@@ -10,6 +10,7 @@
 
 pub mod backfill;
 mod reader;
+pub mod schema;
 
 pub use reader::{Input, Line, read_lines};
 

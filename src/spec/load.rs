@@ -336,6 +336,9 @@ fn apply_overlay(
         return;
     }
     let base = &mut set.mappings[index];
+    if !overlay.base_tests {
+        base.test_deliveries.clear();
+    }
     overlay.apply_to(&mut base.spec);
     base.examples.extend(examples);
     base.test_deliveries.extend(tests);

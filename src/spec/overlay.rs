@@ -92,6 +92,14 @@ pub struct OverlaySpec {
     /// More tests, their files relative to the overlay file.
     #[serde(default)]
     pub tests: Vec<TestSpec>,
+    /// `false` leaves out the base mapping's own tests, for an overlay that deliberately
+    /// changes what they check.
+    #[serde(default = "yes")]
+    pub base_tests: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Changes to `emit`.
@@ -134,6 +142,9 @@ impl OverlaySpec {
             }
         }
         base.examples.extend(self.examples);
+        if !self.base_tests {
+            base.tests.clear();
+        }
         base.tests.extend(self.tests);
     }
 }
@@ -314,6 +325,7 @@ impl ClientConfig {
             }),
             examples: Vec::new(),
             tests: Vec::new(),
+            base_tests: true,
         })
     }
 }

@@ -1,0 +1,573 @@
+//! The consultant's loop: a client folder set up with `init`, changed by overlays and
+//! `client.yaml`, checked by `validate` and `test` (for people and for CI), and compared with
+//! `config` and `diff`.
+
+mod common;
+
+use assert_cmd::Command;
+use marketsync::engine::Engine;
+use marketsync::spec::load_client;
+use predicates::prelude::*;
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+
+/// A consultant's repository in a temp folder.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, path: &str, text: &str) -> &Self {
+        let path = self.path().join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+        self
+    }
+
+    /// A sample delivery from the repository's examples, copied into the workspace.
+    fn example(&self, example: &str, to: &str) -> &Self {
+        let text = fs::read_to_string(common::repo("examples").join(example)).unwrap();
+        self.write(to, &text)
+    }
+
+    fn marketsync(&self) -> Command {
+        let mut cmd = Command::cargo_bin("marketsync").unwrap();
+        cmd.current_dir(self.path());
+        cmd
+    }
+
+    /// The client's compiled engine and warnings, or its problems rendered.
+    fn engine(&self, client: &str) -> Result<(Engine, String), String> {
+        Engine::compile(load_client(None, &self.path().join("clients").join(client)))
+            .map(|(engine, warnings)| (engine, format!("{warnings:#}")))
+            .map_err(|problems| format!("{problems:#}"))
+    }
+}
+
+const CLIENT: &str = "\
+marketplaces:
+  petmarket: { currency: AUD }
+  petmarket-nz: { currency: NZD }
+klaviyo_api_key_env: ACME_KLAVIYO_API_KEY
+metrics:
+  placed_order: Placed Order (Marketplace)
+profile_attributes:
+  Customer Note: $.order.metadata[?@.key == 'customer_note'].value
+";
+
+/// Requests of one mapping for the sample orders, as a dry run gives them.
+fn bodies(engine: &Engine, mapping: &str) -> Vec<Value> {
+    common::run(
+        engine,
+        &[common::repo("examples/orders.ndjson").to_str().unwrap()],
+    )
+    .of_mapping(mapping)
+    .iter()
+    .map(|r| r.body.clone())
+    .collect()
+}
+
+#[test]
+fn an_overlay_adds_a_property_changes_a_path_and_removes_a_property_by_name() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT).write(
+        "clients/acme/mappings/placed-order.yaml",
+        "\
+overlay: placed-order
+select:
+  first_name: { path: $.order.billingSurname, optional: true }   # changed path
+emit:
+  body:
+    data:
+      attributes:
+        properties:
+          SalesChannel: Marketplace    # added
+          Brands: null                 # removed
+",
+    );
+    let (engine, _) = ws.engine("acme").unwrap();
+    let base = bodies(&common::engine(), "placed-order");
+    let client = bodies(&engine, "placed-order");
+    assert_eq!(base.len(), client.len());
+    let properties = &client[0]["data"]["attributes"]["properties"];
+    assert_eq!(properties["SalesChannel"], "Marketplace");
+    assert!(properties.get("Brands").is_none(), "{properties}");
+    assert!(
+        base[0]["data"]["attributes"]["properties"]
+            .get("Brands")
+            .is_some()
+    );
+    // Everything the overlay does not name is the base's.
+    assert_eq!(
+        properties["Items"],
+        base[0]["data"]["attributes"]["properties"]["Items"]
+    );
+    // client.yaml renamed the metric.
+    assert_eq!(
+        client[0]["data"]["attributes"]["metric"]["data"]["attributes"]["name"],
+        "Placed Order (Marketplace)"
+    );
+    // The changed path is read.
+    let order: Value = serde_json::from_str(
+        fs::read_to_string(common::repo("examples/orders.ndjson"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let billing = &order["body"]["payload"]["data"]["node"]["order"]["billingSurname"];
+    let profile = &client[0]["data"]["attributes"]["profile"]["data"]["attributes"];
+    assert_eq!(&profile["first_name"], billing);
+    assert_ne!(
+        profile["first_name"],
+        base[0]["data"]["attributes"]["profile"]["data"]["attributes"]["first_name"]
+    );
+}
+
+#[test]
+fn disable_turns_a_base_mapping_off_for_one_client() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT).write(
+        "clients/acme/mappings/no-cancellations.yaml",
+        "overlay: cancelled-order\ndisable: true\n",
+    );
+    let (engine, _) = ws.engine("acme").unwrap();
+    let names: Vec<String> = engine
+        .mapping_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(!names.contains(&"cancelled-order".to_owned()), "{names:?}");
+    assert_eq!(names.len(), 6);
+}
+
+#[test]
+fn a_client_mapping_without_overlay_is_added_to_the_set() {
+    let ws = Workspace::new();
+    let extra = fs::read_to_string(common::repo("mappings/placed-order.yaml"))
+        .unwrap()
+        .replace("name: placed-order", "name: placed-order-copy")
+        .replace(
+            "examples:\n  - ../examples/orders.ndjson\n  - ../examples/backfill-page.json\n",
+            "",
+        )
+        .replace(":placed-order:", ":placed-order-copy:");
+    let extra = extra[..extra.find("\ntests:").unwrap()].to_owned();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write("clients/acme/mappings/extra.yaml", &extra);
+    let (engine, _) = ws.engine("acme").unwrap();
+    assert_eq!(engine.mapping_names().len(), 8);
+    assert_eq!(bodies(&engine, "placed-order-copy").len(), 3);
+}
+
+#[test]
+fn client_settings_choose_currency_by_marketplace_and_add_profile_attributes() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT);
+    let (engine, _) = ws.engine("acme").unwrap();
+    // A delivery from the NZ vertical is valued in NZD.
+    let text = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let nz = text.lines().next().unwrap().replace(
+        "\"Marketplacer-Vertical\":\"petmarket\"",
+        "\"Marketplacer-Vertical\":\"petmarket-nz\"",
+    );
+    let records = marketsync::source::parse_delivery(&nz).unwrap();
+    let mapped = engine.map(&records[0]);
+    let placed = mapped
+        .requests
+        .iter()
+        .find(|r| &*r.mapping == "placed-order")
+        .unwrap();
+    assert_eq!(placed.body["data"]["attributes"]["value_currency"], "NZD");
+    assert!(
+        placed.body["data"]["attributes"]["unique_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("petmarket-nz:")
+    );
+    // The extra attribute is read where present and left out where not.
+    let with_note = text.lines().next().unwrap().replacen(
+        "\"metadata\":[",
+        "\"metadata\":[{\"key\":\"customer_note\",\"value\":\"Leave at the back door\"},",
+        1,
+    );
+    let records = marketsync::source::parse_delivery(&with_note).unwrap();
+    let profile = engine
+        .map(&records[0])
+        .requests
+        .into_iter()
+        .find(|r| &*r.mapping == "profile")
+        .unwrap();
+    let properties = &profile.body["data"]["attributes"]["properties"];
+    assert_eq!(
+        properties["Customer Note"], "Leave at the back door",
+        "{properties}"
+    );
+    let plain = bodies(&engine, "profile");
+    assert!(
+        plain[0]["data"]["attributes"]["properties"]
+            .get("Customer Note")
+            .is_none()
+    );
+}
+
+#[test]
+fn the_client_names_the_variable_holding_its_klaviyo_key() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .example("refund.json", "refund.json");
+    ws.marketsync()
+        .args([
+            "run",
+            "--client",
+            "acme",
+            "--state",
+            "state.db",
+            "refund.json",
+        ])
+        .env_remove("ACME_KLAVIYO_API_KEY")
+        .env("KLAVIYO_API_KEY", "pk_not_this_one")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("set ACME_KLAVIYO_API_KEY"));
+}
+
+#[test]
+fn mistakes_in_overlays_are_reported_in_the_overlay_file_at_their_line() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        properties:\n          Gift: \"{{ gift_mesage }}\"\n",
+        )
+        .write(
+            "clients/acme/mappings/typo.yaml",
+            "overlay: refunded-ordr\ndisable: true\n",
+        )
+        .write("clients/acme/mappings/settings.yaml", "marketplace: x\n");
+    let problems = ws.engine("acme").err().expect("the overlays are wrong");
+    assert!(
+        problems.contains(
+            "clients/acme/mappings/placed-order.yaml:7:17: error: `gift_mesage` is not defined here"
+        ),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("clients/acme/mappings/typo.yaml:1:10: error: `overlay: refunded-ordr` names no base mapping"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("a client's settings go in client.yaml"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn native_metric_names_warn_when_marketplacers_own_integration_is_on() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "marketplaces:\n  petmarket: { currency: AUD }\nmarketplacer_klaviyo_integration: true\n",
+    );
+    let (_, warnings) = ws.engine("acme").unwrap();
+    assert!(
+        warnings.contains("clients/acme/client.yaml:3:35: warning: mapping `placed-order` sends metric `Placed Order`"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("`ordered-product` sends metric `Ordered Product`"),
+        "{warnings}"
+    );
+    // Renamed, the warnings go.
+    ws.write(
+        "clients/acme/client.yaml",
+        "marketplacer_klaviyo_integration: true\nmetrics:\n  placed_order: Placed Order (Marketplace)\n  ordered_product: Ordered Product (Marketplace)\n",
+    );
+    let (_, warnings) = ws.engine("acme").unwrap();
+    assert!(warnings.is_empty(), "{warnings}");
+    // And with the integration off, the native names are ours to use.
+    ws.write(
+        "clients/acme/client.yaml",
+        "marketplacer_klaviyo_integration: false\n",
+    );
+    assert!(ws.engine("acme").unwrap().1.is_empty());
+}
+
+#[test]
+fn init_scaffolds_a_client_that_validates_and_passes_its_tests() {
+    let ws = Workspace::new();
+    ws.marketsync()
+        .args([
+            "init",
+            "acme",
+            "--marketplace",
+            "acme-pets",
+            "--currency",
+            "NZD",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("created clients/acme/client.yaml"));
+    for file in [
+        "clients/acme/client.yaml",
+        "clients/acme/mappings/placed-order.yaml",
+        "clients/acme/fixtures/sample-order.json",
+        "snapshots/acme/sample-order.snap",
+    ] {
+        assert!(ws.path().join(file).is_file(), "{file} was not created");
+    }
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "ok    placed-order › the sample order",
+        ))
+        .stderr(predicate::str::contains("10 passed, 0 failed"));
+    // Never over an existing client.
+    ws.marketsync()
+        .args(["init", "acme"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("already exists"));
+}
+
+/// A client with two failing tests and one passing, for the output formats.
+fn client_with_failing_tests() -> Workspace {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .example("orders.ndjson", "clients/acme/fixtures/orders.ndjson")
+        .write(
+            "clients/acme/mappings/consent.yaml",
+            "\
+overlay: consent
+base_tests: true
+tests:
+  - name: opted-in buyer is subscribed
+    delivery: ../fixtures/orders.ndjson
+    expect:
+      - data.attributes.profiles.data.0.attributes.email: zoe.kowalski@example.com
+  - name: wrong email on purpose
+    delivery: ../fixtures/orders.ndjson
+    expect:
+      - data.attributes.profiles.data.0.attributes.email: someone@else.com
+  - name: wrong count on purpose
+    delivery: ../fixtures/orders.ndjson
+    expect: []
+",
+        );
+    ws
+}
+
+#[test]
+fn test_reports_every_failure_at_its_line_and_exits_1() {
+    let ws = client_with_failing_tests();
+    // Accept the fixture snapshot first, so only the spec tests fail.
+    ws.marketsync()
+        .args(["test", "--client", "acme", "--update"])
+        .assert()
+        .code(1);
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("ok    consent › opted-in buyer is subscribed"))
+        .stdout(predicate::str::contains(
+            "clients/acme/mappings/consent.yaml:11:59: error: test `wrong email on purpose` of `consent`: request 1: `data.attributes.profiles.data.0.attributes.email` is `\"zoe.kowalski@example.com\"`, expected `\"someone@else.com\"`",
+        ))
+        .stdout(predicate::str::contains(
+            "clients/acme/mappings/consent.yaml:14:13: error: test `wrong count on purpose` of `consent`: expected 0 request(s), got 1",
+        ))
+        // The base mappings' own tests run for the client too (8 of them).
+        .stderr(predicate::str::contains("10 passed, 2 failed"));
+}
+
+#[test]
+fn test_speaks_github_annotations_and_json() {
+    let ws = client_with_failing_tests();
+    let github = ws
+        .marketsync()
+        .args(["test", "--client", "acme", "--format", "github"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let github = String::from_utf8(github).unwrap();
+    assert!(
+        github.contains("::error file=clients/acme/mappings/consent.yaml,line=11,col=59::test `wrong email on purpose`"),
+        "{github}"
+    );
+    // The new fixture snapshot is a failure too, annotated on the snapshot file.
+    assert!(
+        github.contains("::error file=snapshots/acme/orders.snap::clients/acme/fixtures/orders.ndjson no longer matches"),
+        "{github}"
+    );
+    // The diff goes in a folded group of the log, not in the annotation.
+    assert!(
+        github.contains("::group::snapshots/acme/orders.snap\n"),
+        "{github}"
+    );
+    assert!(github.contains("\n::endgroup::"), "{github}");
+    let json = ws
+        .marketsync()
+        .args(["test", "--client", "acme", "--format", "json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let report: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["passed"], 9);
+    assert_eq!(report["failed"], 3);
+    let wrong_email = report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "consent › wrong email on purpose")
+        .unwrap();
+    assert_eq!(wrong_email["ok"], false);
+    assert_eq!(wrong_email["failures"][0]["line"], 11);
+}
+
+#[test]
+fn fixture_snapshots_are_pending_until_accepted_and_changes_show_as_a_diff() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .example("refund.json", "clients/acme/fixtures/refund.json");
+    // New: a failure, held as .snap.new for review (insta's name for a pending snapshot).
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("new snapshot"));
+    assert!(ws.path().join("snapshots/acme/refund.snap.new").is_file());
+    assert!(!ws.path().join("snapshots/acme/refund.snap").exists());
+    // Accepted with --update: written in insta's format, pending file gone, and it passes.
+    ws.marketsync()
+        .args(["test", "--client", "acme", "--update"])
+        .assert()
+        .code(0);
+    let snap = fs::read_to_string(ws.path().join("snapshots/acme/refund.snap")).unwrap();
+    assert!(snap.starts_with("---\nsource: "), "{snap}");
+    assert!(snap.contains("\"unique_id\": \"petmarket:refunded-order:7002\""));
+    assert!(!ws.path().join("snapshots/acme/refund.snap.new").exists());
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0);
+    // An overlay changes the payload: the diff names the line that changed.
+    ws.write(
+        "clients/acme/mappings/refunded-order.yaml",
+        "overlay: refunded-order\nemit:\n  body:\n    data:\n      attributes:\n        properties:\n          Marketplace: Acme\n",
+    );
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "-            \"Marketplace\": \"petmarket\",",
+        ))
+        .stdout(predicate::str::contains(
+            "+            \"Marketplace\": \"Acme\",",
+        ));
+    // insta's own reader accepts the file we wrote.
+    let read =
+        marketsync::testing::snapshot::Snapshot::read(ws.path().join("snapshots/acme/refund.snap"))
+            .unwrap()
+            .unwrap();
+    assert!(read.contents.starts_with('['));
+}
+
+#[test]
+fn config_prints_the_effective_mappings_and_diff_compares_two_clients() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        properties:\n          SalesChannel: Marketplace\n",
+        )
+        .write("clients/beta/client.yaml", "marketplaces:\n  beta: { currency: USD }\n");
+    ws.marketsync()
+        .args(["config", "--client", "acme"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "# mapping placed-order, from <builtin>/placed-order.yaml + clients/acme/mappings/placed-order.yaml",
+        ))
+        .stdout(predicate::str::contains("SalesChannel: Marketplace"))
+        .stdout(predicate::str::contains("placed_order: Placed Order (Marketplace)"));
+    ws.marketsync()
+        .args(["diff", "--client", "acme", "--client", "beta"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("--- acme\n+++ beta"))
+        .stdout(predicate::str::contains(
+            "-          SalesChannel: Marketplace",
+        ))
+        .stdout(predicate::str::contains("+  beta:"));
+    ws.marketsync()
+        .args(["diff", "--client", "acme", "--client", "acme"])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn the_default_mappings_pass_their_own_tests() {
+    Command::cargo_bin("marketsync")
+        .unwrap()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("test")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("0 failed"));
+}
+
+#[test]
+fn paths_marketplacer_never_sends_are_warned_about_at_their_line() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "profile_attributes:\n  Tier: $.order.loyaltyTeir\n",
+    )
+    .write(
+        "clients/acme/mappings/placed-order.yaml",
+        "overlay: placed-order\nselect:\n  gift: { path: $.order.emailAdress, optional: true }\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(
+            "clients/acme/mappings/placed-order.yaml:3:9: warning: selection `gift`: `$.order.emailAdress`: `Order` has no field `emailAdress` (did you mean `emailAddress`?)",
+        ))
+        .stderr(predicate::str::contains(
+            "clients/acme/client.yaml:2:9: warning: selection `client_attribute_1`: `$.order.loyaltyTeir`: `Order` has no field `loyaltyTeir`",
+        ));
+    ws.marketsync()
+        .args([
+            "validate", "--client", "acme", "--strict", "--format", "github",
+        ])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "::warning file=clients/acme/mappings/placed-order.yaml,line=3,col=9::",
+        ));
+}
