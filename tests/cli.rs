@@ -163,7 +163,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn every_command_has_help_with_examples() {
-    for command in ["validate", "run"] {
+    for command in ["validate", "run", "explain"] {
         marketsync()
             .args([command, "--help"])
             .assert()
@@ -424,4 +424,311 @@ fn validate_speaks_json_and_github_annotations() {
         .assert()
         .code(0)
         .stdout("");
+}
+
+/// The line of `text` that starts (after indentation) with `start`, with the padding of its
+/// columns squeezed to one space.
+fn line_starting(text: &str, start: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(start))
+        .unwrap_or_else(|| panic!("no line starts with {start:?} in:\n{text}"));
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn explain_shows_each_field_with_its_template_and_jsonpath() {
+    let output = marketsync()
+        .args([
+            "explain",
+            "--mapping",
+            "placed-order",
+            "examples/orders.ndjson",
+        ])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains(
+        "input    examples/orders.ndjson line 1 (5 deliveries in the input; the first is explained, --delivery N picks another)"
+    ), "{stdout}");
+    let order_id = line_starting(&stdout, "data.attributes.properties.OrderId ");
+    assert!(
+        order_id.contains("\"5001\" ← {{ order_id | string }} ← order_id = $.order.legacyId"),
+        "{order_id}"
+    );
+    let order_id = line_starting(&stdout, "order_id ");
+    assert!(order_id.contains("$.order.legacyId"), "{order_id}");
+    assert!(order_id.trim_end().ends_with("matched 5001"), "{order_id}");
+    let lines = line_starting(&stdout, "lines ");
+    assert!(lines.contains("matched 3"), "{lines}");
+    let sku = line_starting(&stdout, "data.attributes.properties.Items[1].SKU ");
+    assert!(
+        sku.contains(
+            "\"PC-KIBBLE-KP-7\" ← {{ line.variantSku }} ← $for: line in lines ← lines = $.order.lineItems.nodes[*]"
+        ),
+        "{sku}"
+    );
+    assert!(stdout.contains("result   1 request"), "{stdout}");
+
+    // Another delivery of the same input, by line.
+    marketsync()
+        .args(["explain", "--mapping", "placed-order", "--delivery", "4"])
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(0)
+        .stdout(
+            predicate::str::is_match(r#"OrderId +"5002" +← \{\{ order_id \| string \}\}"#).unwrap(),
+        )
+        .stderr(predicate::str::contains("note:").not());
+}
+
+#[test]
+fn explain_marks_a_default_that_fired_and_a_missing_selection() {
+    let tiny = r#"
+name: tiny
+lane: transaction
+match:
+  type: Invoice
+select:
+  order_id: $.order.legacyId
+  email: $.order.emailAddress
+  channel: { path: $.order.salesChannel, default: web }
+  nickname: { path: $.order.nickname, optional: true }
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        metric: { data: { type: metric, attributes: { name: Tiny } } }
+        profile: { data: { type: profile, attributes: { email: "{{ email }}" } } }
+        unique_id: "{{ marketplace }}:tiny:{{ order_id }}"
+        properties:
+          Channel: "{{ channel | upper }}"
+          Nickname: "{{ nickname }}"
+"#;
+    let strict = tiny
+        .replace("name: tiny", "name: strict")
+        .replace("tiny:{{", "strict:{{")
+        .replace(
+            "  order_id: $.order.legacyId",
+            "  order_id: $.order.legacyId\n  coupon: $.order.couponCode",
+        );
+    let dir = common::mapping_folder(&[("tiny.yaml", tiny), ("strict.yaml", &strict)]);
+    let output = marketsync()
+        .args(["explain", "--mapping", "tiny", "--mappings"])
+        .arg(dir.path())
+        .arg("examples/invoice-unpaid.json")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let channel = line_starting(&stdout, "channel ");
+    assert!(channel.contains("$.order.salesChannel"), "{channel}");
+    assert!(channel.contains("default fired \"web\""), "{channel}");
+    let field = line_starting(&stdout, "data.attributes.properties.Channel ");
+    assert!(
+        field.contains(
+            "\"WEB\" ← {{ channel | upper }} ← channel = $.order.salesChannel (default fired)"
+        ),
+        "{field}"
+    );
+    let nickname = line_starting(&stdout, "data.attributes.properties.Nickname ");
+    assert!(nickname.contains("omitted: empty"), "{nickname}");
+    assert!(nickname.contains("(optional: none)"), "{nickname}");
+
+    let output = marketsync()
+        .args([
+            "explain",
+            "--mapping",
+            "tiny",
+            "--format",
+            "json",
+            "--mappings",
+        ])
+        .arg(dir.path())
+        .arg("examples/invoice-unpaid.json")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let fields = doc["records"][0]["requests"][0]["fields"]
+        .as_array()
+        .unwrap();
+    let channel = fields
+        .iter()
+        .find(|f| f["path"] == "data.attributes.properties.Channel")
+        .unwrap();
+    assert_eq!(channel["fallbacks"], serde_json::json!(["channel"]));
+    assert_eq!(channel["chain"][0]["fallback"], true);
+
+    marketsync()
+        .args(["explain", "--mapping", "strict", "--mappings"])
+        .arg(dir.path())
+        .arg("examples/invoice-unpaid.json")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_match(r"coupon +\$\.order\.couponCode +missing\n").unwrap())
+        .stdout(predicate::str::is_match(r"email +\$\.order\.emailAddress +not reached\n").unwrap())
+        .stdout(predicate::str::contains(
+            "result   rejected (missing-field): required field `coupon` is missing",
+        ));
+}
+
+#[test]
+fn explain_says_which_check_failed_when_a_delivery_does_not_match() {
+    marketsync()
+        .args(["explain", "--mapping", "placed-order", "examples/invoice-unpaid.json"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("match    no"))
+        .stdout(predicate::str::contains(
+            "no  where: any of: $.statusFlags contains \"PAID\"; $.order.status equals \"COMPLETE\"",
+        ))
+        .stdout(predicate::str::contains(
+            "result   not matched: `where` condition does not hold",
+        ));
+    marketsync()
+        .args([
+            "explain",
+            "--mapping",
+            "placed-order",
+            "examples/shipment.json",
+        ])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "not matched: type is `Shipment`; the mapping reads Invoice",
+        ));
+    // `when` false is no request, not a match.
+    marketsync()
+        .args(["explain", "--mapping", "consent", "--delivery", "4"])
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("when     opted_in → false"))
+        .stdout(predicate::str::contains(
+            "result   no request: `when` is false",
+        ));
+}
+
+#[test]
+fn explain_lists_the_mappings_when_the_name_is_unknown() {
+    marketsync()
+        .args([
+            "explain",
+            "--mapping",
+            "placed-ordr",
+            "examples/orders.ndjson",
+        ])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "no mapping is named `placed-ordr`",
+        ))
+        .stderr(predicate::str::contains("placed-order"))
+        .stderr(predicate::str::contains("ordered-product"));
+}
+
+#[test]
+fn explain_exit_codes_for_inputs_and_mappings() {
+    marketsync()
+        .args(["explain", "--mapping", "placed-order", "no/such/file.json"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("cannot open no/such/file.json"));
+    marketsync()
+        .args(["explain", "--mapping", "placed-order", "--delivery", "99"])
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no delivery on line 99"));
+    let (name, text) = common::broken_spec("bad-paths.yaml");
+    let dir = common::mapping_folder(&[(name, &text)]);
+    marketsync()
+        .args(["explain", "--mapping", "placed-order", "--mappings"])
+        .arg(dir.path())
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(3);
+}
+
+#[test]
+fn explain_speaks_json() {
+    let output = marketsync()
+        .args([
+            "explain",
+            "--mapping",
+            "ordered-product",
+            "--format",
+            "json",
+        ])
+        .arg("examples/orders.ndjson")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(String::from_utf8(output.stderr).unwrap().contains(
+        "note: examples/orders.ndjson holds 5 deliveries; explaining the first (line 1)"
+    ));
+    assert_eq!(doc["mapping"], "ordered-product");
+    assert_eq!(doc["input"]["deliveries"], 5);
+    assert_eq!(doc["produced"], true);
+    let record = &doc["records"][0];
+    assert_eq!(
+        record["outcome"],
+        serde_json::json!({"status": "requests", "count": 2})
+    );
+    assert_eq!(record["for"]["items"], 2);
+    let requests = record["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 2);
+    let line_item = requests[1]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["pointer"] == "/data/attributes/properties/LineItemId")
+        .unwrap();
+    assert_eq!(line_item["template"], "{{ line.legacyId | string }}");
+    assert_eq!(line_item["chain"][0]["kind"], "fan-out");
+    assert_eq!(line_item["chain"][1]["source"], "$.lineItems[*]");
+    assert_eq!(
+        requests[1]["body"]["data"]["attributes"]["properties"]["LineItemId"],
+        line_item["value"]
+    );
+    let selections = record["selections"].as_array().unwrap();
+    assert!(
+        selections
+            .iter()
+            .any(|s| s["name"] == "lines" && s["how"] == "matched" && s["count"] == 2)
+    );
+}
+
+#[test]
+fn explain_points_at_the_field_that_failed_to_render() {
+    let first = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let first = first.lines().next().unwrap();
+    let broken = first.replace("\"2026-03-14T10:15:30+11:00\"", "\"abc\"");
+    assert_ne!(broken, first);
+    let output = marketsync()
+        .args(["explain", "--mapping", "placed-order", "-"])
+        .write_stdin(broken)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "result   rejected (render-error): body/data/attributes/time: invalid operation: iso8601",
+        ))
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let time = line_starting(&stdout, "data.attributes.time ");
+    assert_eq!(
+        time,
+        "data.attributes.time FAILED (see result) ← {{ created_at | iso8601 }} ← created_at = $.order.createdAt"
+    );
 }

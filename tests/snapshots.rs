@@ -40,3 +40,26 @@ fn default_mappings_over_sample_deliveries() {
         });
     });
 }
+
+/// `marketsync explain` in a terminal, for one mapping over one sample delivery: a change to
+/// the report (or to what it explains) shows up as a diff here.
+#[test]
+fn explain_human_output() {
+    for (mapping, input) in [
+        ("placed-order", "examples/orders.ndjson"),
+        ("refunded-order", "examples/refund.json"),
+    ] {
+        let output = assert_cmd::Command::cargo_bin("marketsync")
+            .unwrap()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["explain", "--mapping", mapping, input])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let name = format!("{mapping}@{}", input.rsplit('/').next().unwrap());
+        insta::with_settings!({snapshot_path => "../snapshots/explain", prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(name, stdout);
+        });
+    }
+}

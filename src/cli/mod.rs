@@ -4,6 +4,7 @@
 //! constant here and the README lists them.
 
 mod config;
+mod explain;
 mod init;
 mod report;
 mod retry;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
 /// `run`: at least one delivery or mapping was rejected. `validate`: problems were found.
+/// `explain`: the mapping did not match, was rejected or produced no request.
 pub const EXIT_REJECTED: u8 = 1;
 /// The command line was wrong (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
@@ -38,7 +40,8 @@ pub const EXIT_KEY_REFUSED: u8 = 5;
     name = "marketsync",
     version,
     about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
-    after_help = "Exit codes: 0 ok, 1 records rejected (run) or problems found (validate), \
+    after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate) or no \
+                  request (explain), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
                   5 Klaviyo refused the API key."
 )]
@@ -55,6 +58,7 @@ enum Command {
     Diff(config::DiffArgs),
     Init(init::Args),
     Run(run::Args),
+    Explain(explain::Args),
     Status(status::Args),
     Retry(retry::Args),
     Schemas(schemas::Args),
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => config::diff_clients(args),
         Command::Init(args) => init::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Explain(args) => explain::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),
         Command::Schemas(args) => schemas::execute(args),

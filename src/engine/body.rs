@@ -6,21 +6,34 @@
 //! left out of its object, and an object left empty by that goes too: Klaviyo clears a profile
 //! field that is sent as null, so "unknown" must mean "not sent".
 
+use super::watch::{Segment, Watch};
 use minijinja::value::Value;
 use minijinja::{Expression, Template};
 use serde_json::Value as Json;
 
-/// One node of a compiled body.
+/// One node of a compiled body. Expressions and templates keep the text they were written as
+/// and the top-level names they read, for `explain`.
 pub enum Node<'env> {
     Literal(Json),
-    Expression(Expression<'env, 'static>),
-    Template(Template<'env, 'env>),
+    Expression {
+        expr: Expression<'env, 'static>,
+        /// The leaf as written, `{{ ... }}` included.
+        source: String,
+        reads: Vec<String>,
+    },
+    Template {
+        template: Template<'env, 'env>,
+        reads: Vec<String>,
+    },
     List(Vec<Node<'env>>),
     Map(Vec<(String, Node<'env>)>),
     /// `$for: NAME in EXPRESSION` with `$yield: NODE`: one element per item, in order.
     For {
         var: String,
         items: Expression<'env, 'static>,
+        /// The items expression as written.
+        source: String,
+        reads: Vec<String>,
         element: Box<Node<'env>>,
     },
 }
@@ -75,60 +88,111 @@ pub fn to_json(value: &Value) -> Result<Json, RenderError> {
 }
 
 impl Node<'_> {
-    /// Renders the node in `ctx`; `None` means "leave this out".
-    pub fn render(&self, ctx: &Value) -> Result<Option<Json>, RenderError> {
+    /// Renders the node in `ctx`; `None` means "leave this out". `watch` hears what each leaf
+    /// gave (`()` for a plain render).
+    pub fn render_watched<W: Watch>(
+        &self,
+        ctx: &Value,
+        watch: &mut W,
+    ) -> Result<Option<Json>, RenderError> {
         match self {
-            Node::Literal(json) => Ok(Some(json.clone())),
-            Node::Expression(expr) => {
-                let value = expr.eval(ctx.clone()).map_err(failed)?;
+            Node::Literal(json) => {
+                watch.leaf(self, Some(json));
+                Ok(Some(json.clone()))
+            }
+            Node::Expression { expr, .. } => {
+                let value = expr
+                    .eval(ctx.clone())
+                    .map_err(|e| watch.leaf_failed(self, failed(e)))?;
                 if is_empty(&value) {
+                    watch.leaf(self, None);
                     return Ok(None);
                 }
-                to_json(&value).map(Some)
+                let json = to_json(&value).map_err(|e| watch.leaf_failed(self, e))?;
+                watch.leaf(self, Some(&json));
+                Ok(Some(json))
             }
-            Node::Template(template) => {
-                let text = template.render(ctx).map_err(failed)?;
-                Ok((!text.is_empty()).then_some(Json::String(text)))
+            Node::Template { template, .. } => {
+                let text = template
+                    .render(ctx)
+                    .map_err(|e| watch.leaf_failed(self, failed(e)))?;
+                let json = (!text.is_empty()).then_some(Json::String(text));
+                watch.leaf(self, json.as_ref());
+                Ok(json)
             }
             Node::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(json) = item.render(ctx).map_err(|e| e.at(&i.to_string()))? {
+                    watch.enter(Segment::Index(out.len()));
+                    let rendered = item
+                        .render_watched(ctx, watch)
+                        .map_err(|e| e.at(&i.to_string()))?;
+                    watch.leave();
+                    if let Some(json) = rendered {
                         out.push(json);
                     }
                 }
-                Ok(Some(Json::Array(out)))
+                let out = Json::Array(out);
+                if items.is_empty() {
+                    watch.leaf(self, Some(&out));
+                }
+                Ok(Some(out))
             }
             Node::Map(entries) => {
                 let mut out = serde_json::Map::with_capacity(entries.len());
                 for (key, node) in entries {
-                    if let Some(json) = node.render(ctx).map_err(|e| e.at(key))? {
+                    watch.enter(Segment::Key(key));
+                    let rendered = node.render_watched(ctx, watch).map_err(|e| e.at(key))?;
+                    watch.leave();
+                    if let Some(json) = rendered {
                         out.insert(key.clone(), json);
                     }
                 }
                 if out.is_empty() && !entries.is_empty() {
                     return Ok(None);
                 }
-                Ok(Some(Json::Object(out)))
+                let out = Json::Object(out);
+                if entries.is_empty() {
+                    watch.leaf(self, Some(&out));
+                }
+                Ok(Some(out))
             }
             Node::For {
                 var,
                 items,
                 element,
+                ..
             } => {
-                let list = items.eval(ctx.clone()).map_err(failed)?;
+                let list = items
+                    .eval(ctx.clone())
+                    .map_err(|e| watch.leaf_failed(self, failed(e)))?;
                 if is_empty(&list) {
-                    return Ok(Some(Json::Array(Vec::new())));
+                    let out = Json::Array(Vec::new());
+                    watch.leaf(self, Some(&out));
+                    return Ok(Some(out));
                 }
-                let iter = list.try_iter().map_err(failed)?;
+                let iter = list
+                    .try_iter()
+                    .map_err(|e| watch.leaf_failed(self, failed(e)))?;
                 let mut out = Vec::new();
+                watch.enter_for(self);
                 for (i, item) in iter.enumerate() {
                     let scope = super::scope::bind(ctx, var, item);
-                    if let Some(json) = element.render(&scope).map_err(|e| e.at(&i.to_string()))? {
+                    watch.enter(Segment::Index(out.len()));
+                    let rendered = element
+                        .render_watched(&scope, watch)
+                        .map_err(|e| e.at(&i.to_string()))?;
+                    watch.leave();
+                    if let Some(json) = rendered {
                         out.push(json);
                     }
                 }
-                Ok(Some(Json::Array(out)))
+                watch.leave_for();
+                let out = Json::Array(out);
+                if out.as_array().is_some_and(Vec::is_empty) {
+                    watch.leaf(self, Some(&out));
+                }
+                Ok(Some(out))
             }
         }
     }

@@ -9,7 +9,7 @@
 use super::body::Node;
 use super::callables::{Callable, callables};
 use super::select::{Cardinality, Condition, Path, Selection};
-use super::{CONTEXT_NAMES, Compiled, Engine, Mapping, filters};
+use super::{CONTEXT_NAMES, Compiled, Engine, Expr, Mapping, filters};
 use crate::diagnostic::{Diagnostics, Files, Position, SourceFile};
 use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
@@ -39,7 +39,8 @@ impl Src {
 /// A body node after the first pass: templates registered by name, expressions still text.
 enum PlanNode {
     Literal(Json),
-    Expression(Src),
+    /// The expression inside, and the leaf as written (`{{ ... }}` included).
+    Expression(Src, String),
     Template(String, Position),
     List(Vec<PlanNode>),
     Map(Vec<(String, PlanNode)>),
@@ -438,7 +439,7 @@ fn plan(
 /// Where the body leaf at `path` (keys) was written, if there is a value there.
 fn leaf_position(node: &PlanNode, path: &[&str]) -> Option<Position> {
     match (node, path) {
-        (PlanNode::Expression(src), []) => Some(src.position),
+        (PlanNode::Expression(src, _), []) => Some(src.position),
         (PlanNode::Template(_, position), []) => Some(*position),
         (PlanNode::Literal(json), []) if !json.is_null() => Some(Position::default()),
         (PlanNode::Map(entries), [key, rest @ ..]) => entries
@@ -780,10 +781,13 @@ fn plan_body(
         BodyNode::Number(n) => PlanNode::Literal(Json::Number(n.clone())),
         BodyNode::String(text) => {
             if let Some(expr) = single_expression(text) {
-                return PlanNode::Expression(Src {
-                    text: expr.to_owned(),
-                    position,
-                });
+                return PlanNode::Expression(
+                    Src {
+                        text: expr.to_owned(),
+                        position,
+                    },
+                    text.clone(),
+                );
             }
             if !is_template(text) {
                 return PlanNode::Literal(Json::String(text.clone()));
@@ -961,9 +965,15 @@ fn build<'env>(
         .compile_expression_owned(src.text.clone())
     {
         Ok(expr) => {
-            scope.check(expr.undeclared_variables(false), src.position, reporter);
+            let used = expr.undeclared_variables(false);
+            let reads = in_order(&used, &src.text);
+            scope.check(used, src.position, reporter);
             check_callables(env, &src.text, true, src.position, reporter);
-            Some(expr)
+            Some(Expr {
+                expr,
+                source: src.text.clone(),
+                reads,
+            })
         }
         Err(e) => {
             reporter.error(
@@ -1045,6 +1055,25 @@ fn build<'env>(
     })
 }
 
+/// Names a template or expression reads, in the order they first appear in its source (so
+/// `a or b` lists `a` first).
+fn in_order(names: &HashSet<String>, source: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let first = |name: &str| {
+        source
+            .match_indices(name)
+            .find(|(at, _)| {
+                let before = source[..*at].chars().next_back();
+                let after = source[at + name.len()..].chars().next();
+                !before.is_some_and(|c| is_ident(c) || c == '.') && !after.is_some_and(is_ident)
+            })
+            .map_or(usize::MAX, |(at, _)| at)
+    };
+    let mut names: Vec<(usize, String)> = names.iter().map(|n| (first(n), n.clone())).collect();
+    names.sort();
+    names.into_iter().map(|(_, name)| name).collect()
+}
+
 fn build_body<'env, F>(
     node: &PlanNode,
     env: &'env Environment<'static>,
@@ -1053,16 +1082,25 @@ fn build_body<'env, F>(
     reporter: &mut Reporter<'_>,
 ) -> Option<Node<'env>>
 where
-    F: FnMut(&Src, &Scope<'_>, &mut Reporter<'_>) -> Option<minijinja::Expression<'env, 'static>>,
+    F: FnMut(&Src, &Scope<'_>, &mut Reporter<'_>) -> Option<Expr<'env>>,
 {
     Some(match node {
         PlanNode::Literal(json) => Node::Literal(json.clone()),
-        PlanNode::Expression(src) => Node::Expression(expression(src, scope, reporter)?),
+        PlanNode::Expression(src, leaf) => {
+            let Expr { expr, reads, .. } = expression(src, scope, reporter)?;
+            Node::Expression {
+                expr,
+                source: leaf.clone(),
+                reads,
+            }
+        }
         PlanNode::Template(name, position) => {
             let template = env.get_template(name).ok()?;
-            scope.check(template.undeclared_variables(false), *position, reporter);
+            let used = template.undeclared_variables(false);
+            let reads = in_order(&used, template.source());
+            scope.check(used, *position, reporter);
             check_callables(env, template.source(), false, *position, reporter);
-            Node::Template(template)
+            Node::Template { template, reads }
         }
         PlanNode::List(items) => {
             let built: Vec<Option<Node<'env>>> = items
@@ -1087,9 +1125,16 @@ where
         } => {
             let items = expression(items, scope, reporter);
             let element = build_body(element, env, &scope.with(var), expression, reporter);
+            let Expr {
+                expr,
+                source,
+                reads,
+            } = items?;
             Node::For {
                 var: var.clone(),
-                items: items?,
+                items: expr,
+                source,
+                reads,
                 element: Box::new(element?),
             }
         }

@@ -13,9 +13,11 @@
 mod body;
 mod callables;
 mod compile;
+pub mod explain;
 pub mod filters;
 mod scope;
 pub mod select;
+mod watch;
 
 use crate::diagnostic::Diagnostics;
 use crate::klaviyo::{Coalesce, Endpoint, Request, Schemas, WaitsFor};
@@ -29,6 +31,9 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use watch::Watch;
+
+pub use explain::Explanation;
 
 /// Names every template can read, besides selections and computed values.
 pub const CONTEXT_NAMES: &[&str] = &[
@@ -60,14 +65,21 @@ pub(crate) struct Mapping<'env> {
     events: Vec<String>,
     conditions: Vec<Condition>,
     selections: Vec<Selection>,
-    compute: Vec<(String, Expression<'env, 'static>)>,
-    when: Option<Expression<'env, 'static>>,
+    compute: Vec<(String, Expr<'env>)>,
+    when: Option<Expr<'env>>,
     require: Vec<String>,
-    for_each: Option<(String, Expression<'env, 'static>)>,
+    for_each: Option<(String, Expr<'env>)>,
     once_per: Option<Template<'env, 'env>>,
     waits_for: Option<(Arc<str>, Template<'env, 'env>)>,
     coalesce: Option<(Template<'env, 'env>, Template<'env, 'env>)>,
     body: Node<'env>,
+}
+
+/// A compiled expression, with its text and the top-level names it reads (for `explain`).
+pub(crate) struct Expr<'env> {
+    expr: Expression<'env, 'static>,
+    source: String,
+    reads: Vec<String>,
 }
 
 /// A compiled mapping set, ready to map records.
@@ -250,6 +262,16 @@ impl Mapping<'_> {
         globals: &Globals<'_>,
         schemas: &Schemas,
     ) -> Result<Vec<Request>, MappingError> {
+        self.apply_watched(globals, schemas, &mut ())
+    }
+
+    /// [`Mapping::apply`], telling `watch` what each step gave.
+    fn apply_watched<W: Watch>(
+        &self,
+        globals: &Globals<'_>,
+        schemas: &Schemas,
+        watch: &mut W,
+    ) -> Result<Vec<Request>, MappingError> {
         let record = globals.record;
         let mut context: BTreeMap<String, Value> = BTreeMap::new();
         context.insert("settings".into(), globals.settings.clone());
@@ -260,11 +282,13 @@ impl Mapping<'_> {
         context.insert("type".into(), Value::from(record.typename.as_str()));
 
         let mut picked: Vec<Json> = Vec::with_capacity(self.selections.len());
-        for selection in &self.selections {
+        for (index, selection) in self.selections.iter().enumerate() {
             let root = selection.from.map_or(&record.node, |i| &picked[i]);
-            let value = selection
-                .pick(root)
-                .map_err(|e| self.error(MappingErrorKind::Missing, e.to_string()))?;
+            let (value, how) = selection.pick_how(root).map_err(|e| {
+                watch.select_failed(index, &e);
+                self.error(MappingErrorKind::Missing, e.to_string())
+            })?;
+            watch.selected(index, &value, how);
             context.insert(
                 selection.name.clone(),
                 Value::from(minijinja::value::Serde(&value)),
@@ -272,23 +296,29 @@ impl Mapping<'_> {
             picked.push(value);
         }
         let mut ctx = Value::from(context);
-        for (name, expr) in &self.compute {
+        for (index, (name, expr)) in self.compute.iter().enumerate() {
             let value = expr
+                .expr
                 .eval(ctx.clone())
                 .map_err(|e| self.render_error(&format!("compute `{name}`"), &e))?;
+            watch.computed(index, &value, &ctx);
             ctx = scope::bind(&ctx, name, value);
         }
         if let Some(when) = &self.when {
             let holds = when
+                .expr
                 .eval(ctx.clone())
                 .map_err(|e| self.render_error("when", &e))?;
+            watch.when(holds.is_true());
             if !holds.is_true() {
                 return Ok(Vec::new());
             }
         }
         for name in &self.require {
             let value = ctx.get_attr(name).unwrap_or_default();
-            if body::is_empty(&value) {
+            let empty = body::is_empty(&value);
+            watch.required(name, empty);
+            if empty {
                 return Err(self.error(
                     MappingErrorKind::Missing,
                     format!("required value `{name}` is empty"),
@@ -299,20 +329,24 @@ impl Mapping<'_> {
             None => vec![ctx],
             Some((var, items)) => {
                 let list = items
+                    .expr
                     .eval(ctx.clone())
                     .map_err(|e| self.render_error("for", &e))?;
-                if body::is_empty(&list) {
+                let contexts: Vec<Value> = if body::is_empty(&list) {
                     Vec::new()
                 } else {
                     list.try_iter()
                         .map_err(|e| self.render_error("for", &e))?
                         .map(|item| scope::bind(&ctx, var, item))
                         .collect()
-                }
+                };
+                watch.fanned_out(contexts.len());
+                contexts
             }
         };
         let mut requests = Vec::with_capacity(contexts.len());
         for ctx in contexts {
+            watch.request_started(&ctx);
             let key = |template: &Template<'_, '_>, what: &str| {
                 template
                     .render(&ctx)
@@ -339,7 +373,7 @@ impl Mapping<'_> {
             };
             let body = self
                 .body
-                .render(&ctx)
+                .render_watched(&ctx, watch)
                 .map_err(|e| {
                     self.error(
                         MappingErrorKind::Render,
@@ -347,6 +381,7 @@ impl Mapping<'_> {
                     )
                 })?
                 .unwrap_or(Json::Null);
+            watch.body_rendered(&body);
             schemas.check(self.endpoint, &body).map_err(|problems| {
                 self.error(
                     MappingErrorKind::Schema,
@@ -358,7 +393,7 @@ impl Mapping<'_> {
                     ),
                 )
             })?;
-            requests.push(Request {
+            let request = Request {
                 endpoint: self.endpoint,
                 body,
                 mapping: Arc::clone(&self.name),
@@ -367,7 +402,9 @@ impl Mapping<'_> {
                 once_key,
                 waits_for,
                 coalesce,
-            });
+            };
+            watch.request_done(&request);
+            requests.push(request);
         }
         Ok(requests)
     }

@@ -112,9 +112,28 @@ impl std::fmt::Display for SelectError {
     }
 }
 
+/// How a selection found its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Picked {
+    /// The path matched one value.
+    Matched,
+    /// A `many` selection: the path matched this many values.
+    MatchedMany(usize),
+    /// The path matched nothing, so the `default` was used.
+    Default,
+    /// An `optional` selection whose path matched nothing: `none`.
+    OptionalNone,
+}
+
 impl Selection {
     /// Picks this selection's value from `root`. A JSON `null` counts as missing.
     pub fn pick(&self, root: &Json) -> Result<Json, SelectError> {
+        self.pick_how(root).map(|(value, _)| value)
+    }
+
+    /// [`Selection::pick`], saying how the value was found.
+    pub fn pick_how(&self, root: &Json) -> Result<(Json, Picked), SelectError> {
         let found: Vec<&Json> = self
             .path
             .nodes(root)
@@ -122,12 +141,16 @@ impl Selection {
             .filter(|v| !v.is_null())
             .collect();
         if let Cardinality::Many = self.cardinality {
-            return Ok(Json::Array(found.into_iter().cloned().collect()));
+            let count = found.len();
+            return Ok((
+                Json::Array(found.into_iter().cloned().collect()),
+                Picked::MatchedMany(count),
+            ));
         }
         match (found.as_slice(), &self.cardinality) {
-            ([one], _) => Ok((*one).clone()),
-            ([], Cardinality::Optional) => Ok(Json::Null),
-            ([], Cardinality::Default(value)) => Ok(value.clone()),
+            ([one], _) => Ok(((*one).clone(), Picked::Matched)),
+            ([], Cardinality::Optional) => Ok((Json::Null, Picked::OptionalNone)),
+            ([], Cardinality::Default(value)) => Ok((value.clone(), Picked::Default)),
             ([], _) => Err(SelectError::Missing {
                 field: self.name.clone(),
                 path: self.path.text.clone(),
@@ -157,6 +180,24 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// The condition as a reader would write it: `$.status equals "REFUNDED"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Condition::Equals(path, value) => format!("{} equals {value}", path.text),
+            Condition::OneOf(path, values) => {
+                let values: Vec<String> = values.iter().map(Json::to_string).collect();
+                format!("{} one of [{}]", path.text, values.join(", "))
+            }
+            Condition::Contains(path, value) => format!("{} contains {value}", path.text),
+            Condition::Exists(path, true) => format!("{} exists", path.text),
+            Condition::Exists(path, false) => format!("{} does not exist", path.text),
+            Condition::Any(alternatives) => {
+                let each: Vec<String> = alternatives.iter().map(Condition::describe).collect();
+                format!("any of: {}", each.join("; "))
+            }
+        }
+    }
+
     pub fn holds(&self, root: &Json) -> bool {
         match self {
             Condition::Equals(path, expected) => {
