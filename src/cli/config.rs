@@ -57,12 +57,15 @@ pub fn diff_clients(args: DiffArgs) -> u8 {
         eprintln!("error: give exactly two clients: --client A --client B");
         return super::EXIT_USAGE;
     };
+    // Each client's own folder is written `<client>` so the file headers do not all differ.
     let load = |client: &String| {
-        effective(&MappingArgs {
+        let mappings = MappingArgs {
             mappings: args.mappings.clone(),
             client: Some(client.clone()),
             clients: args.clients_dir.clone(),
-        })
+        };
+        let folder = mappings.client_dir(client).display().to_string();
+        effective(&mappings).map(|text| text.replace(&folder, "<client>"))
     };
     let (left, right) = match (load(a), load(b)) {
         (Ok(left), Ok(right)) => (left, right),

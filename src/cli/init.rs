@@ -65,7 +65,11 @@ pub fn execute(args: Args) -> u8 {
     let sample = marketsync::spec::builtin_example("orders.ndjson")
         .and_then(|text| text.lines().next())
         .expect("the built-in examples hold orders.ndjson");
-    let sample: serde_json::Value = serde_json::from_str(sample).expect("the sample is JSON");
+    let mut sample: serde_json::Value = serde_json::from_str(sample).expect("the sample is JSON");
+    // The sample arrives as if from the client's own vertical, so its keys read like theirs.
+    if let Some(vertical) = sample.pointer_mut("/headers/Marketplacer-Vertical") {
+        *vertical = serde_json::Value::String(marketplace.clone());
+    }
     let files = [
         (
             dir.join("client.yaml"),

@@ -11,7 +11,7 @@ use marketsync::sync::queued;
 #[command(after_help = "Examples:
   marketsync retry                                   # every dead letter
   marketsync retry --category duplicate-profile
-  marketsync retry --mapping profile --mappings clients/acme/mappings
+  marketsync retry --mapping profile --client acme
 
 A letter whose delivery still fails to map stays a dead letter, with the new reason printed.")]
 pub struct Args {
