@@ -732,3 +732,21 @@ fn explain_points_at_the_field_that_failed_to_render() {
         "data.attributes.time FAILED (see result) ← {{ created_at | iso8601 }} ← created_at = $.order.createdAt"
     );
 }
+
+#[test]
+fn output_cut_short_by_a_closed_pipe_ends_quietly() {
+    use std::process::{Command, Stdio};
+    // As `marketsync config | head -0`: the reader is gone before the first line is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marketsync"))
+        .arg("config")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}

@@ -690,9 +690,19 @@ fn status_reports_depths_ages_letters_successes_and_exceptions() {
         .unwrap();
     let sent = due_all(&store, "transaction")[0].id;
     store.mark_sent(&[sent], 202, 6_000).unwrap();
-    store.flag_exception(sent, "hold-expired", 6_000).unwrap();
+    assert!(
+        store
+            .flag_exception(sent, "sent-after-hold", 6_000)
+            .unwrap()
+    );
+    // Tried again (an outage, say): still one exception, not one per attempt.
+    assert!(
+        !store
+            .flag_exception(sent, "sent-after-hold", 7_000)
+            .unwrap()
+    );
     assert!(matches!(
-        store.flag_exception(404, "hold-expired", 6_000),
+        store.flag_exception(404, "sent-after-hold", 6_000),
         Err(StoreError::NotFound { .. })
     ));
 
@@ -725,13 +735,13 @@ fn reopening_keeps_rows_and_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = file_store(dir.path());
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
         store
             .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
             .unwrap();
     }
     let mut store = file_store(dir.path());
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     assert_eq!(store.pending_count("transaction", None).unwrap(), 1);
     assert!(
         store

@@ -416,8 +416,9 @@ impl Sink {
         let now = now_ms();
         let held_for = Duration::from_millis((now - row.created_at).max(0) as u64);
         if held_for >= self.config.hold {
-            store.flag_exception(row.id, "sent-after-hold", now)?;
-            self.report.lock().expect("report lock").sent_after_hold += 1;
+            if store.flag_exception(row.id, "sent-after-hold", now)? {
+                self.report.lock().expect("report lock").sent_after_hold += 1;
+            }
             return Ok(true);
         }
         let recheck = (self.config.hold - held_for).min(Duration::from_millis(200));

@@ -168,15 +168,16 @@ impl Store {
         unless_superseded(&self.conn, id, changed)
     }
 
-    /// Notes that a row was sent out of the ordinary (`kind`, e.g. `hold-expired`: sent after
-    /// its ordering hold ran out), for the exceptions report.
-    pub fn flag_exception(&mut self, id: i64, kind: &str, now: i64) -> Result<(), StoreError> {
+    /// Notes that a row was sent out of the ordinary (`kind`, e.g. `sent-after-hold`: sent
+    /// after its ordering hold ran out), for the exceptions report. A row is flagged once per
+    /// kind, however often it is tried; returns whether this call flagged it.
+    pub fn flag_exception(&mut self, id: i64, kind: &str, now: i64) -> Result<bool, StoreError> {
         state_of(&self.conn, id)?;
-        self.conn.execute(
-            "INSERT INTO exception (outbox_id, kind, flagged_at) VALUES (?1, ?2, ?3)",
+        let added = self.conn.execute(
+            "INSERT OR IGNORE INTO exception (outbox_id, kind, flagged_at) VALUES (?1, ?2, ?3)",
             params![id, kind, now],
         )?;
-        Ok(())
+        Ok(added == 1)
     }
 }
 

@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: inbox, outbox, ledger, watermark, consent, dead letters, exceptions.
 const V1: &str = r#"
@@ -109,6 +109,14 @@ CREATE TABLE exception (
     kind        TEXT    NOT NULL,
     flagged_at  INTEGER NOT NULL
 ) STRICT;
+"#;
+
+/// Version 2: an exception is one fact about one request, however often the request is tried
+/// (a held Fulfilled Order retried through an outage was counted once per attempt).
+const V2: &str = r#"
+DELETE FROM exception
+ WHERE id NOT IN (SELECT MIN(id) FROM exception GROUP BY outbox_id, kind);
+CREATE UNIQUE INDEX exception_once ON exception (outbox_id, kind);
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
