@@ -56,6 +56,8 @@ impl Workspace {
 }
 
 const CLIENT: &str = "\
+rate_limits:
+  /api/events: { burst: 10, steady: 100 }
 marketplaces:
   petmarket: { currency: AUD }
   petmarket-nz: { currency: NZD }
@@ -177,6 +179,12 @@ fn client_settings_choose_currency_by_marketplace_and_add_profile_attributes() {
     let ws = Workspace::new();
     ws.write("clients/acme/client.yaml", CLIENT);
     let (engine, _) = ws.engine("acme").unwrap();
+    assert_eq!(
+        engine.settings().klaviyo_api_key_env.as_deref(),
+        Some("ACME_KLAVIYO_API_KEY")
+    );
+    let events = engine.settings().rate_limits["/api/events"];
+    assert_eq!((events.burst, events.steady), (10, 100));
     // A delivery from the NZ vertical is valued in NZD.
     let text = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
     let nz = text.lines().next().unwrap().replace(
@@ -570,4 +578,52 @@ fn paths_marketplacer_never_sends_are_warned_about_at_their_line() {
         .stdout(predicate::str::contains(
             "::warning file=clients/acme/mappings/placed-order.yaml,line=3,col=9::",
         ));
+}
+
+#[test]
+fn tests_take_inline_deliveries_whole_bodies_endpoints_and_expected_rejections() {
+    let ws = Workspace::new();
+    let delivery = fs::read_to_string(common::repo("examples/refund.json")).unwrap();
+    let delivery: Value = serde_json::from_str(&delivery).unwrap();
+    // The whole body the base mapping makes of it, to expect in full.
+    let body = {
+        let records = marketsync::source::parse_delivery(&delivery.to_string()).unwrap();
+        common::engine()
+            .map(&records[0])
+            .requests
+            .into_iter()
+            .find(|r| &*r.mapping == "refunded-order")
+            .unwrap()
+            .body
+    };
+    let mut no_email = delivery.clone();
+    no_email["body"]["payload"]["data"]["node"]["invoice"]["order"]
+        .as_object_mut()
+        .unwrap()
+        .remove("emailAddress");
+    let overlay = serde_json::json!({
+        "overlay": "refunded-order",
+        "tests": [
+            {"name": "inline, whole body", "delivery": delivery,
+             "expect": [{"endpoint": "POST /api/events", "body": body}]},
+            {"name": "no email is rejected", "delivery": no_email,
+             "error": "required field `email` is missing"},
+            {"name": "a rejection not expected fails", "delivery": no_email, "expect": []},
+        ]
+    });
+    // JSON is YAML: the overlay is written as one JSON document.
+    ws.write("clients/acme/client.yaml", CLIENT).write(
+        "clients/acme/mappings/refunded-order.yaml",
+        &overlay.to_string(),
+    );
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("ok    refunded-order › inline, whole body"))
+        .stdout(predicate::str::contains("ok    refunded-order › no email is rejected"))
+        .stdout(predicate::str::contains(
+            "test `a rejection not expected fails` of `refunded-order`: the mapping rejected the delivery: required field `email` is missing",
+        ))
+        .stderr(predicate::str::contains("10 passed, 1 failed"));
 }
