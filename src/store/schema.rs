@@ -191,12 +191,42 @@ mod tests {
     }
 
     #[test]
+    fn version_2_keeps_one_exception_per_request_and_kind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &[V1]).unwrap();
+        // Exceptions alone, without their outbox rows: only the index is under test.
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        for (outbox_id, kind) in [
+            (1, "sent-after-hold"),
+            (1, "sent-after-hold"),
+            (1, "phone-removed"),
+            (2, "sent-after-hold"),
+        ] {
+            conn.execute(
+                "INSERT INTO exception (outbox_id, kind, flagged_at) VALUES (?1, ?2, 0)",
+                rusqlite::params![outbox_id, kind],
+            )
+            .unwrap();
+        }
+        assert_eq!(migrate(&mut conn, &[V1, V2]).unwrap(), 2);
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM exception", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3);
+        let again = conn.execute(
+            "INSERT OR IGNORE INTO exception (outbox_id, kind, flagged_at) VALUES (1, 'sent-after-hold', 9)",
+            [],
+        );
+        assert_eq!(again.unwrap(), 0);
+    }
+
+    #[test]
     fn a_newer_file_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 1 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 2 })
         ));
     }
 }
