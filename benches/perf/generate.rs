@@ -1,0 +1,1161 @@
+//! Writes realistic Marketplacer webhook deliveries as NDJSON for the performance benchmark
+//! (`benches/perf/run.sh`), deterministically from a seed.
+//!
+//! ```sh
+//! cargo run --release --example generate-deliveries -- --seed 42 --size 100MB --out FILE
+//! cargo run --release --example generate-deliveries -- --seed 42 --count 1000 > FILE
+//! ```
+//!
+//! Each line is a capture as a receiver stores it (`{"received_at", "headers", "body"}`, the
+//! marketplace in the `Marketplacer-Vertical` header), whose body is the webhook envelope
+//! `{"id", "event_name", "payload": {"data": {"node"}}}` with the node shaped by
+//! `../shared/reference/marketplacer/modelled/webhook-queries.graphql`:
+//!
+//! - about 70% Invoice captures of multi-seller orders: 1 to 3 sellers, 1 to 3 lines each, one
+//!   invoice per seller, each carrying the whole order. About 4% of orders are unpaid (payment
+//!   under review: nothing to map); about 4% of invoice deliveries are `update`s of an earlier
+//!   paid invoice and 1% exact redeliveries (same envelope id), so "once per key" has work to do;
+//! - about 20% Shipments and 10% RefundRequests of recent paid orders (some still awaiting
+//!   approval, some cancelling lines before dispatch).
+//!
+//! Line items are 5 to 7 KB each, as adverts are in practice: besides the modelled
+//! `LineItemFields`, `variant.advert` carries the Advert's `description`, `productFeatures`,
+//! `images` and `metadata` (fields of `Advert` in `marketplacer.graphqls`), which an operator's
+//! query may select and the default mappings ignore. Names are non-ASCII where people's are
+//! (Zoë Ångström, Łukasz, 王芳); titles carry emoji and the characters JSON must escape.
+//! Emails are ASCII but arrive in mixed case and with stray spaces, as checkout forms send them.
+//!
+//! Every order is rebuilt from `(seed, order number)` alone, so shipments and refunds of earlier
+//! orders need no memory of them: the output is streamed with constant memory whatever its size.
+
+// The invoice node is one large `json!` literal, deeper than the macro's default limit.
+#![recursion_limit = "256"]
+
+use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, TimeZone, Utc};
+use clap::Parser;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Writes realistic Marketplacer webhook deliveries (NDJSON) from a seed")]
+struct Args {
+    /// Seed of the generator: the same seed and size give byte-identical output.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop once this much has been written: 100MB, 1GB, 512KB (powers of 1000), 1GiB, or bytes.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Stop after this many deliveries.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Output file; standard output when left out.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The marketplace (vertical) named in every capture's `Marketplacer-Vertical` header.
+    #[arg(long, default_value = "petmarket")]
+    marketplace: String,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let factor: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    Ok((number * factor) as u64)
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let limit_bytes = match (args.size, args.count) {
+        (None, None) => Some(100_000_000),
+        (size, _) => size,
+    };
+    let sink: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(std::fs::File::create(path)?),
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut out = Counting {
+        inner: BufWriter::with_capacity(1 << 20, sink),
+        bytes: 0,
+    };
+    let mut generator = Generator::new(args.seed, args.marketplace);
+    let mut kinds = [0u64; 6];
+    let mut deliveries = 0u64;
+    while limit_bytes.is_none_or(|limit| out.bytes < limit)
+        && args.count.is_none_or(|count| deliveries < count)
+    {
+        let (kind, delivery) = generator.next_delivery();
+        serde_json::to_writer(&mut out, &delivery)?;
+        out.write_all(b"\n")?;
+        kinds[kind as usize] += 1;
+        deliveries += 1;
+    }
+    out.flush()?;
+    eprintln!(
+        "wrote {deliveries} deliveries, {} bytes: {} paid invoices, {} unpaid, {} invoice updates, {} redeliveries, {} shipments, {} refund requests",
+        out.bytes, kinds[0], kinds[1], kinds[2], kinds[3], kinds[4], kinds[5]
+    );
+    Ok(())
+}
+
+/// A writer that counts what passes through it, so the size limit needs no `stat`.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    PaidInvoice,
+    UnpaidInvoice,
+    InvoiceUpdate,
+    Redelivery,
+    Shipment,
+    Refund,
+}
+
+/// A paid invoice delivered earlier, remembered (by numbers only) so that shipments, refunds,
+/// updates and redeliveries can refer to it.
+#[derive(Clone, Copy)]
+struct Delivered {
+    order: u64,
+    invoice: usize,
+    sequence: u64,
+    received: DateTime<Utc>,
+    /// When its order was placed, so a rebuilt order carries the same times.
+    placed: DateTime<Utc>,
+}
+
+/// How many recent paid invoices later events pick from: bounds memory, keeps events plausible
+/// (a shipment follows its order within hours, not months).
+const RECENT: usize = 2048;
+
+struct Generator {
+    seed: u64,
+    marketplace: String,
+    rng: Xoshiro256PlusPlus,
+    clock: DateTime<Utc>,
+    sequence: u64,
+    next_order: u64,
+    /// The order whose invoices are being delivered, and the next of them.
+    current: Option<(Order, usize)>,
+    recent: VecDeque<Delivered>,
+    next_shipment: u64,
+    next_refund: u64,
+}
+
+impl Generator {
+    fn new(seed: u64, marketplace: String) -> Generator {
+        Generator {
+            seed,
+            marketplace,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            clock: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
+            sequence: 40_000,
+            next_order: 0,
+            current: None,
+            recent: VecDeque::with_capacity(RECENT),
+            next_shipment: 60_000,
+            next_refund: 70_000,
+        }
+    }
+
+    fn next_delivery(&mut self) -> (Kind, Value) {
+        self.clock += Duration::milliseconds(self.rng.random_range(2_000..40_000));
+        self.sequence += 1;
+        let draw: f64 = self.rng.random();
+        if self.recent.is_empty() || draw < 0.70 {
+            let draw: f64 = self.rng.random();
+            if draw < 0.04 && !self.recent.is_empty() {
+                return (Kind::InvoiceUpdate, self.invoice_update());
+            }
+            if draw < 0.05 && !self.recent.is_empty() {
+                return (Kind::Redelivery, self.redelivery());
+            }
+            return self.next_invoice();
+        }
+        let earlier = self.recent[self.rng.random_range(0..self.recent.len())];
+        if draw < 0.90 {
+            (Kind::Shipment, self.shipment(earlier))
+        } else {
+            (Kind::Refund, self.refund(earlier))
+        }
+    }
+
+    fn order(&self, n: u64) -> Order {
+        Order::build(self.seed, n)
+    }
+
+    /// The next invoice of the order being delivered, starting a new order when it is done.
+    fn next_invoice(&mut self) -> (Kind, Value) {
+        let (order, index) = match self.current.take() {
+            Some((order, index)) if index < order.invoices.len() => (order, index),
+            _ => {
+                let n = self.next_order;
+                self.next_order += 1;
+                let mut order = self.order(n);
+                // Orders are placed as they are delivered: the clock decides the time.
+                order.place_at(self.clock - Duration::seconds(self.rng.random_range(3..30)));
+                (order, 0)
+            }
+        };
+        let received = self.clock;
+        let node = order.invoice_node(index, false);
+        let delivery = self.capture(self.sequence, received, "create", node);
+        let kind = if order.paid {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Delivered {
+                order: order.n,
+                invoice: index,
+                sequence: self.sequence,
+                received,
+                placed: order.created_utc,
+            });
+            Kind::PaidInvoice
+        } else {
+            Kind::UnpaidInvoice
+        };
+        self.current = Some((order, index + 1));
+        (kind, delivery)
+    }
+
+    /// An earlier paid invoice sent again as an `update` (now also SENT), with its own envelope.
+    fn invoice_update(&mut self) -> Value {
+        let earlier = self.recent[self.rng.random_range(0..self.recent.len())];
+        let order = self.placed(earlier);
+        let node = order.invoice_node(earlier.invoice, true);
+        self.capture(self.sequence, self.clock, "update", node)
+    }
+
+    /// An earlier delivery received a second time: same envelope id, same Idempotency-Key.
+    fn redelivery(&mut self) -> Value {
+        let earlier = self.recent[self.rng.random_range(0..self.recent.len())];
+        let order = self.placed(earlier);
+        let node = order.invoice_node(earlier.invoice, false);
+        let mut delivery = self.capture(earlier.sequence, earlier.received, "create", node);
+        delivery["received_at"] = millis(self.clock).into();
+        delivery
+    }
+
+    /// An earlier order rebuilt with the time it was placed at.
+    fn placed(&self, earlier: Delivered) -> Order {
+        let mut order = self.order(earlier.order);
+        order.place_at(earlier.placed);
+        order
+    }
+
+    fn shipment(&mut self, earlier: Delivered) -> Value {
+        let order = self.placed(earlier);
+        let invoice = &order.invoices[earlier.invoice];
+        let id = self.next_shipment;
+        self.next_shipment += 1;
+        let dispatched = self.clock - Duration::minutes(self.rng.random_range(5..240));
+        let dispatched = dispatched.max(order.created_utc + Duration::minutes(1));
+        let (carrier, tracking, link) = match self.rng.random_range(0..3) {
+            0 => {
+                let number = format!("33QJQ5{:017}", self.rng.random_range(0..10u64.pow(17)));
+                let link = format!("https://auspost.com.au/mypost/track/details/{number}");
+                ("Australia Post", number, link)
+            }
+            1 => {
+                let number = format!("SGX{:09}", self.rng.random_range(0..10u64.pow(9)));
+                let link = format!("https://www.sendle.com/tracking?ref={number}");
+                ("Sendle", number, link)
+            }
+            _ => {
+                let number = format!("NZP{:010}", self.rng.random_range(0..10u64.pow(10)));
+                let link = format!("https://www.nzpost.co.nz/tools/tracking/item/{number}");
+                ("NZ Post", number, link)
+            }
+        };
+        let shipped: Vec<Value> = invoice
+            .lines
+            .iter()
+            .map(|line| {
+                json!({
+                    "id": gid("ShippedItem", id * 10 + line.index as u64),
+                    "quantity": line.quantity,
+                    "lineItem": {
+                        "id": gid("LineItem", line.legacy_id),
+                        "legacyId": line.legacy_id,
+                        "advertTitle": line.title,
+                        "brandName": line.brand,
+                        "variantName": line.variant_name,
+                        "variantSku": line.sku,
+                        "totalCents": line.total_cents,
+                    }
+                })
+            })
+            .collect();
+        let at = order.local(dispatched);
+        let node = json!({
+            "__typename": "Shipment",
+            "id": gid("Shipment", id),
+            "legacyId": id,
+            "createdAt": at,
+            "updatedAt": at,
+            "dispatchedAt": at,
+            "carrier": carrier,
+            "trackingNumber": tracking,
+            "trackingLink": link,
+            "shippedItems": shipped,
+            "invoice": {
+                "id": gid("Invoice", invoice.legacy_id),
+                "legacyId": invoice.legacy_id,
+                "statusFlags": ["PAID", "SENT"],
+                "seller": {"legacyId": invoice.seller.0, "businessName": invoice.seller.1},
+                "order": {
+                    "id": gid("Order", order.legacy_id),
+                    "legacyId": order.legacy_id,
+                    "emailAddress": order.email,
+                    "firstName": order.first_name,
+                    "surname": order.surname,
+                    "phone": order.phone,
+                    "totalCents": order.total_cents(),
+                }
+            }
+        });
+        self.capture(self.sequence, self.clock, "create", node)
+    }
+
+    fn refund(&mut self, earlier: Delivered) -> Value {
+        let order = self.placed(earlier);
+        let invoice = &order.invoices[earlier.invoice];
+        let id = self.next_refund;
+        self.next_refund += 1;
+        // Most refund deliveries are the completing update; some are still awaiting approval.
+        let refunded = self.rng.random_bool(0.8);
+        // Lines refunded before dispatch are cancellations.
+        let dispatched = self.rng.random_bool(0.7);
+        let count = self.rng.random_range(1..=invoice.lines.len());
+        let reasons = [
+            "Damaged in transit",
+            "Changed my mind",
+            "Wrong size — too small",
+            "Not as described",
+            "Arrived late 😞",
+            "Out of stock — cancelled by seller before dispatch",
+        ];
+        let mut total = 0;
+        let lines: Vec<Value> = invoice.lines[..count]
+            .iter()
+            .map(|line| {
+                let quantity = self.rng.random_range(1..=line.quantity);
+                let amount = line.item_cents * quantity;
+                total += amount;
+                let reason = if dispatched {
+                    reasons[self.rng.random_range(0..5)]
+                } else {
+                    reasons[5]
+                };
+                json!({
+                    "id": gid("RefundRequestLineItem", id * 10 + line.index as u64),
+                    "legacyId": id * 10 + line.index as u64,
+                    "quantity": quantity,
+                    "reason": reason,
+                    "dispatched": dispatched,
+                    "status": if refunded { "REFUNDED" } else { "PENDING_APPROVAL" },
+                    "amountCents": amount,
+                    "amountPerItemCents": line.item_cents,
+                    "lineItem": {
+                        "id": gid("LineItem", line.legacy_id),
+                        "legacyId": line.legacy_id,
+                        "advertTitle": line.title,
+                        "brandName": line.brand,
+                        "variantSku": line.sku,
+                    }
+                })
+            })
+            .collect();
+        let created = order.local(self.clock - Duration::hours(self.rng.random_range(1..48)));
+        let now = order.local(self.clock);
+        let node = json!({
+            "__typename": "RefundRequest",
+            "id": gid("RefundRequest", id),
+            "legacyId": id,
+            "status": if refunded { "REFUNDED" } else { "AWAITING" },
+            "initiatedBy": if dispatched { "BUYER" } else { "SELLER" },
+            "createdAt": created,
+            "updatedAt": now,
+            "refundedAt": if refunded { Value::from(now.clone()) } else { Value::Null },
+            "refundAmountCents": total,
+            "cashAmountCents": total,
+            "totalCents": total,
+            "lineItems": lines,
+            "invoice": {
+                "id": gid("Invoice", invoice.legacy_id),
+                "legacyId": invoice.legacy_id,
+                "seller": {"legacyId": invoice.seller.0, "businessName": invoice.seller.1},
+                "order": {
+                    "id": gid("Order", order.legacy_id),
+                    "legacyId": order.legacy_id,
+                    "emailAddress": order.email,
+                    "firstName": order.first_name,
+                    "surname": order.surname,
+                }
+            }
+        });
+        let event = if refunded { "update" } else { "create" };
+        self.capture(self.sequence, self.clock, event, node)
+    }
+
+    /// Wraps a node in the webhook envelope and the receiver's capture of it.
+    fn capture(&self, sequence: u64, received: DateTime<Utc>, event: &str, node: Value) -> Value {
+        // The Idempotency-Key is a function of the sequence, so a redelivery repeats it.
+        let mut key_rng = Xoshiro256PlusPlus::seed_from_u64(self.seed ^ sequence.rotate_left(32));
+        let key: [u8; 16] = key_rng.random();
+        json!({
+            "received_at": millis(received),
+            "headers": {
+                "Idempotency-Key": uuid(key),
+                "Marketplacer-Sequence": sequence.to_string(),
+                "Marketplacer-Vertical": self.marketplace,
+                "Content-Type": "application/json",
+            },
+            "body": {
+                "id": gid("WebhookEvent", sequence),
+                "event_name": event,
+                "payload": {"data": {"node": node}},
+            }
+        })
+    }
+}
+
+/// One order, rebuilt identically from `(seed, n)` whenever it is needed.
+struct Order {
+    n: u64,
+    legacy_id: u64,
+    paid: bool,
+    /// When the order was placed, in UTC, and the storefront's offset its times are written in.
+    created_utc: DateTime<Utc>,
+    offset: FixedOffset,
+    email: String,
+    first_name: &'static str,
+    surname: Option<&'static str>,
+    phone: Option<String>,
+    address: Value,
+    metadata: Value,
+    external_ids: Value,
+    invoices: Vec<Invoice>,
+}
+
+struct Invoice {
+    legacy_id: u64,
+    seller: (u64, &'static str),
+    shipping_cents: u64,
+    lines: Vec<Line>,
+}
+
+struct Line {
+    index: usize,
+    legacy_id: u64,
+    quantity: u64,
+    item_cents: u64,
+    discount_cents: u64,
+    total_cents: u64,
+    title: String,
+    brand: Option<&'static str>,
+    variant_name: Option<&'static str>,
+    sku: String,
+    /// The full `LineItemFields` object, 5 to 7 KB.
+    json: Value,
+}
+
+impl Order {
+    fn build(seed: u64, n: u64) -> Order {
+        let mut rng =
+            Xoshiro256PlusPlus::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let rng = &mut rng;
+        let legacy_id = 500_000 + n;
+        let (first_name, surname, local) = *pick(rng, PEOPLE);
+        let surname = (!rng.random_bool(0.05)).then_some(surname);
+        let email = noisy_email(rng, local, n);
+        let (street, city, postcode, state, short, country, country_name) = *pick(rng, PLACES);
+        // Phones as buyers type them, in their country's formats; a few missing or unreadable.
+        let phone = match (rng.random_range(0..20), country) {
+            (0, _) => None,
+            (1, _) => Some("12345".to_owned()),
+            (_, "NZ") => Some(format!(
+                "02{} {:03} {:04}",
+                pick(rng, &[1, 2, 7]),
+                rng.random_range(0..1000),
+                rng.random_range(0..10_000)
+            )),
+            (2, _) => Some(format!(
+                "+61 2 9{:03} {:04}",
+                rng.random_range(0..1000),
+                rng.random_range(0..10_000)
+            )),
+            (3, _) => Some(format!(
+                "(04) {:02}{:02}-{:04}",
+                rng.random_range(10..40),
+                rng.random_range(0..100),
+                rng.random_range(0..10_000)
+            )),
+            _ => Some(format!(
+                "04{:02} {:03} {:03}",
+                rng.random_range(10..40),
+                rng.random_range(0..1000),
+                rng.random_range(0..1000)
+            )),
+        };
+        let address = json!({
+            "address": format!("{} {street}", rng.random_range(1..250)),
+            "subaddress": if rng.random_bool(0.3) { Value::from(format!("Unit {}", rng.random_range(1..40))) } else { Value::Null },
+            "city": city,
+            "postcode": postcode,
+            "state": {"name": state, "short": short},
+            "country": {"code": country, "name": country_name},
+        });
+        let mut metadata = vec![
+            json!({"key": "checkout_channel", "value": *pick(rng, &["web", "ios_app", "android_app"])}),
+        ];
+        match rng.random_range(0..3) {
+            0 => metadata.push(json!({"key": "accepts_marketing", "value": "yes"})),
+            1 => metadata.push(json!({"key": "accepts_marketing", "value": "no"})),
+            _ => {}
+        }
+        let external_ids =
+            json!([{"key": "storefront_order_number", "value": format!("PM-{legacy_id:08}")}]);
+        // 1 to 3 distinct sellers, 1 to 3 lines each.
+        let seller_count = rng.random_range(1..=3);
+        let mut sellers: Vec<usize> = Vec::new();
+        while sellers.len() < seller_count {
+            let s = rng.random_range(0..SELLERS.len());
+            if !sellers.contains(&s) {
+                sellers.push(s);
+            }
+        }
+        let mut invoices = Vec::new();
+        for (k, &s) in sellers.iter().enumerate() {
+            let seller = SELLERS[s];
+            let invoice_id = legacy_id * 10 + k as u64;
+            let lines = (0..rng.random_range(1..=3))
+                .map(|i| Line::build(rng, legacy_id * 100 + (k * 10 + i) as u64, i, s))
+                .collect();
+            invoices.push(Invoice {
+                legacy_id: invoice_id,
+                seller,
+                shipping_cents: *pick(rng, &[0, 995, 1295, 1500, 899]),
+                lines,
+            });
+        }
+        let offset = *pick(rng, OFFSETS);
+        Order {
+            n,
+            legacy_id,
+            paid: !rng.random_bool(0.04),
+            created_utc: DateTime::UNIX_EPOCH,
+            offset: FixedOffset::east_opt(offset).unwrap(),
+            email,
+            first_name,
+            surname,
+            phone,
+            address,
+            metadata: Value::Array(metadata),
+            external_ids,
+            invoices,
+        }
+    }
+
+    fn place_at(&mut self, at: DateTime<Utc>) {
+        self.created_utc = at;
+    }
+
+    /// A time as the storefront writes it: its own offset, whole seconds.
+    fn local(&self, at: DateTime<Utc>) -> String {
+        at.with_timezone(&self.offset)
+            .to_rfc3339_opts(SecondsFormat::Secs, false)
+    }
+
+    fn total_cents(&self) -> u64 {
+        self.invoices.iter().map(Invoice::total_cents).sum()
+    }
+
+    fn sums(lines: &[&Line]) -> (u64, u64, u64) {
+        let subtotal = lines.iter().map(|l| l.item_cents * l.quantity).sum();
+        let discount = lines.iter().map(|l| l.discount_cents).sum();
+        let total = lines.iter().map(|l| l.total_cents).sum();
+        (subtotal, discount, total)
+    }
+
+    /// The InvoiceWebhook node of invoice `index` (an `update` is also SENT).
+    fn invoice_node(&self, index: usize, sent: bool) -> Value {
+        let invoice = &self.invoices[index];
+        let created = self.local(self.created_utc + Duration::seconds(1));
+        let paid_at = self.local(self.created_utc + Duration::seconds(2));
+        let updated = if sent {
+            self.local(self.created_utc + Duration::hours(3))
+        } else {
+            self.local(self.created_utc + Duration::seconds(3))
+        };
+        let status_flags = match (self.paid, sent) {
+            (false, _) => json!(["PAYMENT_UNDER_REVIEW"]),
+            (true, false) => json!(["PAID"]),
+            (true, true) => json!(["PAID", "SENT"]),
+        };
+        let own: Vec<&Line> = invoice.lines.iter().collect();
+        let (subtotal, discount, lines_total) = Order::sums(&own);
+        let all: Vec<&Line> = self.invoices.iter().flat_map(|i| &i.lines).collect();
+        let (order_subtotal, order_discount, _) = Order::sums(&all);
+        let order_shipping: u64 = self.invoices.iter().map(|i| i.shipping_cents).sum();
+        let order_total = self.total_cents();
+        json!({
+            "__typename": "Invoice",
+            "id": gid("Invoice", invoice.legacy_id),
+            "legacyId": invoice.legacy_id,
+            "createdAt": created,
+            "updatedAt": updated,
+            "paidAt": if self.paid { Value::from(paid_at) } else { Value::Null },
+            "statusFlags": status_flags,
+            "deliveryType": "BUY_ONLINE",
+            "buyerEmailAddress": self.email,
+            "buyerFirstName": self.first_name,
+            "buyerSurname": self.surname,
+            "buyerPhone": self.phone,
+            "shippingAddress": self.address,
+            "subtotalCents": subtotal,
+            "discountCents": discount,
+            "shippingCostCents": invoice.shipping_cents,
+            "taxTotalCents": gst(lines_total + invoice.shipping_cents),
+            "totalCents": invoice.total_cents(),
+            "seller": {
+                "id": gid("Seller", invoice.seller.0),
+                "legacyId": invoice.seller.0,
+                "businessName": invoice.seller.1,
+            },
+            "lineItems": own.iter().map(|l| l.json.clone()).collect::<Vec<_>>(),
+            "order": {
+                "id": gid("Order", self.legacy_id),
+                "legacyId": self.legacy_id,
+                "createdAt": self.local(self.created_utc),
+                "updatedAt": updated,
+                "status": if self.paid { "COMPLETE" } else { "PAYMENT_IN_PROGRESS" },
+                "emailAddress": self.email,
+                "firstName": self.first_name,
+                "surname": self.surname,
+                "phone": self.phone,
+                "billingEmailAddress": self.email,
+                "billingFirstName": self.first_name,
+                "billingSurname": self.surname,
+                "address": self.address,
+                "subtotalCents": order_subtotal,
+                "discountCents": order_discount,
+                "shippingCostCents": order_shipping,
+                "taxTotalCents": gst(order_total),
+                "totalCents": order_total,
+                "externalIds": self.external_ids,
+                "metadata": self.metadata,
+                "invoices": {"nodes": self.invoices.iter().map(|i| json!({
+                    "id": gid("Invoice", i.legacy_id),
+                    "legacyId": i.legacy_id,
+                    "seller": {"legacyId": i.seller.0, "businessName": i.seller.1},
+                })).collect::<Vec<_>>()},
+                "lineItems": {"nodes": all.iter().map(|l| l.json.clone()).collect::<Vec<_>>()},
+            }
+        })
+    }
+}
+
+impl Invoice {
+    fn total_cents(&self) -> u64 {
+        self.lines.iter().map(|l| l.total_cents).sum::<u64>() + self.shipping_cents
+    }
+}
+
+impl Line {
+    fn build(rng: &mut Xoshiro256PlusPlus, legacy_id: u64, index: usize, seller: usize) -> Line {
+        let (noun, tree, sku_stem) = *pick(rng, PRODUCTS);
+        let adjective = *pick(rng, ADJECTIVES);
+        let mut title = format!("{adjective} {noun}");
+        if rng.random_bool(0.25) {
+            title.push(' ');
+            title.push_str(pick::<&str>(rng, EMOJI));
+        }
+        // Brands belong to sellers; a few adverts name none.
+        let brand = (!rng.random_bool(0.08))
+            .then(|| BRANDS[(seller * 2 + rng.random_range(0..2)) % BRANDS.len()]);
+        let variant_name = (!rng.random_bool(0.1)).then(|| *pick(rng, VARIANTS));
+        let sku = format!("{sku_stem}-{:05}", legacy_id % 100_000);
+        let quantity = *pick(rng, &[1, 1, 1, 1, 2, 2, 3, 4]);
+        let item_cents = rng.random_range(3..400) * 100 + *pick(rng, &[95, 99, 50, 0, 45]);
+        let subtotal = item_cents * quantity;
+        let discount_cents = if rng.random_bool(0.2) {
+            subtotal / 10
+        } else {
+            0
+        };
+        let total_cents = subtotal - discount_cents;
+        let advert_id = 200_000 + rng.random_range(0..50_000u64);
+        let taxon = tree.filter(|_| !rng.random_bool(0.05)).map(|tree| {
+            json!({
+                "id": gid("Taxon", 400 + tree.len() as u64),
+                "displayName": tree.rsplit(" > ").next().unwrap_or(tree),
+                "treeName": tree,
+            })
+        });
+        let slug: String = sku.to_ascii_lowercase();
+        let image = |i: usize| {
+            format!(
+                "https://marketplacer.imgix.net/petmarket/{slug}-{i}.jpg?auto=format&fm=pjpg&fit=max&w=1200&h=1200&s={:032x}",
+                legacy_id as u128 * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835 + i as u128
+            )
+        };
+        let features: Vec<String> = (0..rng.random_range(4..9))
+            .map(|_| pick(rng, FEATURES).to_string())
+            .collect();
+        let mut advert = json!({
+            "taxon": taxon,
+            "description": "",
+            "productFeatures": features,
+            "images": {"nodes": (0..rng.random_range(5..10)).map(|i| json!({"url": image(i)})).collect::<Vec<_>>()},
+            "metadata": [
+                {"key": "origin_country", "value": *pick(rng, &["AU", "NZ", "CN", "DE", "PL", "JP"])},
+                {"key": "shipping_parcel", "value": format!("{}x{}x{} cm, {} g", rng.random_range(5..60), rng.random_range(5..60), rng.random_range(2..40), rng.random_range(100..9000))},
+                {"key": "care_instructions", "value": "Hand wash cold; dry flat — do not tumble dry. Keep away from open flames."},
+                {"key": "warranty", "value": format!("{} months (Australian Consumer Law applies)", *pick(rng, &[6, 12, 24]))},
+            ],
+        });
+        let mut json = json!({
+            "id": gid("LineItem", legacy_id),
+            "legacyId": legacy_id,
+            "quantity": quantity,
+            "statusFull": "ALLOCATED",
+            "advertId": gid("Advert", advert_id),
+            "advertLegacyId": advert_id,
+            "advertTitle": title,
+            "brandName": brand,
+            "variantId": gid("Variant", advert_id * 10 + 1),
+            "variantLegacyId": advert_id * 10 + 1,
+            "variantName": variant_name,
+            "variantSku": sku,
+            "variantBarcode": format!("93{:011}", rng.random_range(0..10u64.pow(11))),
+            "itemAmountCents": item_cents,
+            "subtotalCents": subtotal,
+            "discountCents": discount_cents,
+            "taxTotalCents": gst(total_cents),
+            "totalCents": total_cents,
+            "image": {"url": image(0)},
+            "variant": {"advert": Value::Null},
+        });
+        // The description fills the line to its target size, as long advert copy does.
+        let target = rng.random_range(5_000..6_850);
+        let bare = serde_json::to_vec(&json).map_or(0, |v| v.len())
+            + serde_json::to_vec(&advert).map_or(0, |v| v.len());
+        let mut description = String::new();
+        while description.len() + bare < target {
+            description.push_str(pick::<&str>(rng, SENTENCES));
+            description.push(' ');
+        }
+        advert["description"] = description.trim_end().into();
+        json["variant"]["advert"] = advert;
+        Line {
+            index,
+            legacy_id,
+            quantity,
+            item_cents,
+            discount_cents,
+            total_cents,
+            title,
+            brand,
+            variant_name,
+            sku,
+            json,
+        }
+    }
+}
+
+/// GST inside a tax-inclusive price: total / 11, rounded half up.
+fn gst(total: u64) -> u64 {
+    (total * 10 / 11 + 5) / 10
+}
+
+fn pick<'a, T>(rng: &mut Xoshiro256PlusPlus, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+/// An ASCII address as checkout forms send it: sometimes capitalised, sometimes padded.
+fn noisy_email(rng: &mut Xoshiro256PlusPlus, local: &str, n: u64) -> String {
+    let domain = *pick(rng, DOMAINS);
+    let mut email = format!("{local}{}@{domain}", n % 1000);
+    if rng.random_bool(0.3) {
+        email = email
+            .split('.')
+            .map(|part| {
+                let mut chars = part.chars();
+                chars.next().map_or(String::new(), |c| {
+                    c.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+    }
+    if rng.random_bool(0.15) {
+        email = format!("  {email} ");
+    }
+    email
+}
+
+/// Marketplacer's global ids: base64 of `Type-legacyId`.
+fn gid(typename: &str, legacy_id: u64) -> String {
+    base64(format!("{typename}-{legacy_id}").as_bytes())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn uuid(b: [u8; 16]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn millis(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// (first name, surname, ASCII email stem).
+const PEOPLE: &[(&str, &str, &str)] = &[
+    ("Zoë", "Ångström", "zoe.angstrom"),
+    ("Łukasz", "Wiśniewski", "lukasz.wisniewski"),
+    ("芳", "王", "wang.fang"),
+    ("José", "Núñez", "jose.nunez"),
+    ("Siobhán", "O'Reilly", "siobhan.oreilly"),
+    ("Øyvind", "Håland", "oyvind.haland"),
+    ("Chloé", "Dubois", "chloe.dubois"),
+    ("Mai", "Nguyễn", "mai.nguyen"),
+    ("Aroha", "Ngata", "aroha.ngata"),
+    ("Jürgen", "Müller", "juergen.mueller"),
+    ("Ana", "Lučić", "ana.lucic"),
+    ("Hiroshi", "田中", "hiroshi.tanaka"),
+    ("Priya", "Rāmaswāmy", "priya.ramaswamy"),
+    ("Olivia", "Smith", "olivia.smith"),
+    ("Jack", "Williams", "jack.williams"),
+    ("Charlotte", "Brown", "charlotte.brown"),
+    ("Noah", "Taylor", "noah.taylor"),
+    ("Amelia", "Jones", "amelia.jones"),
+    ("Liam", "Wilson", "liam.wilson"),
+    ("Isla", "Thompson", "isla.thompson"),
+    ("Søren", "Kierkegård", "soren.k"),
+    ("Małgorzata", "Kowalczyk", "malgorzata.k"),
+    ("Ίρις", "Παπαδοπούλου", "iris.papadopoulou"),
+    ("Дарья", "Иванова", "darya.ivanova"),
+];
+
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "example.com.au",
+    "mail.example.net",
+    "example.co.nz",
+    "inbox.example.org",
+];
+
+/// (street, city, postcode, state, short, country code, country name).
+type Place = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+const PLACES: &[Place] = &[
+    (
+        "Wattle Street",
+        "Newtown",
+        "2042",
+        "New South Wales",
+        "NSW",
+        "AU",
+        "Australia",
+    ),
+    (
+        "Hay Street",
+        "Perth",
+        "6000",
+        "Western Australia",
+        "WA",
+        "AU",
+        "Australia",
+    ),
+    (
+        "Brunswick Street",
+        "Fitzroy",
+        "3065",
+        "Victoria",
+        "VIC",
+        "AU",
+        "Australia",
+    ),
+    (
+        "Rundle Mall",
+        "Adelaide",
+        "5000",
+        "South Australia",
+        "SA",
+        "AU",
+        "Australia",
+    ),
+    (
+        "Queen Street",
+        "Brisbane City",
+        "4000",
+        "Queensland",
+        "QLD",
+        "AU",
+        "Australia",
+    ),
+    (
+        "Cuba Street",
+        "Te Aro",
+        "6011",
+        "Wellington",
+        "WGN",
+        "NZ",
+        "New Zealand",
+    ),
+    (
+        "Ponsonby Road",
+        "Auckland",
+        "1011",
+        "Auckland",
+        "AUK",
+        "NZ",
+        "New Zealand",
+    ),
+];
+
+/// Offsets (seconds east) the storefronts write times in: AEDT, AEST, ACDT, AWST, NZDT.
+const OFFSETS: &[i32] = &[39_600, 39_600, 39_600, 36_000, 37_800, 28_800, 46_800];
+
+/// (legacyId, businessName): no two differ only by case.
+const SELLERS: &[(u64, &str)] = &[
+    (11, "Paws & Claws Co."),
+    (12, "Fetch! Supplies"),
+    (13, "Café Canin — Sydney"),
+    (14, "Żabka Pet Supplies"),
+    (15, "北京宠物用品店"),
+    (16, "Kiwi Kritters Ltd"),
+    (17, "Øresund Outdoor ApS"),
+    (18, "Über Pets GmbH"),
+    (19, "Møller & Søn Aquatics"),
+    (20, "Tūī Garden Co."),
+    (21, "The Bird Nest 🐦"),
+    (22, "Sakura Pets 桜"),
+];
+
+const BRANDS: &[&str] = &[
+    "Paws & Claws",
+    "Paws & Claws Naturals",
+    "Fetch!",
+    "Fetch! Pro",
+    "Café Canin",
+    "Canin Élite",
+    "Żabka",
+    "Żabka Aqua",
+    "长城宠物",
+    "Kiwi Kritters",
+    "Kritter Kare",
+    "Øresund",
+    "Über Pets",
+    "Übergut",
+    "Møller",
+    "Søn Reef",
+    "Tūī",
+    "Tūī Home",
+    "Nest & Perch",
+    "Birdsong",
+    "Sakura",
+    "Sakura Kōji",
+    "Hachikō",
+    "Northwind",
+];
+
+/// (noun, taxon tree name or none, SKU stem).
+const PRODUCTS: &[(&str, Option<&str>, &str)] = &[
+    (
+        "Rope Tug Toy — 3 Knot",
+        Some("Pets > Dog > Toys"),
+        "PC-ROPE",
+    ),
+    (
+        "Grain-Free Kangaroo & Pumpkin Kibble 7kg",
+        Some("Pets > Dog > Food > Dry Food"),
+        "PC-KIBBLE",
+    ),
+    (
+        "Reflective Dog Lead 1.8m",
+        Some("Pets > Dog > Collars & Leads"),
+        "FS-LEAD",
+    ),
+    (
+        "Chew Toy <XL> \"Tough\" & Durable",
+        Some("Pets > Dog > Toys"),
+        "CC-CHEW",
+    ),
+    (
+        "Clumping Litter 15L",
+        Some("Pets > Cat > Litter & Accessories"),
+        "ZB-LITTER",
+    ),
+    (
+        "Scratching Post Tower",
+        Some("Pets > Cat > Furniture"),
+        "KK-SCRATCH",
+    ),
+    ("Feather Wand", Some("Pets > Cat > Toys"), "KK-WAND"),
+    (
+        "Aquarium Filter 400L/h",
+        Some("Pets > Fish > Aquarium Equipment"),
+        "MS-FILTER",
+    ),
+    (
+        "Tropical Flakes 200g",
+        Some("Pets > Fish > Food"),
+        "MS-FLAKES",
+    ),
+    (
+        "Budgie Cage with Stand",
+        Some("Pets > Bird > Cages"),
+        "BN-CAGE",
+    ),
+    (
+        "Seed Mix — Parrot Blend",
+        Some("Pets > Bird > Food"),
+        "BN-SEED",
+    ),
+    (
+        "Hay Bale Timothy 1kg",
+        Some("Pets > Small Animals > Food"),
+        "TG-HAY",
+    ),
+    (
+        "Orthopaedic Dog Bed",
+        Some("Pets > Dog > Beds & Bedding"),
+        "UP-BED",
+    ),
+    (
+        "Ceramic Bowl Set",
+        Some("Pets > Dog > Bowls & Feeders"),
+        "SK-BOWL",
+    ),
+    ("Gift Card", None, "GIFT"),
+];
+
+const ADJECTIVES: &[&str] = &[
+    "Deluxe",
+    "Eco",
+    "Classic",
+    "Premium",
+    "Mini",
+    "Jumbo",
+    "Organic",
+    "Everyday",
+    "Naïve Art",
+    "Édition Limitée",
+    "Smart",
+    "Heavy-Duty",
+];
+
+const EMOJI: &[&str] = &["🐶", "🐱", "🐟", "🐦", "✨", "🎁", "🌿", "❤️"];
+
+const VARIANTS: &[&str] = &[
+    "Large / Blue",
+    "Small / Red",
+    "Medium / Grün",
+    "7kg",
+    "15L",
+    "One Size",
+    "XL / Noir",
+    "2 Pack",
+];
+
+const FEATURES: &[&str] = &[
+    "Non-toxic, BPA-free materials",
+    "Machine washable cover",
+    "Vet recommended",
+    "Made in Australia from local and imported ingredients",
+    "Suitable for puppies over 12 weeks",
+    "Reflective stitching for night walks",
+    "Dishwasher safe",
+    "Recyclable packaging ♻️",
+    "Hypoallergenic",
+    "Grain-free recipe",
+    "Fits crates up to 107 cm",
+    "Rated 4.8 ★ by 2,300 customers",
+];
+
+const SENTENCES: &[&str] = &[
+    "Built to last through the toughest play sessions, this product has been tested by our team of very enthusiastic dogs.",
+    "Our formula is made with human-grade ingredients, sustainably sourced from farms across Australia and New Zealand.",
+    "Please note that colours may vary slightly from those shown because of differences between screens.",
+    "Suitable for indoor and outdoor use; store in a cool, dry place away from direct sunlight.",
+    "Fabriqué avec soin — chaque pièce est inspectée à la main avant l'expédition.",
+    "Hergestellt aus recycelten Materialien, für Haustiere jeder Größe geeignet.",
+    "Wykonane z trwałych materiałów, łatwe w czyszczeniu i bezpieczne dla zwierząt.",
+    "适合所有体型的宠物，材料环保，易于清洁。",
+    "ペットのために丁寧に作られました。",
+    "Whether your companion is a tiny terrier or a giant Newfoundland, there is a size that fits just right 🐾.",
+    "Always supervise your pet with new toys and replace any item that shows signs of wear or damage.",
+    "Includes a 30-day satisfaction guarantee: if your pet is not thrilled, neither are we, so send it back.",
+    "Feeding guide: adjust portions to your pet's age, weight and activity level, and keep fresh water available.",
+    "Dimensions: 60 × 45 × 12 cm; weight 1.2 kg; packaging 100% recyclable.",
+    "Warning: contains small parts — not suitable for children under 3 years.",
+    "Ingredients: kangaroo (32%), sweet potato, pumpkin, peas, sunflower oil, flaxseed, vitamins & minerals.",
+];

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# The performance benchmark of issue 5, from a clean checkout, in one go:
+#   builds release, installs the Python baseline's pinned requirements (target/perf-venv),
+#   generates the deliveries (cached in target/perf-data/), checks that marketsync, jq and
+#   Python give the same requests, then times marketsync, jq, Python and the JSON floor on the
+#   same data and prints a markdown table with the machine it ran on.
+#
+#   benches/perf/run.sh [--size 200MB] [--seed 42] [--runs 3] [--python-size 50MB]
+#
+# --size: input size (see generate.rs: MB = 10^6 bytes). --runs: timed runs per implementation,
+# the median is reported. --python-size: Python is slow, so it runs on the first part of the same
+# data only (the generator's output for a smaller size is a prefix of the larger one) and its
+# throughput is computed from that.
+set -euo pipefail
+
+SIZE=200MB
+SEED=42
+RUNS=3
+PY_SIZE=50MB
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --python-size) PY_SIZE=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DATA_DIR=$ROOT/target/perf-data
+OUT=$DATA_DIR/out
+VENV=$ROOT/target/perf-venv
+mkdir -p "$OUT"
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+# Sizes in bytes, as the generator reads them, so the Python subset is never larger than the data.
+bytes_of() {
+  local n=${1%%[!0-9.]*} unit=${1#"${1%%[!0-9.]*}"}
+  case "${unit^^}" in
+    ''|B) awk -v n="$n" 'BEGIN { printf "%d", n }' ;;
+    KB) awk -v n="$n" 'BEGIN { printf "%d", n * 1e3 }' ;;
+    MB) awk -v n="$n" 'BEGIN { printf "%d", n * 1e6 }' ;;
+    GB) awk -v n="$n" 'BEGIN { printf "%d", n * 1e9 }' ;;
+    KIB) awk -v n="$n" 'BEGIN { printf "%d", n * 1024 }' ;;
+    MIB) awk -v n="$n" 'BEGIN { printf "%d", n * 1048576 }' ;;
+    GIB) awk -v n="$n" 'BEGIN { printf "%d", n * 1073741824 }' ;;
+    *) die "unknown size unit in $1" ;;
+  esac
+}
+if [ "$(bytes_of "$PY_SIZE")" -gt "$(bytes_of "$SIZE")" ]; then PY_SIZE=$SIZE; fi
+
+# --- tools ---------------------------------------------------------------------------------
+say "tools"
+command -v jq >/dev/null || die "jq is not installed (apt-get install jq)"
+command -v python3 >/dev/null || die "python3 is not installed"
+# GNU time gives the peak RSS; the shell's `time` keyword cannot.
+if ! /usr/bin/time -f '%M' true >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq time >/dev/null
+  fi
+  /usr/bin/time -f '%M' true >/dev/null 2>&1 || die "GNU time (/usr/bin/time) is needed: apt-get install time"
+fi
+# Single-threaded runs are pinned to one CPU when taskset is there, so "one core" means one.
+PIN=()
+if command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then PIN=(taskset -c 1); fi
+
+# --- build ---------------------------------------------------------------------------------
+say "cargo build --release"
+cargo build --release --locked --bin marketsync --example generate-deliveries --example json-floor
+BIN=$ROOT/target/release/marketsync
+GEN=$ROOT/target/release/examples/generate-deliveries
+FLOOR=$ROOT/target/release/examples/json-floor
+
+# --- Python baseline ------------------------------------------------------------------------
+# Reinstalled when requirements.txt changes (its hash is kept beside the venv).
+REQ=$ROOT/benches/perf/requirements.txt
+REQ_HASH=$(sha256sum "$REQ" | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$REQ_HASH" ]; then
+  say "python venv: $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  echo "$REQ_HASH" > "$VENV/.requirements"
+fi
+PY=$VENV/bin/python
+
+# --- data ----------------------------------------------------------------------------------
+# Cached by seed and size; regenerated when the generator is newer than the file.
+generate() { # size file
+  if [ ! -s "$2" ] || [ "$ROOT/benches/perf/generate.rs" -nt "$2" ]; then
+    say "generating $2"
+    "$GEN" --seed "$SEED" --size "$1" --out "$2.tmp"
+    mv "$2.tmp" "$2"
+  fi
+}
+DATA=$DATA_DIR/deliveries-seed$SEED-$SIZE.ndjson
+PY_DATA=$DATA_DIR/deliveries-seed$SEED-$PY_SIZE.ndjson
+generate "$SIZE" "$DATA"
+generate "$PY_SIZE" "$PY_DATA"
+cmp -s -n "$(stat -c %s "$PY_DATA")" "$PY_DATA" "$DATA" || die "$PY_DATA is not a prefix of $DATA"
+
+# The two mappings jq and Python implement, as marketsync loads a folder: the default specs
+# themselves (symlinks) and an examples link, because specs name their examples as ../examples/.
+MAPPINGS=$DATA_DIR/mappings
+mkdir -p "$MAPPINGS"
+for f in placed-order ordered-product settings; do ln -sfn "$ROOT/mappings/$f.yaml" "$MAPPINGS/$f.yaml"; done
+ln -sfn "$ROOT/examples" "$DATA_DIR/examples"
+
+# --- the implementations ---------------------------------------------------------------------
+JOBS_FLAG=no
+if "$BIN" run --help | grep -q -- '--jobs'; then JOBS_FLAG=yes; fi
+ms_two()  { "$BIN" run --dry-run --mappings "$MAPPINGS" "$@"; }   # placed-order + ordered-product
+ms_all()  { "$BIN" run --dry-run "$@"; }                          # all default mappings
+jq_impl() { jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$@"; }
+py_impl() { "$PY" "$ROOT/benches/perf/placed_order.py" "$@"; }
+
+# --- agreement ------------------------------------------------------------------------------
+say "checking that marketsync, jq and Python agree"
+rejected() { awk '$1 == "rejected" { print $2 }' "$1"; }
+ms_two "$DATA" > "$OUT/marketsync.ndjson" 2> "$OUT/marketsync.log" || true
+[ "$(rejected "$OUT/marketsync.log")" = 0 ] || die "marketsync rejected deliveries: see $OUT/marketsync.log"
+ms_all "$DATA" > "$OUT/marketsync-all.ndjson" 2> "$OUT/marketsync-all.log" || true
+[ "$(rejected "$OUT/marketsync-all.log")" = 0 ] || die "marketsync (all mappings) rejected deliveries: see $OUT/marketsync-all.log"
+jq_impl "$DATA" > "$OUT/jq.ndjson" || die "jq failed"
+ms_two "$PY_DATA" > "$OUT/marketsync-subset.ndjson" 2>/dev/null || true
+py_impl "$PY_DATA" > "$OUT/python.ndjson" || die "placed_order.py failed or rejected bodies"
+
+# Byte-identical is the goal; "equal" also passes: the same JSON values line by line, in the same
+# order, keys sorted and numbers as jq prints them (jq writes 630 where serde_json writes 630.0).
+agree() { # name expected actual
+  if cmp -s "$2" "$3"; then
+    echo "$1: byte-identical to marketsync ($(wc -l < "$3") requests)" >&2
+    return
+  fi
+  if cmp -s <(jq -cS . "$2") <(jq -cS . "$3"); then
+    echo "$1: equal to marketsync after normalising JSON ($(wc -l < "$3") requests; formatting differs)" >&2
+    return
+  fi
+  local line
+  line=$(cmp <(jq -cS . "$2") <(jq -cS . "$3") 2>&1 | awk '{ print $NF }' || true)
+  [[ $line =~ ^[0-9]+$ ]] || line=1
+  echo "$1 differs from marketsync at request line ${line:-?} ($(wc -l < "$2") vs $(wc -l < "$3") lines):" >&2
+  diff <(sed -n "${line}p" "$2" | jq -S .) <(sed -n "${line}p" "$3" | jq -S .) | head -40 >&2 || true
+  die "$1 and marketsync disagree"
+}
+agree jq "$OUT/marketsync.ndjson" "$OUT/jq.ndjson"
+# With several workers the output must still be in input order: byte for byte the same.
+if [ "$JOBS_FLAG" = yes ]; then
+  for jobs in 1 2; do
+    ms_two --jobs "$jobs" "$DATA" > "$OUT/marketsync-jobs$jobs.ndjson" 2>/dev/null || true
+    cmp -s "$OUT/marketsync.ndjson" "$OUT/marketsync-jobs$jobs.ndjson" \
+      || die "marketsync --jobs $jobs writes different output from the default run"
+  done
+  echo "marketsync --jobs 1 and --jobs 2: byte-identical output" >&2
+fi
+agree python "$OUT/marketsync-subset.ndjson" "$OUT/python.ndjson"
+sed -n '/^summary:/,$p' "$OUT/marketsync.log" >&2
+
+# --- timing ---------------------------------------------------------------------------------
+OUT_BYTES=$(stat -c %s "$OUT/marketsync.ndjson")
+RESULTS=$OUT/results.tsv
+: > "$RESULTS"
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# measure NAME INPUT COMMAND...: RUNS runs, output to /dev/null; records the median wall time
+# and the largest peak RSS. The input is read once first so every run starts from the page cache.
+measure() {
+  local name=$1 input=$2; shift 2
+  cat "$input" > /dev/null
+  local walls=() cpus=() rss=0 i start end kb user sys
+  for ((i = 1; i <= RUNS; i++)); do
+    start=$(date +%s%N)
+    /usr/bin/time -f '%M %U %S' -o "$OUT/time.txt" "$@" > /dev/null 2> "$OUT/stderr.txt" \
+      || die "$name failed (exit $?): $(tail -n 5 "$OUT/stderr.txt")"
+    end=$(date +%s%N)
+    read -r kb user sys < <(tail -n 1 "$OUT/time.txt")
+    walls+=("$(( (end - start) / 1000 ))")
+    cpus+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", (u + s) * 1e6 }')")
+    [ "$kb" -gt "$rss" ] && rss=$kb
+  done
+  local deliveries
+  deliveries=$(wc -l < "$input")
+  # name, input bytes, deliveries, median wall µs, peak RSS kB, median CPU (user+sys) µs, all walls
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(stat -c %s "$input")" "$deliveries" \
+    "$(median "${walls[@]}")" "$rss" "$(median "${cpus[@]}")" "${walls[*]}" >> "$RESULTS"
+  echo "$name: wall µs ${walls[*]}; CPU µs ${cpus[*]}; peak RSS ${rss} kB" >&2
+}
+
+say "timing ($RUNS runs each, median)"
+# Other work on the machine inflates wall times: say how busy it was.
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+if [ "$JOBS_FLAG" = yes ]; then
+  measure "marketsync --jobs 1" "$DATA" "${PIN[@]}" "$BIN" run --dry-run --jobs 1 --mappings "$MAPPINGS" "$DATA"
+  measure "marketsync --jobs 2" "$DATA" "$BIN" run --dry-run --jobs 2 --mappings "$MAPPINGS" "$DATA"
+  measure "marketsync --jobs 2, all 7 default mappings" "$DATA" "$BIN" run --dry-run --jobs 2 "$DATA"
+else
+  measure "marketsync (one thread; no --jobs flag yet)" "$DATA" "${PIN[@]}" "$BIN" run --dry-run --mappings "$MAPPINGS" "$DATA"
+  measure "marketsync, all 7 default mappings" "$DATA" "${PIN[@]}" "$BIN" run --dry-run "$DATA"
+fi
+measure "jq $(jq --version | sed 's/^jq-//')" "$DATA" "${PIN[@]}" jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$DATA"
+measure "python (first $PY_SIZE)" "$PY_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" "$PY_DATA"
+measure "floor (serde_json parse + write)" "$DATA" "${PIN[@]}" "$FLOOR" --bytes "$OUT_BYTES" "$DATA"
+
+LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
+
+# --- report ---------------------------------------------------------------------------------
+cpu=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { sub(/^ +/, "", $2); print $2; exit }')
+[ -n "$cpu" ] || cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
+if commit=$(git rev-parse --short HEAD 2>/dev/null); then
+  git diff --quiet HEAD || commit="$commit (with uncommitted changes)"
+else
+  commit="(not a git checkout)"
+fi
+{
+  echo "### marketsync performance, $(date -u +%Y-%m-%d)"
+  echo
+  echo "- machine: $cpu, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1e6 }' /proc/meminfo) RAM, $(uname -sr)"
+  echo "- $(rustc -V), $(jq --version), $("$PY" --version 2>&1)"
+  echo "- marketsync $commit; data: seed $SEED, $SIZE ($(stat -c %s "$DATA") bytes, $(wc -l < "$DATA") deliveries), $(wc -l < "$OUT/marketsync.ndjson") requests, $OUT_BYTES output bytes"
+  echo "- median of $RUNS runs, output to /dev/null, input in the page cache; MB = 10^6 bytes of input${PIN:+; single-threaded runs pinned to one CPU (taskset)}"
+  echo "- load average (1 min) $LOAD_BEFORE before timing, $LOAD_AFTER after: above ~0.5 other work was competing for the $(nproc) cores and wall times are inflated (the CPU column is less affected)"
+  echo "- marketsync, jq and Python map placed-order + ordered-product only; the all-mappings row is the whole default set, for scale"
+  echo
+  echo "| implementation | deliveries/s | MB/s | peak RSS MB | × jq | × python | of floor | CPU s per 100 MB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  awk -F'\t' '
+    { name[NR] = $1; mbs[NR] = $2 / $4; dps[NR] = $3 / $4 * 1e6; rss[NR] = $5 / 1024; cpu[NR] = $6 / $2 * 100
+      if ($1 ~ /^jq/) jq = mbs[NR]; if ($1 ~ /^python/) py = mbs[NR]; if ($1 ~ /^floor/) fl = mbs[NR] }
+    END { for (i = 1; i <= NR; i++)
+      printf "| %s | %.0f | %.1f | %.1f | %.2f× | %.1f× | %.0f%% | %.2f |\n", name[i], dps[i], mbs[i], rss[i],
+        mbs[i] / jq, mbs[i] / py, 100 * mbs[i] / fl, cpu[i] }' "$RESULTS"
+  echo
+  # The issue's targets, each against the numbers above.
+  awk -F'\t' -v jobs="$JOBS_FLAG" '
+    { mbs[$1] = $2 / $4; rss[$1] = $5 / 1024
+      if ($1 ~ /^jq/) jq = mbs[$1]; if ($1 ~ /^python/) py = mbs[$1]; if ($1 ~ /^floor/) fl = mbs[$1]
+      if ($1 ~ /^marketsync/ && $1 !~ /all 7/) { if (one == "") one = mbs[$1]; if ($1 ~ /--jobs 2/) two = mbs[$1]
+        if (rss[$1] > peak) peak = rss[$1] }
+      if ($1 ~ /all 7/ && rss[$1] > peak) peak = rss[$1] }
+    function mark(ok) { return ok ? "met" : "NOT met" }
+    END {
+      printf "targets: one core ≥ 3× jq: %.2f× (%s); ", one / jq, mark(one / jq >= 3)
+      if (jobs == "yes") printf "2 cores ≥ 5.5× jq: %.2f× (%s); scaling ≥ 1.7: %.2f× (%s); ", two / jq, mark(two / jq >= 5.5), two / one, mark(two / one >= 1.7)
+      else printf "2 cores: not measured (no --jobs flag); "
+      printf "≥ 30× python: %.1f× (%s); one core ≥ 40%% of floor: %.0f%% (%s); peak RSS < 64 MB: %.1f MB (%s)\n",
+        one / py, mark(one / py >= 30), 100 * one / fl, mark(one / fl >= 0.4), peak, mark(peak < 64) }' "$RESULTS"
+} | tee "$OUT/results.md"
+echo >&2
+echo "(written to $OUT/results.md; raw runs in $RESULTS)" >&2
