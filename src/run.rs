@@ -78,11 +78,82 @@ impl Summary {
 }
 
 /// Maps deliveries to requests, remembering what it has seen during one run.
+///
+/// Work is split in two so it can be spread over threads: [`prepare`] parses and maps one
+/// delivery and needs nothing else (any thread, any order), and [`Runner::accept`] decides in
+/// input order what that delivery contributes (a repeat gives nothing, a once-per key seen
+/// before drops its request) and counts it. One thread or many, the output is the same.
 pub struct Runner<'a> {
     engine: &'a Engine,
-    seen_deliveries: HashSet<String>,
-    seen_keys: HashSet<String>,
+    /// Fingerprints rather than the keys themselves: memory stays small however long the run.
+    seen_deliveries: HashSet<u128>,
+    seen_keys: HashSet<u128>,
     pub summary: Summary,
+}
+
+/// One delivery, parsed and mapped, with where it was read.
+pub struct Prepared {
+    at: String,
+    outcome: Result<Vec<PreparedRecord>, source::RecordError>,
+}
+
+/// One record of a prepared delivery.
+struct PreparedRecord {
+    /// Marketplace and delivery id: the same twice means the same delivery.
+    identity: u128,
+    delivery_id: String,
+    typename: String,
+    mapped: Mapped,
+    /// Each request's output line, when prepared for a dry run; made here so that the
+    /// serialising happens on the worker threads too.
+    lines: Vec<String>,
+}
+
+/// Parses and maps one delivery. Pure: it may run on any thread, in any order.
+pub fn prepare(engine: &Engine, line: &Line, with_lines: bool) -> Prepared {
+    let at = format!("{}:{}", line.origin, line.number);
+    let outcome = source::parse_delivery(&line.text).map(|records| {
+        records
+            .into_iter()
+            .map(|record| {
+                let mapped = engine.map(&record);
+                let lines = if with_lines {
+                    mapped.requests.iter().map(Request::to_line).collect()
+                } else {
+                    Vec::new()
+                };
+                PreparedRecord {
+                    identity: identity(engine, &record),
+                    delivery_id: record.delivery_id,
+                    typename: record.typename,
+                    mapped,
+                    lines,
+                }
+            })
+            .collect()
+    });
+    Prepared { at, outcome }
+}
+
+fn identity(engine: &Engine, record: &Record) -> u128 {
+    fingerprint(&[engine.marketplace_of(record), &record.delivery_id])
+}
+
+/// A 128-bit digest of some strings: collisions are out of reach for any real run (2^-64 at
+/// four billion keys), at a sixteenth of the memory of long keys.
+fn fingerprint(parts: &[&str]) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    u128::from_le_bytes(
+        digest[..16]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
 }
 
 impl<'a> Runner<'a> {
@@ -103,9 +174,20 @@ impl<'a> Runner<'a> {
         mut emit: impl FnMut(&Request) -> io::Result<()>,
         report: &mut dyn Write,
     ) -> io::Result<()> {
+        let prepared = prepare(self.engine, line, false);
+        self.accept(prepared, |request, _| emit(request), report)
+    }
+
+    /// Takes a prepared delivery, in input order: counts it, reports its problems, and hands
+    /// each request that survives the run's memory to `emit` (with its output line, if made).
+    pub fn accept(
+        &mut self,
+        prepared: Prepared,
+        mut emit: impl FnMut(&Request, Option<&str>) -> io::Result<()>,
+        report: &mut dyn Write,
+    ) -> io::Result<()> {
         self.summary.deliveries += 1;
-        let at = format!("{}:{}", line.origin, line.number);
-        let records = match source::parse_delivery(&line.text) {
+        let records = match prepared.outcome {
             Ok(records) => records,
             Err(err) => {
                 *self
@@ -113,17 +195,20 @@ impl<'a> Runner<'a> {
                     .rejected
                     .entry(err.reason().to_owned())
                     .or_default() += 1;
-                writeln!(report, "{at}: rejected: {err}")?;
+                writeln!(report, "{}: rejected: {err}", prepared.at)?;
                 return Ok(());
             }
         };
         for record in records {
-            let Some(mapped) = self.record(&record) else {
+            if !self.first_time(record.identity) {
                 continue;
-            };
-            report_mapped(report, &at, &record.delivery_id, &mapped)?;
-            for request in &mapped.requests {
-                emit(request)?;
+            }
+            self.tally(&record.typename, &record.mapped);
+            report_mapped(report, &prepared.at, &record.delivery_id, &record.mapped)?;
+            for (index, request) in record.mapped.requests.iter().enumerate() {
+                if self.keep(request) {
+                    emit(request, record.lines.get(index).map(String::as_str))?;
+                }
             }
         }
         Ok(())
@@ -133,14 +218,27 @@ impl<'a> Runner<'a> {
     /// request whose mapping fires once per key is dropped when its key was seen. Tests and
     /// snapshots go through here too, so they show exactly what a run would send.
     pub fn record(&mut self, record: &Record) -> Option<Mapped> {
-        let marketplace = self.engine.marketplace_of(record);
-        let identity = format!("{marketplace}\u{1f}{}", record.delivery_id);
-        if !self.seen_deliveries.insert(identity) {
-            self.summary.repeated_deliveries += 1;
+        if !self.first_time(identity(self.engine, record)) {
             return None;
         }
-        self.summary.records += 1;
         let mut mapped = self.engine.map(record);
+        self.tally(&record.typename, &mapped);
+        mapped.requests.retain(|request| self.keep(request));
+        Some(mapped)
+    }
+
+    /// Whether this delivery is new to the run; a repeat is counted.
+    fn first_time(&mut self, identity: u128) -> bool {
+        let new = self.seen_deliveries.insert(identity);
+        if !new {
+            self.summary.repeated_deliveries += 1;
+        }
+        new
+    }
+
+    /// Counts a mapped record into the summary.
+    fn tally(&mut self, typename: &str, mapped: &Mapped) {
+        self.summary.records += 1;
         self.summary.warnings += mapped.warnings.len();
         for error in &mapped.errors {
             *self
@@ -150,32 +248,27 @@ impl<'a> Runner<'a> {
                 .or_default() += 1;
         }
         if !mapped.matched {
-            *self
-                .summary
-                .skipped
-                .entry(record.typename.clone())
-                .or_default() += 1;
-            return Some(mapped);
-        }
-        if mapped.requests.is_empty() && mapped.errors.is_empty() {
+            *self.summary.skipped.entry(typename.to_owned()).or_default() += 1;
+        } else if mapped.requests.is_empty() && mapped.errors.is_empty() {
             self.summary.without_request += 1;
         }
-        mapped.requests.retain(|request| {
-            if let Some(key) = &request.once_key {
-                let scoped = format!("{}\u{1f}{key}", request.mapping);
-                if !self.seen_keys.insert(scoped) {
-                    self.summary.once_per_key_dropped += 1;
-                    return false;
-                }
-            }
-            *self
-                .summary
-                .requests
-                .entry(request.mapping.to_string())
-                .or_default() += 1;
-            true
-        });
-        Some(mapped)
+    }
+
+    /// Whether a request goes out: not when its mapping fires once per key and the key was
+    /// seen. A request that goes is counted.
+    fn keep(&mut self, request: &Request) -> bool {
+        if let Some(key) = &request.once_key
+            && !self.seen_keys.insert(fingerprint(&[&request.mapping, key]))
+        {
+            self.summary.once_per_key_dropped += 1;
+            return false;
+        }
+        *self
+            .summary
+            .requests
+            .entry(request.mapping.to_string())
+            .or_default() += 1;
+        true
     }
 }
 
@@ -195,27 +288,132 @@ pub(crate) fn report_mapped(
     Ok(())
 }
 
-/// A dry run: every input in order, one request per line on `out` as NDJSON.
+/// A dry run: every input in order, one request per line on `out` as NDJSON. With `jobs`
+/// above 1, deliveries are parsed and mapped on that many threads while one reader feeds them
+/// and this thread writes the results, in input order.
 pub fn dry_run(
     engine: &Engine,
     inputs: &[Input],
+    jobs: usize,
     out: &mut dyn Write,
     report: &mut dyn Write,
 ) -> io::Result<Summary> {
     let mut runner = Runner::new(engine);
-    for input in inputs {
-        for line in source::read_lines(input)? {
-            let line = line?;
-            runner.delivery(
-                &line,
-                |request| {
-                    out.write_all(request.to_line().as_bytes())?;
-                    out.write_all(b"\n")
-                },
-                report,
-            )?;
+    let mut write = |request: &Request, line: Option<&str>| match line {
+        Some(line) => {
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\n")
         }
+        None => {
+            out.write_all(request.to_line().as_bytes())?;
+            out.write_all(b"\n")
+        }
+    };
+    if jobs <= 1 {
+        for input in inputs {
+            for line in source::read_lines(input)? {
+                runner.accept(prepare(engine, &line?, true), &mut write, report)?;
+            }
+        }
+    } else {
+        parallel::map_in_order(engine, inputs, jobs, |prepared| {
+            runner.accept(prepared, &mut write, report)
+        })?;
     }
     out.flush()?;
     Ok(runner.summary)
+}
+
+mod parallel {
+    //! Deliveries prepared on several threads and handed back in input order.
+    //!
+    //! A reader thread cuts the input into batches; for each, it sends the batch to the
+    //! workers together with a one-batch result slot, and sends the slot's receiving end, in
+    //! order, to the caller's thread. The caller waits on the slots one by one, so results come
+    //! back in input order, and the bounded channels keep only a few batches in memory.
+
+    use super::{Prepared, prepare};
+    use crate::engine::Engine;
+    use crate::source::{self, Input, Line};
+    use std::io;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    use std::sync::{Arc, Mutex};
+
+    /// A batch holds up to this many deliveries, or this many bytes of them.
+    const BATCH_LINES: usize = 64;
+    const BATCH_BYTES: usize = 256 * 1024;
+
+    type Slot = Receiver<Vec<Prepared>>;
+    type Work = (Vec<Line>, SyncSender<Vec<Prepared>>);
+
+    pub(super) fn map_in_order(
+        engine: &Engine,
+        inputs: &[Input],
+        jobs: usize,
+        mut accept: impl FnMut(Prepared) -> io::Result<()>,
+    ) -> io::Result<()> {
+        std::thread::scope(|scope| {
+            let (work_tx, work_rx) = sync_channel::<Work>(jobs);
+            let work_rx = Arc::new(Mutex::new(work_rx));
+            let (slots_tx, slots_rx) = sync_channel::<Slot>(jobs * 2);
+            for _ in 0..jobs {
+                let work_rx = Arc::clone(&work_rx);
+                scope.spawn(move || {
+                    loop {
+                        let next = work_rx.lock().expect("work queue lock").recv();
+                        let Ok((batch, slot)) = next else { break };
+                        let prepared = batch.iter().map(|l| prepare(engine, l, true)).collect();
+                        if slot.send(prepared).is_err() {
+                            break; // the caller stopped (a write failed)
+                        }
+                    }
+                });
+            }
+            drop(work_rx);
+            let reader = scope.spawn(move || read_batches(inputs, &work_tx, &slots_tx));
+            let mut result = Ok(());
+            for slot in slots_rx {
+                let Ok(batch) = slot.recv() else { break };
+                if let Err(e) = batch.into_iter().try_for_each(&mut accept) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            // Leaving the loop drops the slots' receiver, which stops the reader and so the
+            // workers, whatever state they were in.
+            let read = reader.join().expect("the reader thread does not panic");
+            result.and(read)
+        })
+    }
+
+    /// Reads every input into batches; stops early, quietly, if the caller went away.
+    fn read_batches(
+        inputs: &[Input],
+        work: &SyncSender<Work>,
+        slots: &SyncSender<Slot>,
+    ) -> io::Result<()> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let send = |batch: Vec<Line>| -> bool {
+            let (slot_tx, slot_rx) = sync_channel(1);
+            slots.send(slot_rx).is_ok() && work.send((batch, slot_tx)).is_ok()
+        };
+        for input in inputs {
+            for line in source::read_lines(input)? {
+                let line = line?;
+                bytes += line.text.len();
+                batch.push(line);
+                if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
+                    if !send(std::mem::take(&mut batch)) {
+                        return Ok(());
+                    }
+                    bytes = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            send(batch);
+        }
+        Ok(())
+    }
 }

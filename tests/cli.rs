@@ -750,3 +750,43 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(output.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn dry_run_output_is_the_same_in_input_order_whatever_the_number_of_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("orders.ndjson");
+    // Enough deliveries for many batches, a repeat, and a broken line in the middle.
+    let orders = common::synthetic_orders(400);
+    let mut lines: Vec<&str> = orders.lines().collect();
+    let repeat = lines[10];
+    lines.insert(200, "{not json");
+    lines.insert(300, repeat);
+    fs::write(&input, lines.join("\n")).unwrap();
+    let run = |jobs: &str| {
+        let out = marketsync()
+            .args(["run", "--dry-run", "--jobs", jobs])
+            .arg(&input)
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        (out.stdout, String::from_utf8(out.stderr).unwrap())
+    };
+    let (one, one_report) = run("1");
+    for jobs in ["2", "3", "8"] {
+        let (many, many_report) = run(jobs);
+        assert!(
+            one == many,
+            "--jobs {jobs} wrote other requests or another order"
+        );
+        assert_eq!(one_report, many_report, "--jobs {jobs}");
+    }
+    assert!(
+        one_report.contains(":201: rejected: not JSON"),
+        "{one_report}"
+    );
+    assert!(
+        one_report.contains("repeated deliveries          1"),
+        "{one_report}"
+    );
+}

@@ -41,6 +41,10 @@ pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
     dry_run: bool,
+    /// Threads that parse and map deliveries in a dry run (default: every core). The output
+    /// is in input order whatever the number.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     #[command(flatten)]
     mappings: MappingArgs,
     /// Marketplace for deliveries that do not name one (no Marketplacer-Vertical header).
@@ -98,7 +102,11 @@ pub fn execute(args: Args) -> u8 {
         args.inputs.iter().map(|a| Input::from_arg(a)).collect()
     };
     if args.dry_run {
-        return dry(&engine, &inputs);
+        let jobs = args.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        );
+        return dry(&engine, &inputs, jobs);
     }
     // A client names its own variable, so several clients' keys can sit side by side.
     let key_variable = engine
@@ -173,12 +181,12 @@ pub fn execute(args: Args) -> u8 {
     }
 }
 
-fn dry(engine: &Engine, inputs: &[Input]) -> u8 {
+fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let stderr = io::stderr();
     let mut report = stderr.lock();
-    match dry_run(engine, inputs, &mut out, &mut report) {
+    match dry_run(engine, inputs, jobs, &mut out, &mut report) {
         Ok(summary) => {
             eprint!("{}", summary.render());
             if summary.rejected_count() > 0 {
