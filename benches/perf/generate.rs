@@ -18,10 +18,8 @@
 //! - about 20% Shipments and 10% RefundRequests of recent paid orders (some still awaiting
 //!   approval, some cancelling lines before dispatch).
 //!
-//! Line items are 5 to 7 KB each, as adverts are in practice: besides the modelled
-//! `LineItemFields`, `variant.advert` carries the Advert's `description`, `productFeatures`,
-//! `images` and `metadata` (fields of `Advert` in `marketplacer.graphqls`), which an operator's
-//! query may select and the default mappings ignore. Names are non-ASCII where people's are
+//! Nodes carry exactly the fields the modelled queries select, so an invoice delivery is about
+//! 5 to 7 KB (one NDJSON line), as real ones are. Names are non-ASCII where people's are
 //! (Zoë Ångström, Łukasz, 王芳); titles carry emoji and the characters JSON must escape.
 //! Emails are ASCII but arrive in mixed case and with stray spaces, as checkout forms send them.
 //!
@@ -732,21 +730,8 @@ impl Line {
                 legacy_id as u128 * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835 + i as u128
             )
         };
-        let features: Vec<String> = (0..rng.random_range(4..9))
-            .map(|_| pick(rng, FEATURES).to_string())
-            .collect();
-        let mut advert = json!({
-            "taxon": taxon,
-            "description": "",
-            "productFeatures": features,
-            "images": {"nodes": (0..rng.random_range(5..10)).map(|i| json!({"url": image(i)})).collect::<Vec<_>>()},
-            "metadata": [
-                {"key": "origin_country", "value": *pick(rng, &["AU", "NZ", "CN", "DE", "PL", "JP"])},
-                {"key": "shipping_parcel", "value": format!("{}x{}x{} cm, {} g", rng.random_range(5..60), rng.random_range(5..60), rng.random_range(2..40), rng.random_range(100..9000))},
-                {"key": "care_instructions", "value": "Hand wash cold; dry flat — do not tumble dry. Keep away from open flames."},
-                {"key": "warranty", "value": format!("{} months (Australian Consumer Law applies)", *pick(rng, &[6, 12, 24]))},
-            ],
-        });
+        // Only what the modelled query selects of the advert (`LineItemFields`).
+        let advert = json!({ "taxon": taxon });
         let mut json = json!({
             "id": gid("LineItem", legacy_id),
             "legacyId": legacy_id,
@@ -769,16 +754,6 @@ impl Line {
             "image": {"url": image(0)},
             "variant": {"advert": Value::Null},
         });
-        // The description fills the line to its target size, as long advert copy does.
-        let target = rng.random_range(5_000..6_850);
-        let bare = serde_json::to_vec(&json).map_or(0, |v| v.len())
-            + serde_json::to_vec(&advert).map_or(0, |v| v.len());
-        let mut description = String::new();
-        while description.len() + bare < target {
-            description.push_str(pick::<&str>(rng, SENTENCES));
-            description.push(' ');
-        }
-        advert["description"] = description.trim_end().into();
         json["variant"]["advert"] = advert;
         Line {
             index,
@@ -1124,38 +1099,4 @@ const VARIANTS: &[&str] = &[
     "One Size",
     "XL / Noir",
     "2 Pack",
-];
-
-const FEATURES: &[&str] = &[
-    "Non-toxic, BPA-free materials",
-    "Machine washable cover",
-    "Vet recommended",
-    "Made in Australia from local and imported ingredients",
-    "Suitable for puppies over 12 weeks",
-    "Reflective stitching for night walks",
-    "Dishwasher safe",
-    "Recyclable packaging ♻️",
-    "Hypoallergenic",
-    "Grain-free recipe",
-    "Fits crates up to 107 cm",
-    "Rated 4.8 ★ by 2,300 customers",
-];
-
-const SENTENCES: &[&str] = &[
-    "Built to last through the toughest play sessions, this product has been tested by our team of very enthusiastic dogs.",
-    "Our formula is made with human-grade ingredients, sustainably sourced from farms across Australia and New Zealand.",
-    "Please note that colours may vary slightly from those shown because of differences between screens.",
-    "Suitable for indoor and outdoor use; store in a cool, dry place away from direct sunlight.",
-    "Fabriqué avec soin — chaque pièce est inspectée à la main avant l'expédition.",
-    "Hergestellt aus recycelten Materialien, für Haustiere jeder Größe geeignet.",
-    "Wykonane z trwałych materiałów, łatwe w czyszczeniu i bezpieczne dla zwierząt.",
-    "适合所有体型的宠物，材料环保，易于清洁。",
-    "ペットのために丁寧に作られました。",
-    "Whether your companion is a tiny terrier or a giant Newfoundland, there is a size that fits just right 🐾.",
-    "Always supervise your pet with new toys and replace any item that shows signs of wear or damage.",
-    "Includes a 30-day satisfaction guarantee: if your pet is not thrilled, neither are we, so send it back.",
-    "Feeding guide: adjust portions to your pet's age, weight and activity level, and keep fresh water available.",
-    "Dimensions: 60 × 45 × 12 cm; weight 1.2 kg; packaging 100% recyclable.",
-    "Warning: contains small parts — not suitable for children under 3 years.",
-    "Ingredients: kangaroo (32%), sweet potato, pumpkin, peas, sunflower oil, flaxseed, vitamins & minerals.",
 ];

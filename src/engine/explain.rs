@@ -8,7 +8,7 @@
 //! cannot disagree with a run.
 
 use super::body::{Node, RenderError};
-use super::select::{Picked, SelectError};
+use super::select::{Found, Picked, SelectError};
 use super::watch::{Segment, Watch};
 use super::{Engine, Globals, Mapping, filters};
 use crate::klaviyo::Request;
@@ -677,7 +677,8 @@ fn to_json(value: &Value) -> Json {
 }
 
 impl Watch for Recorder<'_, '_> {
-    fn selected(&mut self, index: usize, value: &Json, how: Picked) {
+    fn selected(&mut self, index: usize, found: &Found<'_>, how: Picked) {
+        let value = &found.to_json();
         let step = &mut self.selections[index];
         (step.how, step.count) = match how {
             Picked::Matched => (How::Matched, None),

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod filters;
 mod scope;
 pub mod select;
+mod view;
 mod watch;
 
 use crate::diagnostic::Diagnostics;
@@ -26,7 +27,7 @@ use crate::spec::{Lane, MappingSet, Settings};
 use body::Node;
 use minijinja::value::Value;
 use minijinja::{Environment, Expression, Template};
-use select::{Condition, Selection};
+use select::{Condition, Found, SelectError, Selection};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -281,19 +282,37 @@ impl Mapping<'_> {
         context.insert("delivery".into(), Value::from(record.delivery_id.as_str()));
         context.insert("type".into(), Value::from(record.typename.as_str()));
 
-        let mut picked: Vec<Json> = Vec::with_capacity(self.selections.len());
+        // Selections borrow from the record, and templates see views into it (see `view`):
+        // nothing is copied that a template does not read.
+        let mut picked: Vec<Found<'_>> = Vec::with_capacity(self.selections.len());
         for (index, selection) in self.selections.iter().enumerate() {
-            let root = selection.from.map_or(&record.node, |i| &picked[i]);
-            let (value, how) = selection.pick_how(root).map_err(|e| {
+            let fail = |e: SelectError, watch: &mut W| {
                 watch.select_failed(index, &e);
                 self.error(MappingErrorKind::Missing, e.to_string())
-            })?;
-            watch.selected(index, &value, how);
-            context.insert(
-                selection.name.clone(),
-                Value::from(minijinja::value::Serde(&value)),
-            );
-            picked.push(value);
+            };
+            let (found, how) = match selection.from.map(|i| &picked[i]) {
+                None => selection.find(&record.node).map_err(|e| fail(e, watch))?,
+                Some(Found::One(node)) => selection.find(node).map_err(|e| fail(e, watch))?,
+                // Read from a value of our own (a default, a list): found values are copied.
+                Some(other) => {
+                    let source = other.to_json();
+                    let (found, how) = selection.find(&source).map_err(|e| fail(e, watch))?;
+                    (found.into_owned(), how)
+                }
+            };
+            watch.selected(index, &found, how);
+            let value = match &found {
+                Found::One(node) => view::value_in(&record.node, node),
+                Found::Many(nodes) => Value::from(
+                    nodes
+                        .iter()
+                        .map(|node| view::value_in(&record.node, node))
+                        .collect::<Vec<_>>(),
+                ),
+                Found::Owned(json) => Value::from(minijinja::value::Serde(json)),
+            };
+            context.insert(selection.name.clone(), value);
+            picked.push(found);
         }
         let mut ctx = Value::from(context);
         for (index, (name, expr)) in self.compute.iter().enumerate() {

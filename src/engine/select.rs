@@ -126,6 +126,32 @@ pub enum Picked {
     OptionalNone,
 }
 
+/// What a selection found: borrowed from the record where it can be, so that nothing is
+/// copied before a template reads it.
+#[derive(Debug)]
+pub enum Found<'a> {
+    One(&'a Json),
+    Many(Vec<&'a Json>),
+    /// A default, or what was read from such a value.
+    Owned(Json),
+}
+
+impl Found<'_> {
+    /// The value as JSON (a copy), for explain and for `from:` over a list.
+    pub fn to_json(&self) -> Json {
+        match self {
+            Found::One(node) => (*node).clone(),
+            Found::Many(nodes) => Json::Array(nodes.iter().map(|n| (*n).clone()).collect()),
+            Found::Owned(value) => value.clone(),
+        }
+    }
+
+    /// The same, no longer borrowing.
+    pub fn into_owned(self) -> Found<'static> {
+        Found::Owned(self.to_json())
+    }
+}
+
 impl Selection {
     /// Picks this selection's value from `root`. A JSON `null` counts as missing.
     pub fn pick(&self, root: &Json) -> Result<Json, SelectError> {
@@ -134,6 +160,11 @@ impl Selection {
 
     /// [`Selection::pick`], saying how the value was found.
     pub fn pick_how(&self, root: &Json) -> Result<(Json, Picked), SelectError> {
+        self.find(root).map(|(found, how)| (found.to_json(), how))
+    }
+
+    /// What the path finds in `root`, borrowed, and how it was found.
+    pub fn find<'a>(&self, root: &'a Json) -> Result<(Found<'a>, Picked), SelectError> {
         let found: Vec<&Json> = self
             .path
             .nodes(root)
@@ -142,15 +173,12 @@ impl Selection {
             .collect();
         if let Cardinality::Many = self.cardinality {
             let count = found.len();
-            return Ok((
-                Json::Array(found.into_iter().cloned().collect()),
-                Picked::MatchedMany(count),
-            ));
+            return Ok((Found::Many(found), Picked::MatchedMany(count)));
         }
         match (found.as_slice(), &self.cardinality) {
-            ([one], _) => Ok(((*one).clone(), Picked::Matched)),
-            ([], Cardinality::Optional) => Ok((Json::Null, Picked::OptionalNone)),
-            ([], Cardinality::Default(value)) => Ok((value.clone(), Picked::Default)),
+            ([one], _) => Ok((Found::One(one), Picked::Matched)),
+            ([], Cardinality::Optional) => Ok((Found::Owned(Json::Null), Picked::OptionalNone)),
+            ([], Cardinality::Default(value)) => Ok((Found::Owned(value.clone()), Picked::Default)),
             ([], _) => Err(SelectError::Missing {
                 field: self.name.clone(),
                 path: self.path.text.clone(),

@@ -5,7 +5,7 @@
 //! so mapping stays as fast as it was. [`super::explain`] records them instead.
 
 use super::body::{Node, RenderError};
-use super::select::{Picked, SelectError};
+use super::select::{Found, Picked, SelectError};
 use crate::klaviyo::Request;
 use minijinja::value::Value;
 use serde_json::Value as Json;
@@ -19,7 +19,7 @@ pub enum Segment<'a> {
 
 pub trait Watch {
     /// Selection `index` picked `value`, and how.
-    fn selected(&mut self, _index: usize, _value: &Json, _how: Picked) {}
+    fn selected(&mut self, _index: usize, _found: &Found<'_>, _how: Picked) {}
     /// Selection `index` failed (the mapping stops here).
     fn select_failed(&mut self, _index: usize, _error: &SelectError) {}
     /// Computed value `index` is `value`; `before` is the context it was evaluated in.

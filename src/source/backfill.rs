@@ -60,7 +60,7 @@ pub fn records(mut data: Map<String, Json>) -> Result<Vec<Record>, RecordError> 
                 typename: typename.into(),
                 marketplace: marketplace.clone(),
                 currency: currency.clone(),
-                node,
+                node: std::sync::Arc::new(node),
             });
         }
     }

@@ -31,7 +31,9 @@ pub struct Record {
     pub marketplace: Option<String>,
     /// The currency named by the delivery itself (backfill `siteConfig`).
     pub currency: Option<String>,
-    pub node: Json,
+    /// Shared, and never changed once parsed: templates read it through views (see
+    /// `engine::view`), not copies.
+    pub node: std::sync::Arc<Json>,
 }
 
 /// Why a line of input could not become records.
@@ -192,7 +194,7 @@ fn node_record(node: Json, event: &str, delivery_id: String) -> Result<Record, R
         typename,
         marketplace: None,
         currency: None,
-        node,
+        node: std::sync::Arc::new(node),
     })
 }
 
