@@ -14,8 +14,11 @@ use marketsync::source::{Record, parse_delivery};
 use std::hint::black_box;
 
 fn deliveries() -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/orders.ndjson"))
-        .expect("examples/orders.ndjson");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/orders.ndjson"
+    ))
+    .expect("examples/orders.ndjson");
     text.lines().map(str::to_owned).collect()
 }
 
@@ -43,7 +46,10 @@ fn stages(c: &mut Criterion) {
     .iter()
     .map(|p| Path::parse(p).expect("valid paths"))
     .collect();
-    let requests: Vec<_> = records.iter().flat_map(|r| engine.map(r).requests).collect();
+    let requests: Vec<_> = records
+        .iter()
+        .flat_map(|r| engine.map(r).requests)
+        .collect();
     let placed = requests
         .iter()
         .find(|r| &*r.mapping == "placed-order")

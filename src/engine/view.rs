@@ -4,7 +4,7 @@
 //! were copied once per mapping that read them, and then again for the template. A view is a
 //! pointer into the record's (shared, immutable) JSON that answers attribute and index lookups
 //! as a template makes them, so only what a template actually reads is ever converted. On the
-//! benchmark's deliveries this took a one-thread dry run from 2.10 to 1.55 s per 100 MB
+//! benchmark's deliveries this took a one-thread dry run from 2.10 to 1.84 s of CPU per 100 MB
 //! (docs/performance.md), which is why the unsafe pointer below is worth its comment.
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
