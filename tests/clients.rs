@@ -627,3 +627,32 @@ fn tests_take_inline_deliveries_whole_bodies_endpoints_and_expected_rejections()
         ))
         .stderr(predicate::str::contains("10 passed, 1 failed"));
 }
+
+#[test]
+fn explain_values_a_delivery_in_its_marketplaces_currency_as_run_does() {
+    let ws = Workspace::new();
+    let text = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let nz = text.lines().next().unwrap().replace(
+        "\"Marketplacer-Vertical\":\"petmarket\"",
+        "\"Marketplacer-Vertical\":\"petmarket-nz\"",
+    );
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write("nz.json", &nz);
+    ws.marketsync()
+        .args([
+            "explain",
+            "--client",
+            "acme",
+            "--mapping",
+            "placed-order",
+            "nz.json",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("currency NZD"))
+        .stdout(predicate::str::contains("\"NZD\""));
+    ws.marketsync()
+        .args(["run", "--dry-run", "--client", "acme", "nz.json"])
+        .assert()
+        .stdout(predicate::str::contains("\"value_currency\":\"NZD\""));
+}

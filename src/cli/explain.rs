@@ -58,13 +58,12 @@ struct Picked {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let engine = match args.mappings.load_or_report() {
+    let engine = match args
+        .mappings
+        .load_for_marketplace(args.marketplace.as_ref())
+    {
         Ok(engine) => engine,
         Err(code) => return code,
-    };
-    let engine = match &args.marketplace {
-        Some(name) => engine.with_default_marketplace(name.clone()),
-        None => engine,
     };
     let names = engine.mapping_names();
     if !names.iter().any(|n| **n == *args.mapping) {

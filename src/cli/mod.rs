@@ -113,6 +113,16 @@ impl MappingArgs {
             })
     }
 
+    /// [`MappingArgs::load_or_report`], with `--marketplace` (when given) as the marketplace of
+    /// deliveries that name none.
+    fn load_for_marketplace(&self, marketplace: Option<&String>) -> Result<Engine, u8> {
+        let engine = self.load_or_report()?;
+        Ok(match marketplace {
+            Some(name) => engine.with_default_marketplace(name.clone()),
+            None => engine,
+        })
+    }
+
     fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
         Engine::compile(self.load_set())
     }

@@ -82,13 +82,12 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let engine = match args.mappings.load_or_report() {
+    let engine = match args
+        .mappings
+        .load_for_marketplace(args.marketplace.as_ref())
+    {
         Ok(engine) => engine,
         Err(code) => return code,
-    };
-    let engine = match &args.marketplace {
-        Some(name) => engine.with_default_marketplace(name.clone()),
-        None => engine,
     };
     let inputs: Vec<Input> = if args.inputs.is_empty() {
         // `marketsync run` typed at a terminal sends what is queued (after `retry`, say)

@@ -280,10 +280,7 @@ impl Engine {
             .find(|m| &*m.name == name)?;
         // The globals `map` gives every mapping of this record.
         let marketplace = self.marketplace_of(record);
-        let currency = record
-            .currency
-            .as_deref()
-            .unwrap_or(&self.settings.currency);
+        let currency = self.currency_of(record);
         let source: Arc<str> = record.delivery_id.as_str().into();
         let globals = Globals {
             settings: &self.settings_value,

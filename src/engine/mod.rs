@@ -174,6 +174,14 @@ impl Engine {
             .unwrap_or(&self.default_marketplace)
     }
 
+    /// The currency of a record's amounts: the one its delivery names, else its marketplace's.
+    pub fn currency_of<'r>(&'r self, record: &'r Record) -> &'r str {
+        record
+            .currency
+            .as_deref()
+            .unwrap_or_else(|| self.settings.currency_of(self.marketplace_of(record)))
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -191,10 +199,7 @@ impl Engine {
     pub fn map(&self, record: &Record) -> Mapped {
         let mut mapped = Mapped::default();
         let marketplace = self.marketplace_of(record);
-        let currency = record
-            .currency
-            .as_deref()
-            .unwrap_or_else(|| self.settings.currency_of(marketplace));
+        let currency = self.currency_of(record);
         let source: Arc<str> = record.delivery_id.as_str().into();
         let globals = Globals {
             settings: &self.settings_value,
