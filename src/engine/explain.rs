@@ -279,16 +279,8 @@ impl Engine {
             .iter()
             .find(|m| &*m.name == name)?;
         // The globals `map` gives every mapping of this record.
-        let marketplace = self.marketplace_of(record);
-        let currency = self.currency_of(record);
         let source: Arc<str> = record.delivery_id.as_str().into();
-        let globals = Globals {
-            settings: &self.settings_value,
-            marketplace,
-            currency,
-            record,
-            source: &source,
-        };
+        let globals = self.globals(record, &source);
         let checks = checks(mapping, record);
         let matched =
             mapping.reads(record) && mapping.conditions.iter().all(|c| c.holds(&record.node));
@@ -300,8 +292,8 @@ impl Engine {
                 delivery: record.delivery_id.clone(),
                 typename: record.typename.clone(),
                 event: record.event.clone(),
-                marketplace: marketplace.to_owned(),
-                currency: currency.to_owned(),
+                marketplace: globals.marketplace.to_owned(),
+                currency: globals.currency.to_owned(),
             },
             matched,
             checks,

@@ -195,19 +195,22 @@ impl Engine {
             .collect()
     }
 
+    /// What every mapping of `record` may read besides its own selections.
+    fn globals<'a>(&'a self, record: &'a Record, source: &'a Arc<str>) -> Globals<'a> {
+        Globals {
+            settings: &self.settings_value,
+            marketplace: self.marketplace_of(record),
+            currency: self.currency_of(record),
+            record,
+            source,
+        }
+    }
+
     /// Applies every mapping to `record`.
     pub fn map(&self, record: &Record) -> Mapped {
         let mut mapped = Mapped::default();
-        let marketplace = self.marketplace_of(record);
-        let currency = self.currency_of(record);
         let source: Arc<str> = record.delivery_id.as_str().into();
-        let globals = Globals {
-            settings: &self.settings_value,
-            marketplace,
-            currency,
-            record,
-            source: &source,
-        };
+        let globals = self.globals(record, &source);
         for mapping in self.compiled.borrow_dependent() {
             if !mapping.reads(record) {
                 continue;
