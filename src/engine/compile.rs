@@ -646,14 +646,7 @@ fn spec_node_at<'s>(spec: &'s MappingSpec, path: &[&str]) -> Option<&'s Spanned<
 
 /// The text of a body string at `path`, as written.
 fn spec_text_at(spec: &MappingSpec, path: &[&str]) -> Option<String> {
-    let mut node = &spec.emit.body.value;
-    for key in path {
-        match node {
-            BodyNode::Map(entries) => node = &entries.get(*key)?.value,
-            _ => return None,
-        }
-    }
-    match node {
+    match &spec_node_at(spec, path)?.value {
         BodyNode::String(text) => Some(text.clone()),
         _ => None,
     }
@@ -1174,7 +1167,10 @@ fn check_examples(
                 Some((_, _, count)) => *count += 1,
                 None => failures.push((message, delivery.to_owned(), 1)),
             };
-            for (index, line) in example_deliveries(&example.name, text).enumerate() {
+            for (index, line) in source::deliveries_in(&example.name, text)
+                .into_iter()
+                .enumerate()
+            {
                 match source::parse_delivery(line) {
                     Err(e) => fail(e.to_string(), &format!("#{}", index + 1)),
                     Ok(records) => {
@@ -1212,14 +1208,5 @@ fn check_examples(
                 ));
             }
         }
-    }
-}
-
-/// A `.json` example is one delivery; anything else holds one per line.
-fn example_deliveries<'a>(name: &str, text: &'a str) -> Box<dyn Iterator<Item = &'a str> + 'a> {
-    if name.ends_with(".json") {
-        Box::new(std::iter::once(text))
-    } else {
-        Box::new(text.lines().filter(|l| !l.trim().is_empty()))
     }
 }

@@ -12,7 +12,7 @@ pub mod backfill;
 mod reader;
 pub mod schema;
 
-pub use reader::{Input, Line, read_lines};
+pub use reader::{Input, Line, deliveries_in, read_lines};
 
 use serde_json::Value as Json;
 

@@ -47,6 +47,17 @@ fn has_extension(path: &Path, ext: &str) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
+/// The deliveries in the text of a file already read (an example, a test's delivery, a
+/// fixture), by the same rule as [`read_lines`]: a `.json` file is one delivery, any other holds
+/// one a line, blank lines skipped.
+pub fn deliveries_in<'a>(name: &str, text: &'a str) -> Vec<&'a str> {
+    if has_extension(Path::new(name), "json") {
+        vec![text]
+    } else {
+        text.lines().filter(|l| !l.trim().is_empty()).collect()
+    }
+}
+
 /// One delivery's text and where it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {

@@ -146,12 +146,11 @@ pub fn run(case: &Case, engine: &Engine, files: &Files) -> Vec<Diagnostic> {
     failures
 }
 
-/// A `.json` file (or an inline delivery) is one delivery; other files hold one per line.
+/// An inline delivery is one delivery; a file follows [`source::deliveries_in`].
 fn parse(name: &str, text: &str) -> Result<Vec<source::Record>, String> {
-    let deliveries: Vec<&str> = if name.ends_with(".json") || name == "(inline)" {
-        vec![text]
-    } else {
-        text.lines().filter(|l| !l.trim().is_empty()).collect()
+    let deliveries = match name {
+        "(inline)" => vec![text],
+        file => source::deliveries_in(file, text),
     };
     let mut records = Vec::new();
     for (index, delivery) in deliveries.iter().enumerate() {

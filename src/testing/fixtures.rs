@@ -92,12 +92,7 @@ fn error_text(e: SnapshotError) -> String {
 /// Everything the set makes of a fixture, as pretty JSON: each request with its mapping, each
 /// rejection and warning, and each delivery that could not be read.
 pub fn render(engine: &Engine, fixture: &Path, text: &str) -> String {
-    let one_delivery = fixture.extension().and_then(|e| e.to_str()) == Some("json");
-    let deliveries: Vec<&str> = if one_delivery {
-        vec![text]
-    } else {
-        text.lines().filter(|l| !l.trim().is_empty()).collect()
-    };
+    let deliveries = source::deliveries_in(&fixture.to_string_lossy(), text);
     let mut entries = Vec::new();
     let mut runner = Runner::new(engine);
     for (index, delivery) in deliveries.iter().enumerate() {
