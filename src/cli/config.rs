@@ -4,7 +4,7 @@
 //! disk. These commands print it, and compare two clients, so a reviewer never has to merge
 //! YAML in their head.
 
-use super::{EXIT_BAD_MAPPINGS, EXIT_OK, EXIT_REJECTED, MappingArgs};
+use super::{EXIT_OK, EXIT_REJECTED, MappingArgs};
 use marketsync::spec::MappingSet;
 use marketsync::testing::snapshot::diff;
 use std::io::IsTerminal;
@@ -84,11 +84,7 @@ pub fn diff_clients(args: DiffArgs) -> u8 {
 fn effective(args: &MappingArgs) -> Result<String, u8> {
     let set = args.load_set();
     if set.diagnostics.has_errors() {
-        for d in set.diagnostics.iter() {
-            eprintln!("{d:#}\n");
-        }
-        eprintln!("error: the mappings do not load; run `marketsync validate` for details");
-        return Err(EXIT_BAD_MAPPINGS);
+        return Err(super::report_unloadable(&set.diagnostics));
     }
     Ok(render(&set))
 }

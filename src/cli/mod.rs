@@ -104,13 +104,7 @@ impl MappingArgs {
     fn load_or_report(&self) -> Result<Engine, u8> {
         self.load()
             .map(|(engine, _warnings)| engine)
-            .map_err(|problems| {
-                for d in problems.iter() {
-                    eprintln!("{d:#}\n");
-                }
-                eprintln!("error: the mappings do not load; run `marketsync validate` for details");
-                EXIT_BAD_MAPPINGS
-            })
+            .map_err(|problems| report_unloadable(&problems))
     }
 
     /// [`MappingArgs::load_or_report`], with `--marketplace` (when given) as the marketplace of
@@ -147,6 +141,15 @@ impl MappingArgs {
             self.clients.join(client)
         }
     }
+}
+
+/// Prints why the mappings do not load, and gives the exit code for it.
+fn report_unloadable(problems: &Diagnostics) -> u8 {
+    for d in problems.iter() {
+        eprintln!("{d:#}\n");
+    }
+    eprintln!("error: the mappings do not load; run `marketsync validate` for details");
+    EXIT_BAD_MAPPINGS
 }
 
 pub fn main() -> ExitCode {

@@ -68,7 +68,7 @@ pub fn execute(args: Args) -> u8 {
                     json!({"ok": false, "loaded": false,
                         "diagnostics": problems.iter().map(diagnostic_json).collect::<Vec<_>>()})
                 ),
-                _ => problems.iter().for_each(|d| eprintln!("{d:#}\n")),
+                _ => return super::report_unloadable(&problems),
             }
             eprintln!("error: the mappings do not load; run `marketsync validate` for details");
             return EXIT_BAD_MAPPINGS;
