@@ -361,15 +361,12 @@ pub fn dry_run(
     report: &mut dyn Write,
 ) -> io::Result<Summary> {
     let mut runner = Runner::new(engine);
-    let mut write = |request: &Request, line: Option<&str>| match line {
-        Some(line) => {
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")
+    let mut write = |request: &Request, line: Option<&str>| {
+        match line {
+            Some(line) => out.write_all(line.as_bytes())?,
+            None => out.write_all(request.to_line().as_bytes())?,
         }
-        None => {
-            out.write_all(request.to_line().as_bytes())?;
-            out.write_all(b"\n")
-        }
+        out.write_all(b"\n")
     };
     if jobs <= 1 {
         for input in inputs {
