@@ -24,6 +24,7 @@
 pub mod diagnostic;
 pub mod engine;
 pub mod klaviyo;
+mod pipeline;
 pub mod run;
 pub mod sink;
 pub mod source;

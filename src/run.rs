@@ -9,9 +9,11 @@
 
 use crate::engine::{Engine, Mapped};
 use crate::klaviyo::Request;
+use crate::pipeline;
 use crate::source::{self, Input, Line, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 
 /// What a run did, for the closing summary and the exit code.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -368,17 +370,15 @@ pub fn dry_run(
         }
         out.write_all(b"\n")
     };
-    if jobs <= 1 {
-        for input in inputs {
-            for line in source::read_lines(input)? {
-                runner.accept(prepare(engine, &line?, true), &mut write, report)?;
-            }
-        }
-    } else {
-        parallel::map_in_order(engine, inputs, jobs, |prepared| {
-            runner.accept(prepared, &mut write, report)
-        })?;
-    }
+    pipeline::map_in_order(
+        inputs,
+        jobs,
+        |line| prepare(engine, line, true),
+        |prepared| {
+            runner.accept(prepared, &mut write, report)?;
+            Ok::<_, io::Error>(ControlFlow::Continue(()))
+        },
+    )?;
     out.flush()?;
     Ok(runner.summary)
 }
@@ -403,99 +403,5 @@ mod tests {
             assert!(shard.windows(2).all(|w| w[0] < w[1]), "shards stay sorted");
         }
         assert!(seen.insert(value(count)));
-    }
-}
-
-mod parallel {
-    //! Deliveries prepared on several threads and handed back in input order.
-    //!
-    //! A reader thread cuts the input into batches; for each, it sends the batch to the
-    //! workers together with a one-batch result slot, and sends the slot's receiving end, in
-    //! order, to the caller's thread. The caller waits on the slots one by one, so results come
-    //! back in input order, and the bounded channels keep only a few batches in memory.
-
-    use super::{Prepared, prepare};
-    use crate::engine::Engine;
-    use crate::source::{self, Input, Line};
-    use std::io;
-    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-    use std::sync::{Arc, Mutex};
-
-    /// A batch holds up to this many deliveries, or this many bytes of them.
-    const BATCH_LINES: usize = 32;
-    const BATCH_BYTES: usize = 64 * 1024;
-
-    type Slot = Receiver<Vec<Prepared>>;
-    type Work = (Vec<Line>, SyncSender<Vec<Prepared>>);
-
-    pub(super) fn map_in_order(
-        engine: &Engine,
-        inputs: &[Input],
-        jobs: usize,
-        mut accept: impl FnMut(Prepared) -> io::Result<()>,
-    ) -> io::Result<()> {
-        std::thread::scope(|scope| {
-            let (work_tx, work_rx) = sync_channel::<Work>(1);
-            let work_rx = Arc::new(Mutex::new(work_rx));
-            let (slots_tx, slots_rx) = sync_channel::<Slot>(jobs);
-            for _ in 0..jobs {
-                let work_rx = Arc::clone(&work_rx);
-                scope.spawn(move || {
-                    loop {
-                        let next = work_rx.lock().expect("work queue lock").recv();
-                        let Ok((batch, slot)) = next else { break };
-                        let prepared = batch.iter().map(|l| prepare(engine, l, true)).collect();
-                        if slot.send(prepared).is_err() {
-                            break; // the caller stopped (a write failed)
-                        }
-                    }
-                });
-            }
-            drop(work_rx);
-            let reader = scope.spawn(move || read_batches(inputs, &work_tx, &slots_tx));
-            let mut result = Ok(());
-            for slot in slots_rx {
-                let Ok(batch) = slot.recv() else { break };
-                if let Err(e) = batch.into_iter().try_for_each(&mut accept) {
-                    result = Err(e);
-                    break;
-                }
-            }
-            // Leaving the loop drops the slots' receiver, which stops the reader and so the
-            // workers, whatever state they were in.
-            let read = reader.join().expect("the reader thread does not panic");
-            result.and(read)
-        })
-    }
-
-    /// Reads every input into batches; stops early, quietly, if the caller went away.
-    fn read_batches(
-        inputs: &[Input],
-        work: &SyncSender<Work>,
-        slots: &SyncSender<Slot>,
-    ) -> io::Result<()> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let send = |batch: Vec<Line>| -> bool {
-            let (slot_tx, slot_rx) = sync_channel(1);
-            slots.send(slot_rx).is_ok() && work.send((batch, slot_tx)).is_ok()
-        };
-        for input in inputs {
-            for line in source::read_lines(input)? {
-                let line = line?;
-                bytes += line.text.len();
-                batch.push(line);
-                if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
-                    if !send(std::mem::take(&mut batch)) {
-                        return Ok(());
-                    }
-                    bytes = 0;
-                }
-            }
-        }
-        if !batch.is_empty() {
-            send(batch);
-        }
-        Ok(())
     }
 }

@@ -6,15 +6,17 @@
 //! not kept first, and nothing leaves the outbox before Klaviyo accepted it, so the process can
 //! be killed at any instant and run again.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Mapped};
 use crate::klaviyo::Request;
+use crate::pipeline;
 use crate::run::report_mapped;
 use crate::sink::{DeliveryReport, Sink, SinkConfig, SinkError, now_ms};
-use crate::source::{self, Input};
+use crate::source::{self, Input, Line};
 use crate::spec::Lane;
 use crate::store::{DeliveryRecord, NewDeadLetter, NewRequest, Store, StoreError, ledger_key};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -64,110 +66,165 @@ pub fn queued(request: &Request) -> NewRequest {
     }
 }
 
-/// Reads every input into the store. Problems go to `report` as lines naming the input and
+/// One delivery made ready for the store, on any thread: everything but the store's verdict.
+struct Prepared {
+    origin: String,
+    /// The records, or why the delivery cannot be read (with its text, for the dead letter).
+    outcome: Result<Vec<PreparedRecord>, (source::RecordError, String)>,
+}
+
+struct PreparedRecord {
+    marketplace: String,
+    delivery_id: String,
+    typename: String,
+    /// The record as the inbox keeps it.
+    text: String,
+    mapped: Mapped,
+    requests: Vec<NewRequest>,
+    failures: Vec<NewDeadLetter>,
+}
+
+/// Parses and maps one delivery and serialises what the store will keep. Pure.
+fn prepare(engine: &Engine, line: &Line) -> Prepared {
+    let origin = format!("{}:{}", line.origin, line.number);
+    let outcome = match source::parse_delivery(&line.text) {
+        Ok(records) => Ok(records
+            .into_iter()
+            .map(|record| {
+                let mapped = engine.map(&record);
+                PreparedRecord {
+                    marketplace: engine.marketplace_of(&record).to_owned(),
+                    text: serde_json::to_string(&record).expect("a record serialises"),
+                    requests: mapped.requests.iter().map(queued).collect(),
+                    failures: mapped
+                        .errors
+                        .iter()
+                        .map(|e| NewDeadLetter {
+                            mapping: Some(e.mapping.to_string()),
+                            category: format!("mapping:{}", e.kind.as_str()),
+                            reason: e.message.clone(),
+                            details: serde_json::json!({}),
+                        })
+                        .collect(),
+                    delivery_id: record.delivery_id,
+                    typename: record.typename,
+                    mapped,
+                }
+            })
+            .collect()),
+        Err(err) => Err((err, line.text.clone())),
+    };
+    Prepared { origin, outcome }
+}
+
+/// Reads every input into the store, parsing and mapping on `jobs` threads while this one
+/// writes to the store in input order. Problems go to `report` as lines naming the input and
 /// line; they are also dead letters, so nothing read is lost. Stops early when `stop` is set.
 pub fn intake(
     engine: &Engine,
     store: &Mutex<Store>,
     inputs: &[Input],
+    jobs: usize,
     report: &mut dyn Write,
     stop: &AtomicBool,
     read: &AtomicUsize,
 ) -> Result<IntakeReport, SyncError> {
     let mut summary = IntakeReport::default();
-    for input in inputs {
-        for line in source::read_lines(input)? {
+    pipeline::map_in_order(
+        inputs,
+        jobs,
+        |line| prepare(engine, line),
+        |delivery| {
             if stop.load(Ordering::SeqCst) {
-                return Ok(summary);
+                return Ok(ControlFlow::Break(()));
             }
-            let line = line?;
-            summary.deliveries += 1;
             read.fetch_add(1, Ordering::Relaxed);
-            let origin = format!("{}:{}", line.origin, line.number);
-            let records = match source::parse_delivery(&line.text) {
-                Ok(records) => records,
-                Err(err) => {
-                    writeln!(report, "{origin}: rejected: {err}")?;
-                    store.lock().expect("store lock").record_unreadable(
-                        &origin,
-                        &line.text,
-                        &err.to_string(),
-                        now_ms(),
-                    )?;
-                    *summary.rejected.entry("unreadable".into()).or_default() += 1;
-                    continue;
-                }
-            };
-            for record in records {
-                summary.records += 1;
-                let mapped = engine.map(&record);
-                let failures: Vec<NewDeadLetter> = mapped
-                    .errors
-                    .iter()
-                    .map(|e| NewDeadLetter {
-                        mapping: Some(e.mapping.to_string()),
-                        category: format!("mapping:{}", e.kind.as_str()),
-                        reason: e.message.clone(),
-                        details: serde_json::json!({}),
-                    })
-                    .collect();
-                let requests: Vec<NewRequest> = mapped.requests.iter().map(queued).collect();
-                let text = serde_json::to_string(&record).expect("a record serialises");
-                let delivery = DeliveryRecord {
-                    marketplace: engine.marketplace_of(&record),
-                    delivery_id: &record.delivery_id,
-                    origin: &origin,
-                    text: &text,
-                };
-                let mut store = store.lock().expect("store lock");
-                let outcome = match store.intake(&delivery, &requests, &failures, now_ms()) {
-                    // A request the store cannot keep (a coalescing version that is not a
-                    // timestamp) must not stop the run: the delivery is kept as a dead letter.
-                    Err(StoreError::InvalidRequest { mapping, problem }) => {
-                        writeln!(
-                            report,
-                            "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
-                            record.delivery_id
-                        )?;
-                        *summary
-                            .rejected
-                            .entry("mapping:invalid-request".into())
-                            .or_default() += 1;
-                        let letter = NewDeadLetter {
-                            mapping: Some(mapping.clone()),
-                            category: "mapping:invalid-request".into(),
-                            reason: problem.clone(),
-                            details: serde_json::json!({}),
-                        };
-                        store.intake(&delivery, &[], &[letter], now_ms())?
-                    }
-                    other => other?,
-                };
-                drop(store);
-                if outcome.duplicate_delivery {
-                    summary.repeated += 1;
-                    continue;
-                }
-                // Reported only now: a delivery already in the store says nothing new.
-                report_mapped(report, &origin, &record.delivery_id, &mapped)?;
-                summary.warnings += mapped.warnings.len();
-                for error in &mapped.errors {
-                    *summary
-                        .rejected
-                        .entry(format!("mapping:{}", error.kind.as_str()))
-                        .or_default() += 1;
-                }
-                if !mapped.matched {
-                    *summary.skipped.entry(record.typename.clone()).or_default() += 1;
-                }
-                summary.queued += outcome.queued;
-                summary.once_per_key_dropped += outcome.dropped_once;
-                summary.stale_dropped += outcome.dropped_stale;
-                summary.coalesced += outcome.coalesced;
-            }
-        }
-    }
+            keep(store, delivery, &mut summary, report)?;
+            Ok::<_, SyncError>(ControlFlow::Continue(()))
+        },
+    )?;
     Ok(summary)
+}
+
+/// Writes one prepared delivery to the store, one transaction per record, and counts it.
+fn keep(
+    store: &Mutex<Store>,
+    delivery: Prepared,
+    summary: &mut IntakeReport,
+    report: &mut dyn Write,
+) -> Result<(), SyncError> {
+    summary.deliveries += 1;
+    let origin = delivery.origin;
+    let records = match delivery.outcome {
+        Ok(records) => records,
+        Err((err, text)) => {
+            writeln!(report, "{origin}: rejected: {err}")?;
+            store.lock().expect("store lock").record_unreadable(
+                &origin,
+                &text,
+                &err.to_string(),
+                now_ms(),
+            )?;
+            *summary.rejected.entry("unreadable".into()).or_default() += 1;
+            return Ok(());
+        }
+    };
+    for record in records {
+        summary.records += 1;
+        let delivery = DeliveryRecord {
+            marketplace: &record.marketplace,
+            delivery_id: &record.delivery_id,
+            origin: &origin,
+            text: &record.text,
+        };
+        let mut store = store.lock().expect("store lock");
+        let outcome = match store.intake(&delivery, &record.requests, &record.failures, now_ms()) {
+            // A request the store cannot keep (a coalescing version that is not a timestamp)
+            // must not stop the run: the delivery is kept as a dead letter.
+            Err(StoreError::InvalidRequest { mapping, problem }) => {
+                writeln!(
+                    report,
+                    "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                    record.delivery_id
+                )?;
+                *summary
+                    .rejected
+                    .entry("mapping:invalid-request".into())
+                    .or_default() += 1;
+                let letter = NewDeadLetter {
+                    mapping: Some(mapping.clone()),
+                    category: "mapping:invalid-request".into(),
+                    reason: problem.clone(),
+                    details: serde_json::json!({}),
+                };
+                store.intake(&delivery, &[], &[letter], now_ms())?
+            }
+            other => other?,
+        };
+        drop(store);
+        if outcome.duplicate_delivery {
+            summary.repeated += 1;
+            continue;
+        }
+        // Reported only now: a delivery already in the store says nothing new.
+        let mapped = &record.mapped;
+        report_mapped(report, &origin, &record.delivery_id, mapped)?;
+        summary.warnings += mapped.warnings.len();
+        for error in &mapped.errors {
+            *summary
+                .rejected
+                .entry(format!("mapping:{}", error.kind.as_str()))
+                .or_default() += 1;
+        }
+        if !mapped.matched {
+            *summary.skipped.entry(record.typename).or_default() += 1;
+        }
+        summary.queued += outcome.queued;
+        summary.once_per_key_dropped += outcome.dropped_once;
+        summary.stale_dropped += outcome.dropped_stale;
+        summary.coalesced += outcome.coalesced;
+    }
+    Ok(())
 }
 
 /// Where a run is, for a progress display.
@@ -184,15 +241,17 @@ pub type OnTick = Box<dyn FnMut(Tick) + Send>;
 
 /// Intake and delivery together; returns when every input is read and both lanes are empty
 /// (held requests included), or at the first refused key. Needs a multi-threaded tokio
-/// runtime: intake runs as blocking work on the calling thread while the lanes send.
+/// runtime: intake runs as blocking work on the calling thread (mapping on `jobs` threads of
+/// its own) while the lanes send.
 pub async fn run(
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
     inputs: Vec<Input>,
+    jobs: usize,
     config: SinkConfig,
     mut report: Box<dyn Write + Send>,
 ) -> Result<(IntakeReport, DeliveryReport), SyncError> {
-    run_with_progress(engine, store, inputs, config, report.as_mut(), None).await
+    run_with_progress(engine, store, inputs, jobs, config, report.as_mut(), None).await
 }
 
 /// [`run`], calling `on_tick` as it goes.
@@ -200,6 +259,7 @@ pub async fn run_with_progress(
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
     inputs: Vec<Input>,
+    jobs: usize,
     config: SinkConfig,
     report: &mut (dyn Write + Send),
     on_tick: Option<OnTick>,
@@ -230,7 +290,7 @@ pub async fn run_with_progress(
     // Intake is blocking work (file reads, SQLite); it runs on this thread while the lanes
     // send on the runtime's workers.
     let intake_report = tokio::task::block_in_place(|| {
-        let result = intake(&engine, &store, &inputs, report, &stop, &read);
+        let result = intake(&engine, &store, &inputs, jobs, report, &stop, &read);
         intake_done.store(true, Ordering::SeqCst);
         result
     });

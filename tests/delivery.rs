@@ -50,6 +50,7 @@ async fn run(
         Arc::clone(engine),
         Arc::clone(store),
         vec![Input::File(path.to_path_buf())],
+        2,
         config,
         Box::new(std::io::sink()),
     )
@@ -420,6 +421,7 @@ async fn a_fulfilment_waits_for_its_placed_order() {
         Arc::clone(&engine),
         Arc::clone(&store),
         inputs,
+        1,
         config,
         Box::new(std::io::sink()),
     )
@@ -451,6 +453,7 @@ async fn a_fulfilment_whose_order_never_comes_goes_after_the_hold_flagged() {
         Arc::clone(&engine),
         Arc::clone(&store),
         inputs,
+        1,
         config,
         Box::new(std::io::sink()),
     )
@@ -550,4 +553,58 @@ async fn a_profile_backlog_goes_as_a_bulk_import_and_a_refused_profile_on_its_ow
         1
     );
     standin.shutdown().await;
+}
+
+/// Intake maps on several threads but writes to the store in input order: the queue, the
+/// dead letters and the report are the same with one job or many.
+#[test]
+fn intake_on_several_jobs_stores_exactly_what_one_job_does() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ndjson = common::synthetic_orders(300);
+    // A broken line, a repeated delivery and the sample set, so every path is taken.
+    ndjson.push_str("{\"not\": \"a delivery\"\n");
+    ndjson.push_str(ndjson.clone().lines().nth(7).unwrap());
+    ndjson.push('\n');
+    ndjson.push_str(&std::fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap());
+    let path = input_of(&dir, &ndjson);
+    let inputs = [
+        Input::File(path),
+        Input::File(common::repo("examples/shipment.json")),
+    ];
+    let intake = |jobs: usize| {
+        let store = Mutex::new(Store::in_memory().unwrap());
+        let mut report = Vec::new();
+        let summary = sync::intake(
+            &engine,
+            &store,
+            &inputs,
+            jobs,
+            &mut report,
+            &std::sync::atomic::AtomicBool::new(false),
+            &std::sync::atomic::AtomicUsize::new(0),
+        )
+        .unwrap();
+        let store = store.into_inner().unwrap();
+        let queue: Vec<_> = ["transaction", "profile"]
+            .iter()
+            .flat_map(|lane| store.due(lane, i64::MAX, 100_000).unwrap())
+            .map(|mut pending| {
+                pending.created_at = 0; // the clock, not the order
+                pending
+            })
+            .collect();
+        let dead = store.dead_letters(None, None).unwrap().len();
+        (summary, queue, dead, String::from_utf8(report).unwrap())
+    };
+    let one = intake(1);
+    assert!(one.1.len() > 600, "{} requests queued", one.1.len());
+    assert_eq!(one.0.rejected.get("unreadable"), Some(&1));
+    assert_eq!(
+        one.0.repeated, 2,
+        "ours and the one in examples/orders.ndjson"
+    );
+    for jobs in [2, 3] {
+        assert_eq!(intake(jobs), one, "jobs {jobs}");
+    }
 }

@@ -41,8 +41,8 @@ pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
     dry_run: bool,
-    /// Threads that parse and map deliveries in a dry run (default: every core). The output
-    /// is in input order whatever the number.
+    /// Threads that parse and map deliveries (default: every core). Output, the order things
+    /// are stored in, and what is sent are the same whatever the number.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
     #[command(flatten)]
@@ -100,11 +100,11 @@ pub fn execute(args: Args) -> u8 {
     } else {
         args.inputs.iter().map(|a| Input::from_arg(a)).collect()
     };
+    let jobs = args.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     if args.dry_run {
-        let jobs = args.jobs.map_or_else(
-            || std::thread::available_parallelism().map_or(1, usize::from),
-            usize::from,
-        );
         return dry(&engine, &inputs, jobs);
     }
     // A client names its own variable, so several clients' keys can sit side by side.
@@ -154,6 +154,7 @@ pub fn execute(args: Args) -> u8 {
         Arc::new(engine),
         Arc::new(Mutex::new(store)),
         inputs,
+        jobs,
         config,
         &mut report,
         Some(on_tick),

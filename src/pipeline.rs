@@ -1,0 +1,195 @@
+//! Deliveries prepared on several threads and taken back in input order.
+//!
+//! Both kinds of run split their work the same way: a pure step per delivery (parse, map,
+//! serialise) that may run on any thread in any order, and an ordered step (what the run has
+//! seen, the store, the output) that must see deliveries in input order. Keeping the split in
+//! one place means the dry run and the real run cannot drift apart, and that one job or eight
+//! give the same result.
+//!
+//! With more than one job, a reader thread cuts the input into batches; for each, it sends the
+//! batch to the workers together with a one-batch result slot, and sends the slot's receiving
+//! end, in order, to the caller's thread. The caller waits on the slots one by one, so results
+//! come back in input order, and the bounded channels keep only a few batches in memory.
+
+use crate::source::{self, Input, Line};
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+/// A batch holds up to this many deliveries, or this many bytes of them: enough to keep the
+/// channel traffic small against the mapping (about 10 µs a delivery), few enough that the
+/// batches in flight stay well under a megabyte.
+const BATCH_LINES: usize = 32;
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Reads every input, runs `prepare` on each delivery on `jobs` threads, and hands the results
+/// to `accept` on the calling thread, in input order. `accept` may stop the run early with
+/// `ControlFlow::Break` or an error; what was read ahead is then dropped unseen.
+pub(crate) fn map_in_order<T: Send, E: From<io::Error>>(
+    inputs: &[Input],
+    jobs: usize,
+    prepare: impl Fn(&Line) -> T + Sync,
+    mut accept: impl FnMut(T) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    if jobs <= 1 {
+        for input in inputs {
+            for line in source::read_lines(input)? {
+                if accept(prepare(&line?))?.is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        return Ok(());
+    }
+    std::thread::scope(|scope| {
+        let (work_tx, work_rx) = sync_channel::<Work<T>>(1);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (slots_tx, slots_rx) = sync_channel::<Slot<T>>(jobs);
+        let prepare = &prepare;
+        for _ in 0..jobs {
+            let work_rx = Arc::clone(&work_rx);
+            scope.spawn(move || {
+                loop {
+                    let next = work_rx.lock().expect("work queue lock").recv();
+                    let Ok((batch, slot)) = next else { break };
+                    let prepared = batch.iter().map(prepare).collect();
+                    if slot.send(prepared).is_err() {
+                        break; // the caller stopped
+                    }
+                }
+            });
+        }
+        drop(work_rx);
+        let reader = scope.spawn(move || read_batches(inputs, &work_tx, &slots_tx));
+        let mut result = Ok(());
+        'slots: for slot in slots_rx {
+            let Ok(batch) = slot.recv() else { break };
+            for prepared in batch {
+                match accept(prepared) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) => break 'slots,
+                    Err(e) => {
+                        result = Err(e);
+                        break 'slots;
+                    }
+                }
+            }
+        }
+        // Leaving the loop drops the slots' receiver, which stops the reader and so the
+        // workers, whatever state they were in.
+        let read = reader.join().expect("the reader thread does not panic");
+        result.and(read.map_err(E::from))
+    })
+}
+
+type Slot<T> = Receiver<Vec<T>>;
+type Work<T> = (Vec<Line>, SyncSender<Vec<T>>);
+
+/// Reads every input into batches; stops early, quietly, if the caller went away.
+fn read_batches<T>(
+    inputs: &[Input],
+    work: &SyncSender<Work<T>>,
+    slots: &SyncSender<Slot<T>>,
+) -> io::Result<()> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let send = |batch: Vec<Line>| -> bool {
+        let (slot_tx, slot_rx) = sync_channel(1);
+        slots.send(slot_rx).is_ok() && work.send((batch, slot_tx)).is_ok()
+    };
+    for input in inputs {
+        for line in source::read_lines(input)? {
+            let line = line?;
+            bytes += line.text.len();
+            batch.push(line);
+            if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
+                if !send(std::mem::take(&mut batch)) {
+                    return Ok(());
+                }
+                bytes = 0;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        send(batch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_in_order;
+    use crate::source::Input;
+    use std::io::Write;
+    use std::ops::ControlFlow;
+
+    fn numbered_input(count: usize) -> (tempfile::NamedTempFile, Vec<Input>) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for n in 1..=count {
+            writeln!(file, "{{\"n\": {n}}}").unwrap();
+        }
+        let input = Input::File(file.path().to_path_buf());
+        (file, vec![input])
+    }
+
+    #[test]
+    fn results_come_back_in_input_order_whatever_the_jobs() {
+        let (_file, inputs) = numbered_input(1000);
+        for jobs in [1, 2, 3, 8] {
+            let mut seen = Vec::new();
+            map_in_order::<_, std::io::Error>(
+                &inputs,
+                jobs,
+                |line| line.number,
+                |number| {
+                    seen.push(number);
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, (1..=1000).collect::<Vec<_>>(), "jobs {jobs}");
+        }
+    }
+
+    #[test]
+    fn accept_can_stop_the_run_early() {
+        let (_file, inputs) = numbered_input(1000);
+        for jobs in [1, 2] {
+            let mut seen = 0;
+            map_in_order::<_, std::io::Error>(
+                &inputs,
+                jobs,
+                |line| line.number,
+                |number| {
+                    seen += 1;
+                    Ok(if number == 10 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    })
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, 10, "jobs {jobs}");
+        }
+    }
+
+    #[test]
+    fn an_error_from_accept_ends_the_run_with_that_error() {
+        let (_file, inputs) = numbered_input(500);
+        let result = map_in_order(
+            &inputs,
+            2,
+            |line| line.number,
+            |number| {
+                if number == 300 {
+                    Err(std::io::Error::other("disk full"))
+                } else {
+                    Ok(ControlFlow::Continue(()))
+                }
+            },
+        );
+        assert_eq!(result.unwrap_err().to_string(), "disk full");
+    }
+}
