@@ -118,12 +118,18 @@ pub fn prepare(engine: &Engine, line: &Line, with_lines: bool) -> Prepared {
         records
             .into_iter()
             .map(|record| {
-                let mapped = engine.map(&record);
-                let lines = if with_lines {
-                    mapped.requests.iter().map(Request::to_line).collect()
-                } else {
-                    Vec::new()
-                };
+                let mut mapped = engine.map(&record);
+                let mut lines = Vec::new();
+                if with_lines {
+                    lines = mapped.requests.iter().map(Request::to_line).collect();
+                    // The line holds the body now. Dropping the body tree here, on the thread
+                    // that built it, rather than on the writing thread after a trip between
+                    // cores, cut a two-job dry run from 1.82 to 1.69 CPU s per 100 MB (wall
+                    // 1.03 → 0.92 s; docs/performance.md).
+                    for request in &mut mapped.requests {
+                        drop(std::mem::take(&mut request.body));
+                    }
+                }
                 PreparedRecord {
                     identity: identity(engine, &record),
                     delivery_id: record.delivery_id,

@@ -91,11 +91,14 @@ fn prepare(engine: &Engine, line: &Line) -> Prepared {
         Ok(records) => Ok(records
             .into_iter()
             .map(|record| {
-                let mapped = engine.map(&record);
+                let mut mapped = engine.map(&record);
+                // The store takes the queued form; the request trees are freed here, on the
+                // thread that built them (as in `run::prepare`).
+                let requests = std::mem::take(&mut mapped.requests);
                 PreparedRecord {
                     marketplace: engine.marketplace_of(&record).to_owned(),
                     text: serde_json::to_string(&record).expect("a record serialises"),
-                    requests: mapped.requests.iter().map(queued).collect(),
+                    requests: requests.iter().map(queued).collect(),
                     failures: mapped
                         .errors
                         .iter()

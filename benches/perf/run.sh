@@ -130,8 +130,6 @@ for f in placed-order ordered-product settings; do ln -sfn "$ROOT/mappings/$f.ya
 ln -sfn "$ROOT/examples" "$DATA_DIR/examples"
 
 # --- the implementations ---------------------------------------------------------------------
-JOBS_FLAG=no
-if "$BIN" run --help | grep -q -- '--jobs'; then JOBS_FLAG=yes; fi
 ms_two()  { "$BIN" run --dry-run --mappings "$MAPPINGS" "$@"; }   # placed-order + ordered-product
 ms_all()  { "$BIN" run --dry-run "$@"; }                          # all default mappings
 jq_impl() { jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$@"; }
@@ -169,14 +167,12 @@ agree() { # name expected actual
 }
 agree jq "$OUT/marketsync.ndjson" "$OUT/jq.ndjson"
 # With several workers the output must still be in input order: byte for byte the same.
-if [ "$JOBS_FLAG" = yes ]; then
-  for jobs in 1 2; do
-    ms_two --jobs "$jobs" "$DATA" > "$OUT/marketsync-jobs$jobs.ndjson" 2>/dev/null || true
-    cmp -s "$OUT/marketsync.ndjson" "$OUT/marketsync-jobs$jobs.ndjson" \
-      || die "marketsync --jobs $jobs writes different output from the default run"
-  done
-  echo "marketsync --jobs 1 and --jobs 2: byte-identical output" >&2
-fi
+for jobs in 1 2; do
+  ms_two --jobs "$jobs" "$DATA" > "$OUT/marketsync-jobs$jobs.ndjson" 2>/dev/null || true
+  cmp -s "$OUT/marketsync.ndjson" "$OUT/marketsync-jobs$jobs.ndjson" \
+    || die "marketsync --jobs $jobs writes different output from the default run"
+done
+echo "marketsync --jobs 1 and --jobs 2: byte-identical output" >&2
 agree python "$OUT/marketsync-subset.ndjson" "$OUT/python.ndjson"
 head -n "$(wc -l < "$OUT/python-documented.ndjson")" "$OUT/python.ndjson" | cmp -s - "$OUT/python-documented.ndjson" \
   || die "placed_order.py writes different requests with jsonschema.validate and with a compiled validator"
@@ -190,45 +186,61 @@ RESULTS=$OUT/results.tsv
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-# measure NAME INPUT COMMAND...: RUNS runs, output to /dev/null; records the median wall time
-# and the largest peak RSS. The input is read once first so every run starts from the page cache.
-measure() {
-  local name=$1 input=$2; shift 2
-  cat "$input" > /dev/null
-  local walls=() cpus=() rss=0 i start end kb user sys
-  for ((i = 1; i <= RUNS; i++)); do
-    start=$(date +%s%N)
-    /usr/bin/time -f '%M %U %S' -o "$OUT/time.txt" "$@" > /dev/null 2> "$OUT/stderr.txt" \
-      || die "$name failed (exit $?): $(tail -n 5 "$OUT/stderr.txt")"
-    end=$(date +%s%N)
-    read -r kb user sys < <(tail -n 1 "$OUT/time.txt")
-    walls+=("$(( (end - start) / 1000 ))")
-    cpus+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", (u + s) * 1e6 }')")
-    [ "$kb" -gt "$rss" ] && rss=$kb
-  done
-  local deliveries
-  deliveries=$(wc -l < "$input")
-  # name, input bytes, deliveries, median wall µs, peak RSS kB, median CPU (user+sys) µs, all walls
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(stat -c %s "$input")" "$deliveries" \
-    "$(median "${walls[@]}")" "$rss" "$(median "${cpus[@]}")" "${walls[*]}" >> "$RESULTS"
-  echo "$name: wall µs ${walls[*]}; CPU µs ${cpus[*]}; peak RSS ${rss} kB" >&2
+# run_once ROUND NAME INPUT COMMAND...: one run, output to /dev/null, appended to RUNS_TSV as
+# round, name, input bytes, deliveries, wall µs, peak RSS kB, CPU (user+sys) µs.
+RUNS_TSV=$OUT/runs.tsv
+: > "$RUNS_TSV"
+run_once() {
+  local round=$1 name=$2 input=$3 start end kb user sys; shift 3
+  start=$(date +%s%N)
+  /usr/bin/time -f '%M %U %S' -o "$OUT/time.txt" "$@" > /dev/null 2> "$OUT/stderr.txt" \
+    || die "$name failed (exit $?): $(tail -n 5 "$OUT/stderr.txt")"
+  end=$(date +%s%N)
+  read -r kb user sys < <(tail -n 1 "$OUT/time.txt")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(stat -c %s "$input")" "$(wc -l < "$input")" \
+    "$(( (end - start) / 1000 ))" "$kb" "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%d", (u + s) * 1e6 }')" >> "$RUNS_TSV"
+  echo "round $round: $name: $(( (end - start) / 1000000 )) ms, peak RSS $kb kB" >&2
 }
 
-say "timing ($RUNS runs each, median)"
+# Every implementation once per round, rounds one after another: a burst of other work on this
+# shared machine then slows one run of several implementations rather than every run of one,
+# and --jobs 1 and --jobs 2 run back to back, so their ratio is taken within each round.
+each_implementation() {
+  local r=$1
+  run_once "$r" "marketsync --jobs 1" "$DATA" "${PIN[@]}" "$BIN" run --dry-run --jobs 1 --mappings "$MAPPINGS" "$DATA"
+  run_once "$r" "marketsync --jobs 2" "$DATA" "$BIN" run --dry-run --jobs 2 --mappings "$MAPPINGS" "$DATA"
+  run_once "$r" "marketsync --jobs 2, all 7 default mappings" "$DATA" "$BIN" run --dry-run --jobs 2 "$DATA"
+  run_once "$r" "jq $(jq --version | sed 's/^jq-//')" "$DATA" "${PIN[@]}" jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$DATA"
+  run_once "$r" "python, jsonschema.validate per body (first $PYDOC_SIZE)" "$PYDOC_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" "$PYDOC_DATA"
+  run_once "$r" "python --compiled-validator (first $PY_SIZE)" "$PY_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" --compiled-validator "$PY_DATA"
+  run_once "$r" "floor (serde_json parse + write)" "$DATA" "${PIN[@]}" "$FLOOR" --bytes "$OUT_BYTES" "$DATA"
+}
+
+say "timing ($RUNS rounds, median)"
 # Other work on the machine inflates wall times: say how busy it was.
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
-if [ "$JOBS_FLAG" = yes ]; then
-  measure "marketsync --jobs 1" "$DATA" "${PIN[@]}" "$BIN" run --dry-run --jobs 1 --mappings "$MAPPINGS" "$DATA"
-  measure "marketsync --jobs 2" "$DATA" "$BIN" run --dry-run --jobs 2 --mappings "$MAPPINGS" "$DATA"
-  measure "marketsync --jobs 2, all 7 default mappings" "$DATA" "$BIN" run --dry-run --jobs 2 "$DATA"
-else
-  measure "marketsync (one thread; no --jobs flag yet)" "$DATA" "${PIN[@]}" "$BIN" run --dry-run --mappings "$MAPPINGS" "$DATA"
-  measure "marketsync, all 7 default mappings" "$DATA" "${PIN[@]}" "$BIN" run --dry-run "$DATA"
-fi
-measure "jq $(jq --version | sed 's/^jq-//')" "$DATA" "${PIN[@]}" jq -nc -f "$ROOT/benches/perf/placed_order.jq" "$DATA"
-measure "python, jsonschema.validate per body (first $PYDOC_SIZE)" "$PYDOC_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" "$PYDOC_DATA"
-measure "python --compiled-validator (first $PY_SIZE)" "$PY_DATA" "${PIN[@]}" "$PY" "$ROOT/benches/perf/placed_order.py" --compiled-validator "$PY_DATA"
-measure "floor (serde_json parse + write)" "$DATA" "${PIN[@]}" "$FLOOR" --bytes "$OUT_BYTES" "$DATA"
+# The inputs start in the page cache.
+cat "$DATA" "$PY_DATA" "$PYDOC_DATA" > /dev/null
+for ((round = 1; round <= RUNS; round++)); do
+  each_implementation "$round"
+done
+
+# Per implementation, in the order run: name, input bytes, deliveries, median wall µs, largest
+# peak RSS kB, median CPU µs, every wall µs.
+awk -F'\t' '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return a[int((n + 1) / 2)]
+  }
+  !($2 in seen) { seen[$2] = 1; order[++n] = $2; bytes[$2] = $3; lines[$2] = $4 }
+  { walls[$2] = walls[$2] (walls[$2] == "" ? "" : " ") $5; cpus[$2] = cpus[$2] " " $7; if ($6 > rss[$2]) rss[$2] = $6 }
+  END { for (i = 1; i <= n; i++) { k = order[i]
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, bytes[k], lines[k], median(walls[k]), rss[k], median(cpus[k]), walls[k] } }
+' "$RUNS_TSV" > "$RESULTS"
+# --jobs 2 against --jobs 1, each round's pair, median over rounds.
+SCALING=$(awk -F'\t' '$2 == "marketsync --jobs 1" { one[$1] = $5 } $2 == "marketsync --jobs 2" { two[$1] = $5 }
+  END { for (r in one) print one[r] / two[r] }' "$RUNS_TSV" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 
 LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
 
@@ -266,7 +278,7 @@ fi
   echo "- machine: $cpu, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1e6 }' /proc/meminfo) RAM, $(uname -sr)"
   echo "- $(rustc -V), $(jq --version), $("$PY" --version 2>&1)"
   echo "- marketsync $commit; data: seed $SEED, $SIZE ($(stat -c %s "$DATA") bytes, $(wc -l < "$DATA") deliveries), $(wc -l < "$OUT/marketsync.ndjson") requests, $OUT_BYTES output bytes"
-  echo "- median of $RUNS runs, output to /dev/null, input in the page cache; MB = 10^6 bytes of input${PIN:+; single-threaded runs pinned to one CPU (taskset)}"
+  echo "- median of $RUNS rounds (every implementation once per round, in turn), output to /dev/null, input in the page cache; MB = 10^6 bytes of input${PIN:+; single-threaded runs pinned to one CPU (taskset)}"
   echo "- load average (1 min) $LOAD_BEFORE before timing, $LOAD_AFTER after: above ~0.5 other work was competing for the $(nproc) cores and wall times are inflated (the CPU column is less affected)"
   echo "- marketsync, jq and Python map placed-order + ordered-product only; the all-mappings row is the whole default set, for scale"
   echo
@@ -289,7 +301,7 @@ fi
   fi
   echo
   # The issue's targets, each against the numbers above.
-  awk -F'\t' -v jobs="$JOBS_FLAG" -v mem_peak="$(sort -t$'\t' -k2 -n "$MEM_RESULTS" | tail -n 1 | cut -f2)" '
+  awk -F'\t' -v scaling="$SCALING" -v rounds="$RUNS" -v mem_peak="$(sort -t$'\t' -k2 -n "$MEM_RESULTS" | tail -n 1 | cut -f2)" '
     { mbs[$1] = $2 / $4; rss[$1] = $5 / 1024
       if ($1 ~ /^jq/) jq = mbs[$1]; if ($1 ~ /^python, jsonschema/) pd = mbs[$1]
       if ($1 ~ /^python --compiled/) pc = mbs[$1]; if ($1 ~ /^floor/) fl = mbs[$1]
@@ -300,8 +312,7 @@ fi
     END {
       if (mem_peak / 1024 > peak) peak = mem_peak / 1024
       printf "targets: one core ≥ 3× jq: %.2f× (%s); ", one / jq, mark(one / jq >= 3)
-      if (jobs == "yes") printf "2 cores ≥ 5.5× jq: %.2f× (%s); scaling ≥ 1.7: %.2f× (%s); ", two / jq, mark(two / jq >= 5.5), two / one, mark(two / one >= 1.7)
-      else printf "2 cores: not measured (no --jobs flag); "
+      printf "2 cores ≥ 5.5× jq: %.2f× (%s); --jobs 2 ≥ 1.7× --jobs 1: %.2f× (%s; median of the %d rounds\x27 ratios); ", two / jq, mark(two / jq >= 5.5), scaling, mark(scaling >= 1.7), rounds
       printf "≥ 30× python: %.1f× the script as jsonschema documents it (%s), %.1f× the compiled-validator script, which the floor itself beats by only %.1f×; ", one / pd, mark(one / pd >= 30), one / pc, fl / pc
       printf "one core ≥ 40%% of floor: %.0f%% (%s); peak RSS < 64 MB: %.1f MB (%s)\n",
         100 * one / fl, mark(one / fl >= 0.4), peak, mark(peak < 64) }' "$RESULTS"

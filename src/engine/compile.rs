@@ -6,7 +6,7 @@
 //! name a template reads is defined. Nothing stops at the first problem: each one becomes a
 //! diagnostic with the file, line and column of the value at fault.
 
-use super::body::Node;
+use super::body::{Lookup, Node};
 use super::callables::{Callable, callables};
 use super::select::{Cardinality, Condition, Path, Selection};
 use super::{CONTEXT_NAMES, Compiled, Engine, Expr, Mapping, filters};
@@ -1083,6 +1083,7 @@ where
             let Expr { expr, reads, .. } = expression(src, scope, reporter)?;
             Node::Expression {
                 expr,
+                lookup: Lookup::parse(&src.text),
                 source: leaf.clone(),
                 reads,
             }
@@ -1126,6 +1127,7 @@ where
             Node::For {
                 var: var.clone(),
                 items: expr,
+                items_lookup: Lookup::parse(&source),
                 source,
                 reads,
                 element: Box::new(element?),
