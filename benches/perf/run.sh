@@ -218,7 +218,10 @@ each_implementation() {
 
 say "timing ($RUNS rounds, median)"
 # Other work on the machine inflates wall times: say how busy it was.
-LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+# Busy CPU time of the whole machine (user, nice, system, irq, softirq, steal), in clock ticks.
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+BUSY_BEFORE=$(busy_ticks)
+TIMING_START=$(date +%s)
 # The inputs start in the page cache.
 cat "$DATA" "$PY_DATA" "$PYDOC_DATA" > /dev/null
 for ((round = 1; round <= RUNS; round++)); do
@@ -242,7 +245,10 @@ awk -F'\t' '
 SCALING=$(awk -F'\t' '$2 == "marketsync --jobs 1" { one[$1] = $5 } $2 == "marketsync --jobs 2" { two[$1] = $5 }
   END { for (r in one) print one[r] / two[r] }' "$RUNS_TSV" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 
-LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
+# Whatever else ran while we timed: the machine's busy time less our runs' own CPU time.
+OTHER_CPU=$(awk -v ticks="$(( $(busy_ticks) - BUSY_BEFORE ))" -v hz="$(getconf CLK_TCK)" -F'\t' \
+  '{ ours += $7 } END { other = ticks / hz - ours / 1e6; printf "%.1f", other < 0 ? 0 : other }' "$RUNS_TSV")
+TIMING_SECONDS=$(( $(date +%s) - TIMING_START ))
 
 # Peak memory must not grow with the input: one run of each setting on the large data.
 MEM_RESULTS=$OUT/memory.tsv
@@ -279,7 +285,7 @@ fi
   echo "- $(rustc -V), $(jq --version), $("$PY" --version 2>&1)"
   echo "- marketsync $commit; data: seed $SEED, $SIZE ($(stat -c %s "$DATA") bytes, $(wc -l < "$DATA") deliveries), $(wc -l < "$OUT/marketsync.ndjson") requests, $OUT_BYTES output bytes"
   echo "- median of $RUNS rounds (every implementation once per round, in turn), output to /dev/null, input in the page cache; MB = 10^6 bytes of input${PIN:+; single-threaded runs pinned to one CPU (taskset)}"
-  echo "- load average (1 min) $LOAD_BEFORE before timing, $LOAD_AFTER after: above ~0.5 other work was competing for the $(nproc) cores and wall times are inflated (the CPU column is less affected)"
+  echo "- other work on the machine while timing: $OTHER_CPU CPU s in $TIMING_SECONDS s (the machine's busy time less the timed runs' own); much above a few seconds, wall times are inflated (the CPU column is less affected)"
   echo "- marketsync, jq and Python map placed-order + ordered-product only; the all-mappings row is the whole default set, for scale"
   echo
   echo "| implementation | deliveries/s | MB/s | peak RSS MB | × jq | × python (validate per body) | × python (compiled validator) | of floor | CPU s per 100 MB |"
