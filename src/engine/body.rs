@@ -42,7 +42,7 @@ pub enum Node<'env> {
 }
 
 /// An expression that only names a value and its attributes, `line.image.url`, read without
-/// minijinja's VM, with the VM's result. Most body leaves are like this (16 of the 27 kinds in
+/// minijinja's VM, with the VM's result. Most body leaves are like this (15 of the 27 kinds in
 /// placed-order and ordered-product). Evaluating an expression creates a VM state, and every
 /// state takes a number from one process-wide atomic counter (minijinja's `STATE_ID`), which
 /// the `--jobs` threads then fight over. Reading these leaves directly took a one-job dry run
