@@ -8,13 +8,14 @@
 #   benches/perf/run.sh [--size 200MB] [--seed 42] [--runs 3] [--python-size 50MB]
 #                       [--python-documented-size 5MB] [--memory-size 1GB]
 #
-# --size: input size (see generate.rs: MB = 10^6 bytes). --runs: timed runs per implementation,
-# the median is reported. --python-size: Python is slow, so it runs on the first part of the same
-# data only (the generator's output for a smaller size is a prefix of the larger one) and its
-# throughput is computed from that. Python runs twice: as jsonschema's docs first show it
-# (jsonschema.validate per body, on --python-documented-size of data, since it is far slower) and
-# with one compiled validator (--compiled-validator, on --python-size). --memory-size: the peak
-# memory of marketsync is also measured, once per setting, on this much data (0 to skip).
+# --size: input size (see generate.rs: MB = 10^6 bytes). --runs: timed rounds, each running
+# every implementation once; medians are reported. --python-size: Python is slow, so it runs on
+# the first part of the same data only (the generator's output for a smaller size is a prefix
+# of the larger one) and its throughput is computed from that. Python runs twice: as
+# jsonschema's docs first show it (jsonschema.validate per body, on --python-documented-size of
+# data, since it is far slower) and with one compiled validator (--compiled-validator, on
+# --python-size). --memory-size: the peak memory of marketsync is also measured, once per
+# setting, on this much data (0 to skip).
 set -euo pipefail
 
 SIZE=200MB
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --python-size) PY_SIZE=$2; shift 2 ;;
     --python-documented-size) PYDOC_SIZE=$2; shift 2 ;;
     --memory-size) MEM_SIZE=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -242,8 +243,9 @@ awk -F'\t' '
     printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, bytes[k], lines[k], median(walls[k]), rss[k], median(cpus[k]), walls[k] } }
 ' "$RUNS_TSV" > "$RESULTS"
 # --jobs 2 against --jobs 1, each round's pair, median over rounds.
-SCALING=$(awk -F'\t' '$2 == "marketsync --jobs 1" { one[$1] = $5 } $2 == "marketsync --jobs 2" { two[$1] = $5 }
-  END { for (r in one) print one[r] / two[r] }' "$RUNS_TSV" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+# One ratio per round, word-split into median's arguments.
+SCALING=$(median $(awk -F'\t' '$2 == "marketsync --jobs 1" { one[$1] = $5 } $2 == "marketsync --jobs 2" { two[$1] = $5 }
+  END { for (r in one) print one[r] / two[r] }' "$RUNS_TSV"))
 
 # Whatever else ran while we timed: the machine's busy time less our runs' own CPU time.
 OTHER_CPU=$(awk -v ticks="$(( $(busy_ticks) - BUSY_BEFORE ))" -v hz="$(getconf CLK_TCK)" -F'\t' \
