@@ -539,13 +539,22 @@ fn config_prints_the_effective_mappings_and_diff_compares_two_clients() {
 
 #[test]
 fn the_default_mappings_pass_their_own_tests() {
+    // Every test the mapping files declare runs and passes: "0 passed, 0 failed" (tests not
+    // found, or not run) is a failure here too.
+    let declared =
+        marketsync::testing::cases::collect(&marketsync::spec::load_dir(&common::repo("mappings")))
+            .0
+            .len();
+    assert!(declared >= 8, "the default mappings declare their tests");
     Command::cargo_bin("marketsync")
         .unwrap()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("test")
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("0 failed"));
+        .stderr(predicate::str::contains(format!(
+            "{declared} passed, 0 failed"
+        )));
 }
 
 #[test]
