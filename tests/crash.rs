@@ -3,9 +3,10 @@
 
 mod common;
 
+use marketsync::sink::http::ApiKey;
 use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
 use marketsync::store::Store;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,6 +39,16 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
     // Whether some kill landed while events were being sent (not only during intake).
     let mut mid_delivery = false;
     let events_sent = || standin.accepted().events.len();
+    // The last event request each round's run got accepted (the stand-in numbers them), and
+    // whether the run was killed.
+    let mut rounds: Vec<(u64, bool)> = Vec::new();
+    let last_request = || {
+        standin
+            .accepted()
+            .submissions
+            .last()
+            .map_or(0, |s| s.request)
+    };
     for round in 0..6 {
         let mut child = run();
         if round < 2 {
@@ -52,13 +63,17 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        if child.try_wait().unwrap().is_none() {
+        let was_killed = child.try_wait().unwrap().is_none();
+        if was_killed {
             child.kill().unwrap();
             killed += 1;
             let sent = events_sent();
             mid_delivery |= sent > 0 && sent < orders * 3; // 3 events an order
         }
         child.wait().unwrap();
+        // A request that reached the stand-in before the kill is answered all the same.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rounds.push((last_request(), was_killed));
     }
     assert!(killed >= 3, "the runs finished before they could be killed");
     assert!(mid_delivery, "no kill landed during delivery");
@@ -67,6 +82,7 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
         .await
         .unwrap();
     assert!(status.success(), "the final run failed: {status}");
+    rounds.push((last_request(), false));
 
     // Every event arrived, each unique_id once in effect.
     let engine = common::engine();
@@ -76,18 +92,44 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
         .filter_map(|r| r.unique_id().map(str::to_owned))
         .collect();
     let accepted = standin.accepted();
-    let events: Vec<&str> = accepted
-        .events
-        .iter()
-        .filter_map(|e| e.unique_id.as_deref())
-        .collect();
-    let distinct: BTreeSet<String> = events.iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(
-        events.len(),
-        distinct.len(),
-        "the stand-in keeps each unique_id once"
-    );
-    assert_eq!(distinct, expected);
+    let arrived: BTreeSet<String> = accepted.submissions_by_unique_id().into_keys().collect();
+    assert_eq!(arrived, expected);
+    // Sent again only what a kill caught between Klaviyo's answer and the store's mark: a run
+    // resends nothing it got accepted itself, nothing from a run that ended on its own, and
+    // from a killed run at most the requests it had in flight.
+    let in_flight = marketsync::sink::SinkConfig::new("", ApiKey::new("")).concurrency;
+    let round_of = |request: u64| {
+        rounds
+            .iter()
+            .position(|(last, _)| request <= *last)
+            .unwrap()
+    };
+    let mut last_sent: HashMap<&str, u64> = HashMap::new();
+    // Per round: its requests whose events a later round sent again.
+    let mut lost: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); rounds.len()];
+    for submission in &accepted.submissions {
+        let Some(unique_id) = submission.unique_id.as_deref() else {
+            continue;
+        };
+        if let Some(previous) = last_sent.insert(unique_id, submission.request) {
+            let (now, before) = (round_of(submission.request), round_of(previous));
+            assert!(
+                now > before && rounds[before].1,
+                "{unique_id} was accepted in request {previous} (round {before}) and sent again \
+                 in request {} (round {now}); rounds (last request, killed): {rounds:?}",
+                submission.request
+            );
+            lost[before].insert(previous);
+        }
+    }
+    for (round, requests) in lost.iter().enumerate() {
+        assert!(
+            requests.len() <= in_flight,
+            "the events of {} requests of round {round} were sent again, more than one run \
+             has in flight ({in_flight}): {requests:?}",
+            requests.len()
+        );
+    }
     // Every customer's profile and opt-in arrived.
     assert_eq!(accepted.profiles.len(), orders);
     let subscribed: BTreeSet<&str> = accepted

@@ -107,8 +107,17 @@ async fn under_faults_every_request_ends_accepted_or_dead_lettered() {
     assert_eq!(
         got,
         expected_unique_ids(&engine, &path),
-        "every event arrived, once"
+        "every event arrived"
     );
+    // Once: no fault here lets a request be accepted without its answer reaching the sink, so
+    // nothing may be sent again after Klaviyo accepted it (the deduplicated list above would
+    // hide a resend; the stand-in's count of what it accepted does not).
+    let resent: Vec<(String, usize)> = accepted
+        .submissions_by_unique_id()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(resent.is_empty(), "accepted more than once: {resent:?}");
     assert_eq!(accepted.profiles.len(), 60);
     let stats = standin.stats();
     let events = stats.endpoint(Endpoint::CreateEvent);
@@ -495,6 +504,11 @@ async fn a_backlog_goes_in_bulk_jobs_and_every_event_arrives_once() {
         .collect();
     assert_eq!(ids.len(), 2_500);
     assert_eq!(accepted.events.len(), 2_500);
+    assert_eq!(
+        accepted.submissions.len(),
+        2_500,
+        "no event was sent again after it was accepted"
+    );
     let stats = standin.stats();
     assert!(stats.endpoint(Endpoint::BulkCreateEvents).accepted >= 3);
     // The tail of the backlog, below one burst, went to the single-event endpoint.

@@ -527,6 +527,25 @@ async fn an_event_is_202_and_a_duplicate_is_not_recorded_twice() {
     );
     assert_eq!(recorded.profile["attributes"]["email"], "Ann@B.co");
     assert_eq!(accepted.events_named("Placed Order").count(), 4);
+    // Every accepted request is counted as sent, kept or not: three for order-1 at Ann.
+    let kept: Vec<(u64, bool)> = accepted
+        .submissions
+        .iter()
+        .map(|s| (s.request, s.kept))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, true),
+            (2, false),
+            (3, false),
+            (4, true),
+            (5, true),
+            (6, true),
+            (7, true)
+        ]
+    );
+    assert_eq!(accepted.submissions_by_unique_id()["order-1"], 6);
     // The events created their profiles, as Klaviyo's do.
     assert!(accepted.profile_by_email("ann@b.co").is_some());
 }
@@ -821,6 +840,21 @@ async fn a_bulk_event_job_is_deduplicated_and_limited() {
         ]
     );
     assert_eq!(accepted.events[1].endpoint, Endpoint::BulkCreateEvents);
+    // The job's three events share its request number, the duplicate o1 among them.
+    let submitted: Vec<(u64, Option<&str>, bool)> = accepted
+        .submissions
+        .iter()
+        .map(|s| (s.request, s.unique_id.as_deref(), s.kept))
+        .collect();
+    assert_eq!(
+        submitted,
+        [
+            (1, Some("o1"), true),
+            (2, Some("o1"), false),
+            (2, Some("o2"), true),
+            (2, Some("o1"), true)
+        ]
+    );
     assert_eq!(
         accepted.events[2].profile["attributes"]["email"],
         "bob@b.co"

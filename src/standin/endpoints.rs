@@ -144,7 +144,15 @@ fn create_event(body: &Json, ctx: &mut Ctx) -> Reply {
         if let Some(event) = event.as_object_mut() {
             event.remove("profile");
         }
-        record_event(ctx.store, Endpoint::CreateEvent, profile, event, received);
+        let request = ctx.store.next_event_request();
+        record_event(
+            ctx.store,
+            request,
+            Endpoint::CreateEvent,
+            profile,
+            event,
+            received,
+        );
         Reply::empty(StatusCode::ACCEPTED)
     })
 }
@@ -154,6 +162,7 @@ fn create_event(body: &Json, ctx: &mut Ctx) -> Reply {
 /// still counts).
 fn record_event(
     store: &mut Store,
+    request: u64,
     endpoint: Endpoint,
     profile: &Json,
     attributes: Json,
@@ -178,7 +187,7 @@ fn record_event(
         profile: profile.clone(),
         attributes,
     };
-    if store.record_event(key, event) {
+    if store.record_event(request, key, event) {
         let id = profile.get("id").and_then(Json::as_str);
         let _ = store.upsert(
             id,
@@ -435,12 +444,14 @@ fn bulk_create_events(body: &Json, ctx: &mut Ctx) -> Reply {
         }
     }
     reject_or(problems, || {
+        let request = ctx.store.next_event_request();
         for entry in entries {
             let profile = &entry["attributes"]["profile"]["data"];
             for event in events_of(entry) {
                 let attributes = event["attributes"].clone();
                 record_event(
                     ctx.store,
+                    request,
                     Endpoint::BulkCreateEvents,
                     profile,
                     attributes,

@@ -37,7 +37,7 @@ mod server;
 mod store;
 
 pub use faults::Faults;
-pub use store::{Accepted, AcceptedEvent, BulkJob, Profile, Subscription};
+pub use store::{Accepted, AcceptedEvent, BulkJob, EventSubmission, Profile, Subscription};
 
 use crate::klaviyo::Endpoint;
 use server::{App, Listener};

@@ -20,6 +20,10 @@ pub struct Accepted {
     pub subscriptions: Vec<Subscription>,
     /// The body of every accepted bulk job (subscription, event and profile import jobs).
     pub bulk_jobs: Vec<BulkJob>,
+    /// Every event accepted, duplicates included, in the order they came: what the client
+    /// sent, where [`Accepted::events`] is what Klaviyo keeps. A test that counts resends
+    /// reads this; the deduplicated list could never show one.
+    pub submissions: Vec<EventSubmission>,
 }
 
 impl Accepted {
@@ -30,6 +34,17 @@ impl Accepted {
                 .and_then(Json::as_str)
                 .is_some_and(|e| e.eq_ignore_ascii_case(email))
         })
+    }
+
+    /// How many times each `unique_id` was accepted, duplicates included.
+    pub fn submissions_by_unique_id(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for submission in &self.submissions {
+            if let Some(unique_id) = &submission.unique_id {
+                *counts.entry(unique_id.clone()).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// The events of one metric, in order.
@@ -54,6 +69,19 @@ pub struct AcceptedEvent {
     /// The event's attributes as sent (`properties`, `time`, `value`, `metric`, ...; the
     /// profile is in [`AcceptedEvent::profile`]).
     pub attributes: Json,
+}
+
+/// One event as it arrived in an accepted request, whether Klaviyo kept it or deduplicated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSubmission {
+    /// Which accepted event request carried it: 1 for the first `POST /api/events` or event
+    /// bulk job the stand-in accepted, 2 for the next, and so on. The events of one bulk job
+    /// share a number.
+    pub request: u64,
+    pub metric: String,
+    pub unique_id: Option<String>,
+    /// False when it was a duplicate of an event already kept.
+    pub kept: bool,
 }
 
 /// A profile as it stands.
@@ -163,6 +191,9 @@ pub(crate) struct Store {
     by_identifier: HashMap<(&'static str, String), usize>,
     subscriptions: Vec<Subscription>,
     bulk_jobs: Vec<BulkJob>,
+    submissions: Vec<EventSubmission>,
+    /// Event requests accepted so far (see [`EventSubmission::request`]).
+    event_requests: u64,
     pub(crate) jobs: Vec<ImportJob>,
 }
 
@@ -173,6 +204,7 @@ impl Store {
             profiles: self.profiles.clone(),
             subscriptions: self.subscriptions.clone(),
             bulk_jobs: self.bulk_jobs.clone(),
+            submissions: self.submissions.clone(),
         }
     }
 
@@ -180,13 +212,26 @@ impl Store {
         &self.profiles[index]
     }
 
-    /// Records the event unless its key was seen; says whether it was recorded.
-    pub(crate) fn record_event(&mut self, key: String, event: AcceptedEvent) -> bool {
-        if !self.event_keys.insert(key) {
-            return false;
+    /// Numbers an accepted request that carries events; its events are recorded under it.
+    pub(crate) fn next_event_request(&mut self) -> u64 {
+        self.event_requests += 1;
+        self.event_requests
+    }
+
+    /// Records the event unless its key was seen; says whether it was recorded. Either way it
+    /// counts as a submission of `request`.
+    pub(crate) fn record_event(&mut self, request: u64, key: String, event: AcceptedEvent) -> bool {
+        let kept = self.event_keys.insert(key);
+        self.submissions.push(EventSubmission {
+            request,
+            metric: event.metric.clone(),
+            unique_id: event.unique_id.clone(),
+            kept,
+        });
+        if kept {
+            self.events.push(event);
         }
-        self.events.push(event);
-        true
+        kept
     }
 
     pub(crate) fn record_subscription(&mut self, subscription: Subscription) {
