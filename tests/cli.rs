@@ -127,6 +127,50 @@ fn rejected_records_exit_1_and_the_run_goes_on() {
         .stderr(predicate::str::contains("not-json"));
 }
 
+/// Issue 10: bare GraphQL results carry no delivery id; each was taken for a repeat of the
+/// first.
+#[test]
+fn bare_graphql_results_are_told_apart_by_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("results.ndjson");
+    let results = common::bare_results(5);
+    fs::write(&input, &results).unwrap();
+    let output = marketsync()
+        .args(["run", "--dry-run", "--marketplace", "acme"])
+        .arg(&input)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stdout.matches("\"Placed Order\"").count(),
+        5,
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("repeated deliveries          0"),
+        "{stderr}"
+    );
+
+    // The same result again, reformatted, is one repeat.
+    let first: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    let again = format!(
+        "{results}{}\n",
+        serde_json::to_string_pretty(&first)
+            .unwrap()
+            .replace('\n', " ")
+    );
+    fs::write(&input, again).unwrap();
+    marketsync()
+        .args(["run", "--dry-run", "--marketplace", "acme"])
+        .arg(&input)
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("repeated deliveries          1"));
+}
+
 #[test]
 fn mappings_that_do_not_load_exit_3() {
     let (name, text) = common::broken_spec("bad-paths.yaml");

@@ -608,3 +608,39 @@ fn intake_on_several_jobs_stores_exactly_what_one_job_does() {
         assert_eq!(intake(jobs), one, "jobs {jobs}");
     }
 }
+
+/// Issue 10: bare GraphQL results carry no delivery id; the store took every one after the
+/// first for a repeat and dropped it, in that run and every later one.
+#[test]
+fn intake_keeps_every_bare_graphql_result() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::bare_results(5));
+    let store = Mutex::new(Store::in_memory().unwrap());
+    let intake = || {
+        sync::intake(
+            &engine,
+            &store,
+            &[Input::File(path.clone())],
+            2,
+            &mut Vec::new(),
+            &std::sync::atomic::AtomicBool::new(false),
+            &std::sync::atomic::AtomicUsize::new(0),
+        )
+        .unwrap()
+    };
+    let first = intake();
+    assert_eq!((first.records, first.repeated), (5, 0), "{first:?}");
+    let placed_orders = store
+        .lock()
+        .unwrap()
+        .due("transaction", i64::MAX, 1000)
+        .unwrap()
+        .iter()
+        .filter(|r| r.mapping == "placed-order")
+        .count();
+    assert_eq!(placed_orders, 5);
+    // Read again, each is recognised as already taken in.
+    let again = intake();
+    assert_eq!((again.repeated, again.queued), (5, 0), "{again:?}");
+}
