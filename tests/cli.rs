@@ -171,6 +171,79 @@ fn bare_graphql_results_are_told_apart_by_their_content() {
         .stderr(predicate::str::contains("repeated deliveries          1"));
 }
 
+/// A dry run's stdout and stderr with 1 and 2 jobs, which must agree, and its exit code.
+fn dry_run_on_one_and_two_jobs(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let run = |jobs: &str| {
+        let out = marketsync()
+            .args(["run", "--dry-run", "--jobs", jobs])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let one = run("1");
+    assert_eq!(run("2"), one, "--jobs 2 differs from --jobs 1");
+    one
+}
+
+/// Issue 10: a missing second input stopped the run (and, on several jobs, dropped the
+/// deliveries of the file before it that were still waiting in a batch).
+#[test]
+fn an_input_that_cannot_be_read_is_reported_and_the_others_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.ndjson");
+    let (code, stdout, stderr) = dry_run_on_one_and_two_jobs(&[
+        "examples/orders.ndjson".as_ref(),
+        missing.as_os_str(),
+        // A directory opens but cannot be read.
+        dir.path().as_os_str(),
+        "examples/shipment.json".as_ref(),
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: cannot open {}", missing.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("error: {}:1: cannot read", dir.path().display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("input errors                 2"),
+        "{stderr}"
+    );
+    // Everything readable was mapped: the first file's and the last file's requests.
+    assert!(stdout.contains("petmarket:placed-order:5001"), "{stdout}");
+    assert!(stdout.contains("\"Fulfilled Order\""), "{stdout}");
+    assert_eq!(stdout.lines().count(), 15, "{stdout}");
+}
+
+/// Issue 10: one line that is not UTF-8 stopped the whole run with exit 4.
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("orders.ndjson");
+    let orders = fs::read(common::repo("examples/orders.ndjson")).unwrap();
+    let mut bytes = b"{\"id\": \"caf\xe9\"}\n".to_vec();
+    bytes.extend_from_slice(&orders);
+    fs::write(&input, bytes).unwrap();
+    let (code, stdout, stderr) = dry_run_on_one_and_two_jobs(&[input.as_os_str()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: rejected: not valid UTF-8 at byte 12",
+            input.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not-utf8"), "{stderr}");
+    assert!(stdout.contains("petmarket:placed-order:5001"), "{stdout}");
+}
+
 #[test]
 fn mappings_that_do_not_load_exit_3() {
     let (name, text) = common::broken_spec("bad-paths.yaml");

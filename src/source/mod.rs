@@ -13,7 +13,7 @@ pub mod backfill;
 mod reader;
 pub mod schema;
 
-pub use reader::{Input, Line, deliveries_in, read_lines};
+pub use reader::{Input, Line, Lines, deliveries_in, read_lines};
 
 use serde_json::Value as Json;
 
@@ -41,6 +41,8 @@ pub struct Record {
 /// Why a line of input could not become records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    #[error("not valid UTF-8 at byte {0}")]
+    NotUtf8(usize),
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("Marketplacer reported errors instead of data: {0}")]
@@ -53,10 +55,19 @@ impl RecordError {
     /// A short, stable name for summaries ("rejected by reason").
     pub fn reason(&self) -> &'static str {
         match self {
+            RecordError::NotUtf8(_) => "not-utf8",
             RecordError::NotJson(_) => "not-json",
             RecordError::GraphqlErrors(_) => "graphql-errors",
             RecordError::Unrecognised(_) => "unrecognised",
         }
+    }
+}
+
+/// Parses one delivery as read from an input: bytes that are not UTF-8 reject it.
+pub fn parse_line(line: &Line) -> Result<Vec<Record>, RecordError> {
+    match line.not_utf8_at {
+        Some(at) => Err(RecordError::NotUtf8(at)),
+        None => parse_delivery(&line.text),
     }
 }
 
