@@ -10,6 +10,15 @@
 //! batch to the workers together with a one-batch result slot, and sends the slot's receiving
 //! end, in order, to the caller's thread. The caller waits on the slots one by one, so results
 //! come back in input order, and the bounded channels keep only a few batches in memory.
+//!
+//! Input is streamed whatever the number of jobs: a batch is cut short whenever the reader has
+//! nothing more in hand (see [`Item::Idle`]), so a delivery from a quiet pipe is mapped, stored
+//! and sent at once rather than when 31 more arrive. Files still fill whole batches, as the
+//! reader's buffer empties only every 256 KB.
+//!
+//! Inputs that cannot be opened or read travel in the same order as the deliveries
+//! ([`Item::Unread`]), so that one job or eight report them at the same place and keep
+//! everything read before and after them.
 
 use crate::source::{self, Input, Line};
 use std::io;
@@ -32,6 +41,9 @@ pub(crate) enum Item<T> {
     /// line). It comes in its place in the order, after what was read of that input, and the
     /// next input is read: one bad file must not lose the others.
     Unread(io::Error),
+    /// Nothing more can be read without asking the input, which may wait (a quiet pipe):
+    /// what is held back for speed (buffered output) should go out now.
+    Idle,
 }
 
 impl<L> Item<L> {
@@ -39,6 +51,7 @@ impl<L> Item<L> {
         match self {
             Item::Delivery(line) => Item::Delivery(prepare(&line)),
             Item::Unread(e) => Item::Unread(e),
+            Item::Idle => Item::Idle,
         }
     }
 }
@@ -112,7 +125,7 @@ type Work<T> = (Vec<Item<Line>>, SyncSender<Vec<Item<T>>>);
 /// order, until it returns false.
 fn read(inputs: &[Input], mut take: impl FnMut(Item<Line>) -> bool) {
     for input in inputs {
-        let lines = match source::read_lines(input) {
+        let mut lines = match source::read_lines(input) {
             Ok(lines) => lines,
             Err(e) => {
                 if !take(Item::Unread(e)) {
@@ -121,12 +134,12 @@ fn read(inputs: &[Input], mut take: impl FnMut(Item<Line>) -> bool) {
                 continue;
             }
         };
-        for line in lines {
+        while let Some(line) = lines.next() {
             let item = match line {
                 Ok(line) => Item::Delivery(line),
                 Err(e) => Item::Unread(e),
             };
-            if !take(item) {
+            if !take(item) || (lines.would_read() && !take(Item::Idle)) {
                 return;
             }
         }
@@ -142,11 +155,14 @@ fn read_batches<T>(inputs: &[Input], work: &SyncSender<Work<T>>, slots: &SyncSen
     let mut batch = Vec::new();
     let mut bytes = 0;
     read(inputs, |item| {
+        // A partial batch goes when the input has nothing more in hand: waiting for a full
+        // one would hold a delivery from a quiet pipe back for as long as the pipe is quiet.
+        let idle = matches!(item, Item::Idle);
         if let Item::Delivery(line) = &item {
             bytes += line.text.len();
         }
         batch.push(item);
-        if batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
+        if batch.len() < BATCH_LINES && bytes < BATCH_BYTES && !idle {
             return true;
         }
         bytes = 0;
@@ -184,10 +200,11 @@ mod tests {
                 jobs,
                 |line| line.number,
                 |item| {
-                    let Item::Delivery(number) = item else {
-                        panic!("{item:?}")
-                    };
-                    seen.push(number);
+                    match item {
+                        Item::Delivery(number) => seen.push(number),
+                        Item::Idle => {}
+                        Item::Unread(e) => panic!("{e}"),
+                    }
                     Ok(ControlFlow::Continue(()))
                 },
             )
@@ -250,10 +267,11 @@ mod tests {
                 jobs,
                 |line| line.number,
                 |item| {
-                    seen.push(match item {
-                        Item::Delivery(number) => number.to_string(),
-                        Item::Unread(e) => e.to_string(),
-                    });
+                    match item {
+                        Item::Delivery(number) => seen.push(number.to_string()),
+                        Item::Unread(e) => seen.push(e.to_string()),
+                        Item::Idle => {}
+                    }
                     Ok(ControlFlow::Continue(()))
                 },
             )

@@ -384,7 +384,7 @@ pub fn dry_run(
     report: &mut dyn Write,
 ) -> io::Result<Summary> {
     let mut runner = Runner::new(engine);
-    let mut write = |request: &Request, line: Option<&str>| {
+    let write = |out: &mut dyn Write, request: &Request, line: Option<&str>| {
         match line {
             Some(line) => out.write_all(line.as_bytes())?,
             None => out.write_all(request.to_line().as_bytes())?,
@@ -397,8 +397,15 @@ pub fn dry_run(
         |line| prepare(engine, line, true),
         |item| {
             match item {
-                Item::Delivery(prepared) => runner.accept(prepared, &mut write, report)?,
+                Item::Delivery(prepared) => runner.accept(
+                    prepared,
+                    |request, line| write(&mut *out, request, line),
+                    report,
+                )?,
                 Item::Unread(err) => runner.unread(&err, report)?,
+                // The requests of a delivery from a quiet pipe are printed now, not when the
+                // buffer fills.
+                Item::Idle => out.flush()?,
             }
             Ok::<_, io::Error>(ControlFlow::Continue(()))
         },

@@ -155,6 +155,8 @@ pub fn intake(
                     summary.input_errors += 1;
                     writeln!(report, "error: {err}")?;
                 }
+                // Each delivery is stored as it is accepted; nothing is held back.
+                Item::Idle => {}
             }
             Ok::<_, SyncError>(ControlFlow::Continue(()))
         },

@@ -244,6 +244,109 @@ fn a_line_that_is_not_utf8_is_rejected_and_the_run_goes_on() {
     assert!(stdout.contains("petmarket:placed-order:5001"), "{stdout}");
 }
 
+/// Standard input piped to `marketsync` and kept open, as a capture tail would.
+struct Piped {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Piped {
+    fn spawn(cmd: &mut std::process::Command) -> Piped {
+        use std::process::Stdio;
+        let mut child = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        Piped { child, stdin }
+    }
+
+    /// Writes one line, and leaves the pipe open and quiet.
+    fn write_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Piped {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Generous, for a loaded machine: the bug held the line back for as long as the pipe stayed
+/// quiet, that is, forever.
+const STREAMED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Issue 10: on several jobs a delivery read from a quiet pipe waited for 31 more (or the end
+/// of input) before it was mapped; the dry run's output waited for its buffer to fill.
+#[test]
+fn a_dry_run_streams_each_delivery_from_a_quiet_pipe() {
+    use std::io::BufRead;
+    let delivery = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let delivery = delivery.lines().next().unwrap();
+    for jobs in ["1", "2"] {
+        let mut piped = Piped::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+                .args(["run", "--dry-run", "--jobs", jobs, "-"])
+                .stdout(std::process::Stdio::piped()),
+        );
+        let stdout = piped.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        piped.write_line(delivery);
+        let first = rx.recv_timeout(STREAMED_WITHIN).unwrap_or_else(|_| {
+            panic!("--jobs {jobs}: no request within {STREAMED_WITHIN:?}, stdin still open")
+        });
+        assert!(first.contains("\"V2ViaG9va0V2ZW50LTg4MTAx\""), "{first}");
+    }
+}
+
+/// Issue 10: in a real run on several jobs, a delivery read from a quiet pipe was neither
+/// stored nor sent until 31 more came or the input ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_run_stores_and_sends_each_delivery_from_a_quiet_pipe() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let mut piped = Piped::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+            .args(["run", "--jobs", "2", "--state"])
+            .arg(dir.path().join("state.db"))
+            .arg("-")
+            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", standin.url())
+            .stdout(std::process::Stdio::null()),
+    );
+    piped.write_line(delivery.lines().next().unwrap());
+    let deadline = std::time::Instant::now() + STREAMED_WITHIN;
+    let placed = || standin.accepted().events_named("Placed Order").count();
+    while placed() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        placed(),
+        1,
+        "the Placed Order did not reach Klaviyo within {STREAMED_WITHIN:?}, stdin still open"
+    );
+    drop(piped);
+    standin.shutdown().await;
+}
+
 #[test]
 fn mappings_that_do_not_load_exit_3() {
     let (name, text) = common::broken_spec("bad-paths.yaml");

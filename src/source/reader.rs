@@ -2,7 +2,12 @@
 //!
 //! Backfills and replays can be millions of deliveries, so nothing reads a whole NDJSON file:
 //! lines are read one by one through a buffered reader and handed on with their line number,
-//! which every error message carries.
+//! which every error message carries. Lines are read as bytes, so that one that is not UTF-8 is
+//! rejected on its own rather than ending the input.
+//!
+//! Standard input may be a pipe that stays open and quiet between deliveries (a capture
+//! tail): [`Lines::would_read`] tells the caller when the next line may be a wait, so that
+//! nothing already read is held back meanwhile.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -119,6 +124,14 @@ pub fn read_lines(input: &Input) -> io::Result<Lines> {
 }
 
 impl Lines {
+    /// Whether nothing read is left in hand, so the next line needs a read from the input
+    /// itself. From a quiet pipe that read waits, so whatever is held back for speed (a
+    /// partial batch, buffered output) must go out first. From a file this is true once per
+    /// buffer (256 KB), which leaves the batching intact.
+    pub fn would_read(&self) -> bool {
+        self.reader.as_ref().is_none_or(|r| r.buffer().is_empty())
+    }
+
     fn failed(&mut self, e: io::Error) -> io::Error {
         self.reader = None;
         io::Error::new(
