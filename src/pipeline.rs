@@ -10,6 +10,15 @@
 //! batch to the workers together with a one-batch result slot, and sends the slot's receiving
 //! end, in order, to the caller's thread. The caller waits on the slots one by one, so results
 //! come back in input order, and the bounded channels keep only a few batches in memory.
+//!
+//! Input is streamed whatever the number of jobs: a batch is cut short whenever the reader has
+//! nothing more in hand (see [`Item::Idle`]), so a delivery from a quiet pipe is mapped, stored
+//! and sent at once rather than when 31 more arrive. Files still fill whole batches, as the
+//! reader's buffer empties only every 256 KB.
+//!
+//! Inputs that cannot be opened or read travel in the same order as the deliveries
+//! ([`Item::Unread`]), so that one job or eight report them at the same place and keep
+//! everything read before and after them.
 
 use crate::source::{self, Input, Line};
 use std::io;
@@ -23,24 +32,50 @@ use std::sync::{Arc, Mutex};
 const BATCH_LINES: usize = 32;
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// What reading the inputs gives, in input order.
+#[derive(Debug)]
+pub(crate) enum Item<T> {
+    /// One delivery, prepared.
+    Delivery(T),
+    /// An input that could not be opened, or read to its end (the error names it and the
+    /// line). It comes in its place in the order, after what was read of that input, and the
+    /// next input is read: one bad file must not lose the others.
+    Unread(io::Error),
+    /// Nothing more can be read without asking the input, which may wait (a quiet pipe):
+    /// what is held back for speed (buffered output) should go out now.
+    Idle,
+}
+
+impl<L> Item<L> {
+    fn map<T>(self, prepare: impl Fn(&L) -> T) -> Item<T> {
+        match self {
+            Item::Delivery(line) => Item::Delivery(prepare(&line)),
+            Item::Unread(e) => Item::Unread(e),
+            Item::Idle => Item::Idle,
+        }
+    }
+}
+
 /// Reads every input, runs `prepare` on each delivery on `jobs` threads, and hands the results
-/// to `accept` on the calling thread, in input order. `accept` may stop the run early with
-/// `ControlFlow::Break` or an error; what was read ahead is then dropped unseen.
-pub(crate) fn map_in_order<T: Send, E: From<io::Error>>(
+/// (and the inputs that could not be read) to `accept` on the calling thread, in input order.
+/// `accept` may stop the run early with `ControlFlow::Break` or an error; what was read ahead
+/// is then dropped unseen.
+pub(crate) fn map_in_order<T: Send, E>(
     inputs: &[Input],
     jobs: usize,
     prepare: impl Fn(&Line) -> T + Sync,
-    mut accept: impl FnMut(T) -> Result<ControlFlow<()>, E>,
+    mut accept: impl FnMut(Item<T>) -> Result<ControlFlow<()>, E>,
 ) -> Result<(), E> {
     if jobs <= 1 {
-        for input in inputs {
-            for line in source::read_lines(input)? {
-                if accept(prepare(&line?))?.is_break() {
-                    return Ok(());
-                }
+        let mut result = Ok(());
+        read(inputs, |item| match accept(item.map(&prepare)) {
+            Ok(flow) => flow.is_continue(),
+            Err(e) => {
+                result = Err(e);
+                false
             }
-        }
-        return Ok(());
+        });
+        return result;
     }
     std::thread::scope(|scope| {
         let (work_tx, work_rx) = sync_channel::<Work<T>>(1);
@@ -53,7 +88,7 @@ pub(crate) fn map_in_order<T: Send, E: From<io::Error>>(
                 loop {
                     let next = work_rx.lock().expect("work queue lock").recv();
                     let Ok((batch, slot)) = next else { break };
-                    let prepared = batch.iter().map(prepare).collect();
+                    let prepared = batch.into_iter().map(|item| item.map(prepare)).collect();
                     if slot.send(prepared).is_err() {
                         break; // the caller stopped
                     }
@@ -78,48 +113,70 @@ pub(crate) fn map_in_order<T: Send, E: From<io::Error>>(
         }
         // Leaving the loop drops the slots' receiver, which stops the reader and so the
         // workers, whatever state they were in.
-        let read = reader.join().expect("the reader thread does not panic");
-        result.and(read.map_err(E::from))
+        reader.join().expect("the reader thread does not panic");
+        result
     })
 }
 
-type Slot<T> = Receiver<Vec<T>>;
-type Work<T> = (Vec<Line>, SyncSender<Vec<T>>);
+type Slot<T> = Receiver<Vec<Item<T>>>;
+type Work<T> = (Vec<Item<Line>>, SyncSender<Vec<Item<T>>>);
 
-/// Reads every input into batches; stops early, quietly, if the caller went away.
-fn read_batches<T>(
-    inputs: &[Input],
-    work: &SyncSender<Work<T>>,
-    slots: &SyncSender<Slot<T>>,
-) -> io::Result<()> {
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    let send = |batch: Vec<Line>| -> bool {
-        let (slot_tx, slot_rx) = sync_channel(1);
-        slots.send(slot_rx).is_ok() && work.send((batch, slot_tx)).is_ok()
-    };
+/// Hands every line of every input, and every input that could not be read, to `take` in
+/// order, until it returns false.
+fn read(inputs: &[Input], mut take: impl FnMut(Item<Line>) -> bool) {
     for input in inputs {
-        for line in source::read_lines(input)? {
-            let line = line?;
-            bytes += line.text.len();
-            batch.push(line);
-            if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
-                if !send(std::mem::take(&mut batch)) {
-                    return Ok(());
+        let mut lines = match source::read_lines(input) {
+            Ok(lines) => lines,
+            Err(e) => {
+                if !take(Item::Unread(e)) {
+                    return;
                 }
-                bytes = 0;
+                continue;
+            }
+        };
+        while let Some(line) = lines.next() {
+            let item = match line {
+                Ok(line) => Item::Delivery(line),
+                Err(e) => Item::Unread(e),
+            };
+            if !take(item) || (lines.would_read() && !take(Item::Idle)) {
+                return;
             }
         }
     }
+}
+
+/// Reads every input into batches; stops early, quietly, if the caller went away.
+fn read_batches<T>(inputs: &[Input], work: &SyncSender<Work<T>>, slots: &SyncSender<Slot<T>>) {
+    let send = |batch: Vec<Item<Line>>| -> bool {
+        let (slot_tx, slot_rx) = sync_channel(1);
+        slots.send(slot_rx).is_ok() && work.send((batch, slot_tx)).is_ok()
+    };
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    read(inputs, |item| {
+        // A partial batch goes when the input has nothing more in hand: waiting for a full
+        // one would hold a delivery from a quiet pipe back for as long as the pipe is quiet.
+        let idle = matches!(item, Item::Idle);
+        if let Item::Delivery(line) = &item {
+            bytes += line.text.len();
+        }
+        batch.push(item);
+        if batch.len() < BATCH_LINES && bytes < BATCH_BYTES && !idle {
+            return true;
+        }
+        bytes = 0;
+        send(std::mem::take(&mut batch))
+    });
+    // Empty too when the caller went away: the batch that failed to go was taken.
     if !batch.is_empty() {
         send(batch);
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::map_in_order;
+    use super::{Item, map_in_order};
     use crate::source::Input;
     use std::io::Write;
     use std::ops::ControlFlow;
@@ -142,8 +199,12 @@ mod tests {
                 &inputs,
                 jobs,
                 |line| line.number,
-                |number| {
-                    seen.push(number);
+                |item| {
+                    match item {
+                        Item::Delivery(number) => seen.push(number),
+                        Item::Idle => {}
+                        Item::Unread(e) => panic!("{e}"),
+                    }
                     Ok(ControlFlow::Continue(()))
                 },
             )
@@ -161,9 +222,9 @@ mod tests {
                 &inputs,
                 jobs,
                 |line| line.number,
-                |number| {
+                |item| {
                     seen += 1;
-                    Ok(if number == 10 {
+                    Ok(if matches!(item, Item::Delivery(10)) {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
@@ -182,8 +243,8 @@ mod tests {
             &inputs,
             2,
             |line| line.number,
-            |number| {
-                if number == 300 {
+            |item| {
+                if matches!(item, Item::Delivery(300)) {
                     Err(std::io::Error::other("disk full"))
                 } else {
                     Ok(ControlFlow::Continue(()))
@@ -191,5 +252,38 @@ mod tests {
             },
         );
         assert_eq!(result.unwrap_err().to_string(), "disk full");
+    }
+
+    #[test]
+    fn an_input_that_cannot_be_read_comes_in_its_place_and_the_next_is_read() {
+        let (_first, mut inputs) = numbered_input(40);
+        let (_last, last) = numbered_input(3);
+        inputs.push(Input::File("/nope/missing.ndjson".into()));
+        inputs.extend(last);
+        for jobs in [1, 2] {
+            let mut seen = Vec::new();
+            map_in_order::<_, std::io::Error>(
+                &inputs,
+                jobs,
+                |line| line.number,
+                |item| {
+                    match item {
+                        Item::Delivery(number) => seen.push(number.to_string()),
+                        Item::Unread(e) => seen.push(e.to_string()),
+                        Item::Idle => {}
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .unwrap();
+            assert_eq!(seen.len(), 44, "jobs {jobs}: {seen:?}");
+            assert_eq!(seen[39], "40");
+            assert!(
+                seen[40].starts_with("cannot open /nope/missing.ndjson"),
+                "{}",
+                seen[40]
+            );
+            assert_eq!(seen[41..], ["1", "2", "3"]);
+        }
     }
 }

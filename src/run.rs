@@ -2,14 +2,16 @@
 //!
 //! Every delivery ends in exactly one of the summary's buckets (requests written, skipped
 //! because no mapping reads its type, no request because its conditions did not hold, or
-//! rejected with a reason), so nothing read can vanish unaccounted. A bad line is reported with
-//! its file and line number and the run goes on with the next one.
+//! rejected with a reason), so nothing read can vanish unaccounted. A bad line (bytes that are
+//! not UTF-8 included) is reported with its file and line number and the run goes on with the
+//! next one; an input that cannot be opened or read is reported and the run goes on with the
+//! next input.
 //!
 //! "Once per key" holds in memory for one run here; the durable store makes it hold across runs.
 
 use crate::engine::{Engine, Mapped};
 use crate::klaviyo::Request;
-use crate::pipeline;
+use crate::pipeline::{self, Item};
 use crate::source::{self, Input, Line, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
@@ -35,6 +37,8 @@ pub struct Summary {
     /// Rejected deliveries or mapping failures, by reason.
     pub rejected: BTreeMap<String, usize>,
     pub warnings: usize,
+    /// Inputs that could not be opened, or read to their end.
+    pub input_errors: usize,
 }
 
 impl Summary {
@@ -75,6 +79,10 @@ impl Summary {
             line(&format!("  {reason}"), count.to_string());
         }
         line("warnings", self.warnings.to_string());
+        // Only when there are any: like the `error:` lines, it says the output is incomplete.
+        if self.input_errors > 0 {
+            line("input errors", self.input_errors.to_string());
+        }
         format!("summary:\n{out}")
     }
 }
@@ -114,7 +122,7 @@ struct PreparedRecord {
 /// Parses and maps one delivery. Pure: it may run on any thread, in any order.
 pub fn prepare(engine: &Engine, line: &Line, with_lines: bool) -> Prepared {
     let at = format!("{}:{}", line.origin, line.number);
-    let outcome = source::parse_delivery(&line.text).map(|records| {
+    let outcome = source::parse_line(line).map(|records| {
         records
             .into_iter()
             .map(|record| {
@@ -220,6 +228,13 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(())
+    }
+
+    /// An input that could not be opened or read to its end: reported and counted, and the
+    /// run goes on with the next input.
+    pub fn unread(&mut self, err: &io::Error, report: &mut dyn Write) -> io::Result<()> {
+        self.summary.input_errors += 1;
+        writeln!(report, "error: {err}")
     }
 
     /// Maps one record as a run does, counting it: a delivery seen before gives `None`, and a
@@ -369,7 +384,7 @@ pub fn dry_run(
     report: &mut dyn Write,
 ) -> io::Result<Summary> {
     let mut runner = Runner::new(engine);
-    let mut write = |request: &Request, line: Option<&str>| {
+    let write = |out: &mut dyn Write, request: &Request, line: Option<&str>| {
         match line {
             Some(line) => out.write_all(line.as_bytes())?,
             None => out.write_all(request.to_line().as_bytes())?,
@@ -380,8 +395,18 @@ pub fn dry_run(
         inputs,
         jobs,
         |line| prepare(engine, line, true),
-        |prepared| {
-            runner.accept(prepared, &mut write, report)?;
+        |item| {
+            match item {
+                Item::Delivery(prepared) => runner.accept(
+                    prepared,
+                    |request, line| write(&mut *out, request, line),
+                    report,
+                )?,
+                Item::Unread(err) => runner.unread(&err, report)?,
+                // The requests of a delivery from a quiet pipe are printed now, not when the
+                // buffer fills.
+                Item::Idle => out.flush()?,
+            }
             Ok::<_, io::Error>(ControlFlow::Continue(()))
         },
     )?;

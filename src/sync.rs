@@ -8,7 +8,7 @@
 
 use crate::engine::{Engine, Mapped};
 use crate::klaviyo::Request;
-use crate::pipeline;
+use crate::pipeline::{self, Item};
 use crate::run::report_mapped;
 use crate::sink::{DeliveryReport, Sink, SinkConfig, SinkError, now_ms};
 use crate::source::{self, Input, Line};
@@ -35,6 +35,8 @@ pub struct IntakeReport {
     /// Dead letters written at intake (unreadable deliveries, failed mappings), by category.
     pub rejected: BTreeMap<String, usize>,
     pub warnings: usize,
+    /// Inputs that could not be opened, or read to their end.
+    pub input_errors: usize,
 }
 
 /// Why a run stopped early.
@@ -87,7 +89,7 @@ struct PreparedRecord {
 /// Parses and maps one delivery and serialises what the store will keep. Pure.
 fn prepare(engine: &Engine, line: &Line) -> Prepared {
     let origin = format!("{}:{}", line.origin, line.number);
-    let outcome = match source::parse_delivery(&line.text) {
+    let outcome = match source::parse_line(line) {
         Ok(records) => Ok(records
             .into_iter()
             .map(|record| {
@@ -122,7 +124,9 @@ fn prepare(engine: &Engine, line: &Line) -> Prepared {
 
 /// Reads every input into the store, parsing and mapping on `jobs` threads while this one
 /// writes to the store in input order. Problems go to `report` as lines naming the input and
-/// line; they are also dead letters, so nothing read is lost. Stops early when `stop` is set.
+/// line; they are also dead letters (a line that is not JSON, or not UTF-8, is `unreadable`),
+/// so nothing read is lost. An input that cannot be opened or read is reported and counted,
+/// and the others are still read. Stops early when `stop` is set.
 pub fn intake(
     engine: &Engine,
     store: &Mutex<Store>,
@@ -137,12 +141,23 @@ pub fn intake(
         inputs,
         jobs,
         |line| prepare(engine, line),
-        |delivery| {
+        |item| {
             if stop.load(Ordering::SeqCst) {
                 return Ok(ControlFlow::Break(()));
             }
-            read.fetch_add(1, Ordering::Relaxed);
-            keep(store, delivery, &mut summary, report)?;
+            match item {
+                Item::Delivery(delivery) => {
+                    read.fetch_add(1, Ordering::Relaxed);
+                    keep(store, delivery, &mut summary, report)?;
+                }
+                // Nothing of it to keep: reported, and the other inputs are still read.
+                Item::Unread(err) => {
+                    summary.input_errors += 1;
+                    writeln!(report, "error: {err}")?;
+                }
+                // Each delivery is stored as it is accepted; nothing is held back.
+                Item::Idle => {}
+            }
             Ok::<_, SyncError>(ControlFlow::Continue(()))
         },
     )?;

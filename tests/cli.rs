@@ -127,6 +127,226 @@ fn rejected_records_exit_1_and_the_run_goes_on() {
         .stderr(predicate::str::contains("not-json"));
 }
 
+/// Issue 10: bare GraphQL results carry no delivery id; each was taken for a repeat of the
+/// first.
+#[test]
+fn bare_graphql_results_are_told_apart_by_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("results.ndjson");
+    let results = common::bare_results(5);
+    fs::write(&input, &results).unwrap();
+    let output = marketsync()
+        .args(["run", "--dry-run", "--marketplace", "acme"])
+        .arg(&input)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stdout.matches("\"Placed Order\"").count(),
+        5,
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("repeated deliveries          0"),
+        "{stderr}"
+    );
+
+    // The same result again, reformatted, is one repeat.
+    let first: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    let again = format!(
+        "{results}{}\n",
+        serde_json::to_string_pretty(&first)
+            .unwrap()
+            .replace('\n', " ")
+    );
+    fs::write(&input, again).unwrap();
+    marketsync()
+        .args(["run", "--dry-run", "--marketplace", "acme"])
+        .arg(&input)
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("repeated deliveries          1"));
+}
+
+/// A dry run's stdout and stderr with 1 and 2 jobs, which must agree, and its exit code.
+fn dry_run_on_one_and_two_jobs(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let run = |jobs: &str| {
+        let out = marketsync()
+            .args(["run", "--dry-run", "--jobs", jobs])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let one = run("1");
+    assert_eq!(run("2"), one, "--jobs 2 differs from --jobs 1");
+    one
+}
+
+/// Issue 10: a missing second input stopped the run (and, on several jobs, dropped the
+/// deliveries of the file before it that were still waiting in a batch).
+#[test]
+fn an_input_that_cannot_be_read_is_reported_and_the_others_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.ndjson");
+    let (code, stdout, stderr) = dry_run_on_one_and_two_jobs(&[
+        "examples/orders.ndjson".as_ref(),
+        missing.as_os_str(),
+        // A directory opens but cannot be read.
+        dir.path().as_os_str(),
+        "examples/shipment.json".as_ref(),
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: cannot open {}", missing.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("error: {}:1: cannot read", dir.path().display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("input errors                 2"),
+        "{stderr}"
+    );
+    // Everything readable was mapped: the first file's and the last file's requests.
+    assert!(stdout.contains("petmarket:placed-order:5001"), "{stdout}");
+    assert!(stdout.contains("\"Fulfilled Order\""), "{stdout}");
+    assert_eq!(stdout.lines().count(), 15, "{stdout}");
+}
+
+/// Issue 10: one line that is not UTF-8 stopped the whole run with exit 4.
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("orders.ndjson");
+    let orders = fs::read(common::repo("examples/orders.ndjson")).unwrap();
+    let mut bytes = b"{\"id\": \"caf\xe9\"}\n".to_vec();
+    bytes.extend_from_slice(&orders);
+    fs::write(&input, bytes).unwrap();
+    let (code, stdout, stderr) = dry_run_on_one_and_two_jobs(&[input.as_os_str()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: rejected: not valid UTF-8 at byte 12",
+            input.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not-utf8"), "{stderr}");
+    assert!(stdout.contains("petmarket:placed-order:5001"), "{stdout}");
+}
+
+/// Standard input piped to `marketsync` and kept open, as a capture tail would.
+struct Piped {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Piped {
+    fn spawn(cmd: &mut std::process::Command) -> Piped {
+        use std::process::Stdio;
+        let mut child = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        Piped { child, stdin }
+    }
+
+    /// Writes one line, and leaves the pipe open and quiet.
+    fn write_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Piped {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Generous, for a loaded machine: the bug held the line back for as long as the pipe stayed
+/// quiet, that is, forever.
+const STREAMED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Issue 10: on several jobs a delivery read from a quiet pipe waited for 31 more (or the end
+/// of input) before it was mapped; the dry run's output waited for its buffer to fill.
+#[test]
+fn a_dry_run_streams_each_delivery_from_a_quiet_pipe() {
+    use std::io::BufRead;
+    let delivery = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let delivery = delivery.lines().next().unwrap();
+    for jobs in ["1", "2"] {
+        let mut piped = Piped::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+                .args(["run", "--dry-run", "--jobs", jobs, "-"])
+                .stdout(std::process::Stdio::piped()),
+        );
+        let stdout = piped.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        piped.write_line(delivery);
+        let first = rx.recv_timeout(STREAMED_WITHIN).unwrap_or_else(|_| {
+            panic!("--jobs {jobs}: no request within {STREAMED_WITHIN:?}, stdin still open")
+        });
+        assert!(first.contains("\"V2ViaG9va0V2ZW50LTg4MTAx\""), "{first}");
+    }
+}
+
+/// Issue 10: in a real run on several jobs, a delivery read from a quiet pipe was neither
+/// stored nor sent until 31 more came or the input ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_run_stores_and_sends_each_delivery_from_a_quiet_pipe() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let mut piped = Piped::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+            .args(["run", "--jobs", "2", "--state"])
+            .arg(dir.path().join("state.db"))
+            .arg("-")
+            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", standin.url())
+            .stdout(std::process::Stdio::null()),
+    );
+    piped.write_line(delivery.lines().next().unwrap());
+    let deadline = std::time::Instant::now() + STREAMED_WITHIN;
+    let placed = || standin.accepted().events_named("Placed Order").count();
+    while placed() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        placed(),
+        1,
+        "the Placed Order did not reach Klaviyo within {STREAMED_WITHIN:?}, stdin still open"
+    );
+    drop(piped);
+    standin.shutdown().await;
+}
+
 #[test]
 fn mappings_that_do_not_load_exit_3() {
     let (name, text) = common::broken_spec("bad-paths.yaml");

@@ -622,3 +622,96 @@ fn intake_on_several_jobs_stores_exactly_what_one_job_does() {
         assert_eq!(intake(jobs), one, "jobs {jobs}");
     }
 }
+
+/// Issue 10: bare GraphQL results carry no delivery id; the store took every one after the
+/// first for a repeat and dropped it, in that run and every later one.
+#[test]
+fn intake_keeps_every_bare_graphql_result() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::bare_results(5));
+    let store = Mutex::new(Store::in_memory().unwrap());
+    let intake = || {
+        sync::intake(
+            &engine,
+            &store,
+            &[Input::File(path.clone())],
+            2,
+            &mut Vec::new(),
+            &std::sync::atomic::AtomicBool::new(false),
+            &std::sync::atomic::AtomicUsize::new(0),
+        )
+        .unwrap()
+    };
+    let first = intake();
+    assert_eq!((first.records, first.repeated), (5, 0), "{first:?}");
+    let placed_orders = store
+        .lock()
+        .unwrap()
+        .due("transaction", i64::MAX, 1000)
+        .unwrap()
+        .iter()
+        .filter(|r| r.mapping == "placed-order")
+        .count();
+    assert_eq!(placed_orders, 5);
+    // Read again, each is recognised as already taken in.
+    let again = intake();
+    assert_eq!((again.repeated, again.queued), (5, 0), "{again:?}");
+}
+
+/// Issue 10: a line that is not UTF-8 or an input that cannot be opened stopped intake, and
+/// what was stored before the stop depended on `--jobs`. Now the line is an `unreadable` dead
+/// letter, the input is reported, and everything else is stored, whatever the number of jobs.
+#[test]
+fn intake_keeps_every_readable_delivery_past_bad_bytes_and_missing_inputs() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.ndjson");
+    let mut bytes = b"{\"id\": \"caf\xe9\"}\n".to_vec();
+    bytes.extend_from_slice(common::synthetic_orders(40).as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let inputs = [
+        Input::File(path),
+        Input::File(dir.path().join("missing.ndjson")),
+        Input::File(common::repo("examples/orders.ndjson")),
+    ];
+    let intake = |jobs: usize| {
+        let store = Mutex::new(Store::in_memory().unwrap());
+        let mut report = Vec::new();
+        let summary = sync::intake(
+            &engine,
+            &store,
+            &inputs,
+            jobs,
+            &mut report,
+            &std::sync::atomic::AtomicBool::new(false),
+            &std::sync::atomic::AtomicUsize::new(0),
+        )
+        .unwrap();
+        let store = store.into_inner().unwrap();
+        let letters: Vec<(String, String)> = store
+            .dead_letters(None, None)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.category, d.text))
+            .collect();
+        (summary, letters, String::from_utf8(report).unwrap())
+    };
+    let (summary, letters, report) = intake(1);
+    assert_eq!(summary.deliveries, 46, "{report}");
+    assert_eq!(summary.input_errors, 1, "{report}");
+    assert_eq!(summary.rejected.get("unreadable"), Some(&1), "{report}");
+    assert_eq!(
+        letters,
+        [(
+            "unreadable".to_owned(),
+            "{\"id\": \"caf\u{fffd}\"}\n".to_owned()
+        )]
+    );
+    assert!(
+        report.contains("input.ndjson:1: rejected: not valid UTF-8"),
+        "{report}"
+    );
+    assert!(report.contains("error: cannot open"), "{report}");
+    assert_eq!(intake(2), (summary, letters, report));
+}

@@ -86,7 +86,7 @@ pub fn execute(args: Args) -> u8 {
             picked.line.origin, picked.deliveries, picked.line.number
         );
     }
-    let records = match source::parse_delivery(&picked.line.text) {
+    let records = match source::parse_line(&picked.line) {
         Ok(records) => records,
         Err(err) => {
             eprintln!(

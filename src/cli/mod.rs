@@ -30,7 +30,8 @@ pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// The mappings did not load or compile, so nothing was mapped.
 pub const EXIT_BAD_MAPPINGS: u8 = 3;
-/// An input could not be read, the output could not be written, or the state store failed.
+/// An input could not be opened or read (the others were still read), the output could not
+/// be written, or the state store failed.
 pub const EXIT_IO: u8 = 4;
 /// Klaviyo refused the API key (401/403): the run stopped at once, the queue is intact.
 pub const EXIT_KEY_REFUSED: u8 = 5;

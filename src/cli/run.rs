@@ -34,9 +34,14 @@ to Klaviyo under its rate limits (order events first), and a run that is killed 
 it stopped when started again. The API key is read from KLAVIYO_API_KEY (or the variable a client's
 `klaviyo_api_key_env` names) only, and never printed.
 
+A line that cannot be read (not JSON, not UTF-8, not a delivery) is reported with its file and
+line number, and the run goes on (a real run keeps it as an `unreadable` dead letter). An input
+that cannot be opened or read is reported, and the other inputs are still read.
+
 Exit 0 when nothing was rejected, 1 when any delivery or request was rejected or dead-lettered,
-2 on a usage error, 3 when the mappings do not load, 4 on an I/O or state error, 5 when Klaviyo
-refuses the API key (the queue is left intact).")]
+2 on a usage error, 3 when the mappings do not load, 4 when an input could not be read (after
+reading the others) or on an output or state error, 5 when Klaviyo refuses the API key (the
+queue is left intact).")]
 pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
@@ -164,7 +169,9 @@ pub fn execute(args: Args) -> u8 {
         Ok((intake, delivery)) => {
             eprint!("{}", render(&intake, &delivery));
             let dead: usize = delivery.dead_letters.values().sum();
-            if dead + intake.rejected.values().sum::<usize>() > 0 {
+            if intake.input_errors > 0 {
+                EXIT_IO
+            } else if dead + intake.rejected.values().sum::<usize>() > 0 {
                 EXIT_REJECTED
             } else {
                 EXIT_OK
@@ -189,7 +196,9 @@ fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
     match dry_run(engine, inputs, jobs, &mut out, &mut report) {
         Ok(summary) => {
             eprint!("{}", summary.render());
-            if summary.rejected_count() > 0 {
+            if summary.input_errors > 0 {
+                EXIT_IO
+            } else if summary.rejected_count() > 0 {
                 EXIT_REJECTED
             } else {
                 EXIT_OK
@@ -267,6 +276,9 @@ fn render(intake: &IntakeReport, delivery: &DeliveryReport) -> String {
         format!("{:.1}s", delivery.waited_on_limits.as_secs_f64()),
     );
     line("warnings", intake.warnings.to_string());
+    if intake.input_errors > 0 {
+        line("input errors", intake.input_errors.to_string());
+    }
     out
 }
 

@@ -54,8 +54,12 @@ pub fn records(mut data: Map<String, Json>) -> Result<Vec<Record>, RecordError> 
             )));
         };
         for (typename, id, node) in reshape_order(order) {
+            let delivery_id = match id {
+                Some(id) => format!("backfill:{id}"),
+                None => super::content_id("backfill", typename, &node),
+            };
             records.push(Record {
-                delivery_id: format!("backfill:{id}"),
+                delivery_id,
                 event: "backfill".into(),
                 typename: typename.into(),
                 marketplace: marketplace.clone(),
@@ -86,16 +90,17 @@ fn pick(object: &Map<String, Json>, keys: &[&str]) -> Json {
     )
 }
 
-fn id_of(object: &Map<String, Json>) -> String {
+/// The node's own id, if it has one; without, its delivery id comes from its content.
+fn id_of(object: &Map<String, Json>) -> Option<String> {
     match object.get("id") {
-        Some(Json::String(id)) => id.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
+        Some(Json::String(id)) => Some(id.clone()),
+        Some(Json::Null) | None => None,
+        Some(other) => Some(other.to_string()),
     }
 }
 
 /// One order node into (typename, node id, webhook-shaped node) triples.
-fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, String, Json)> {
+fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Option<String>, Json)> {
     let invoices: Vec<Map<String, Json>> = take_list(&mut order, "invoices")
         .into_iter()
         .filter_map(|i| match i {
@@ -267,6 +272,38 @@ mod tests {
         let refund = &records[3].node;
         assert_eq!(refund["lineItems"][0]["lineItem"]["advertTitle"], "Toy");
         assert_eq!(refund["invoice"]["order"]["legacyId"], 1);
+    }
+
+    #[test]
+    fn nodes_without_an_id_get_one_from_their_content() {
+        let mut page = page();
+        for id in [
+            "/updatedOrders/nodes/0/invoices/nodes/0/id",
+            "/updatedOrders/nodes/0/invoices/nodes/1/id",
+        ] {
+            let (parent, key) = id.rsplit_once('/').unwrap();
+            let mut value = Json::Object(page.clone());
+            value
+                .pointer_mut(parent)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(key);
+            page = value.as_object().unwrap().clone();
+        }
+        let ids: Vec<String> = records(page.clone())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.delivery_id)
+            .collect();
+        assert!(ids[0].starts_with("backfill:Invoice:"), "{ids:?}");
+        assert_ne!(ids[0], ids[1], "two invoices are two deliveries");
+        let again: Vec<String> = records(page)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.delivery_id)
+            .collect();
+        assert_eq!(ids, again, "the same page gives the same ids");
     }
 
     #[test]

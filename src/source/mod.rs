@@ -1,9 +1,10 @@
 //! Marketplacer deliveries in, records out.
 //!
-//! Three shapes arrive, and this module is the only place that knows them: a webhook envelope
+//! Four shapes arrive, and this module is the only place that knows them: a webhook envelope
 //! `{"id", "event_name", "payload": {"data": {"node"}}}`, a capture of one as a receiver stores it
-//! (`{"headers", "body"}`, where `Marketplacer-Vertical` names the marketplace), and a GraphQL
-//! backfill page (`{"data": {"siteConfig", "updatedOrders"}}`). Each becomes one or more
+//! (`{"headers", "body"}`, where `Marketplacer-Vertical` names the marketplace), a GraphQL
+//! backfill page (`{"data": {"siteConfig", "updatedOrders"}}`) and a bare GraphQL result
+//! (`{"data": {"node"}}`). Each becomes one or more
 //! [`Record`]s. Backfill orders are reshaped into the records their webhooks would have carried
 //! (see [`backfill`]) so that one set of mappings serves both and the same fact gets the same
 //! key. Nothing here knows Klaviyo.
@@ -12,7 +13,7 @@ pub mod backfill;
 mod reader;
 pub mod schema;
 
-pub use reader::{Input, Line, deliveries_in, read_lines};
+pub use reader::{Input, Line, Lines, deliveries_in, read_lines};
 
 use serde_json::Value as Json;
 
@@ -21,7 +22,8 @@ use serde_json::Value as Json;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// The delivery's identity: the envelope id, else the capture's `Idempotency-Key`; for
-    /// backfill, `backfill:` and the node id.
+    /// backfill, `backfill:` and the node id. What brings no id of its own (a bare GraphQL
+    /// result, a backfill node without `id`) gets one from its content: see [`content_id`].
     pub delivery_id: String,
     /// The webhook event name (`create`, `update`), or `backfill`.
     pub event: String,
@@ -39,6 +41,8 @@ pub struct Record {
 /// Why a line of input could not become records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    #[error("not valid UTF-8 at byte {0}")]
+    NotUtf8(usize),
     #[error("not JSON: {0}")]
     NotJson(String),
     #[error("Marketplacer reported errors instead of data: {0}")]
@@ -51,10 +55,19 @@ impl RecordError {
     /// A short, stable name for summaries ("rejected by reason").
     pub fn reason(&self) -> &'static str {
         match self {
+            RecordError::NotUtf8(_) => "not-utf8",
             RecordError::NotJson(_) => "not-json",
             RecordError::GraphqlErrors(_) => "graphql-errors",
             RecordError::Unrecognised(_) => "unrecognised",
         }
+    }
+}
+
+/// Parses one delivery as read from an input: bytes that are not UTF-8 reject it.
+pub fn parse_line(line: &Line) -> Result<Vec<Record>, RecordError> {
+    match line.not_utf8_at {
+        Some(at) => Err(RecordError::NotUtf8(at)),
+        None => parse_delivery(&line.text),
     }
 }
 
@@ -103,12 +116,35 @@ pub fn records_of(value: Json) -> Result<Vec<Record>, RecordError> {
             return backfill::records(std::mem::take(data));
         }
         if let Some(node) = data.remove("node") {
-            return Ok(vec![node_record(node, "query", String::new())?]);
+            let mut record = node_record(node, "query", "query".into())?;
+            record.delivery_id = content_id("query", &record.typename, &record.node);
+            return Ok(vec![record]);
         }
     }
     Err(RecordError::Unrecognised(
         "expected a webhook envelope (`payload`), a capture (`headers` and `body`) or a backfill page (`data.updatedOrders`)".into(),
     ))
+}
+
+/// The delivery id of a node that arrives without one of its own (a bare GraphQL result, a
+/// backfill node without `id`): `KIND:TYPE:ID:DIGEST`, ID empty when the node has none.
+///
+/// The id alone would not do: a result fetched again after the object changed is a new fact
+/// and must be mapped again, and nodes without an id would all share one. So the digest is of
+/// the node's content as parsed and written back compactly: the same content, however spaced
+/// over lines, gives the same id; a changed value (or a reordered key, as keys keep their
+/// order) gives another.
+pub(crate) fn content_id(kind: &str, typename: &str, node: &Json) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(node).expect("a JSON value serialises");
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let id = match node.get("id") {
+        Some(Json::String(id)) => id.clone(),
+        Some(Json::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    format!("{kind}:{typename}:{id}:{hex}")
 }
 
 fn header_value(headers: &Json, name: &str) -> Option<String> {
@@ -243,6 +279,24 @@ mod tests {
     fn an_envelope_without_id_uses_the_idempotency_key() {
         let text = json!({"headers": {"Idempotency-Key": "key-1"}, "body": {"event_name": "create", "payload": {"data": {"node": node()}}}}).to_string();
         assert_eq!(parse_delivery(&text).unwrap()[0].delivery_id, "key-1");
+    }
+
+    #[test]
+    fn a_bare_result_gets_an_id_from_its_content() {
+        let id_of = |text: &str| parse_delivery(text).unwrap()[0].delivery_id.clone();
+        let bare = |node: Json| json!({"data": {"node": node}}).to_string();
+        let first = id_of(&bare(node()));
+        assert!(first.starts_with("query:Invoice:SW52b2ljZS0x:"), "{first}");
+        // The same content, however it is laid out, is the same delivery.
+        let spread = serde_json::to_string_pretty(&json!({"data": {"node": node()}})).unwrap();
+        assert_eq!(id_of(&spread), first);
+        // Other content is another delivery, even for the same node.
+        let mut paid = node();
+        paid["statusFlags"] = json!(["PAID"]);
+        assert_ne!(id_of(&bare(paid)), first);
+        let no_id = json!({"__typename": "Invoice", "legacyId": 2});
+        let other = json!({"__typename": "Invoice", "legacyId": 3});
+        assert_ne!(id_of(&bare(no_id)), id_of(&bare(other)));
     }
 
     #[test]

@@ -116,3 +116,16 @@ pub fn synthetic_orders(count: usize) -> String {
     }
     out
 }
+
+/// [`synthetic_orders`] as bare GraphQL results (`{"data": {"node": ...}}`, no envelope and so
+/// no delivery id), as NDJSON.
+pub fn bare_results(count: usize) -> String {
+    synthetic_orders(count)
+        .lines()
+        .map(|line| {
+            let capture: serde_json::Value = serde_json::from_str(line).unwrap();
+            let node = &capture["body"]["payload"]["data"]["node"];
+            format!("{}\n", serde_json::json!({"data": {"node": node}}))
+        })
+        .collect()
+}
