@@ -7,7 +7,7 @@ use predicates::prelude::*;
 use std::fs;
 
 fn marketsync() -> Command {
-    let mut cmd = Command::cargo_bin("marketsync").unwrap();
+    let mut cmd = common::marketsync();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
 }
@@ -735,9 +735,9 @@ fn explain_points_at_the_field_that_failed_to_render() {
 
 #[test]
 fn output_cut_short_by_a_closed_pipe_ends_quietly() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     // As `marketsync config | head -0`: the reader is gone before the first line is written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marketsync"))
+    let mut child = common::marketsync_command()
         .arg("config")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
@@ -789,4 +789,19 @@ fn dry_run_output_is_the_same_in_input_order_whatever_the_number_of_jobs() {
         one_report.contains("repeated deliveries          1"),
         "{one_report}"
     );
+}
+
+/// A developer with `KLAVIYO_API_KEY` exported must not send the examples to the real Klaviyo:
+/// every run of the binary in the tests starts without the caller's Klaviyo variables.
+#[test]
+fn the_binary_runs_without_the_callers_klaviyo_variables() {
+    let cmd = marketsync();
+    let removed: Vec<String> = cmd
+        .get_envs()
+        .filter(|(_, value)| value.is_none())
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    for name in common::OUTSIDE_VARIABLES {
+        assert!(removed.iter().any(|r| r == name), "{name} is not cleared");
+    }
 }

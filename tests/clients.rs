@@ -42,7 +42,7 @@ impl Workspace {
     }
 
     fn marketsync(&self) -> Command {
-        let mut cmd = Command::cargo_bin("marketsync").unwrap();
+        let mut cmd = common::marketsync();
         cmd.current_dir(self.path());
         cmd
     }
@@ -539,8 +539,7 @@ fn config_prints_the_effective_mappings_and_diff_compares_two_clients() {
 
 #[test]
 fn the_default_mappings_pass_their_own_tests() {
-    Command::cargo_bin("marketsync")
-        .unwrap()
+    common::marketsync()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("test")
         .assert()
