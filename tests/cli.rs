@@ -805,3 +805,61 @@ fn the_binary_runs_without_the_callers_klaviyo_variables() {
         assert!(removed.iter().any(|r| r == name), "{name} is not cleared");
     }
 }
+
+/// Settings that break every request (a key that cannot be a header value, no time to answer,
+/// a revision Klaviyo does not have, the key over plain http to another machine) are one clear
+/// error before anything is stored, not one dead letter per request: exit 2, the setting
+/// named, the key never printed, no state file.
+#[test]
+fn settings_that_break_every_request_are_refused_before_anything_is_queued() {
+    const KEY: &str = "pk_cli_settings_7f3e9a";
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&[], "pk_cli_settings\u{1}7f3e9a", "KLAVIYO_API_KEY"),
+        (&[], "pk_cli_settings\n7f3e9a", "control character"),
+        (&["--timeout", "0"], KEY, "--timeout"),
+        (&["--timeout=-1"], KEY, "--timeout"),
+        (&["--timeout", "inf"], KEY, "--timeout"),
+        (&["--hold=-1"], KEY, "--hold"),
+        (&["--hold", "NaN"], KEY, "--hold"),
+        (&["--revision", "2026-13-45"], KEY, "--revision 2026-13-45"),
+        (&["--revision", "latest"], KEY, "--revision latest"),
+        (
+            &["--revision", "2026-07-15."],
+            KEY,
+            "--revision 2026-07-15.",
+        ),
+        (&["--revision", "2999-01-15"], KEY, "--revision 2999-01-15"),
+        (
+            &["--klaviyo-url", "http://klaviyo.invalid"],
+            KEY,
+            "--klaviyo-url",
+        ),
+        (
+            &["--klaviyo-url", "ftp://127.0.0.1:9"],
+            KEY,
+            "--klaviyo-url",
+        ),
+    ];
+    for (flags, key, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let output = marketsync()
+            .args(["run", "--max-attempts", "1", "--state"])
+            .arg(&state)
+            .args(*flags)
+            .arg("examples/orders.ndjson")
+            .env("KLAVIYO_API_KEY", key)
+            .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("7f3e9a"),
+            "{flags:?} printed the key: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{flags:?}");
+        assert!(!state.exists(), "{flags:?} created the state file");
+    }
+}

@@ -17,12 +17,76 @@ impl ApiKey {
     pub fn new(key: impl Into<String>) -> ApiKey {
         ApiKey(key.into())
     }
+
+    /// The key, if it can be sent at all: a character that cannot be in an HTTP header would
+    /// fail every request. The problem never quotes the key.
+    pub fn checked(key: impl Into<String>) -> Result<ApiKey, &'static str> {
+        let key = key.into();
+        if key.chars().any(char::is_control) {
+            return Err("holds a control character, which cannot be sent in an HTTP header");
+        }
+        if !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("holds a space or a non-ASCII character; Klaviyo keys have neither");
+        }
+        Ok(ApiKey(key))
+    }
 }
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ApiKey(***)")
     }
+}
+
+/// Whether the key may be sent to `base_url`: over https anywhere, over plain http only to
+/// this machine (a stand-in), because anyone on the way reads a plain-http header. The problem
+/// names the host, never the whole URL (which could hold a password).
+pub fn check_base_url(base_url: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(base_url)
+        .map_err(|e| format!("is not a URL ({e}): expected https://a.klaviyo.com or the like"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "http://{host} would carry the API key unencrypted: use https:// (plain http:// is \
+             only for a stand-in on this machine: 127.0.0.1, ::1 or localhost)"
+        )),
+        scheme => Err(format!(
+            "has the scheme `{scheme}`: expected https:// (or http:// to this machine)"
+        )),
+    }
+}
+
+/// Whether `revision` can be one of Klaviyo's API revisions: `YYYY-MM-DD[.suffix]` (the
+/// spec's format; `.pre` marks a beta), a real date, and not after `today` (Klaviyo answers an
+/// unknown revision with 400, every request alike).
+pub fn check_revision(revision: &str, today: chrono::NaiveDate) -> Result<(), String> {
+    let (date, suffix) = match revision.split_once('.') {
+        Some((date, suffix)) => (date, Some(suffix)),
+        None => (revision, None),
+    };
+    let shape = date.len() == 10
+        && suffix.is_none_or(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()));
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .ok()
+        .filter(|_| shape)
+        .ok_or(
+            "is not a Klaviyo API revision: expected YYYY-MM-DD[.suffix] with a real date, \
+                e.g. 2026-07-15",
+        )?;
+    if day > today {
+        return Err(format!(
+            "is after today ({today}): Klaviyo has released no such revision"
+        ));
+    }
+    Ok(())
 }
 
 /// One error object of a Klaviyo JSON:API error response.
@@ -284,6 +348,71 @@ mod tests {
                 assert_eq!(errors[0].code, "duplicate_profile");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_key_goes_over_https_or_to_this_machine_only() {
+        for ok in [
+            "https://a.klaviyo.com",
+            "https://staging.example.com:8443/",
+            "http://127.0.0.1:8765",
+            "http://127.8.0.1",
+            "http://localhost:8765/",
+            "http://LOCALHOST",
+            "http://[::1]:8765",
+        ] {
+            assert_eq!(check_base_url(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://a.klaviyo.com",
+            "http://10.0.0.5:8765",
+            "http://192.168.1.20",
+            "http://localhost.example.com",
+            "http://[::2]:8765",
+            "ftp://127.0.0.1",
+            "a.klaviyo.com",
+            "",
+        ] {
+            assert!(check_base_url(refused).is_err(), "{refused}");
+        }
+        let problem = check_base_url("http://user:secret@proxy.example.com/x").unwrap_err();
+        assert!(!problem.contains("secret"), "{problem}");
+    }
+
+    #[test]
+    fn revisions_are_real_dates_up_to_today() {
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap();
+        for ok in ["2026-07-15", "2026-10-15.pre", "2023-02-22", "2026-12-03"] {
+            assert_eq!(check_revision(ok, today), Ok(()), "{ok}");
+        }
+        for bad in [
+            "2026-12-04",
+            "2027-01-15",
+            "2026-02-30",
+            "2026-7-15",
+            "2026-07-15.",
+            "2026-07-15.pre x",
+            "latest",
+            "",
+        ] {
+            let problem = check_revision(bad, today).unwrap_err();
+            assert!(!problem.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_is_refused_without_being_quoted() {
+        assert!(ApiKey::checked("pk_0123abcdef").is_ok());
+        for bad in [
+            "pk_01\u{1}23",
+            "pk_01\n23",
+            "pk_01 23",
+            "pk_01é23",
+            "pk_01\u{7f}23",
+        ] {
+            let problem = ApiKey::checked(bad).unwrap_err();
+            assert!(!problem.contains("pk_01"), "{problem}");
         }
     }
 
