@@ -131,7 +131,9 @@ pub struct RateInfo {
 pub struct Client {
     http: reqwest::Client,
     base_url: String,
-    key: ApiKey,
+    /// `Klaviyo-API-Key …`, marked sensitive so that no `Debug` of a request shows it and
+    /// HTTP/2 never puts it in a compression table.
+    authorization: reqwest::header::HeaderValue,
     revision: String,
 }
 
@@ -144,22 +146,33 @@ impl Client {
             .user_agent(concat!("marketsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("an HTTP client with these settings builds");
+        // A key that cannot be a header value (`ApiKey::checked` refuses those) goes as an
+        // empty one: Klaviyo's 401 stops the run once, rather than every request failing.
+        let mut authorization =
+            reqwest::header::HeaderValue::from_str(&format!("Klaviyo-API-Key {}", key.0))
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        authorization.set_sensitive(true);
         Client {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            key,
+            authorization,
             revision: revision.to_owned(),
         }
+    }
+
+    /// A request to `path` with the key, the revision and the media type.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base_url))
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .header("revision", &self.revision)
+            .header("Accept", "application/vnd.api+json")
     }
 
     /// POSTs `body` to `path`; `scale` converts Klaviyo's seconds to this clock's (tests).
     pub async fn post(&self, path: &str, body: &Json, scale: f64) -> (Outcome, RateInfo) {
         let request = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .header("Authorization", format!("Klaviyo-API-Key {}", self.key.0))
-            .header("revision", &self.revision)
-            .header("Accept", "application/vnd.api+json")
+            .request(reqwest::Method::POST, path)
             .header("Content-Type", "application/vnd.api+json")
             .body(serde_json::to_vec(body).expect("a JSON value serialises"));
         self.answer(request.send().await, scale).await
@@ -167,12 +180,7 @@ impl Client {
 
     /// GETs `path` (bulk job status and errors).
     pub async fn get(&self, path: &str, scale: f64) -> (Outcome, RateInfo) {
-        let request = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .header("Authorization", format!("Klaviyo-API-Key {}", self.key.0))
-            .header("revision", &self.revision)
-            .header("Accept", "application/vnd.api+json");
+        let request = self.request(reqwest::Method::GET, path);
         self.answer(request.send().await, scale).await
     }
 
@@ -413,6 +421,22 @@ mod tests {
         ] {
             let problem = ApiKey::checked(bad).unwrap_err();
             assert!(!problem.contains("pk_01"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn the_authorization_header_is_sensitive() {
+        let client = Client::new(
+            "http://127.0.0.1:1",
+            ApiKey::new("pk_live_secret"),
+            "2026-07-15",
+            Duration::from_secs(1),
+        );
+        for method in [reqwest::Method::POST, reqwest::Method::GET] {
+            let request = client.request(method, "/api/events").build().unwrap();
+            let auth = &request.headers()["authorization"];
+            assert!(auth.is_sensitive());
+            assert!(!format!("{request:?}").contains("pk_live_secret"));
         }
     }
 
