@@ -863,3 +863,105 @@ fn settings_that_break_every_request_are_refused_before_anything_is_queued() {
         assert!(!state.exists(), "{flags:?} created the state file");
     }
 }
+
+/// A stand-in for a proxy in front of Klaviyo that echoes the `Authorization` header it got
+/// into every error it answers: 400 for events, 409 for profiles, 500 for anything else, or
+/// 401 for everything when `refuse_key` is set.
+async fn echoing_proxy(refuse_key: bool) -> String {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let status = match uri.path() {
+            _ if refuse_key => StatusCode::UNAUTHORIZED,
+            "/api/events" => StatusCode::BAD_REQUEST,
+            "/api/profile-import" => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = if status == StatusCode::CONFLICT {
+            "duplicate_profile"
+        } else {
+            "invalid"
+        };
+        let body = serde_json::json!({"errors": [{
+            "id": auth, "status": status.as_u16(), "code": code,
+            "title": format!("You sent {auth}"), "detail": format!("Header was: {auth}"),
+            "source": {"pointer": format!("/data/attributes/{auth}")},
+            "meta": {"duplicate_profile_id": auth},
+        }]});
+        (status, body.to_string())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Every file of a store (the database, and its WAL and shared memory if left), as bytes.
+fn state_bytes(state: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut path = state.as_os_str().to_owned();
+        path.push(suffix);
+        bytes.extend(fs::read(path).unwrap_or_default());
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Text from Klaviyo's answers is redacted before marketsync prints or stores it: a proxy that
+/// echoes the key in its errors gets it neither on the terminal nor in the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
+    const KEY: &str = "pk_echoed_5d1c0b9e7a";
+    for refuse_key in [false, true] {
+        let url = echoing_proxy(refuse_key).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let state_arg = state.clone();
+        let (run, status) = tokio::task::spawn_blocking(move || {
+            let run = marketsync()
+                .args(["run", "--hold", "0", "--max-attempts", "2", "--state"])
+                .arg(&state_arg)
+                .arg("examples/orders.ndjson")
+                .env("KLAVIYO_API_KEY", KEY)
+                .env("KLAVIYO_BASE_URL", &url)
+                .output()
+                .unwrap();
+            let status = marketsync()
+                .args(["status", "--state"])
+                .arg(&state_arg)
+                .output()
+                .unwrap();
+            (run, status)
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        let expected = if refuse_key { 5 } else { 1 };
+        assert_eq!(run.status.code(), Some(expected), "{stderr}");
+        if !refuse_key {
+            // The answers did reach the store: refused, duplicate and exhausted requests.
+            for category in ["invalid", "duplicate-profile", "retries-exhausted"] {
+                assert!(stderr.contains(category), "{category}: {stderr}");
+            }
+        }
+        for (what, bytes) in [
+            ("run's stdout", run.stdout.clone()),
+            ("run's stderr", run.stderr.clone()),
+            ("status's stdout", status.stdout.clone()),
+            ("status's stderr", status.stderr.clone()),
+            ("the state file", state_bytes(&state)),
+        ] {
+            assert!(!contains(&bytes, KEY), "the key is in {what}: {stderr}");
+        }
+    }
+}

@@ -132,6 +132,7 @@ pub fn execute(args: Args) -> u8 {
     };
     // Everything that would fail every request is checked before the store is opened, so
     // that it is one clear error rather than a dead letter per request.
+    let redactor = key.clone();
     let config = match sink_config(&args, &engine, key) {
         Ok(config) => config,
         Err(message) => {
@@ -180,12 +181,13 @@ pub fn execute(args: Args) -> u8 {
                 EXIT_OK
             }
         }
+        // Errors can quote what Klaviyo (or a proxy) said: never the key.
         Err(SyncError::Sink(err @ SinkError::KeyRefused { .. })) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", redactor.redact(&err.to_string()));
             EXIT_KEY_REFUSED
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", redactor.redact(&err.to_string()));
             EXIT_IO
         }
     }

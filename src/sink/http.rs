@@ -30,6 +30,36 @@ impl ApiKey {
         }
         Ok(ApiKey(key))
     }
+
+    /// `text` with the key, wherever it appears, replaced by `***`. Text from outside
+    /// marketsync (Klaviyo's answers, a proxy's, a network error) goes through this before it
+    /// is printed or stored: a proxy that echoes the `Authorization` header must not get the
+    /// key onto a terminal or into the state file.
+    pub fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(&self.0, "***")
+        }
+    }
+
+    /// [`ApiKey::redact`] on every string and object key in a JSON value.
+    pub fn redact_json(&self, value: &mut Json) {
+        match value {
+            Json::String(text) if !self.0.is_empty() && text.contains(&self.0) => {
+                *text = self.redact(text);
+            }
+            Json::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
+            Json::Object(map) if !self.0.is_empty() => {
+                let entries = std::mem::take(map);
+                for (name, mut v) in entries {
+                    self.redact_json(&mut v);
+                    map.insert(self.redact(&name), v);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -131,6 +161,8 @@ pub struct RateInfo {
 pub struct Client {
     http: reqwest::Client,
     base_url: String,
+    /// Only to redact it from what comes back.
+    key: ApiKey,
     /// `Klaviyo-API-Key …`, marked sensitive so that no `Debug` of a request shows it and
     /// HTTP/2 never puts it in a compression table.
     authorization: reqwest::header::HeaderValue,
@@ -155,6 +187,7 @@ impl Client {
         Client {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
             authorization,
             revision: revision.to_owned(),
         }
@@ -189,14 +222,15 @@ impl Client {
         sent: Result<reqwest::Response, reqwest::Error>,
         scale: f64,
     ) -> (Outcome, RateInfo) {
+        // Everything read from the answer below is redacted (see `ApiKey::redact`) before it
+        // leaves this function.
         let response = match sent {
             Ok(response) => response,
             Err(err) => {
                 let reason = if err.is_timeout() {
                     "timed out".to_owned()
                 } else {
-                    // reqwest's message names the URL but never the headers, so no key leaks.
-                    format!("connection failed: {err}")
+                    self.key.redact(&format!("connection failed: {err}"))
                 };
                 return (
                     Outcome::Retry {
@@ -230,7 +264,9 @@ impl Client {
         let text = match response.text().await {
             Ok(text) => text,
             Err(err) => {
-                let reason = format!("the answer ({status}) was cut off: {err}");
+                let reason = self
+                    .key
+                    .redact(&format!("the answer ({status}) was cut off: {err}"));
                 return (
                     Outcome::Retry {
                         reason,
@@ -240,7 +276,10 @@ impl Client {
                 );
             }
         };
-        let body: Option<Json> = serde_json::from_str(&text).ok();
+        let mut body: Option<Json> = serde_json::from_str(&text).ok();
+        if let Some(body) = &mut body {
+            self.key.redact_json(body);
+        }
         (classify(status, body, retry_after), rate)
     }
 }
@@ -438,6 +477,23 @@ mod tests {
             assert!(auth.is_sensitive());
             assert!(!format!("{request:?}").contains("pk_live_secret"));
         }
+    }
+
+    #[test]
+    fn the_key_is_redacted_from_text_and_json() {
+        let key = ApiKey::new("pk_abc");
+        assert_eq!(
+            key.redact("Klaviyo-API-Key pk_abc, again pk_abc"),
+            "Klaviyo-API-Key ***, again ***"
+        );
+        let mut body =
+            json!({"errors": [{"detail": "got pk_abc", "meta": {"pk_abc": ["x pk_abc"]}}], "n": 1});
+        key.redact_json(&mut body);
+        assert_eq!(
+            body,
+            json!({"errors": [{"detail": "got ***", "meta": {"***": ["x ***"]}}], "n": 1})
+        );
+        assert_eq!(ApiKey::new("").redact("text"), "text");
     }
 
     #[test]
