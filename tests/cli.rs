@@ -965,3 +965,48 @@ async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
         }
     }
 }
+
+/// `--state` naming a file that is not marketsync's: every command that opens the state file
+/// answers exit 4 and leaves it as it was (a zero-byte file taken as an empty store would let a
+/// rerun send old opt-ins again; another application's database got marketsync's tables).
+#[test]
+fn commands_refuse_a_state_file_that_is_not_marketsyncs_and_leave_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.db");
+    fs::write(&empty, b"").unwrap();
+    let other = dir.path().join("mail.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE inbox (id INTEGER PRIMARY KEY, subject TEXT);
+             INSERT INTO inbox (subject) VALUES ('hello');",
+        )
+        .unwrap();
+    for state in [&empty, &other] {
+        let before = fs::read(state).unwrap();
+        let commands: [&[&str]; 3] = [
+            &["status"],
+            &["retry"],
+            &["run", "--max-attempts", "1", "examples/refund.json"],
+        ];
+        for args in commands {
+            let output = marketsync()
+                .args(args)
+                .arg("--state")
+                .arg(state)
+                .env("KLAVIYO_API_KEY", "pk_state_check")
+                .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(4), "{args:?}: {stderr}");
+            let expected = format!(
+                "error: state database {}: not a marketsync state file (",
+                state.display()
+            );
+            assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+            assert!(stderr.lines().count() <= 3, "{args:?}: {stderr}");
+            assert_eq!(fs::read(state).unwrap(), before, "{args:?} changed it");
+        }
+    }
+}
