@@ -1010,3 +1010,88 @@ fn commands_refuse_a_state_file_that_is_not_marketsyncs_and_leave_it_alone() {
         }
     }
 }
+
+/// The key never prints in a real run either: sending, retrying through 503s and 429s, dead
+/// letters, a refused key, and `status` afterwards; nor does it reach the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_prints_in_a_real_run_or_status() {
+    use marketsync::standin::{Config, Faults, Scope, StandIn};
+    const KEY: &str = "pk_real_run_c4e8a1f07b";
+    const WRONG_KEY: &str = "pk_wrong_key_93b6d2e15a";
+    let standin = StandIn::start(Config {
+        api_keys: vec![(KEY.to_owned(), Scope::Full)],
+        faults: Faults {
+            error_5xx_rate: 0.5,
+            throttle_rate: 0.2,
+            seed: 7,
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let url = standin.url();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    // The second order has no email: its mappings become dead letters at intake.
+    let orders = common::synthetic_orders(6).replace("\"buyer1@example.com\"", "null");
+    fs::write(&input, orders).unwrap();
+    let (state_arg, url_arg) = (state.clone(), url.clone());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |key: &str, input: &std::path::Path| {
+            marketsync()
+                .args(["run", "--hold", "0", "--max-attempts", "2", "--state"])
+                .arg(&state_arg)
+                .arg(input)
+                .env("KLAVIYO_API_KEY", key)
+                .env("KLAVIYO_BASE_URL", &url_arg)
+                .output()
+                .unwrap()
+        };
+        let status = |format: &str| {
+            marketsync()
+                .args(["status", "--format", format, "--state"])
+                .arg(&state_arg)
+                .output()
+                .unwrap()
+        };
+        vec![
+            ("run", run(KEY, &input)),
+            (
+                "run with a refused key",
+                run(WRONG_KEY, &common::repo("examples/orders.ndjson")),
+            ),
+            ("status", status("human")),
+            ("status --format json", status("json")),
+        ]
+    })
+    .await
+    .unwrap();
+    let (sent, refused) = (&outputs[0].1, &outputs[1].1);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(1), "{stderr}");
+    for shown in ["mapping:missing-field", "retries-exhausted"] {
+        assert!(stderr.contains(shown), "{shown}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("retried                      0"),
+        "{stderr}"
+    );
+    assert!(!standin.accepted().events.is_empty());
+    assert_eq!(
+        refused.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    for (what, output) in &outputs {
+        for key in [KEY, WRONG_KEY] {
+            assert!(!contains(&output.stdout, key), "{what} printed the key");
+            assert!(!contains(&output.stderr, key), "{what} printed the key");
+        }
+    }
+    for key in [KEY, WRONG_KEY] {
+        assert!(!contains(&state_bytes(&state), key), "the key is stored");
+    }
+}
