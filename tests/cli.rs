@@ -7,7 +7,7 @@ use predicates::prelude::*;
 use std::fs;
 
 fn marketsync() -> Command {
-    let mut cmd = Command::cargo_bin("marketsync").unwrap();
+    let mut cmd = common::marketsync();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
 }
@@ -294,7 +294,7 @@ fn a_dry_run_streams_each_delivery_from_a_quiet_pipe() {
     let delivery = delivery.lines().next().unwrap();
     for jobs in ["1", "2"] {
         let mut piped = Piped::spawn(
-            std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+            common::marketsync_command()
                 .args(["run", "--dry-run", "--jobs", jobs, "-"])
                 .stdout(std::process::Stdio::piped()),
         );
@@ -324,7 +324,7 @@ async fn a_real_run_stores_and_sends_each_delivery_from_a_quiet_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let delivery = fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
     let mut piped = Piped::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+        common::marketsync_command()
             .args(["run", "--jobs", "2", "--state"])
             .arg(dir.path().join("state.db"))
             .arg("-")
@@ -955,9 +955,9 @@ fn explain_points_at_the_field_that_failed_to_render() {
 
 #[test]
 fn output_cut_short_by_a_closed_pipe_ends_quietly() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     // As `marketsync config | head -0`: the reader is gone before the first line is written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marketsync"))
+    let mut child = common::marketsync_command()
         .arg("config")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
@@ -1009,4 +1009,309 @@ fn dry_run_output_is_the_same_in_input_order_whatever_the_number_of_jobs() {
         one_report.contains("repeated deliveries          1"),
         "{one_report}"
     );
+}
+
+/// A developer with `KLAVIYO_API_KEY` exported must not send the examples to the real Klaviyo:
+/// every run of the binary in the tests starts without the caller's Klaviyo variables.
+#[test]
+fn the_binary_runs_without_the_callers_klaviyo_variables() {
+    let cmd = marketsync();
+    let removed: Vec<String> = cmd
+        .get_envs()
+        .filter(|(_, value)| value.is_none())
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    for name in common::OUTSIDE_VARIABLES {
+        assert!(removed.iter().any(|r| r == name), "{name} is not cleared");
+    }
+}
+
+/// Settings that break every request (a key that cannot be a header value, no time to answer,
+/// a revision Klaviyo does not have, the key over plain http to another machine) are one clear
+/// error before anything is stored, not one dead letter per request: exit 2, the setting
+/// named, the key never printed, no state file.
+#[test]
+fn settings_that_break_every_request_are_refused_before_anything_is_queued() {
+    const KEY: &str = "pk_cli_settings_7f3e9a";
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&[], "pk_cli_settings\u{1}7f3e9a", "KLAVIYO_API_KEY"),
+        (&[], "pk_cli_settings\n7f3e9a", "control character"),
+        (&["--timeout", "0"], KEY, "--timeout"),
+        (&["--timeout=-1"], KEY, "--timeout"),
+        (&["--timeout", "inf"], KEY, "--timeout"),
+        (&["--hold=-1"], KEY, "--hold"),
+        (&["--hold", "NaN"], KEY, "--hold"),
+        (&["--revision", "2026-13-45"], KEY, "--revision 2026-13-45"),
+        (&["--revision", "latest"], KEY, "--revision latest"),
+        (
+            &["--revision", "2026-07-15."],
+            KEY,
+            "--revision 2026-07-15.",
+        ),
+        (&["--revision", "2999-01-15"], KEY, "--revision 2999-01-15"),
+        (
+            &["--klaviyo-url", "http://klaviyo.invalid"],
+            KEY,
+            "--klaviyo-url",
+        ),
+        (
+            &["--klaviyo-url", "ftp://127.0.0.1:9"],
+            KEY,
+            "--klaviyo-url",
+        ),
+    ];
+    for (flags, key, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let output = marketsync()
+            .args(["run", "--max-attempts", "1", "--state"])
+            .arg(&state)
+            .args(*flags)
+            .arg("examples/orders.ndjson")
+            .env("KLAVIYO_API_KEY", key)
+            .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("7f3e9a"),
+            "{flags:?} printed the key: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{flags:?}");
+        assert!(!state.exists(), "{flags:?} created the state file");
+    }
+}
+
+/// A stand-in for a proxy in front of Klaviyo that echoes the `Authorization` header it got
+/// into every error it answers: 400 for events, 409 for profiles, 500 for anything else, or
+/// 401 for everything when `refuse_key` is set.
+async fn echoing_proxy(refuse_key: bool) -> String {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, uri: Uri| async move {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let status = match uri.path() {
+            _ if refuse_key => StatusCode::UNAUTHORIZED,
+            "/api/events" => StatusCode::BAD_REQUEST,
+            "/api/profile-import" => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = if status == StatusCode::CONFLICT {
+            "duplicate_profile"
+        } else {
+            "invalid"
+        };
+        let body = serde_json::json!({"errors": [{
+            "id": auth, "status": status.as_u16(), "code": code,
+            "title": format!("You sent {auth}"), "detail": format!("Header was: {auth}"),
+            "source": {"pointer": format!("/data/attributes/{auth}")},
+            "meta": {"duplicate_profile_id": auth},
+        }]});
+        (status, body.to_string())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Every file of a store (the database, and its WAL and shared memory if left), as bytes.
+fn state_bytes(state: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut path = state.as_os_str().to_owned();
+        path.push(suffix);
+        bytes.extend(fs::read(path).unwrap_or_default());
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Text from Klaviyo's answers is redacted before marketsync prints or stores it: a proxy that
+/// echoes the key in its errors gets it neither on the terminal nor in the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
+    const KEY: &str = "pk_echoed_5d1c0b9e7a";
+    for refuse_key in [false, true] {
+        let url = echoing_proxy(refuse_key).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let state_arg = state.clone();
+        let (run, status) = tokio::task::spawn_blocking(move || {
+            let run = marketsync()
+                .args(["run", "--hold", "0", "--max-attempts", "2", "--state"])
+                .arg(&state_arg)
+                .arg("examples/orders.ndjson")
+                .env("KLAVIYO_API_KEY", KEY)
+                .env("KLAVIYO_BASE_URL", &url)
+                .output()
+                .unwrap();
+            let status = marketsync()
+                .args(["status", "--state"])
+                .arg(&state_arg)
+                .output()
+                .unwrap();
+            (run, status)
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        let expected = if refuse_key { 5 } else { 1 };
+        assert_eq!(run.status.code(), Some(expected), "{stderr}");
+        if !refuse_key {
+            // The answers did reach the store: refused, duplicate and exhausted requests.
+            for category in ["invalid", "duplicate-profile", "retries-exhausted"] {
+                assert!(stderr.contains(category), "{category}: {stderr}");
+            }
+        }
+        for (what, bytes) in [
+            ("run's stdout", run.stdout.clone()),
+            ("run's stderr", run.stderr.clone()),
+            ("status's stdout", status.stdout.clone()),
+            ("status's stderr", status.stderr.clone()),
+            ("the state file", state_bytes(&state)),
+        ] {
+            assert!(!contains(&bytes, KEY), "the key is in {what}: {stderr}");
+        }
+    }
+}
+
+/// `--state` naming a file that is not marketsync's: every command that opens the state file
+/// answers exit 4 and leaves it as it was (a zero-byte file taken as an empty store would let a
+/// rerun send old opt-ins again; another application's database got marketsync's tables).
+#[test]
+fn commands_refuse_a_state_file_that_is_not_marketsyncs_and_leave_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.db");
+    fs::write(&empty, b"").unwrap();
+    let other = dir.path().join("mail.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE inbox (id INTEGER PRIMARY KEY, subject TEXT);
+             INSERT INTO inbox (subject) VALUES ('hello');",
+        )
+        .unwrap();
+    for state in [&empty, &other] {
+        let before = fs::read(state).unwrap();
+        let commands: [&[&str]; 3] = [
+            &["status"],
+            &["retry"],
+            &["run", "--max-attempts", "1", "examples/refund.json"],
+        ];
+        for args in commands {
+            let output = marketsync()
+                .args(args)
+                .arg("--state")
+                .arg(state)
+                .env("KLAVIYO_API_KEY", "pk_state_check")
+                .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(4), "{args:?}: {stderr}");
+            let expected = format!(
+                "error: state database {}: not a marketsync state file (",
+                state.display()
+            );
+            assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+            assert!(stderr.lines().count() <= 3, "{args:?}: {stderr}");
+            assert_eq!(fs::read(state).unwrap(), before, "{args:?} changed it");
+        }
+    }
+}
+
+/// The key never prints in a real run either: sending, retrying through 503s and 429s, dead
+/// letters, a refused key, and `status` afterwards; nor does it reach the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_prints_in_a_real_run_or_status() {
+    use marketsync::standin::{Config, Faults, Scope, StandIn};
+    const KEY: &str = "pk_real_run_c4e8a1f07b";
+    const WRONG_KEY: &str = "pk_wrong_key_93b6d2e15a";
+    let standin = StandIn::start(Config {
+        api_keys: vec![(KEY.to_owned(), Scope::Full)],
+        faults: Faults {
+            error_5xx_rate: 0.5,
+            throttle_rate: 0.2,
+            seed: 7,
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let url = standin.url();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    // The second order has no email: its mappings become dead letters at intake.
+    let orders = common::synthetic_orders(6).replace("\"buyer1@example.com\"", "null");
+    fs::write(&input, orders).unwrap();
+    let (state_arg, url_arg) = (state.clone(), url.clone());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |key: &str, input: &std::path::Path| {
+            marketsync()
+                .args(["run", "--hold", "0", "--max-attempts", "2", "--state"])
+                .arg(&state_arg)
+                .arg(input)
+                .env("KLAVIYO_API_KEY", key)
+                .env("KLAVIYO_BASE_URL", &url_arg)
+                .output()
+                .unwrap()
+        };
+        let status = |format: &str| {
+            marketsync()
+                .args(["status", "--format", format, "--state"])
+                .arg(&state_arg)
+                .output()
+                .unwrap()
+        };
+        vec![
+            ("run", run(KEY, &input)),
+            (
+                "run with a refused key",
+                run(WRONG_KEY, &common::repo("examples/orders.ndjson")),
+            ),
+            ("status", status("human")),
+            ("status --format json", status("json")),
+        ]
+    })
+    .await
+    .unwrap();
+    let (sent, refused) = (&outputs[0].1, &outputs[1].1);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(1), "{stderr}");
+    for shown in ["mapping:missing-field", "retries-exhausted"] {
+        assert!(stderr.contains(shown), "{shown}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("retried                      0"),
+        "{stderr}"
+    );
+    assert!(!standin.accepted().events.is_empty());
+    assert_eq!(
+        refused.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    for (what, output) in &outputs {
+        for key in [KEY, WRONG_KEY] {
+            assert!(!contains(&output.stdout, key), "{what} printed the key");
+            assert!(!contains(&output.stderr, key), "{what} printed the key");
+        }
+    }
+    for key in [KEY, WRONG_KEY] {
+        assert!(!contains(&state_bytes(&state), key), "the key is stored");
+    }
 }

@@ -42,7 +42,7 @@ impl Workspace {
     }
 
     fn marketsync(&self) -> Command {
-        let mut cmd = Command::cargo_bin("marketsync").unwrap();
+        let mut cmd = common::marketsync();
         cmd.current_dir(self.path());
         cmd
     }
@@ -546,8 +546,7 @@ fn the_default_mappings_pass_their_own_tests() {
             .0
             .len();
     assert!(declared >= 8, "the default mappings declare their tests");
-    Command::cargo_bin("marketsync")
-        .unwrap()
+    common::marketsync()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("test")
         .assert()

@@ -7,7 +7,7 @@ use marketsync::sink::http::ApiKey;
 use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
 use marketsync::store::Store;
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,7 +21,7 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
     let url = standin.url();
     let input_arg = input.clone();
     let run = move || {
-        Command::new(env!("CARGO_BIN_EXE_marketsync"))
+        common::marketsync_command()
             .args(["run", "--hold", "2", "--state"])
             .arg(&state)
             .arg(&input_arg)

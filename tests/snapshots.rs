@@ -49,8 +49,7 @@ fn explain_human_output() {
         ("placed-order", "examples/orders.ndjson"),
         ("refunded-order", "examples/refund.json"),
     ] {
-        let output = assert_cmd::Command::cargo_bin("marketsync")
-            .unwrap()
+        let output = common::marketsync()
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["explain", "--mapping", mapping, input])
             .output()

@@ -12,6 +12,8 @@
 //! overlay schemas hold copies of the mapping and settings rules they share, and a test below
 //! keeps each copy equal to its original.
 
+mod common;
+
 use jsonschema::{Draft, Validator};
 use marketsync::engine::Engine;
 use marketsync::spec::{ClientConfig, OverlaySpec, Settings, parse_mapping};
@@ -803,7 +805,7 @@ fn scaffold() -> &'static Scaffold {
     static SCAFFOLD: OnceLock<Scaffold> = OnceLock::new();
     SCAFFOLD.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"))
+        let output = common::marketsync_command()
             .args(["init", "acme"])
             .current_dir(dir.path())
             .output()

@@ -735,13 +735,13 @@ fn reopening_keeps_rows_and_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = file_store(dir.path());
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), 3);
         store
             .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
             .unwrap();
     }
     let mut store = file_store(dir.path());
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(store.pending_count("transaction", None).unwrap(), 1);
     assert!(
         store
@@ -755,14 +755,97 @@ fn reopening_keeps_rows_and_version() {
 fn a_file_from_a_newer_marketsync_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_update(None, "user_version", 99)
+    // As a later marketsync leaves it: its mark, and a version this one does not know.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "application_id", marketsync::store::APPLICATION_ID)
         .unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
     assert!(matches!(
         Store::open(&path),
         Err(StoreError::SchemaTooNew { found: 99, .. })
     ));
+}
+
+/// Files that are not marketsync's: refused with `NotOurs`, byte for byte as they were, and
+/// nothing created beside them.
+#[test]
+fn a_file_that_is_not_a_marketsync_store_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str, sql: &str| {
+        let path = dir.path().join(name);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(sql).unwrap();
+        path
+    };
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database at all\n".repeat(200)).unwrap();
+    let cases = [
+        (empty, "empty"),
+        (text, "not an SQLite database"),
+        (
+            sqlite("other.db", "CREATE TABLE notes (id INTEGER, body TEXT);"),
+            "tables are not marketsync's",
+        ),
+        (
+            sqlite(
+                "inbox.db",
+                "CREATE TABLE inbox (id INTEGER PRIMARY KEY, subject TEXT);
+                 INSERT INTO inbox (subject) VALUES ('hello');
+                 PRAGMA user_version = 1;",
+            ),
+            "tables are not marketsync's",
+        ),
+        (
+            sqlite(
+                "stamped.db",
+                "PRAGMA application_id = 42; CREATE TABLE t (x INTEGER);",
+            ),
+            "another application",
+        ),
+    ];
+    for (path, why) in cases {
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let (before, files_before) = (std::fs::read(&path).unwrap(), listing());
+        let err = Store::open(&path).err().expect("refused");
+        assert!(
+            matches!(&err, StoreError::NotOurs { .. }),
+            "{}: {err}",
+            path.display()
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("not a marketsync state file ("),
+            "{message}"
+        );
+        assert!(message.contains(why), "{message}");
+        assert!(message.lines().count() == 1, "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{}", path.display());
+        assert_eq!(listing(), files_before, "{}", path.display());
+    }
+}
+
+/// A new file is made only where none exists, and it says it is marketsync's.
+#[test]
+fn a_new_store_is_stamped_as_marketsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(Store::open(&path).unwrap());
+    let id: i32 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, marketsync::store::APPLICATION_ID);
+    assert!(Store::open(&path).is_ok());
 }
 
 // ---- crash safety ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use super::{
 use marketsync::engine::Engine;
 use marketsync::klaviyo::Endpoint;
 use marketsync::run::dry_run;
-use marketsync::sink::http::ApiKey;
+use marketsync::sink::http::{self, ApiKey};
 use marketsync::sink::limit::Limit;
 use marketsync::sink::{DeliveryReport, SinkConfig, SinkError};
 use marketsync::source::Input;
@@ -57,7 +57,8 @@ pub struct Args {
     marketplace: Option<String>,
     #[command(flatten)]
     state: StateArgs,
-    /// Klaviyo's API base URL (a stand-in or staging proxy in tests).
+    /// Klaviyo's API base URL (a stand-in or staging proxy in tests): https://, or plain
+    /// http:// only to this machine (127.0.0.1, ::1, localhost), since it carries the key.
     #[arg(
         long,
         value_name = "URL",
@@ -127,7 +128,17 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     };
-    let config = match sink_config(&args, &engine, ApiKey::new(key.trim())) {
+    let key = match ApiKey::checked(key.trim()) {
+        Ok(key) => key,
+        Err(problem) => {
+            eprintln!("error: {key_variable} {problem} (the key is not printed)");
+            return EXIT_USAGE;
+        }
+    };
+    // Everything that would fail every request is checked before the store is opened, so
+    // that it is one clear error rather than a dead letter per request.
+    let redactor = key.clone();
+    let config = match sink_config(&args, &engine, key) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("error: {message}");
@@ -177,12 +188,13 @@ pub fn execute(args: Args) -> u8 {
                 EXIT_OK
             }
         }
+        // Errors can quote what Klaviyo (or a proxy) said: never the key.
         Err(SyncError::Sink(err @ SinkError::KeyRefused { .. })) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", redactor.redact(&err.to_string()));
             EXIT_KEY_REFUSED
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", redactor.redact(&err.to_string()));
             EXIT_IO
         }
     }
@@ -212,12 +224,24 @@ fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
 }
 
 fn sink_config(args: &Args, engine: &Engine, key: ApiKey) -> Result<SinkConfig, String> {
+    http::check_base_url(&args.klaviyo_url)
+        .map_err(|problem| format!("--klaviyo-url (or KLAVIYO_BASE_URL) {problem}"))?;
+    let today = chrono::Utc::now().date_naive();
+    http::check_revision(&args.revision, today)
+        .map_err(|problem| format!("--revision {} {problem}", args.revision))?;
     let mut config = SinkConfig::new(&args.klaviyo_url, key);
     config.revision = args.revision.clone();
-    config.hold =
-        Duration::try_from_secs_f64(args.hold).map_err(|_| "--hold must be a number of seconds")?;
+    config.hold = Duration::try_from_secs_f64(args.hold)
+        .map_err(|_| format!("--hold must be 0 or more seconds, not {}", args.hold))?;
     config.timeout = Duration::try_from_secs_f64(args.timeout)
-        .map_err(|_| "--timeout must be a number of seconds")?;
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--timeout must be more than 0 seconds, not {}",
+                args.timeout
+            )
+        })?;
     config.max_attempts = args.max_attempts.max(1);
     if !args.time_scale.is_finite() || args.time_scale <= 0.0 {
         return Err("--time-scale must be positive".into());

@@ -677,10 +677,14 @@ impl Sink {
         reason: String,
         details: Json,
     ) -> Result<(), SinkError> {
+        // Klaviyo's text is redacted where it arrives (http.rs); this is the last stop before
+        // the store, whatever a letter's text came from.
+        let mut details = details;
+        self.config.key.redact_json(&mut details);
         let letter = NewDeadLetter {
             mapping: Some(row.mapping.clone()),
             category: category.to_owned(),
-            reason,
+            reason: self.config.key.redact(&reason),
             details,
         };
         self.store

@@ -32,9 +32,13 @@ mod status;
 
 pub use status::{LaneStatus, Status};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
+
+/// `PRAGMA application_id` of a marketsync state file ("MkSy"): how marketsync tells its own
+/// files from another application's (schema step 3 writes the same number).
+pub const APPLICATION_ID: i32 = 0x4d6b_5379;
 
 /// The endpoint whose accepted requests (with a once key) are also recorded as consent: the
 /// initial opt-in has been applied for that profile and marketplace.
@@ -157,6 +161,9 @@ pub struct DeadLetter {
 pub enum StoreError {
     #[error("store database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file exists but is not a marketsync store; it was not written to.
+    #[error("not a marketsync state file ({why}); it was left as it was")]
+    NotOurs { why: String },
     #[error(
         "the store's schema is version {found}, newer than this marketsync knows ({known}): \
          upgrade marketsync"
@@ -189,8 +196,24 @@ impl Store {
     /// WAL lets readers (`marketsync status`) run beside the writer; `synchronous = FULL`
     /// makes a commit durable across power loss, not only a process crash, because a webhook is
     /// acknowledged once its intake commits.
+    ///
+    /// A file is created only where none exists. An existing file is first read without writing
+    /// (setting WAL writes) and refused with [`StoreError::NotOurs`] unless it is marketsync's:
+    /// taking a zero-byte file for an empty store would send old opt-ins again, and another
+    /// application's database must not get marketsync's tables.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // An error here (a folder that cannot be read) counts as existing: the check reports it.
+        let conn = if path.try_exists().unwrap_or(true) {
+            check_is_ours(path)?;
+            Connection::open_with_flags(path, flags)?
+        } else {
+            let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_CREATE)?;
+            // Stamped first, so that a crash before the first migration leaves a file that is
+            // still recognised as marketsync's.
+            conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+            conn
+        };
         conn.busy_timeout(Duration::from_secs(5))?;
         let _mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -241,6 +264,65 @@ impl Store {
     }
 }
 
+/// Whether the existing file at `path` is a marketsync store, read without writing a byte:
+/// marketsync's application id, or (a file of an earlier marketsync, written before the id)
+/// none, a version from before the id, and all of marketsync's tables.
+fn check_is_ours(path: &Path) -> Result<(), StoreError> {
+    let not_ours = |why: String| Err(StoreError::NotOurs { why });
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return not_ours("the file is empty".into());
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let read = || -> rusqlite::Result<(i32, u32, Vec<String>)> {
+        let id = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let mut tables = conn.prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        let tables = tables
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((id, version, tables))
+    };
+    let (id, version, tables) = match read() {
+        Ok(found) => found,
+        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            return not_ours("not an SQLite database".into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if id == APPLICATION_ID {
+        return Ok(());
+    }
+    if id != 0 {
+        return not_ours(format!(
+            "an SQLite database of another application: application id {id:#x}"
+        ));
+    }
+    let has_all = schema::TABLES.iter().all(|t| tables.iter().any(|n| n == t));
+    if has_all && schema::unstamped_versions().contains(&version) {
+        return Ok(());
+    }
+    if tables.is_empty() {
+        return not_ours("an SQLite database without marketsync's tables".into());
+    }
+    let shown = tables
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = if tables.len() > 5 { ", ..." } else { "" };
+    not_ours(format!(
+        "an SQLite database whose tables are not marketsync's: {shown}{more}"
+    ))
+}
+
 /// A `count(*)` column. (rusqlite reads no `usize` without a feature; a count is never
 /// negative.)
 fn count_at(row: &rusqlite::Row, index: usize) -> rusqlite::Result<usize> {
@@ -277,6 +359,41 @@ mod tests {
         assert!(v("2026-03-13T13:15:30.5Z") > v("2026-03-13T13:15:30Z"));
         assert!(v("2026-03-13T13:15:31Z") > v("2026-03-13T13:15:30.999Z"));
         assert!(normalise_version("m", "yesterday").is_err());
+    }
+
+    /// Files written before the application id (versions 1 and 2) still open, keep their
+    /// rows, and are stamped.
+    #[test]
+    fn a_store_of_an_earlier_marketsync_opens_and_is_stamped() {
+        for steps in 1..=2 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            schema::migrate(&mut conn, &schema::MIGRATIONS[..steps]).unwrap();
+            conn.execute(
+                "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
+                 VALUES ('m', 'd', 'f:1', '{}', 0)",
+                [],
+            )
+            .unwrap();
+            drop(conn);
+            let store = Store::open(&path).unwrap_or_else(|e| panic!("version {steps}: {e}"));
+            assert_eq!(
+                store.schema_version().unwrap(),
+                schema::MIGRATIONS.len() as u32
+            );
+            let (id, rows): (i32, i64) = store
+                .conn
+                .query_row(
+                    "SELECT (SELECT application_id FROM pragma_application_id), \
+                     (SELECT count(*) FROM inbox)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!((id, rows), (APPLICATION_ID, 1), "version {steps}");
+        }
     }
 
     #[test]

@@ -9,7 +9,30 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+
+/// The tables every marketsync file has had since version 1: with an unstamped file (see
+/// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
+/// application's.
+pub(super) const TABLES: &[&str] = &[
+    "inbox",
+    "outbox",
+    "ledger",
+    "watermark",
+    "consent",
+    "dead_letter",
+    "exception",
+];
+
+/// The versions written before files carried marketsync's application id: those before the
+/// step that stamps it.
+pub(super) fn unstamped_versions() -> std::ops::RangeInclusive<u32> {
+    let stamp = MIGRATIONS
+        .iter()
+        .position(|step| *step == V3)
+        .expect("the stamping step is listed");
+    1..=stamp as u32
+}
 
 /// Version 1: inbox, outbox, ledger, watermark, consent, dead letters, exceptions.
 const V1: &str = r#"
@@ -119,6 +142,12 @@ DELETE FROM exception
 CREATE UNIQUE INDEX exception_once ON exception (outbox_id, kind);
 "#;
 
+/// Version 3: the file says it is marketsync's (`PRAGMA application_id`, see
+/// [`super::APPLICATION_ID`]), so that marketsync can refuse a file that is not, and `file(1)`
+/// and other tools can tell what it is. New files carry it from creation; this stamps the files
+/// of earlier versions.
+const V3: &str = "PRAGMA application_id = 1298879353;";
+
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
 /// version inside its own write transaction, so two processes opening one new file do not
 /// both run a step.
@@ -221,12 +250,26 @@ mod tests {
     }
 
     #[test]
+    fn version_3_stamps_the_application_id() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &[V1, V2]).unwrap();
+        let id = |conn: &Connection| -> i32 {
+            conn.pragma_query_value(None, "application_id", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(id(&conn), 0);
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(id(&conn), super::super::APPLICATION_ID);
+        assert_eq!(unstamped_versions(), 1..=2);
+    }
+
+    #[test]
     fn a_newer_file_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 2 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 3 })
         ));
     }
 }

@@ -7,6 +7,42 @@ use marketsync::run::{Runner, Summary};
 use marketsync::source::{Input, read_lines};
 use std::path::{Path, PathBuf};
 
+/// The marketsync binary with none of the caller's Klaviyo, Marketplacer or marketsync
+/// variables: a developer with `KLAVIYO_API_KEY` exported must not send test data to the real
+/// Klaviyo. A test that needs a variable sets it on the command it gets. Every test that runs
+/// the binary starts here (or from [`marketsync`]).
+pub fn marketsync_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_marketsync"));
+    // Named ones always (so a test can check they are cleared), then whatever else the caller
+    // has: client keys (`ACME_KLAVIYO_API_KEY`), `MARKETPLACER_*`, `MARKETSYNC_*`.
+    for name in OUTSIDE_VARIABLES {
+        cmd.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy().to_ascii_uppercase();
+        if text.contains("KLAVIYO")
+            || text.starts_with("MARKETPLACER")
+            || text.starts_with("MARKETSYNC")
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+/// [`marketsync_command`] as an `assert_cmd` command.
+pub fn marketsync() -> assert_cmd::Command {
+    assert_cmd::Command::from_std(marketsync_command())
+}
+
+/// Variables cleared from every run of the binary, set or not in the caller's environment.
+pub const OUTSIDE_VARIABLES: &[&str] = &[
+    "KLAVIYO_API_KEY",
+    "KLAVIYO_BASE_URL",
+    "ACME_KLAVIYO_API_KEY",
+    "PETMARKET_KLAVIYO_API_KEY",
+];
+
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
