@@ -163,13 +163,25 @@ fn queue(
     lane: &str,
     bodies: &[serde_json::Value],
 ) {
+    let texts: Vec<String> = bodies.iter().map(|b| b.to_string()).collect();
+    queue_text(store, mapping, endpoint, lane, &texts);
+}
+
+/// [`queue`] with the stored body text as given, JSON or not.
+fn queue_text(
+    store: &Mutex<Store>,
+    mapping: &str,
+    endpoint: Endpoint,
+    lane: &str,
+    bodies: &[String],
+) {
     let mut store = store.lock().unwrap();
     for (i, body) in bodies.iter().enumerate() {
         let request = marketsync::store::NewRequest {
             mapping: mapping.into(),
             endpoint: endpoint.path().into(),
             lane: lane.into(),
-            body: body.to_string(),
+            body: body.clone(),
             ..Default::default()
         };
         let id = format!("{mapping}-{i}");
@@ -607,4 +619,37 @@ fn intake_on_several_jobs_stores_exactly_what_one_job_does() {
     for jobs in [2, 3] {
         assert_eq!(intake(jobs), one, "jobs {jobs}");
     }
+}
+
+/// Issue 10: a stored body that is not JSON, on an endpoint a backlog sends in bulk, was
+/// neither batched nor sent alone, and the lane spun forever. It becomes a `corrupt` dead
+/// letter at once, and the good rows beside it are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_bodies_in_a_bulk_backlog_become_dead_letters_and_the_lane_finishes() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    // More corrupt rows than one burst of the event endpoint, so the lane goes bulk.
+    let corrupt: Vec<String> = (0..400).map(|n| format!("{{not json {n}")).collect();
+    queue_text(
+        &store,
+        "broken",
+        Endpoint::CreateEvent,
+        "transaction",
+        &corrupt,
+    );
+    queue_events(&store, 20, "Placed Order", "transaction");
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lane = Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, done);
+    tokio::time::timeout(Duration::from_secs(20), lane)
+        .await
+        .expect("the lane finishes")
+        .unwrap();
+    assert_eq!(pending(&store), 0);
+    let report = sink.report();
+    assert_eq!(report.dead_letters.get("corrupt"), Some(&400), "{report:?}");
+    assert_eq!(report.sent.get("Placed Order"), Some(&20), "{report:?}");
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 20);
+    standin.shutdown().await;
 }

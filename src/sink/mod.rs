@@ -261,10 +261,15 @@ impl Sink {
                     .filter(|(e, _)| *e == endpoint)
                     .map(|(_, r)| r.clone())
                     .collect();
-                let bodies: Vec<(i64, Json)> = rows
-                    .iter()
-                    .filter_map(|r| serde_json::from_str(&r.body).ok().map(|b| (r.id, b)))
-                    .collect();
+                let mut bodies: Vec<(i64, Json)> = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    match serde_json::from_str(&row.body) {
+                        Ok(body) => bodies.push((row.id, body)),
+                        // Neither a batch nor a single request can carry it: left in the queue
+                        // it would come back due forever.
+                        Err(e) => self.bury_corrupt(row, &e)?,
+                    }
+                }
                 let (batches, left) = match endpoint {
                     Endpoint::CreateEvent => bulk::event_batches(&bodies),
                     Endpoint::CreateOrUpdateProfile => bulk::profile_batches(&bodies),
@@ -433,10 +438,7 @@ impl Sink {
         };
         let mut body: Json = match serde_json::from_str(&row.body) {
             Ok(body) => body,
-            Err(e) => {
-                let reason = format!("stored body is not JSON: {e}");
-                return self.bury(&row, "corrupt", reason, json!({}));
-            }
+            Err(e) => return self.bury_corrupt(&row, &e),
         };
         let outcome = self.paced(endpoint, Call::Post(&body)).await;
         let now = now_ms();
@@ -667,6 +669,12 @@ impl Sink {
         ceiling
             .mul_f64(rand::random::<f64>().max(0.1))
             .div_f64(self.config.time_scale)
+    }
+
+    /// A request whose stored body is not JSON: a dead letter at once, never sent.
+    fn bury_corrupt(&self, row: &Pending, error: &serde_json::Error) -> Result<(), SinkError> {
+        let reason = format!("stored body is not JSON: {error}");
+        self.bury(row, "corrupt", reason, json!({}))
     }
 
     /// Turns a request into a dead letter of `category`, and counts it.
