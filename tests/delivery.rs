@@ -653,3 +653,135 @@ async fn corrupt_bodies_in_a_bulk_backlog_become_dead_letters_and_the_lane_finis
     assert_eq!(standin.accepted().events_named("Placed Order").count(), 20);
     standin.shutdown().await;
 }
+
+/// A profile update queued as intake would: coalesced per email, versioned by `updated`.
+fn queue_profile_update(
+    store: &Mutex<Store>,
+    delivery: &str,
+    email: &str,
+    first_name: &str,
+    updated: &str,
+) {
+    let body = serde_json::json!({"data": {"type": "profile", "attributes": {
+        "email": email, "first_name": first_name}}});
+    let request = marketsync::store::NewRequest {
+        mapping: "profile".into(),
+        endpoint: Endpoint::CreateOrUpdateProfile.path().into(),
+        lane: "profile".into(),
+        body: body.to_string(),
+        coalesce_key: Some(email.into()),
+        version: Some(updated.into()),
+        ..Default::default()
+    };
+    let delivery = marketsync::store::DeliveryRecord {
+        marketplace: "m",
+        delivery_id: delivery,
+        origin: "test",
+        text: "{}",
+    };
+    store
+        .lock()
+        .unwrap()
+        .intake(&delivery, &[request], &[], marketsync::sink::now_ms())
+        .unwrap();
+}
+
+/// Issue 10: a profile inside a bulk import job held no profile key in flight, so a newer
+/// update of it went alone at once and the job, completing later, applied the older one. The
+/// newer update now waits for the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_update_of_a_profile_in_a_bulk_job_lands_after_the_job() {
+    let scale = 10.0;
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        // Long enough (2 s real) that a newer update sent alone would certainly land first.
+        job_duration: Duration::from_secs(20),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    // A backlog deeper than one burst of profile-import (75) goes as a bulk import job; the
+    // rows a job cannot carry go alone (and are refused), so while the job runs the backlog
+    // falls under the threshold and later updates go one by one again.
+    let uncarried: Vec<String> = (0..20).map(|_| r#"{"data": "x"}"#.to_owned()).collect();
+    queue_text(
+        &store,
+        "other",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &uncarried,
+    );
+    for n in 0..60 {
+        let email = format!("p{n}@example.com");
+        queue_profile_update(
+            &store,
+            &format!("old-{n}"),
+            &email,
+            "Old",
+            "2026-01-01T00:00:00Z",
+        );
+    }
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, scale), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lane = tokio::spawn(Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Profile, done));
+    let started = std::time::Instant::now();
+    while standin
+        .stats()
+        .endpoint(Endpoint::BulkImportProfiles)
+        .accepted
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no bulk job was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while store
+        .lock()
+        .unwrap()
+        .dead_letters(None, None)
+        .unwrap()
+        .len()
+        < 20
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the rows a job cannot carry were not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    queue_profile_update(
+        &store,
+        "new-0",
+        "p0@example.com",
+        "New",
+        "2026-01-02T00:00:00Z",
+    );
+    tokio::time::timeout(Duration::from_secs(60), lane)
+        .await
+        .expect("the lane finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending(&store), 0);
+    assert_eq!(sink.report().bulk_requests, 1);
+    let accepted = standin.accepted();
+    assert_eq!(
+        accepted
+            .profile_by_email("p0@example.com")
+            .unwrap()
+            .attribute("first_name"),
+        Some(&serde_json::json!("New")),
+        "the older update in the job landed last"
+    );
+    assert_eq!(
+        accepted
+            .profile_by_email("p1@example.com")
+            .unwrap()
+            .attribute("first_name"),
+        Some(&serde_json::json!("Old"))
+    );
+    standin.shutdown().await;
+}

@@ -230,12 +230,16 @@ impl Sink {
             };
             let mut started = 0;
             let mut batchable: Vec<(Endpoint, Pending)> = Vec::new();
+            // Coalescing keys taken by this round's rows: with those in flight, at most one
+            // update of a profile is sent or batched at a time, so none can overtake another.
+            let mut taken: HashSet<(String, String)> =
+                in_flight.values().flatten().cloned().collect();
             for row in due {
                 if started == room || in_flight.contains_key(&row.id) {
                     continue;
                 }
                 let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
-                if coalescing.is_some() && in_flight.values().any(|v| *v == coalescing) {
+                if coalescing.as_ref().is_some_and(|c| taken.contains(c)) {
                     continue;
                 }
                 if !self.may_go(&row)? {
@@ -244,9 +248,11 @@ impl Sink {
                 if let Some(endpoint) = Endpoint::parse(&row.endpoint)
                     .filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
                 {
+                    taken.extend(coalescing);
                     batchable.push((endpoint, row));
                     continue;
                 }
+                taken.extend(coalescing.clone());
                 in_flight.insert(row.id, coalescing);
                 started += 1;
                 let sink = Arc::clone(&self);
@@ -287,8 +293,11 @@ impl Sink {
                         .filter(|r| batch.ids.contains(&r.id))
                         .cloned()
                         .collect();
-                    for id in &batch.ids {
-                        in_flight.insert(*id, None);
+                    // A job holds its profiles' keys until Klaviyo completed it: an update
+                    // sent alone meanwhile would be applied first and then overwritten.
+                    for row in &members {
+                        let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
+                        in_flight.insert(row.id, coalescing);
                     }
                     started += 1;
                     let sink = Arc::clone(&self);
