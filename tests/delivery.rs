@@ -785,3 +785,69 @@ async fn a_newer_update_of_a_profile_in_a_bulk_job_lands_after_the_job() {
     );
     standin.shutdown().await;
 }
+
+/// Issue 10: the ordering hold counted from when a request was queued, so after a pause longer
+/// than the hold (a refused key, a crash, `retry` then a later `run`) a Fulfilled Order went out
+/// with its Placed Order, flagged, and could arrive first. Time when no sink ran does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_counts_from_when_sending_could_start_not_from_when_queued() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let event = |metric: &str| {
+        serde_json::json!({"data": {"type": "event", "attributes": {
+            "properties": {"OrderId": "5001"}, "unique_id": format!("{metric}:5001"),
+            "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+            "profile": {"data": {"type": "profile", "attributes": {"email": "a@example.com"}}}}}})
+        .to_string()
+    };
+    let request = |mapping: &str, metric: &str| marketsync::store::NewRequest {
+        mapping: mapping.into(),
+        endpoint: Endpoint::CreateEvent.path().into(),
+        lane: "transaction".into(),
+        body: event(metric),
+        ..Default::default()
+    };
+    // Queued long ago (at the epoch), the fulfilment first, and never sent since.
+    let fulfilled = marketsync::store::NewRequest {
+        waits_for: Some(marketsync::store::ledger_key("placed-order", "5001")),
+        ..request("fulfilled-order", "Fulfilled Order")
+    };
+    let placed = marketsync::store::NewRequest {
+        once_key: Some("5001".into()),
+        ..request("placed-order", "Placed Order")
+    };
+    for (id, request) in [("d1", fulfilled), ("d2", placed)] {
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        };
+        store
+            .lock()
+            .unwrap()
+            .intake(&delivery, &[request], &[], 0)
+            .unwrap();
+    }
+    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
+    config.hold = Duration::from_secs(30);
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, done),
+    )
+    .await
+    .expect("the Fulfilled Order went once its Placed Order was accepted")
+    .unwrap();
+    assert_eq!(sink.report().sent_after_hold, 0);
+    assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 0);
+    let metrics: Vec<String> = standin
+        .accepted()
+        .events
+        .iter()
+        .map(|e| e.metric.clone())
+        .collect();
+    assert_eq!(metrics, ["Placed Order", "Fulfilled Order"]);
+    standin.shutdown().await;
+}

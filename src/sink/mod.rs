@@ -38,7 +38,10 @@ pub struct SinkConfig {
     pub time_scale: f64,
     /// Attempts before a retryable failure becomes a dead letter.
     pub max_attempts: u32,
-    /// How long a request waits for the request it depends on before it is sent anyway.
+    /// How long a request waits for the request it depends on before it is sent anyway. The
+    /// hold counts from when the request was queued or from when this sink started, whichever
+    /// is later: time when no sink was running (a stopped run, a crash, `retry` before a later
+    /// `run`) is time its dependency could not have been sent either.
     pub hold: Duration,
     pub timeout: Duration,
     /// Requests in flight at once, per lane.
@@ -131,6 +134,9 @@ pub struct Sink {
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
     schemas: &'static crate::klaviyo::Schemas,
+    /// When this sink could start sending (unix ms): ordering holds count from here at the
+    /// earliest.
+    started_at: i64,
 }
 
 /// Unix milliseconds, the store's clock.
@@ -170,6 +176,7 @@ impl Sink {
             report: Arc::default(),
             stop: Arc::default(),
             schemas: crate::klaviyo::Schemas::builtin(),
+            started_at: now_ms(),
         })
     }
 
@@ -418,7 +425,10 @@ impl Sink {
     }
 
     /// Whether a request may be sent now: one that waits for another is held until that one
-    /// is in the ledger, or until the hold runs out (then it goes, flagged).
+    /// is in the ledger, or until the hold runs out (then it goes, flagged). The hold counts
+    /// only time this sink was running: from when the row was queued or the sink started,
+    /// whichever is later. Counted from queueing alone, a pause longer than the hold would
+    /// release the row together with the one it waits for, which it could then overtake.
     fn may_go(&self, row: &Pending) -> Result<bool, SinkError> {
         let Some(waits_for) = &row.waits_for else {
             return Ok(true);
@@ -428,7 +438,8 @@ impl Sink {
             return Ok(true);
         }
         let now = now_ms();
-        let held_for = Duration::from_millis((now - row.created_at).max(0) as u64);
+        let held_since = row.created_at.max(self.started_at);
+        let held_for = Duration::from_millis((now - held_since).max(0) as u64);
         if held_for >= self.config.hold {
             if store.flag_exception(row.id, "sent-after-hold", now)? {
                 self.report.lock().expect("report lock").sent_after_hold += 1;
