@@ -851,3 +851,83 @@ async fn the_hold_counts_from_when_sending_could_start_not_from_when_queued() {
     assert_eq!(metrics, ["Placed Order", "Fulfilled Order"]);
     standin.shutdown().await;
 }
+
+/// Issue 10: a refused key could race the lane loop's stop check, which shut the lane's tasks
+/// down and dropped the refusal: both lanes returned Ok and the run ended as if successful,
+/// with input unread. A refused key always ends the run with `KeyRefused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_always_ends_the_run_with_key_refused() {
+    let standin = StandIn::start(Config {
+        api_keys: vec![
+            (DEFAULT_API_KEY.into(), marketsync::standin::Scope::Full),
+            ("pk_read_only".into(), marketsync::standin::Scope::ReadOnly),
+        ],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(200));
+    let mut endings = Vec::new();
+    for (run_number, key) in ["pk_wrong", "pk_read_only"]
+        .iter()
+        .cycle()
+        .take(10)
+        .enumerate()
+    {
+        let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+        let ended = run(&engine, &store, &path, config(&standin, key, 1.0)).await;
+        let expected = if *key == "pk_wrong" { 401 } else { 403 };
+        match ended {
+            Err(SyncError::Sink(SinkError::KeyRefused { status, .. })) if status == expected => {}
+            other => endings.push(format!("run {run_number} ({key}): {other:?}")),
+        }
+    }
+    assert!(endings.is_empty(), "{endings:#?}");
+    assert!(standin.accepted().events.is_empty());
+    standin.shutdown().await;
+}
+
+/// Issue 10: a lane that stops because the other lane's key was refused (or that sees the stop
+/// before it joined its own refused request) returned Ok, so the refusal could be lost. Every
+/// lane stopped by a refused key reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_stopped_by_a_refused_key_reports_the_refusal() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue_events(&store, 3, "Placed Order", "transaction");
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &[profile("a@example.com", None)],
+    );
+    let sink = marketsync::sink::Sink::new(config(&standin, "pk_wrong", 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let transaction = Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done))
+        .await;
+    assert!(
+        matches!(transaction, Err(SinkError::KeyRefused { status: 401, .. })),
+        "{transaction:?}"
+    );
+    // The profile lane starts after the stop: it sends nothing, and says why.
+    let profile_lane = Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Profile, done)
+        .await;
+    assert!(
+        matches!(profile_lane, Err(SinkError::KeyRefused { status: 401, .. })),
+        "{profile_lane:?}"
+    );
+    assert_eq!(pending(&store), 4, "nothing was dropped");
+    assert_eq!(
+        standin
+            .stats()
+            .endpoint(Endpoint::CreateOrUpdateProfile)
+            .requests,
+        0
+    );
+    standin.shutdown().await;
+}

@@ -133,6 +133,9 @@ pub struct Sink {
     store: Arc<Mutex<Store>>,
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
+    /// The first key refusal (status, detail), kept apart from the task that met it: a lane
+    /// that stops on `stop` before joining that task, or the other lane, still reports it.
+    refusal: Mutex<Option<(u16, String)>>,
     schemas: &'static crate::klaviyo::Schemas,
     /// When this sink could start sending (unix ms): ordering holds count from here at the
     /// earliest.
@@ -175,6 +178,7 @@ impl Sink {
             store,
             report: Arc::default(),
             stop: Arc::default(),
+            refusal: Mutex::default(),
             schemas: crate::klaviyo::Schemas::builtin(),
             started_at: now_ms(),
         })
@@ -183,6 +187,29 @@ impl Sink {
     /// Set when a key is refused; intake watches it too, so the whole run stops.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
+    }
+
+    /// The key refusal that stopped this sink, if one did.
+    pub fn refused(&self) -> Option<SinkError> {
+        let refusal = self.refusal.lock().expect("refusal lock");
+        refusal
+            .as_ref()
+            .map(|(status, detail)| SinkError::KeyRefused {
+                status: *status,
+                detail: detail.clone(),
+            })
+    }
+
+    /// Klaviyo refused the key: keeps the first refusal, stops everything, and returns the
+    /// error for the caller to pass on.
+    fn refuse(&self, status: u16, detail: &str) -> SinkError {
+        let detail = detail.trim_end_matches('.').to_owned();
+        self.refusal
+            .lock()
+            .expect("refusal lock")
+            .get_or_insert((status, detail.clone()));
+        self.stop.store(true, Ordering::SeqCst);
+        SinkError::KeyRefused { status, detail }
     }
 
     pub fn report(&self) -> DeliveryReport {
@@ -209,7 +236,9 @@ impl Sink {
             }
             if self.stop.load(Ordering::SeqCst) {
                 tasks.shutdown().await;
-                return Ok(());
+                // Stopped by a refused key (in this lane or the other): say so, whether or
+                // not the task that met it was joined.
+                return self.refused().map_or(Ok(()), Err);
             }
             let room = self.config.concurrency.saturating_sub(tasks.len());
             let mut bulk: Vec<Endpoint> = Vec::new();
@@ -416,11 +445,7 @@ impl Sink {
             }
             // Something in the batch was refused: each goes on its own, to find which.
             Outcome::Refused { .. } | Outcome::DuplicateProfile { .. } => Ok(batch.ids),
-            Outcome::KeyRefused { status, detail } => {
-                self.stop.store(true, Ordering::SeqCst);
-                let detail = detail.trim_end_matches('.').to_owned();
-                Err(SinkError::KeyRefused { status, detail })
-            }
+            Outcome::KeyRefused { status, detail } => Err(self.refuse(status, &detail)),
         }
     }
 
@@ -522,9 +547,7 @@ impl Sink {
                 self.bury(&row, "duplicate-profile", reason, details)?;
             }
             Outcome::KeyRefused { status, detail } => {
-                self.stop.store(true, Ordering::SeqCst);
-                let detail = detail.trim_end_matches('.').to_owned();
-                return Err(SinkError::KeyRefused { status, detail });
+                return Err(self.refuse(status, &detail));
             }
         }
         Ok(())
@@ -560,8 +583,7 @@ impl Sink {
                     }
                 }
                 Outcome::KeyRefused { status, detail } => {
-                    self.stop.store(true, Ordering::SeqCst);
-                    return Err(SinkError::KeyRefused { status, detail });
+                    return Err(self.refuse(status, &detail));
                 }
                 _ => continue,
             }
