@@ -931,3 +931,109 @@ async fn a_lane_stopped_by_a_refused_key_reports_the_refusal() {
     );
     standin.shutdown().await;
 }
+
+/// Sends a backlog of 100 profiles (deep enough for one bulk import job) through a stand-in
+/// whose import errors come in `shape`; `bodies[42]` is replaced by `odd`.
+async fn import_backlog(
+    shape: marketsync::standin::ImportErrors,
+    odd: serde_json::Value,
+) -> (StandIn, Arc<Mutex<Store>>, marketsync::sink::DeliveryReport) {
+    let standin = StandIn::start(Config {
+        time_scale: 10.0,
+        import_errors: shape,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let mut bodies: Vec<serde_json::Value> = (0..100)
+        .map(|n| profile(&format!("bulk{n}@example.com"), None))
+        .collect();
+    bodies[42] = odd;
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &bodies,
+    );
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 10.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Profile, done),
+    )
+    .await
+    .expect("the lane finishes")
+    .unwrap();
+    let report = sink.report();
+    (standin, store, report)
+}
+
+/// Issue 10: an import error was matched to its profile only through a pointer of the form
+/// `/data/attributes/profiles/data/N`, which Klaviyo's spec does not promise; one without it was
+/// dropped and the refused profile marked sent. `original_payload` now finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_error_without_a_pointer_finds_its_profile_by_its_original_payload() {
+    let (standin, store, report) = import_backlog(
+        marketsync::standin::ImportErrors::Payload,
+        profile("bulk42@example.com", Some("+1234")),
+    )
+    .await;
+    assert_eq!(report.bulk_requests, 1, "{report:?}");
+    assert_eq!(
+        report.phone_removed, 1,
+        "the refused profile went on its own: {report:?}"
+    );
+    assert_eq!(pending(&store), 0);
+    let stats = standin.stats();
+    // Only the refused profile was sent again, alone (twice: with its phone, then without).
+    assert_eq!(stats.endpoint(Endpoint::CreateOrUpdateProfile).requests, 2);
+    let accepted = standin.accepted();
+    assert_eq!(accepted.profiles.len(), 100);
+    assert!(
+        accepted
+            .profile_by_email("bulk42@example.com")
+            .unwrap()
+            .attribute("phone_number")
+            .is_none()
+    );
+    standin.shutdown().await;
+}
+
+/// Issue 10: when a job failed more profiles than its import errors could be matched to, the
+/// unmatched were called sent. They are sent again one by one, and a refused one becomes a dead
+/// letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_errors_that_name_no_profile_send_the_jobs_profiles_one_by_one() {
+    let (standin, store, report) = import_backlog(
+        marketsync::standin::ImportErrors::Anonymous,
+        profile("bulk42-at-example.com", None),
+    )
+    .await;
+    assert_eq!(report.bulk_requests, 1, "{report:?}");
+    assert_eq!(report.dead_letters.get("invalid"), Some(&1), "{report:?}");
+    assert_eq!(report.sent.get("profile"), Some(&99), "{report:?}");
+    assert_eq!(pending(&store), 0);
+    let letters = store
+        .lock()
+        .unwrap()
+        .dead_letters(Some("invalid"), None)
+        .unwrap();
+    assert!(
+        letters[0].reason.contains("bulk42-at-example.com"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        standin
+            .stats()
+            .endpoint(Endpoint::CreateOrUpdateProfile)
+            .requests,
+        100,
+        "each profile of the job went again on its own"
+    );
+    assert_eq!(standin.accepted().profiles.len(), 99);
+    standin.shutdown().await;
+}

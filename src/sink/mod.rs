@@ -385,7 +385,7 @@ impl Sink {
         match outcome {
             Outcome::Accepted { status, body } => {
                 self.report.lock().expect("report lock").bulk_requests += 1;
-                let refused = if batch.endpoint == Endpoint::BulkImportProfiles {
+                let refused_ids: HashSet<i64> = if batch.endpoint == Endpoint::BulkImportProfiles {
                     let job = body
                         .as_ref()
                         .and_then(|b| b.pointer("/data/id"))
@@ -393,7 +393,26 @@ impl Sink {
                         .unwrap_or_default()
                         .to_owned();
                     match self.import_errors(&job).await? {
-                        Some(errors) => errors,
+                        Some((failed, errors)) => {
+                            let profiles = batch
+                                .body
+                                .pointer("/data/attributes/profiles/data")
+                                .and_then(Json::as_array)
+                                .map_or(&[][..], Vec::as_slice);
+                            let verdict = bulk::match_import_errors(profiles, &errors, failed);
+                            if verdict.unmatched_failures {
+                                // Some profile failed and no error says which: none of the
+                                // job's can be called imported, so each goes again on its own
+                                // (an import is an upsert; the refused one is found there).
+                                batch.ids.iter().copied().collect()
+                            } else {
+                                verdict
+                                    .refused
+                                    .iter()
+                                    .filter_map(|index| batch.ids.get(*index).copied())
+                                    .collect()
+                            }
+                        }
                         None => {
                             // The job did not finish in time: send the profiles again later
                             // (an import is an upsert, so a second one changes nothing).
@@ -409,12 +428,8 @@ impl Sink {
                         }
                     }
                 } else {
-                    Vec::new()
+                    HashSet::new()
                 };
-                let refused_ids: HashSet<i64> = refused
-                    .iter()
-                    .filter_map(|(index, _)| batch.ids.get(*index).copied())
-                    .collect();
                 let accepted: Vec<i64> = batch
                     .ids
                     .iter()
@@ -553,12 +568,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Waits for a profile bulk import job to finish and returns its import errors as
-    /// (profile index, error), or `None` if it has not finished after about ten minutes.
-    async fn import_errors(&self, job: &str) -> Result<Option<Vec<(usize, ApiError)>>, SinkError> {
+    /// Waits for a profile bulk import job to finish and returns its `failed_count` and its
+    /// import errors, or `None` if it has not finished after about ten minutes.
+    async fn import_errors(
+        &self,
+        job: &str,
+    ) -> Result<Option<(Option<usize>, Vec<bulk::ImportErrorRef>)>, SinkError> {
         let mut wait = Duration::from_millis(500);
         let deadline = Instant::now() + Duration::from_secs(600).div_f64(self.config.time_scale);
-        loop {
+        let failed = loop {
             if Instant::now() > deadline || job.is_empty() {
                 return Ok(None);
             }
@@ -570,14 +588,19 @@ impl Sink {
                 .await
             {
                 Outcome::Accepted { body, .. } => {
-                    let status = body
-                        .as_ref()
-                        .and_then(|b| b.pointer("/data/attributes/status"))
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    match status.as_str() {
-                        "complete" => break,
+                    let attribute = |name: &str| {
+                        body.as_ref()
+                            .and_then(|b| b.pointer(&format!("/data/attributes/{name}")))
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    let status = attribute("status");
+                    match status.as_str().unwrap_or_default() {
+                        "complete" => {
+                            break attribute("failed_count")
+                                .as_u64()
+                                .and_then(|n| usize::try_from(n).ok());
+                        }
                         "cancelled" | "failed" => return Ok(None),
                         _ => continue,
                     }
@@ -587,7 +610,7 @@ impl Sink {
                 }
                 _ => continue,
             }
-        }
+        };
         let mut errors = Vec::new();
         let mut next = Some(format!(
             "{}/{job}/import-errors?page[size]=100",
@@ -604,19 +627,16 @@ impl Sink {
             };
             for item in page["data"].as_array().into_iter().flatten() {
                 let attributes = &item["attributes"];
-                let text = |key: &str| attributes[key].as_str().unwrap_or_default().to_owned();
-                let error = ApiError {
-                    code: text("code"),
-                    title: text("title"),
-                    detail: text("detail"),
+                errors.push(bulk::ImportErrorRef {
                     pointer: attributes
                         .pointer("/source/pointer")
                         .and_then(Json::as_str)
                         .map(str::to_owned),
-                };
-                if let Some(index) = error.pointer.as_deref().and_then(bulk::profile_index) {
-                    errors.push((index, error));
-                }
+                    original_payload: attributes
+                        .get("original_payload")
+                        .filter(|p| !p.is_null())
+                        .cloned(),
+                });
             }
             // `links.next` is a full URL; the client wants the path from `/api/` on.
             next = page
@@ -624,7 +644,7 @@ impl Sink {
                 .and_then(Json::as_str)
                 .and_then(|url| url.find("/api/").map(|at| url[at..].to_owned()));
         }
-        Ok(Some(errors))
+        Ok(Some((failed, errors)))
     }
 
     /// Schedules another attempt, or gives up after the last one.
