@@ -321,6 +321,11 @@ pub async fn run_with_progress(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
+    // A refused key ends the run with that error whatever the lanes returned: a lane can stop
+    // on the flag without having joined the request that was refused.
+    if let Some(refused) = sink.refused() {
+        return Err(refused.into());
+    }
     if let Some(err) = first_error {
         return Err(err.into());
     }

@@ -1315,3 +1315,39 @@ async fn the_key_never_prints_in_a_real_run_or_status() {
         assert!(!contains(&state_bytes(&state), key), "the key is stored");
     }
 }
+
+/// Issue 10: a refused key always ends `run` with exit 5, the queue kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_exits_5() {
+    use marketsync::standin::{Config, Scope, StandIn};
+    let standin = StandIn::start(Config {
+        api_keys: vec![("pk_read_only".into(), Scope::ReadOnly)],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    fs::write(&input, common::synthetic_orders(50)).unwrap();
+    let url = standin.url();
+    for key in ["pk_wrong", "pk_read_only"] {
+        let (state, input, url) = (state.clone(), input.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            marketsync()
+                .env("KLAVIYO_API_KEY", key)
+                .env("KLAVIYO_BASE_URL", &url)
+                .arg("run")
+                .arg(&input)
+                .arg("--state")
+                .arg(&state)
+                .assert()
+                .code(5)
+                .stderr(predicate::str::contains("Klaviyo refused the API key"));
+        })
+        .await
+        .unwrap();
+    }
+    assert!(standin.accepted().events.is_empty());
+    standin.shutdown().await;
+}

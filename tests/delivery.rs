@@ -172,13 +172,25 @@ fn queue(
     lane: &str,
     bodies: &[serde_json::Value],
 ) {
+    let texts: Vec<String> = bodies.iter().map(|b| b.to_string()).collect();
+    queue_text(store, mapping, endpoint, lane, &texts);
+}
+
+/// [`queue`] with the stored body text as given, JSON or not.
+fn queue_text(
+    store: &Mutex<Store>,
+    mapping: &str,
+    endpoint: Endpoint,
+    lane: &str,
+    bodies: &[String],
+) {
     let mut store = store.lock().unwrap();
     for (i, body) in bodies.iter().enumerate() {
         let request = marketsync::store::NewRequest {
             mapping: mapping.into(),
             endpoint: endpoint.path().into(),
             lane: lane.into(),
-            body: body.to_string(),
+            body: body.clone(),
             ..Default::default()
         };
         let id = format!("{mapping}-{i}");
@@ -714,4 +726,421 @@ fn intake_keeps_every_readable_delivery_past_bad_bytes_and_missing_inputs() {
     );
     assert!(report.contains("error: cannot open"), "{report}");
     assert_eq!(intake(2), (summary, letters, report));
+}
+
+/// Issue 10: a stored body that is not JSON, on an endpoint a backlog sends in bulk, was
+/// neither batched nor sent alone, and the lane spun forever. It becomes a `corrupt` dead
+/// letter at once, and the good rows beside it are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_bodies_in_a_bulk_backlog_become_dead_letters_and_the_lane_finishes() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    // More corrupt rows than one burst of the event endpoint, so the lane goes bulk.
+    let corrupt: Vec<String> = (0..400).map(|n| format!("{{not json {n}")).collect();
+    queue_text(
+        &store,
+        "broken",
+        Endpoint::CreateEvent,
+        "transaction",
+        &corrupt,
+    );
+    queue_events(&store, 20, "Placed Order", "transaction");
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lane = Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, done);
+    tokio::time::timeout(Duration::from_secs(20), lane)
+        .await
+        .expect("the lane finishes")
+        .unwrap();
+    assert_eq!(pending(&store), 0);
+    let report = sink.report();
+    assert_eq!(report.dead_letters.get("corrupt"), Some(&400), "{report:?}");
+    assert_eq!(report.sent.get("Placed Order"), Some(&20), "{report:?}");
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 20);
+    standin.shutdown().await;
+}
+
+/// A profile update queued as intake would: coalesced per email, versioned by `updated`.
+fn queue_profile_update(
+    store: &Mutex<Store>,
+    delivery: &str,
+    email: &str,
+    first_name: &str,
+    updated: &str,
+) {
+    let body = serde_json::json!({"data": {"type": "profile", "attributes": {
+        "email": email, "first_name": first_name}}});
+    let request = marketsync::store::NewRequest {
+        mapping: "profile".into(),
+        endpoint: Endpoint::CreateOrUpdateProfile.path().into(),
+        lane: "profile".into(),
+        body: body.to_string(),
+        coalesce_key: Some(email.into()),
+        version: Some(updated.into()),
+        ..Default::default()
+    };
+    let delivery = marketsync::store::DeliveryRecord {
+        marketplace: "m",
+        delivery_id: delivery,
+        origin: "test",
+        text: "{}",
+    };
+    store
+        .lock()
+        .unwrap()
+        .intake(&delivery, &[request], &[], marketsync::sink::now_ms())
+        .unwrap();
+}
+
+/// Issue 10: a profile inside a bulk import job held no profile key in flight, so a newer
+/// update of it went alone at once and the job, completing later, applied the older one. The
+/// newer update now waits for the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_update_of_a_profile_in_a_bulk_job_lands_after_the_job() {
+    let scale = 10.0;
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        // Long enough (2 s real) that a newer update sent alone would certainly land first.
+        job_duration: Duration::from_secs(20),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    // A backlog deeper than one burst of profile-import (75) goes as a bulk import job; the
+    // rows a job cannot carry go alone (and are refused), so while the job runs the backlog
+    // falls under the threshold and later updates go one by one again.
+    let uncarried: Vec<String> = (0..20).map(|_| r#"{"data": "x"}"#.to_owned()).collect();
+    queue_text(
+        &store,
+        "other",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &uncarried,
+    );
+    for n in 0..60 {
+        let email = format!("p{n}@example.com");
+        queue_profile_update(
+            &store,
+            &format!("old-{n}"),
+            &email,
+            "Old",
+            "2026-01-01T00:00:00Z",
+        );
+    }
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, scale), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lane = tokio::spawn(Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Profile, done));
+    let started = std::time::Instant::now();
+    while standin
+        .stats()
+        .endpoint(Endpoint::BulkImportProfiles)
+        .accepted
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no bulk job was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while store
+        .lock()
+        .unwrap()
+        .dead_letters(None, None)
+        .unwrap()
+        .len()
+        < 20
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the rows a job cannot carry were not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    queue_profile_update(
+        &store,
+        "new-0",
+        "p0@example.com",
+        "New",
+        "2026-01-02T00:00:00Z",
+    );
+    tokio::time::timeout(Duration::from_secs(60), lane)
+        .await
+        .expect("the lane finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending(&store), 0);
+    assert_eq!(sink.report().bulk_requests, 1);
+    let accepted = standin.accepted();
+    assert_eq!(
+        accepted
+            .profile_by_email("p0@example.com")
+            .unwrap()
+            .attribute("first_name"),
+        Some(&serde_json::json!("New")),
+        "the older update in the job landed last"
+    );
+    assert_eq!(
+        accepted
+            .profile_by_email("p1@example.com")
+            .unwrap()
+            .attribute("first_name"),
+        Some(&serde_json::json!("Old"))
+    );
+    standin.shutdown().await;
+}
+
+/// Issue 10: the ordering hold counted from when a request was queued, so after a pause longer
+/// than the hold (a refused key, a crash, `retry` then a later `run`) a Fulfilled Order went out
+/// with its Placed Order, flagged, and could arrive first. Time when no sink ran does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_counts_from_when_sending_could_start_not_from_when_queued() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let event = |metric: &str| {
+        serde_json::json!({"data": {"type": "event", "attributes": {
+            "properties": {"OrderId": "5001"}, "unique_id": format!("{metric}:5001"),
+            "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
+            "profile": {"data": {"type": "profile", "attributes": {"email": "a@example.com"}}}}}})
+        .to_string()
+    };
+    let request = |mapping: &str, metric: &str| marketsync::store::NewRequest {
+        mapping: mapping.into(),
+        endpoint: Endpoint::CreateEvent.path().into(),
+        lane: "transaction".into(),
+        body: event(metric),
+        ..Default::default()
+    };
+    // Queued long ago (at the epoch), the fulfilment first, and never sent since.
+    let fulfilled = marketsync::store::NewRequest {
+        waits_for: Some(marketsync::store::ledger_key("placed-order", "5001")),
+        ..request("fulfilled-order", "Fulfilled Order")
+    };
+    let placed = marketsync::store::NewRequest {
+        once_key: Some("5001".into()),
+        ..request("placed-order", "Placed Order")
+    };
+    for (id, request) in [("d1", fulfilled), ("d2", placed)] {
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        };
+        store
+            .lock()
+            .unwrap()
+            .intake(&delivery, &[request], &[], 0)
+            .unwrap();
+    }
+    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
+    config.hold = Duration::from_secs(30);
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, done),
+    )
+    .await
+    .expect("the Fulfilled Order went once its Placed Order was accepted")
+    .unwrap();
+    assert_eq!(sink.report().sent_after_hold, 0);
+    assert_eq!(store.lock().unwrap().status(0).unwrap().exceptions, 0);
+    let metrics: Vec<String> = standin
+        .accepted()
+        .events
+        .iter()
+        .map(|e| e.metric.clone())
+        .collect();
+    assert_eq!(metrics, ["Placed Order", "Fulfilled Order"]);
+    standin.shutdown().await;
+}
+
+/// Issue 10: a refused key could race the lane loop's stop check, which shut the lane's tasks
+/// down and dropped the refusal: both lanes returned Ok and the run ended as if successful,
+/// with input unread. A refused key always ends the run with `KeyRefused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_always_ends_the_run_with_key_refused() {
+    let standin = StandIn::start(Config {
+        api_keys: vec![
+            (DEFAULT_API_KEY.into(), marketsync::standin::Scope::Full),
+            ("pk_read_only".into(), marketsync::standin::Scope::ReadOnly),
+        ],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(200));
+    let mut endings = Vec::new();
+    for (run_number, key) in ["pk_wrong", "pk_read_only"]
+        .iter()
+        .cycle()
+        .take(10)
+        .enumerate()
+    {
+        let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+        let ended = run(&engine, &store, &path, config(&standin, key, 1.0)).await;
+        let expected = if *key == "pk_wrong" { 401 } else { 403 };
+        match ended {
+            Err(SyncError::Sink(SinkError::KeyRefused { status, .. })) if status == expected => {}
+            other => endings.push(format!("run {run_number} ({key}): {other:?}")),
+        }
+    }
+    assert!(endings.is_empty(), "{endings:#?}");
+    assert!(standin.accepted().events.is_empty());
+    standin.shutdown().await;
+}
+
+/// Issue 10: a lane that stops because the other lane's key was refused (or that sees the stop
+/// before it joined its own refused request) returned Ok, so the refusal could be lost. Every
+/// lane stopped by a refused key reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_stopped_by_a_refused_key_reports_the_refusal() {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue_events(&store, 3, "Placed Order", "transaction");
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &[profile("a@example.com", None)],
+    );
+    let sink = marketsync::sink::Sink::new(config(&standin, "pk_wrong", 1.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let transaction = Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done))
+        .await;
+    assert!(
+        matches!(transaction, Err(SinkError::KeyRefused { status: 401, .. })),
+        "{transaction:?}"
+    );
+    // The profile lane starts after the stop: it sends nothing, and says why.
+    let profile_lane = Arc::clone(&sink)
+        .drain_lane(marketsync::spec::Lane::Profile, done)
+        .await;
+    assert!(
+        matches!(profile_lane, Err(SinkError::KeyRefused { status: 401, .. })),
+        "{profile_lane:?}"
+    );
+    assert_eq!(pending(&store), 4, "nothing was dropped");
+    assert_eq!(
+        standin
+            .stats()
+            .endpoint(Endpoint::CreateOrUpdateProfile)
+            .requests,
+        0
+    );
+    standin.shutdown().await;
+}
+
+/// Sends a backlog of 100 profiles (deep enough for one bulk import job) through a stand-in
+/// whose import errors come in `shape`; `bodies[42]` is replaced by `odd`.
+async fn import_backlog(
+    shape: marketsync::standin::ImportErrors,
+    odd: serde_json::Value,
+) -> (StandIn, Arc<Mutex<Store>>, marketsync::sink::DeliveryReport) {
+    let standin = StandIn::start(Config {
+        time_scale: 10.0,
+        import_errors: shape,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let mut bodies: Vec<serde_json::Value> = (0..100)
+        .map(|n| profile(&format!("bulk{n}@example.com"), None))
+        .collect();
+    bodies[42] = odd;
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue(
+        &store,
+        "profile",
+        Endpoint::CreateOrUpdateProfile,
+        "profile",
+        &bodies,
+    );
+    let sink =
+        marketsync::sink::Sink::new(config(&standin, DEFAULT_API_KEY, 10.0), Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Profile, done),
+    )
+    .await
+    .expect("the lane finishes")
+    .unwrap();
+    let report = sink.report();
+    (standin, store, report)
+}
+
+/// Issue 10: an import error was matched to its profile only through a pointer of the form
+/// `/data/attributes/profiles/data/N`, which Klaviyo's spec does not promise; one without it was
+/// dropped and the refused profile marked sent. `original_payload` now finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_error_without_a_pointer_finds_its_profile_by_its_original_payload() {
+    let (standin, store, report) = import_backlog(
+        marketsync::standin::ImportErrors::Payload,
+        profile("bulk42@example.com", Some("+1234")),
+    )
+    .await;
+    assert_eq!(report.bulk_requests, 1, "{report:?}");
+    assert_eq!(
+        report.phone_removed, 1,
+        "the refused profile went on its own: {report:?}"
+    );
+    assert_eq!(pending(&store), 0);
+    let stats = standin.stats();
+    // Only the refused profile was sent again, alone (twice: with its phone, then without).
+    assert_eq!(stats.endpoint(Endpoint::CreateOrUpdateProfile).requests, 2);
+    let accepted = standin.accepted();
+    assert_eq!(accepted.profiles.len(), 100);
+    assert!(
+        accepted
+            .profile_by_email("bulk42@example.com")
+            .unwrap()
+            .attribute("phone_number")
+            .is_none()
+    );
+    standin.shutdown().await;
+}
+
+/// Issue 10: when a job failed more profiles than its import errors could be matched to, the
+/// unmatched were called sent. They are sent again one by one, and a refused one becomes a dead
+/// letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_errors_that_name_no_profile_send_the_jobs_profiles_one_by_one() {
+    let (standin, store, report) = import_backlog(
+        marketsync::standin::ImportErrors::Anonymous,
+        profile("bulk42-at-example.com", None),
+    )
+    .await;
+    assert_eq!(report.bulk_requests, 1, "{report:?}");
+    assert_eq!(report.dead_letters.get("invalid"), Some(&1), "{report:?}");
+    assert_eq!(report.sent.get("profile"), Some(&99), "{report:?}");
+    assert_eq!(pending(&store), 0);
+    let letters = store
+        .lock()
+        .unwrap()
+        .dead_letters(Some("invalid"), None)
+        .unwrap();
+    assert!(
+        letters[0].reason.contains("bulk42-at-example.com"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        standin
+            .stats()
+            .endpoint(Endpoint::CreateOrUpdateProfile)
+            .requests,
+        100,
+        "each profile of the job went again on its own"
+    );
+    assert_eq!(standin.accepted().profiles.len(), 99);
+    standin.shutdown().await;
 }

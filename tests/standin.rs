@@ -2,7 +2,7 @@
 //! test per behaviour. Loopback only; seeded faults; time scaled where a window would be slow.
 
 use marketsync::klaviyo::{Endpoint, Schemas};
-use marketsync::standin::{Config, Faults, Limit, Scope, StandIn};
+use marketsync::standin::{Config, Faults, ImportErrors, Limit, Scope, StandIn};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value as Json, json};
 use std::time::Duration;
@@ -928,6 +928,7 @@ async fn a_bulk_import_job_runs_later_and_reports_its_errors() {
     // 2 scaled seconds at 10x: 200 ms.
     let config = Config {
         time_scale: 10.0,
+        import_errors: ImportErrors::PayloadAndPointer,
         ..config()
     };
     let api = Api::start(config).await;
@@ -1008,6 +1009,59 @@ async fn a_bulk_import_job_runs_later_and_reports_its_errors() {
         "/data/attributes/profiles/data/3/attributes/phone_number"
     );
     assert_eq!(second["links"]["next"], Json::Null);
+}
+
+/// The import errors of a job, each shape the spec allows: `source` always present with a
+/// `pointer` (`/data` by default), `original_payload` an object or null.
+#[tokio::test]
+async fn import_errors_come_in_the_shapes_klaviyos_spec_documents() {
+    for (shape, pointer, payload_email) in [
+        (ImportErrors::default(), "/data", json!("bob@b.co")),
+        (
+            ImportErrors::PayloadAndPointer,
+            "/data/attributes/profiles/data/1/attributes/phone_number",
+            json!("bob@b.co"),
+        ),
+        (ImportErrors::Anonymous, "/data", Json::Null),
+    ] {
+        let api = Api::start(Config {
+            time_scale: 10.0,
+            import_errors: shape,
+            ..config()
+        })
+        .await;
+        let job = bulk_import(vec![
+            json!({"email": "ann@b.co"}),
+            json!({"email": "bob@b.co", "phone_number": "12345"}),
+        ]);
+        let queued: Json = api
+            .post(Endpoint::BulkImportProfiles, &job)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = queued["data"]["id"].as_str().unwrap().to_string();
+        let done = completed_job(&api, &id).await;
+        assert_eq!(done["data"]["attributes"]["failed_count"], 1);
+        let errors: Json = api
+            .get(&format!("/api/profile-bulk-import-jobs/{id}/import-errors"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let attributes = &errors["data"][0]["attributes"];
+        for required in ["code", "title", "detail", "source"] {
+            assert!(attributes.get(required).is_some(), "{shape:?}: {required}");
+        }
+        assert_eq!(attributes["source"]["pointer"], pointer, "{shape:?}");
+        let payload = &attributes["original_payload"];
+        assert!(payload.is_object() || payload.is_null(), "{shape:?}");
+        assert_eq!(
+            payload.get("email").cloned().unwrap_or(Json::Null),
+            payload_email,
+            "{shape:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, value_name = "DATE", default_value = marketsync::sink::REVISION)]
     revision: String,
     /// Seconds a Fulfilled/Refunded/Cancelled Order waits for its Placed Order before it is
-    /// sent anyway and flagged.
+    /// sent anyway and flagged, counted while a run is sending (not while none runs).
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     hold: f64,
     /// Attempts before a request that keeps failing (429, 5xx, timeouts) is dead-lettered.

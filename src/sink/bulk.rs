@@ -176,7 +176,7 @@ pub const MAX_PROFILES: usize = 10_000;
 
 /// Groups profile upserts (`POST /api/profile-import`) into bulk import jobs, 10,000 profiles
 /// and 5 MB at most. Entry `i` of a job is the `i`-th id of the batch, which is how import
-/// errors (pointing at `/data/attributes/profiles/data/i`) find their request.
+/// errors, once matched to an entry ([`match_import_errors`]), find their request.
 pub fn profile_batches(rows: &[(i64, Json)]) -> (Vec<Batch>, Vec<i64>) {
     let mut batches = Vec::new();
     let mut left = Vec::new();
@@ -207,6 +207,143 @@ pub fn profile_batches(rows: &[(i64, Json)]) -> (Vec<Batch>, Vec<i64>) {
         batches.push(finish(ids, entries));
     }
     (batches, left)
+}
+
+/// What an import error of a profile bulk import job says about which profile it is about.
+/// Klaviyo's spec (`ImportErrorResponseObjectResource`) gives `original_payload` (an object,
+/// nullable) and `source.pointer` (nullable, `/data` by default); neither is promised to name
+/// the profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportErrorRef {
+    pub pointer: Option<String>,
+    pub original_payload: Option<Json>,
+}
+
+/// Which profiles of a job its import errors are about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportVerdict {
+    /// Places in the job of the profiles an error was matched to.
+    pub refused: Vec<usize>,
+    /// The job failed more profiles than the errors could be matched to (its `failed_count`,
+    /// or, without one, an error that matched nothing): no profile of it can be called
+    /// imported without being sent again.
+    pub unmatched_failures: bool,
+}
+
+/// Matches a job's import errors to its profiles (`profiles[i]` is entry `i` of the job, a
+/// profile resource). Each error is matched by its `original_payload`'s identifiers (email,
+/// phone number, external id: every one both name must agree, and at least one must be
+/// shared), then, when that finds no single profile, by a pointer of the form
+/// `/data/attributes/profiles/data/N`.
+pub fn match_import_errors(
+    profiles: &[Json],
+    errors: &[ImportErrorRef],
+    failed_count: Option<usize>,
+) -> ImportVerdict {
+    let identities: Vec<Identity> = profiles
+        .iter()
+        .map(|p| Identity::of(p.get("attributes").unwrap_or(&Json::Null)))
+        .collect();
+    let mut refused = std::collections::BTreeSet::new();
+    let mut unmatched = 0;
+    for error in errors {
+        let by_pointer = error
+            .pointer
+            .as_deref()
+            .and_then(profile_index)
+            .filter(|i| *i < profiles.len());
+        let candidates: Vec<usize> = error
+            .original_payload
+            .as_ref()
+            .map(Identity::of_payload)
+            .filter(|identity| !identity.is_empty())
+            .map(|identity| {
+                (0..profiles.len())
+                    .filter(|i| identities[*i].same_profile(&identity))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let found = match candidates.as_slice() {
+            [only] => Some(*only),
+            [] => by_pointer,
+            several => by_pointer.filter(|i| several.contains(i)),
+        };
+        match found {
+            Some(index) => {
+                refused.insert(index);
+            }
+            None => unmatched += 1,
+        }
+    }
+    let unmatched_failures = match failed_count {
+        Some(failed) => failed > refused.len(),
+        None => unmatched > 0,
+    };
+    ImportVerdict {
+        refused: refused.into_iter().collect(),
+        unmatched_failures,
+    }
+}
+
+/// The identifiers a profile is known by.
+#[derive(Debug, Default, PartialEq)]
+struct Identity {
+    email: Option<String>,
+    phone_number: Option<String>,
+    external_id: Option<String>,
+}
+
+impl Identity {
+    /// From profile attributes.
+    fn of(attributes: &Json) -> Identity {
+        let text = |key: &str| {
+            attributes
+                .get(key)
+                .and_then(Json::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        Identity {
+            // Klaviyo does not tell emails apart by case.
+            email: text("email").map(|e| e.to_lowercase()),
+            phone_number: text("phone_number"),
+            external_id: text("external_id"),
+        }
+    }
+
+    /// From an `original_payload`: the attributes as sent, or the profile resource (alone or
+    /// under `data`), whichever names an identifier.
+    fn of_payload(payload: &Json) -> Identity {
+        [
+            Some(payload),
+            payload.get("attributes"),
+            payload.pointer("/data/attributes"),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Identity::of)
+        .find(|identity| !identity.is_empty())
+        .unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Identity::default()
+    }
+
+    /// Whether both name the same profile: no identifier both have differs, and one agrees.
+    fn same_profile(&self, other: &Identity) -> bool {
+        let pairs = [
+            (&self.email, &other.email),
+            (&self.phone_number, &other.phone_number),
+            (&self.external_id, &other.external_id),
+        ];
+        let shared: Vec<bool> = pairs
+            .iter()
+            .filter_map(|(a, b)| Some(a.as_ref()? == b.as_ref()?))
+            .collect();
+        !shared.is_empty() && shared.iter().all(|same| *same)
+    }
 }
 
 /// The index of the profile an import error points at (`/data/attributes/profiles/data/3/...`).
@@ -317,6 +454,86 @@ mod tests {
             Some(1)
         );
         assert_eq!(profile_index("/data/attributes/other"), None);
+    }
+
+    fn resource(attributes: Json) -> Json {
+        json!({"type": "profile", "attributes": attributes})
+    }
+
+    fn error(pointer: &str, payload: Json) -> ImportErrorRef {
+        ImportErrorRef {
+            pointer: Some(pointer.to_owned()),
+            original_payload: Some(payload).filter(|p| !p.is_null()),
+        }
+    }
+
+    #[test]
+    fn import_errors_find_their_profile_by_original_payload_then_pointer() {
+        let profiles = [
+            resource(json!({"email": "a@x.co"})),
+            resource(json!({"email": "b@x.co", "phone_number": "+1234"})),
+            resource(json!({"external_id": "c-1"})),
+        ];
+        // Payload only (the spec's default pointer), in each form it might take.
+        for payload in [
+            json!({"email": "B@x.co", "phone_number": "+1234"}),
+            json!({"type": "profile", "attributes": {"email": "b@x.co"}}),
+            json!({"data": {"type": "profile", "attributes": {"phone_number": "+1234"}}}),
+        ] {
+            let verdict = match_import_errors(&profiles, &[error("/data", payload)], Some(1));
+            assert_eq!(verdict.refused, [1]);
+            assert!(!verdict.unmatched_failures);
+        }
+        // Two errors of one profile count it once.
+        let twice = [
+            error("/data", json!({"external_id": "c-1"})),
+            error("/data", json!({"external_id": "c-1"})),
+        ];
+        let verdict = match_import_errors(&profiles, &twice, Some(1));
+        assert_eq!(verdict.refused, [2]);
+        assert!(!verdict.unmatched_failures);
+        // No payload: the pointer; a payload naming no profile of the job: the pointer too.
+        let pointed = [
+            error(
+                "/data/attributes/profiles/data/0/attributes/email",
+                Json::Null,
+            ),
+            error(
+                "/data/attributes/profiles/data/2",
+                json!({"email": "zz@x.co"}),
+            ),
+        ];
+        let verdict = match_import_errors(&profiles, &pointed, Some(2));
+        assert_eq!(verdict.refused, [0, 2]);
+        assert!(!verdict.unmatched_failures);
+        // An identifier that disagrees is another profile.
+        let other = [error(
+            "/data",
+            json!({"email": "b@x.co", "phone_number": "+9999"}),
+        )];
+        assert_eq!(
+            match_import_errors(&profiles, &other, Some(1)).refused,
+            Vec::<usize>::new()
+        );
+    }
+
+    #[test]
+    fn failures_no_error_names_leave_the_job_unconfirmed() {
+        let profiles = [
+            resource(json!({"email": "a@x.co"})),
+            resource(json!({"email": "b@x.co"})),
+        ];
+        let anonymous = [error("/data", Json::Null)];
+        let verdict = match_import_errors(&profiles, &anonymous, Some(1));
+        assert!(verdict.refused.is_empty());
+        assert!(verdict.unmatched_failures);
+        // More failed than matched, though every error matched.
+        let one = [error("/data", json!({"email": "a@x.co"}))];
+        assert!(match_import_errors(&profiles, &one, Some(2)).unmatched_failures);
+        // Without a failed_count, an error that matched nothing says as much.
+        assert!(match_import_errors(&profiles, &anonymous, None).unmatched_failures);
+        assert!(!match_import_errors(&profiles, &one, None).unmatched_failures);
+        assert!(!match_import_errors(&profiles, &[], Some(0)).unmatched_failures);
     }
 
     #[test]

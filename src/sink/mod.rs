@@ -38,7 +38,10 @@ pub struct SinkConfig {
     pub time_scale: f64,
     /// Attempts before a retryable failure becomes a dead letter.
     pub max_attempts: u32,
-    /// How long a request waits for the request it depends on before it is sent anyway.
+    /// How long a request waits for the request it depends on before it is sent anyway. The
+    /// hold counts from when the request was queued or from when this sink started, whichever
+    /// is later: time when no sink was running (a stopped run, a crash, `retry` before a later
+    /// `run`) is time its dependency could not have been sent either.
     pub hold: Duration,
     pub timeout: Duration,
     /// Requests in flight at once, per lane.
@@ -130,7 +133,13 @@ pub struct Sink {
     store: Arc<Mutex<Store>>,
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
+    /// The first key refusal (status, detail), kept apart from the task that met it: a lane
+    /// that stops on `stop` before joining that task, or the other lane, still reports it.
+    refusal: Mutex<Option<(u16, String)>>,
     schemas: &'static crate::klaviyo::Schemas,
+    /// When this sink could start sending (unix ms): ordering holds count from here at the
+    /// earliest.
+    started_at: i64,
 }
 
 /// Unix milliseconds, the store's clock.
@@ -169,13 +178,38 @@ impl Sink {
             store,
             report: Arc::default(),
             stop: Arc::default(),
+            refusal: Mutex::default(),
             schemas: crate::klaviyo::Schemas::builtin(),
+            started_at: now_ms(),
         })
     }
 
     /// Set when a key is refused; intake watches it too, so the whole run stops.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
+    }
+
+    /// The key refusal that stopped this sink, if one did.
+    pub fn refused(&self) -> Option<SinkError> {
+        let refusal = self.refusal.lock().expect("refusal lock");
+        refusal
+            .as_ref()
+            .map(|(status, detail)| SinkError::KeyRefused {
+                status: *status,
+                detail: detail.clone(),
+            })
+    }
+
+    /// Klaviyo refused the key: keeps the first refusal, stops everything, and returns the
+    /// error for the caller to pass on.
+    fn refuse(&self, status: u16, detail: &str) -> SinkError {
+        let detail = detail.trim_end_matches('.').to_owned();
+        self.refusal
+            .lock()
+            .expect("refusal lock")
+            .get_or_insert((status, detail.clone()));
+        self.stop.store(true, Ordering::SeqCst);
+        SinkError::KeyRefused { status, detail }
     }
 
     pub fn report(&self) -> DeliveryReport {
@@ -202,7 +236,9 @@ impl Sink {
             }
             if self.stop.load(Ordering::SeqCst) {
                 tasks.shutdown().await;
-                return Ok(());
+                // Stopped by a refused key (in this lane or the other): say so, whether or
+                // not the task that met it was joined.
+                return self.refused().map_or(Ok(()), Err);
             }
             let room = self.config.concurrency.saturating_sub(tasks.len());
             let mut bulk: Vec<Endpoint> = Vec::new();
@@ -230,12 +266,16 @@ impl Sink {
             };
             let mut started = 0;
             let mut batchable: Vec<(Endpoint, Pending)> = Vec::new();
+            // Coalescing keys taken by this round's rows: with those in flight, at most one
+            // update of a profile is sent or batched at a time, so none can overtake another.
+            let mut taken: HashSet<(String, String)> =
+                in_flight.values().flatten().cloned().collect();
             for row in due {
                 if started == room || in_flight.contains_key(&row.id) {
                     continue;
                 }
                 let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
-                if coalescing.is_some() && in_flight.values().any(|v| *v == coalescing) {
+                if coalescing.as_ref().is_some_and(|c| taken.contains(c)) {
                     continue;
                 }
                 if !self.may_go(&row)? {
@@ -244,9 +284,11 @@ impl Sink {
                 if let Some(endpoint) = Endpoint::parse(&row.endpoint)
                     .filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
                 {
+                    taken.extend(coalescing);
                     batchable.push((endpoint, row));
                     continue;
                 }
+                taken.extend(coalescing.clone());
                 in_flight.insert(row.id, coalescing);
                 started += 1;
                 let sink = Arc::clone(&self);
@@ -261,10 +303,15 @@ impl Sink {
                     .filter(|(e, _)| *e == endpoint)
                     .map(|(_, r)| r.clone())
                     .collect();
-                let bodies: Vec<(i64, Json)> = rows
-                    .iter()
-                    .filter_map(|r| serde_json::from_str(&r.body).ok().map(|b| (r.id, b)))
-                    .collect();
+                let mut bodies: Vec<(i64, Json)> = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    match serde_json::from_str(&row.body) {
+                        Ok(body) => bodies.push((row.id, body)),
+                        // Neither a batch nor a single request can carry it: left in the queue
+                        // it would come back due forever.
+                        Err(e) => self.bury_corrupt(row, &e)?,
+                    }
+                }
                 let (batches, left) = match endpoint {
                     Endpoint::CreateEvent => bulk::event_batches(&bodies),
                     Endpoint::CreateOrUpdateProfile => bulk::profile_batches(&bodies),
@@ -282,8 +329,11 @@ impl Sink {
                         .filter(|r| batch.ids.contains(&r.id))
                         .cloned()
                         .collect();
-                    for id in &batch.ids {
-                        in_flight.insert(*id, None);
+                    // A job holds its profiles' keys until Klaviyo completed it: an update
+                    // sent alone meanwhile would be applied first and then overwritten.
+                    for row in &members {
+                        let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
+                        in_flight.insert(row.id, coalescing);
                     }
                     started += 1;
                     let sink = Arc::clone(&self);
@@ -335,7 +385,7 @@ impl Sink {
         match outcome {
             Outcome::Accepted { status, body } => {
                 self.report.lock().expect("report lock").bulk_requests += 1;
-                let refused = if batch.endpoint == Endpoint::BulkImportProfiles {
+                let refused_ids: HashSet<i64> = if batch.endpoint == Endpoint::BulkImportProfiles {
                     let job = body
                         .as_ref()
                         .and_then(|b| b.pointer("/data/id"))
@@ -343,7 +393,26 @@ impl Sink {
                         .unwrap_or_default()
                         .to_owned();
                     match self.import_errors(&job).await? {
-                        Some(errors) => errors,
+                        Some((failed, errors)) => {
+                            let profiles = batch
+                                .body
+                                .pointer("/data/attributes/profiles/data")
+                                .and_then(Json::as_array)
+                                .map_or(&[][..], Vec::as_slice);
+                            let verdict = bulk::match_import_errors(profiles, &errors, failed);
+                            if verdict.unmatched_failures {
+                                // Some profile failed and no error says which: none of the
+                                // job's can be called imported, so each goes again on its own
+                                // (an import is an upsert; the refused one is found there).
+                                batch.ids.iter().copied().collect()
+                            } else {
+                                verdict
+                                    .refused
+                                    .iter()
+                                    .filter_map(|index| batch.ids.get(*index).copied())
+                                    .collect()
+                            }
+                        }
                         None => {
                             // The job did not finish in time: send the profiles again later
                             // (an import is an upsert, so a second one changes nothing).
@@ -359,12 +428,8 @@ impl Sink {
                         }
                     }
                 } else {
-                    Vec::new()
+                    HashSet::new()
                 };
-                let refused_ids: HashSet<i64> = refused
-                    .iter()
-                    .filter_map(|(index, _)| batch.ids.get(*index).copied())
-                    .collect();
                 let accepted: Vec<i64> = batch
                     .ids
                     .iter()
@@ -395,16 +460,15 @@ impl Sink {
             }
             // Something in the batch was refused: each goes on its own, to find which.
             Outcome::Refused { .. } | Outcome::DuplicateProfile { .. } => Ok(batch.ids),
-            Outcome::KeyRefused { status, detail } => {
-                self.stop.store(true, Ordering::SeqCst);
-                let detail = detail.trim_end_matches('.').to_owned();
-                Err(SinkError::KeyRefused { status, detail })
-            }
+            Outcome::KeyRefused { status, detail } => Err(self.refuse(status, &detail)),
         }
     }
 
     /// Whether a request may be sent now: one that waits for another is held until that one
-    /// is in the ledger, or until the hold runs out (then it goes, flagged).
+    /// is in the ledger, or until the hold runs out (then it goes, flagged). The hold counts
+    /// only time this sink was running: from when the row was queued or the sink started,
+    /// whichever is later. Counted from queueing alone, a pause longer than the hold would
+    /// release the row together with the one it waits for, which it could then overtake.
     fn may_go(&self, row: &Pending) -> Result<bool, SinkError> {
         let Some(waits_for) = &row.waits_for else {
             return Ok(true);
@@ -414,7 +478,8 @@ impl Sink {
             return Ok(true);
         }
         let now = now_ms();
-        let held_for = Duration::from_millis((now - row.created_at).max(0) as u64);
+        let held_since = row.created_at.max(self.started_at);
+        let held_for = Duration::from_millis((now - held_since).max(0) as u64);
         if held_for >= self.config.hold {
             if store.flag_exception(row.id, "sent-after-hold", now)? {
                 self.report.lock().expect("report lock").sent_after_hold += 1;
@@ -433,10 +498,7 @@ impl Sink {
         };
         let mut body: Json = match serde_json::from_str(&row.body) {
             Ok(body) => body,
-            Err(e) => {
-                let reason = format!("stored body is not JSON: {e}");
-                return self.bury(&row, "corrupt", reason, json!({}));
-            }
+            Err(e) => return self.bury_corrupt(&row, &e),
         };
         let outcome = self.paced(endpoint, Call::Post(&body)).await;
         let now = now_ms();
@@ -500,20 +562,21 @@ impl Sink {
                 self.bury(&row, "duplicate-profile", reason, details)?;
             }
             Outcome::KeyRefused { status, detail } => {
-                self.stop.store(true, Ordering::SeqCst);
-                let detail = detail.trim_end_matches('.').to_owned();
-                return Err(SinkError::KeyRefused { status, detail });
+                return Err(self.refuse(status, &detail));
             }
         }
         Ok(())
     }
 
-    /// Waits for a profile bulk import job to finish and returns its import errors as
-    /// (profile index, error), or `None` if it has not finished after about ten minutes.
-    async fn import_errors(&self, job: &str) -> Result<Option<Vec<(usize, ApiError)>>, SinkError> {
+    /// Waits for a profile bulk import job to finish and returns its `failed_count` and its
+    /// import errors, or `None` if it has not finished after about ten minutes.
+    async fn import_errors(
+        &self,
+        job: &str,
+    ) -> Result<Option<(Option<usize>, Vec<bulk::ImportErrorRef>)>, SinkError> {
         let mut wait = Duration::from_millis(500);
         let deadline = Instant::now() + Duration::from_secs(600).div_f64(self.config.time_scale);
-        loop {
+        let failed = loop {
             if Instant::now() > deadline || job.is_empty() {
                 return Ok(None);
             }
@@ -525,25 +588,29 @@ impl Sink {
                 .await
             {
                 Outcome::Accepted { body, .. } => {
-                    let status = body
-                        .as_ref()
-                        .and_then(|b| b.pointer("/data/attributes/status"))
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    match status.as_str() {
-                        "complete" => break,
+                    let attribute = |name: &str| {
+                        body.as_ref()
+                            .and_then(|b| b.pointer(&format!("/data/attributes/{name}")))
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    let status = attribute("status");
+                    match status.as_str().unwrap_or_default() {
+                        "complete" => {
+                            break attribute("failed_count")
+                                .as_u64()
+                                .and_then(|n| usize::try_from(n).ok());
+                        }
                         "cancelled" | "failed" => return Ok(None),
                         _ => continue,
                     }
                 }
                 Outcome::KeyRefused { status, detail } => {
-                    self.stop.store(true, Ordering::SeqCst);
-                    return Err(SinkError::KeyRefused { status, detail });
+                    return Err(self.refuse(status, &detail));
                 }
                 _ => continue,
             }
-        }
+        };
         let mut errors = Vec::new();
         let mut next = Some(format!(
             "{}/{job}/import-errors?page[size]=100",
@@ -560,19 +627,16 @@ impl Sink {
             };
             for item in page["data"].as_array().into_iter().flatten() {
                 let attributes = &item["attributes"];
-                let text = |key: &str| attributes[key].as_str().unwrap_or_default().to_owned();
-                let error = ApiError {
-                    code: text("code"),
-                    title: text("title"),
-                    detail: text("detail"),
+                errors.push(bulk::ImportErrorRef {
                     pointer: attributes
                         .pointer("/source/pointer")
                         .and_then(Json::as_str)
                         .map(str::to_owned),
-                };
-                if let Some(index) = error.pointer.as_deref().and_then(bulk::profile_index) {
-                    errors.push((index, error));
-                }
+                    original_payload: attributes
+                        .get("original_payload")
+                        .filter(|p| !p.is_null())
+                        .cloned(),
+                });
             }
             // `links.next` is a full URL; the client wants the path from `/api/` on.
             next = page
@@ -580,7 +644,7 @@ impl Sink {
                 .and_then(Json::as_str)
                 .and_then(|url| url.find("/api/").map(|at| url[at..].to_owned()));
         }
-        Ok(Some(errors))
+        Ok(Some((failed, errors)))
     }
 
     /// Schedules another attempt, or gives up after the last one.
@@ -667,6 +731,12 @@ impl Sink {
         ceiling
             .mul_f64(rand::random::<f64>().max(0.1))
             .div_f64(self.config.time_scale)
+    }
+
+    /// A request whose stored body is not JSON: a dead letter at once, never sent.
+    fn bury_corrupt(&self, row: &Pending, error: &serde_json::Error) -> Result<(), SinkError> {
+        let reason = format!("stored body is not JSON: {error}");
+        self.bury(row, "corrupt", reason, json!({}))
     }
 
     /// Turns a request into a dead letter of `category`, and counts it.

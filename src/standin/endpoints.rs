@@ -5,6 +5,7 @@
 //! is recorded. The exception is the profile bulk import job, which Klaviyo accepts as a whole
 //! and then imports profile by profile, reporting the ones it could not import as import errors.
 
+use super::ImportErrors;
 use super::checks::{self, KB_100, MB_5};
 use super::errors::{ApiError, JSON_API, Reply, Source, new_uuid};
 use super::store::{
@@ -31,6 +32,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: f64,
     /// `http://127.0.0.1:PORT`, for `links`.
     pub(crate) base_url: &'a str,
+    /// How import errors name their profile.
+    pub(crate) import_errors: super::ImportErrors,
 }
 
 /// A POST to one of the endpoints marketsync sends to.
@@ -665,11 +668,18 @@ pub(crate) fn get_job_errors(id: &str, query: &HashMap<String, String>, ctx: &mu
         .as_ref()
         .map_or(&[][..], |o| o.errors.as_slice());
     let page = errors.iter().skip(start).take(size);
+    let shape = ctx.import_errors;
     let data: Vec<Json> = page
         .map(|e| {
-            let pointer = match &e.error.source {
-                Source::Pointer(pointer) => pointer.clone(),
-                Source::Parameter(parameter) => parameter.to_string(),
+            // The spec's `ErrorSource`: `pointer` is nullable and defaults to `/data`.
+            let pointer = match (&e.error.source, shape) {
+                (Source::Pointer(pointer), ImportErrors::PayloadAndPointer) => pointer.clone(),
+                (Source::Parameter(parameter), _) => parameter.to_string(),
+                (Source::Pointer(_), _) => "/data".to_owned(),
+            };
+            let original_payload = match shape {
+                ImportErrors::Anonymous => Json::Null,
+                _ => e.original_payload.clone(),
             };
             json!({
                 "type": "import-error",
@@ -679,7 +689,7 @@ pub(crate) fn get_job_errors(id: &str, query: &HashMap<String, String>, ctx: &mu
                     "title": e.error.title,
                     "detail": e.error.detail,
                     "source": { "pointer": pointer },
-                    "original_payload": e.original_payload,
+                    "original_payload": original_payload,
                 },
             })
         })

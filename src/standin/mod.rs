@@ -95,6 +95,24 @@ impl Limit {
     }
 }
 
+/// How a bulk import job's import errors say which profile they are about. Klaviyo's spec
+/// (`ImportErrorResponseObjectResource`) gives each error a `source` whose `pointer` is
+/// nullable and defaults to `/data`, and an `original_payload` object, also nullable; it does
+/// not promise a pointer to the profile's place in the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImportErrors {
+    /// `original_payload` is the profile's attributes as sent; `source.pointer` is the spec's
+    /// default, `/data`.
+    #[default]
+    Payload,
+    /// As [`ImportErrors::Payload`], with `source.pointer` at the profile's place in the job
+    /// (`/data/attributes/profiles/data/N/...`).
+    PayloadAndPointer,
+    /// `original_payload` null and `source.pointer` `/data`: nothing says which profile, as the
+    /// spec allows. Only the job's `failed_count` tells that some failed.
+    Anonymous,
+}
+
 /// How a stand-in behaves.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,10 +128,13 @@ pub struct Config {
     /// How long (scaled) a profile bulk import job takes: `queued` for the first half,
     /// `processing` for the second, then `complete`, with its profiles imported.
     pub job_duration: Duration,
+    /// What a bulk import job's import errors carry to find their profile.
+    pub import_errors: ImportErrors,
 }
 
 impl Default for Config {
-    /// [`DEFAULT_API_KEY`] with full scope, Klaviyo's limits, real time, no faults, 2-second jobs.
+    /// [`DEFAULT_API_KEY`] with full scope, Klaviyo's limits, real time, no faults, 2-second jobs
+    /// whose import errors carry their `original_payload` but no pointer into the job.
     fn default() -> Config {
         Config {
             api_keys: vec![(DEFAULT_API_KEY.to_string(), Scope::Full)],
@@ -121,6 +142,7 @@ impl Default for Config {
             time_scale: 1.0,
             faults: Faults::none(),
             job_duration: Duration::from_secs(2),
+            import_errors: ImportErrors::default(),
         }
     }
 }

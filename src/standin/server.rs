@@ -63,6 +63,7 @@ pub(crate) struct App {
     limits: HashMap<Endpoint, Limit>,
     pub(crate) clock: Clock,
     pub(crate) job_seconds: f64,
+    import_errors: super::ImportErrors,
     pub(crate) base_url: String,
     inner: Mutex<Inner>,
 }
@@ -100,6 +101,7 @@ impl App {
             limits: config.limits,
             clock: Clock::new(config.time_scale),
             job_seconds,
+            import_errors: config.import_errors,
             base_url,
             inner: Mutex::new(Inner {
                 faults: FaultPlan::new(config.faults),
@@ -231,6 +233,7 @@ impl App {
             store: &mut inner.store,
             now,
             base_url: &self.base_url,
+            import_errors: self.import_errors,
         };
         let mut reply = match route {
             Route::Post(endpoint) => {
