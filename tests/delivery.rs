@@ -671,6 +671,69 @@ fn intake_keeps_every_bare_graphql_result() {
     assert_eq!((again.repeated, again.queued), (5, 0), "{again:?}");
 }
 
+/// A backfill run again after an invoice was paid must map the paid invoice: keyed by the node
+/// id alone, it was taken for a repeat of the unpaid one and its Placed Order never sent. An
+/// unchanged page is still all repeats, and the paid invoice gives one Placed Order, not two.
+#[test]
+fn a_backfill_run_again_maps_what_changed_since() {
+    let engine = common::engine();
+    let dir = tempfile::tempdir().unwrap();
+    // Order 5001 alone, once paid (as the example has it), and before.
+    let mut paid: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo("examples/backfill-page.json")).unwrap(),
+    )
+    .unwrap();
+    paid["data"]["updatedOrders"]["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    let mut unpaid = paid.clone();
+    let order = &mut unpaid["data"]["updatedOrders"]["nodes"][0];
+    order["status"] = serde_json::json!("PENDING");
+    for invoice in order["invoices"]["nodes"].as_array_mut().unwrap() {
+        invoice["statusFlags"] = serde_json::json!(["SENT"]);
+        invoice["paidAt"] = serde_json::Value::Null;
+    }
+    let store = Mutex::new(Store::in_memory().unwrap());
+    let intake = |page: &serde_json::Value| {
+        let path = dir.path().join("page.json");
+        std::fs::write(&path, page.to_string()).unwrap();
+        sync::intake(
+            &engine,
+            &store,
+            &[Input::File(path)],
+            1,
+            &mut Vec::new(),
+            &std::sync::atomic::AtomicBool::new(false),
+            &std::sync::atomic::AtomicUsize::new(0),
+        )
+        .unwrap()
+    };
+    let placed_orders = || {
+        store
+            .lock()
+            .unwrap()
+            .due("transaction", i64::MAX, 1000)
+            .unwrap()
+            .iter()
+            .filter(|r| r.mapping == "placed-order")
+            .count()
+    };
+    let first = intake(&unpaid);
+    assert!(first.records > 0 && first.repeated == 0, "{first:?}");
+    assert_eq!(placed_orders(), 0, "an unpaid order is not placed");
+    let again = intake(&unpaid);
+    assert_eq!(
+        again.repeated, first.records,
+        "the same page is all repeats"
+    );
+    intake(&paid);
+    assert_eq!(placed_orders(), 1, "paid since: one Placed Order");
+    let later = intake(&paid);
+    assert_eq!(later.repeated, later.records);
+    assert_eq!(placed_orders(), 1);
+}
+
 /// Issue 10: a line that is not UTF-8 or an input that cannot be opened stopped intake, and
 /// what was stored before the stop depended on `--jobs`. Now the line is an `unreadable` dead
 /// letter, the input is reported, and everything else is stored, whatever the number of jobs.

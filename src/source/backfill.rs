@@ -53,11 +53,13 @@ pub fn records(mut data: Map<String, Json>) -> Result<Vec<Record>, RecordError> 
                 "backfill order #{index} is not an object"
             )));
         };
-        for (typename, id, node) in reshape_order(order) {
-            let delivery_id = match id {
-                Some(id) => format!("backfill:{id}"),
-                None => super::content_id("backfill", typename, &node),
-            };
+        for (typename, node) in reshape_order(order) {
+            // By content, not by the node id alone: a backfill is run again to catch what
+            // changed (an invoice paid since, a refund approved), and an id-only key would
+            // count the changed invoice as a repeat and never map it. An unchanged node is
+            // still a repeat; what a changed one sends twice, once-per keys and `unique_id`s
+            // absorb.
+            let delivery_id = super::content_id("backfill", typename, &node);
             records.push(Record {
                 delivery_id,
                 event: "backfill".into(),
@@ -90,17 +92,8 @@ fn pick(object: &Map<String, Json>, keys: &[&str]) -> Json {
     )
 }
 
-/// The node's own id, if it has one; without, its delivery id comes from its content.
-fn id_of(object: &Map<String, Json>) -> Option<String> {
-    match object.get("id") {
-        Some(Json::String(id)) => Some(id.clone()),
-        Some(Json::Null) | None => None,
-        Some(other) => Some(other.to_string()),
-    }
-}
-
-/// One order node into (typename, node id, webhook-shaped node) triples.
-fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Option<String>, Json)> {
+/// One order node into (typename, webhook-shaped node) pairs.
+fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
     let invoices: Vec<Map<String, Json>> = take_list(&mut order, "invoices")
         .into_iter()
         .filter_map(|i| match i {
@@ -157,7 +150,7 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Option<Stri
             if let Json::Object(mut shipment) = shipment {
                 shipment.insert("__typename".into(), "Shipment".into());
                 shipment.insert("invoice".into(), invoice_brief.clone());
-                shipment_records.push(("Shipment", id_of(&shipment), Json::Object(shipment)));
+                shipment_records.push(("Shipment", Json::Object(shipment)));
             }
         }
         for refund in refunds {
@@ -173,13 +166,12 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Option<Stri
                     b.remove("statusFlags");
                 }
                 refund.insert("invoice".into(), brief);
-                refund_records.push(("RefundRequest", id_of(&refund), Json::Object(refund)));
+                refund_records.push(("RefundRequest", Json::Object(refund)));
             }
         }
-        let id = id_of(&invoice);
         invoice.insert("__typename".into(), "Invoice".into());
         invoice.insert("order".into(), full_order.clone());
-        invoice_records.push(("Invoice", id, Json::Object(invoice)));
+        invoice_records.push(("Invoice", Json::Object(invoice)));
     }
     invoice_records.extend(shipment_records);
     invoice_records.extend(refund_records);
@@ -238,15 +230,20 @@ mod tests {
         let records = records(page()).unwrap();
         let kinds: Vec<(&str, &str)> = records
             .iter()
-            .map(|r| (r.typename.as_str(), r.delivery_id.as_str()))
+            .map(|r| {
+                (
+                    r.typename.as_str(),
+                    r.delivery_id.rsplit_once(':').unwrap().0,
+                )
+            })
             .collect();
         assert_eq!(
             kinds,
             [
-                ("Invoice", "backfill:I1"),
-                ("Invoice", "backfill:I2"),
-                ("Shipment", "backfill:S1"),
-                ("RefundRequest", "backfill:R1")
+                ("Invoice", "backfill:Invoice:I1"),
+                ("Invoice", "backfill:Invoice:I2"),
+                ("Shipment", "backfill:Shipment:S1"),
+                ("RefundRequest", "backfill:RefundRequest:R1")
             ]
         );
         assert!(records.iter().all(|r| r.event == "backfill"
@@ -272,6 +269,35 @@ mod tests {
         let refund = &records[3].node;
         assert_eq!(refund["lineItems"][0]["lineItem"]["advertTitle"], "Toy");
         assert_eq!(refund["invoice"]["order"]["legacyId"], 1);
+    }
+
+    #[test]
+    fn an_object_that_changed_since_the_last_backfill_is_a_new_delivery() {
+        let ids = |page: Map<String, Json>| -> Vec<String> {
+            records(page)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.delivery_id)
+                .collect()
+        };
+        let before = ids(page());
+        assert_eq!(ids(page()), before, "the same page again is all repeats");
+        // Invoice I1 is refunded since: it, its shipment and its refund changed; so did I2,
+        // whose record embeds the whole order.
+        let mut changed = Json::Object(page());
+        changed["updatedOrders"]["nodes"][0]["invoices"]["nodes"][0]["statusFlags"] =
+            json!(["PAID", "REFUNDED"]);
+        let after = ids(changed.as_object().unwrap().clone());
+        assert_ne!(after[0], before[0], "the changed invoice is mapped again");
+        assert_ne!(
+            after[2], before[2],
+            "so is its shipment, which carries its flags"
+        );
+        assert_eq!(
+            after[1], before[1],
+            "the other invoice embeds no flags of I1"
+        );
+        assert_eq!(after[3], before[3], "a refund carries no invoice flags");
     }
 
     #[test]

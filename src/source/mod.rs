@@ -21,9 +21,9 @@ use serde_json::Value as Json;
 /// dead letter can be mapped again, after a fix, from exactly what was read.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
-    /// The delivery's identity: the envelope id, else the capture's `Idempotency-Key`; for
-    /// backfill, `backfill:` and the node id. What brings no id of its own (a bare GraphQL
-    /// result, a backfill node without `id`) gets one from its content: see [`content_id`].
+    /// The delivery's identity: the envelope id, else the capture's `Idempotency-Key`. What
+    /// brings no delivery id of its own (a bare GraphQL result, a backfill record) gets one
+    /// from its content: see [`content_id`].
     pub delivery_id: String,
     /// The webhook event name (`create`, `update`), or `backfill`.
     pub event: String,
@@ -127,7 +127,7 @@ pub fn records_of(value: Json) -> Result<Vec<Record>, RecordError> {
 }
 
 /// The delivery id of a node that arrives without one of its own (a bare GraphQL result, a
-/// backfill node without `id`): `KIND:TYPE:ID:DIGEST`, ID empty when the node has none.
+/// backfill record): `KIND:TYPE:ID:DIGEST`, ID empty when the node has none.
 ///
 /// The id alone would not do: a result fetched again after the object changed is a new fact
 /// and must be mapped again, and nodes without an id would all share one. So the digest is of
