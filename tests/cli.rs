@@ -9,6 +9,16 @@ use std::fs;
 fn marketsync() -> Command {
     let mut cmd = Command::cargo_bin("marketsync").unwrap();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The caller's settings must not choose the mappings or the key.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["KLAVIYO_", "MARKETPLACER_", "MARKETSYNC_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            cmd.env_remove(&*name);
+        }
+    }
     cmd
 }
 

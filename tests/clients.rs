@@ -41,9 +41,29 @@ impl Workspace {
         self.write(to, &text)
     }
 
+    /// A folder of the repository (`mappings`, `examples`) copied into the workspace.
+    fn copy(&self, folder: &str, to: &str) -> &Self {
+        for entry in fs::read_dir(common::repo(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            self.write(&format!("{to}/{name}"), &fs::read_to_string(&path).unwrap());
+        }
+        self
+    }
+
+    /// The command, run in the workspace, blind to the caller's settings.
     fn marketsync(&self) -> Command {
         let mut cmd = Command::cargo_bin("marketsync").unwrap();
         cmd.current_dir(self.path());
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if ["KLAVIYO_", "MARKETPLACER_", "MARKETSYNC_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         cmd
     }
 
@@ -664,4 +684,140 @@ fn explain_values_a_delivery_in_its_marketplaces_currency_as_run_does() {
         .args(["run", "--dry-run", "--client", "acme", "nz.json"])
         .assert()
         .stdout(predicate::str::contains("\"value_currency\":\"NZD\""));
+}
+
+/// The default mappings as a consultant's checkout has them, with one unknown key appended to
+/// `placed-order.yaml`.
+fn checkout_with_an_edited_mapping() -> Workspace {
+    let ws = Workspace::new();
+    ws.copy("mappings", "mappings").copy("examples", "examples");
+    let edited = fs::read_to_string(ws.path().join("mappings/placed-order.yaml")).unwrap();
+    ws.write(
+        "mappings/placed-order.yaml",
+        &format!("{edited}unknown_key: 1\n"),
+    );
+    ws
+}
+
+#[test]
+fn issue11_every_command_reads_the_mappings_folder_of_the_checkout() {
+    let ws = checkout_with_an_edited_mapping();
+    let line = fs::read_to_string(ws.path().join("mappings/placed-order.yaml"))
+        .unwrap()
+        .lines()
+        .count();
+    let at = format!("mappings/placed-order.yaml:{line}:1: error: unknown field `unknown_key`");
+    let commands: [&[&str]; 6] = [
+        &["validate"],
+        &["test"],
+        &["config"],
+        &["run", "--dry-run", "examples/orders.ndjson"],
+        &[
+            "explain",
+            "--mapping",
+            "placed-order",
+            "examples/orders.ndjson",
+        ],
+        &["retry", "--state", "state.db"],
+    ];
+    for args in commands {
+        let expected = if args[0] == "validate" { 1 } else { 3 };
+        ws.marketsync()
+            .args(args)
+            .assert()
+            .code(expected)
+            .stderr(predicate::str::contains("mappings: mappings/ (7 specs)\n"))
+            .stderr(predicate::str::contains(&at));
+    }
+}
+
+#[test]
+fn issue11_mappings_are_chosen_by_flag_then_variable_then_folder_then_built_in() {
+    let ws = checkout_with_an_edited_mapping();
+    ws.copy("mappings", "good");
+    // MARKETSYNC_MAPPINGS comes before ./mappings ...
+    ws.marketsync()
+        .arg("validate")
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(
+            "mappings: good/ (7 specs, from MARKETSYNC_MAPPINGS)\n",
+        ));
+    // ... and --mappings before both.
+    ws.marketsync()
+        .args(["validate", "--mappings", "mappings"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(1);
+    // A folder without specs is no mapping set: the built-in defaults.
+    let empty = Workspace::new();
+    empty.write("mappings/notes.txt", "not a spec");
+    let out = empty
+        .marketsync()
+        .args(["validate", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!(
+        "mappings: built-in defaults (marketsync {})\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mapping_set"]["base"], "built-in", "{json}");
+    // A client's overlays go on top of whichever base was chosen.
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/consent.yaml",
+            "overlay: consent\ndisable: true\n",
+        );
+    ws.marketsync()
+        .args(["config", "--client", "acme"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(
+            "mappings: good/ (7 specs, from MARKETSYNC_MAPPINGS) + client clients/acme\n",
+        ))
+        .stdout(predicate::str::contains(
+            "# mapping placed-order, from good/placed-order.yaml\n",
+        ))
+        .stdout(predicate::str::contains("mapping consent").not());
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme", "--format", "json"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mapping_set"]["base"], "good", "{json}");
+    assert_eq!(json["mapping_set"]["client"], "clients/acme", "{json}");
+}
+
+#[test]
+fn issue11_a_client_folder_given_as_a_base_set_says_to_use_client() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "# a comment\noverlay: placed-order\ndescription: acme's\n",
+        )
+        .write(
+            "clients/acme/mappings/consent.yaml",
+            "overlay: consent\ndisable: true\n",
+        );
+    ws.marketsync()
+        .args(["validate", "--mappings", "clients/acme/mappings"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown field `overlay`").not())
+        .stderr(predicate::str::contains(
+            "clients/acme/mappings/placed-order.yaml:2:10: error: this is a client's overlay",
+        ))
+        .stderr(predicate::str::contains(
+            "is checked with `marketsync validate --client acme`",
+        ))
+        .stderr(predicate::str::contains("failed: 2 error(s)"));
 }

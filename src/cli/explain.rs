@@ -15,7 +15,7 @@ use std::io::{self, Write as _};
 #[command(after_help = "Examples:
   marketsync explain --mapping placed-order examples/orders.ndjson
   marketsync explain --mapping ordered-product --delivery 4 examples/orders.ndjson
-  marketsync explain --mapping profile --mappings clients/acme/mappings capture.json
+  marketsync explain --mapping profile --client acme capture.json
   marketsync explain --mapping refunded-order --format json examples/refund.json | jq .
 
 INPUT holds one delivery (a `.json` file), or one per line (`.ndjson`, standard input with `-`):
@@ -116,6 +116,7 @@ pub fn execute(args: Args) -> u8 {
             },
             "produced": produced,
             "records": explanations,
+            "mapping_set": args.mappings.chosen().json(),
         });
         let mut text = serde_json::to_string_pretty(&document).expect("an explanation serialises");
         text.push('\n');

@@ -65,7 +65,7 @@ pub fn execute(args: Args) -> u8 {
                 "github" => problems.iter().for_each(|d| println!("{}", annotation(d))),
                 "json" => println!(
                     "{}",
-                    json!({"ok": false, "loaded": false,
+                    json!({"ok": false, "loaded": false, "mapping_set": args.mappings.chosen().json(),
                         "diagnostics": problems.iter().map(diagnostic_json).collect::<Vec<_>>()})
                 ),
                 _ => return super::report_unloadable(&problems),
@@ -93,7 +93,12 @@ pub fn execute(args: Args) -> u8 {
         .iter()
         .filter(|r| !r.failures.is_empty() || r.snapshot.is_some())
         .count();
-    print(&args.format, &results, failed);
+    print(
+        &args.format,
+        &results,
+        failed,
+        &args.mappings.chosen().json(),
+    );
     if failed == 0 { EXIT_OK } else { EXIT_REJECTED }
 }
 
@@ -180,7 +185,7 @@ fn accept_or_hold(
     }
 }
 
-fn print(format: &str, results: &[Result], failed: usize) {
+fn print(format: &str, results: &[Result], failed: usize, mapping_set: &serde_json::Value) {
     let passed = results.len() - failed;
     match format {
         "json" => {
@@ -198,7 +203,7 @@ fn print(format: &str, results: &[Result], failed: usize) {
             println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &json!({"ok": failed == 0, "passed": passed, "failed": failed, "tests": items})
+                    &json!({"ok": failed == 0, "passed": passed, "failed": failed, "tests": items, "mapping_set": mapping_set})
                 )
                 .expect("results serialise")
             );

@@ -148,6 +148,21 @@ fn is_yaml(path: &Path) -> bool {
     )
 }
 
+/// How many mapping specs (YAML files other than the settings) a folder holds, or the
+/// built-in set with `None`; 0 for a folder that cannot be read.
+pub fn count_specs(dir: Option<&Path>) -> usize {
+    let origin = match dir {
+        Some(dir) => Origin::Folder(dir),
+        None => Origin::Builtin,
+    };
+    origin.files().map_or(0, |files| {
+        files
+            .iter()
+            .filter(|(_, file_name, _)| !is_settings(file_name))
+            .count()
+    })
+}
+
 /// Loads the mapping set in `dir`.
 pub fn load_dir(dir: &Path) -> MappingSet {
     load(&Origin::Folder(dir))
@@ -278,6 +293,19 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             }
             continue;
         }
+        if layer == Layer::Base && is_overlay(&source.text) {
+            let at =
+                parse::<OverlaySpec>(&source, id).map_or(Position::new(1, 1), |o| o.overlay.at);
+            set.diagnostics.push(Diagnostic::error(
+                &source,
+                at,
+                format!(
+                    "this is a client's overlay (it has `overlay:`), not a base mapping: {}",
+                    check_client_hint(origin)
+                ),
+            ));
+            continue;
+        }
         if layer == Layer::Client && is_overlay(&source.text) {
             match parse::<OverlaySpec>(&source, id) {
                 Ok(overlay) => {
@@ -299,6 +327,39 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             Err(d) => set.diagnostics.push(d),
         }
     }
+}
+
+/// How to check the client whose overlays were given as a base set (`--mappings
+/// clients/acme/mappings`, or `mappings/` found while standing in a client folder).
+fn check_client_hint(origin: &Origin<'_>) -> String {
+    let Origin::Folder(dir) = origin else {
+        return "overlays belong in a client folder, checked with `--client NAME`".into();
+    };
+    let client = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::env::current_dir()
+            .unwrap_or_default()
+            .join(dir)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let name = client
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "NAME".into());
+    let under_clients = client
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "clients");
+    let flag = if under_clients && client.is_relative() {
+        format!("--client {name}")
+    } else {
+        format!("--client {}", client.display())
+    };
+    format!(
+        "a client folder ({CLIENT_FILE} beside mappings/) is checked with `marketsync validate {flag}`, which applies its overlays to the base mappings"
+    )
 }
 
 /// Whether a file is an overlay: it has a top-level `overlay:` key. Read loosely, so a file
