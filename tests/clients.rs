@@ -821,3 +821,79 @@ fn issue11_a_client_folder_given_as_a_base_set_says_to_use_client() {
         ))
         .stderr(predicate::str::contains("failed: 2 error(s)"));
 }
+
+#[test]
+fn issue11_client_settings_that_would_fail_at_run_time_fail_validate_at_their_line() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "\
+marketplaces:
+  acme-pets: { currency: NZ }
+  acme-nz: { currency: nzd }
+default_marketplace: \"\"
+metrics:
+  placed_ordr: Placed Order (Marketplace)
+rate_limits:
+  /api/event:
+    burst: 10
+    steady: 100
+phone_region: nz
+",
+    );
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "clients/acme/client.yaml:2:26: error: marketplace `acme-pets`: currency `NZ` is not an ISO 4217 currency code (three capitals, such as AUD or NZD); did you mean NZD?",
+        "clients/acme/client.yaml:3:24: error: marketplace `acme-nz`: currency `nzd`: write currency codes in capitals, `NZD`",
+        "clients/acme/client.yaml:4:22: error: `default_marketplace` is empty",
+        "clients/acme/client.yaml:6:3: error: no mapping reads metric role `placed_ordr`, so this name would never be sent; did you mean `placed_order`?",
+        "clients/acme/client.yaml:8:3: error: rate_limits: `/api/event` is not an endpoint marketsync sends to; did you mean `/api/events`?",
+        "clients/acme/client.yaml:11:15: error: phone_region `nz` is not an ISO 3166 country code",
+        "failed: 6 error(s)",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n---\n{stderr}");
+    }
+    // The default marketplace must be one of them.
+    ws.write(
+        "clients/acme/client.yaml",
+        "marketplaces:\n  acme-pets: { currency: NZD }\ndefault_marketplace: acme\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "clients/acme/client.yaml:3:22: error: `default_marketplace: acme` is not one of the marketplaces (acme-pets)",
+        ));
+}
+
+#[test]
+fn issue11_a_zero_rate_limit_fails_validate_and_run_does_not_panic() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "rate_limits:\n  /api/events: { burst: 10, steady: 0 }\n",
+    )
+    .example("orders.ndjson", "orders.ndjson");
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "clients/acme/client.yaml:2:37: error: rate_limits `/api/events`: `steady: 0` would never let a request through",
+        ));
+    ws.marketsync()
+        .args(["run", "--client", "acme", "--state", "state.db"])
+        .args(["--klaviyo-url", "http://127.0.0.1:9", "orders.ndjson"])
+        .env("KLAVIYO_API_KEY", "pk_test")
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("panicked").not());
+}

@@ -7,6 +7,7 @@
 
 mod load;
 mod overlay;
+mod rules;
 mod settings;
 mod spanned;
 
