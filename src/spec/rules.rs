@@ -26,7 +26,8 @@ pub(super) enum Kind {
 
 /// Every rule broken in one settings or client file. `roles_read` are the metric roles the
 /// set's mappings read (`None` when a mapping reads `metrics` as a whole, so any role may be
-/// used); `marketplaces` are those of the base settings, for a client that names a default
+/// used): a client's role no mapping reads is a slip, while the base settings may name roles
+/// for mappings a folder does not hold; `marketplaces` are those of the base settings, for a client that names a default
 /// marketplace without listing its own.
 pub(super) fn check(
     kind: Kind,
@@ -146,7 +147,8 @@ pub(super) fn check(
                         "metric role `{role}` must be letters, digits and `_` (mappings read it as `settings.metrics.{role}`)"
                     ),
                 );
-            } else if let Some(read) = roles_read
+            } else if kind == Kind::Client
+                && let Some(read) = roles_read
                 && !read.contains(role)
             {
                 error(
