@@ -897,3 +897,55 @@ fn issue11_a_zero_rate_limit_fails_validate_and_run_does_not_panic() {
         .code(3)
         .stderr(predicate::str::contains("panicked").not());
 }
+
+#[test]
+fn issue11_init_for_a_zero_decimal_currency_passes_its_own_tests() {
+    let ws = Workspace::new();
+    ws.marketsync()
+        .args(["init", "acme", "--currency", "JPY"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(" 0 failed"));
+    let overlay =
+        fs::read_to_string(ws.path().join("clients/acme/mappings/placed-order.yaml")).unwrap();
+    assert!(
+        overlay.contains("JPY amounts have 0 decimal place(s)"),
+        "{overlay}"
+    );
+}
+
+#[test]
+fn issue11_init_checks_its_arguments_first_and_writes_nothing_on_failure() {
+    let ws = Workspace::new();
+    for (args, says) in [
+        (
+            &["init", "acme", "--currency", "XYZ"][..],
+            "--currency XYZ: not an ISO 4217 currency code",
+        ),
+        (
+            &["init", "acme", "--currency", "nzd"][..],
+            "--currency nzd: write currency codes in capitals, `NZD`",
+        ),
+        (
+            &["init", "acme", "--marketplace", " "][..],
+            "--marketplace ` `: a Marketplacer vertical name",
+        ),
+    ] {
+        ws.marketsync()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says))
+            .stderr(predicate::str::contains("bug").not());
+        assert!(!ws.path().join("clients").exists(), "{args:?}");
+        assert!(!ws.path().join("snapshots").exists(), "{args:?}");
+    }
+}

@@ -199,8 +199,13 @@ impl MappingArgs {
 
     /// The mapping set as read, before it is compiled; says on stderr which set it is.
     fn load_set(&self) -> marketsync::spec::MappingSet {
+        eprintln!("mappings: {}", self.chosen().describe());
+        self.read_set()
+    }
+
+    /// [`MappingArgs::load_set`] without saying so, for a command that loads more than once.
+    fn read_set(&self) -> marketsync::spec::MappingSet {
         let chosen = self.chosen();
-        eprintln!("mappings: {}", chosen.describe());
         let base = chosen.base.dir();
         match &chosen.client {
             Some(client) => marketsync::spec::load_client(base, client),
