@@ -949,3 +949,72 @@ fn issue11_init_checks_its_arguments_first_and_writes_nothing_on_failure() {
         assert!(!ws.path().join("snapshots").exists(), "{args:?}");
     }
 }
+
+#[test]
+fn issue11_strict_json_says_not_ok_when_warnings_fail_it() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "overlay: placed-order\nselect:\n  gift: { path: $.order.emailAdress, optional: true }\n",
+        );
+    let out = ws
+        .marketsync()
+        .args([
+            "validate", "--client", "acme", "--strict", "--format", "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    // Without --strict the same warnings pass, and say so.
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+}
+
+#[test]
+fn issue11_fixtures_sharing_a_snapshot_are_refused_and_a_stale_pending_one_is_removed() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .example("refund.json", "clients/acme/fixtures/refund.json")
+        .example("orders.ndjson", "clients/acme/fixtures/refund.ndjson");
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "clients/acme/fixtures/refund.json and clients/acme/fixtures/refund.ndjson would share the snapshot snapshots/acme/refund.snap",
+        ));
+    fs::remove_file(ws.path().join("clients/acme/fixtures/refund.ndjson")).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme", "--update"])
+        .assert()
+        .code(0);
+    // A change leaves its output pending; changed back, the pending file is stale and goes.
+    let fixture = ws.path().join("clients/acme/fixtures/refund.json");
+    let original = fs::read_to_string(&fixture).unwrap();
+    fs::write(&fixture, original.replace("2495", "2490")).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1);
+    let pending = ws.path().join("snapshots/acme/refund.snap.new");
+    assert!(pending.is_file());
+    fs::write(&fixture, &original).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0);
+    assert!(
+        !pending.exists(),
+        "a stale pending snapshot was left behind"
+    );
+}

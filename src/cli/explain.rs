@@ -93,6 +93,21 @@ pub fn execute(args: Args) -> u8 {
                 "{}:{}: rejected: {err}",
                 picked.line.origin, picked.line.number
             );
+            if args.format == "json" {
+                // A script reading stdout gets a document whatever became of the delivery.
+                let document = json!({
+                    "mapping": args.mapping,
+                    "input": input_json(&picked),
+                    "produced": false,
+                    "rejected": err.to_string(),
+                    "records": [],
+                    "mapping_set": args.mappings.chosen().json(),
+                });
+                return write_out(
+                    serde_json::to_string_pretty(&document).expect("JSON serialises") + "\n",
+                    EXIT_REJECTED,
+                );
+            }
             return EXIT_REJECTED;
         }
     };
@@ -109,11 +124,7 @@ pub fn execute(args: Args) -> u8 {
     let text = if args.format == "json" {
         let document = json!({
             "mapping": args.mapping,
-            "input": {
-                "name": &*picked.line.origin,
-                "line": picked.line.number,
-                "deliveries": picked.deliveries,
-            },
+            "input": input_json(&picked),
             "produced": produced,
             "records": explanations,
             "mapping_set": args.mappings.chosen().json(),
@@ -124,6 +135,19 @@ pub fn execute(args: Args) -> u8 {
     } else {
         render(&picked, &explanations)
     };
+    write_out(text, code)
+}
+
+fn input_json(picked: &Picked) -> Json {
+    json!({
+        "name": &*picked.line.origin,
+        "line": picked.line.number,
+        "deliveries": picked.deliveries,
+    })
+}
+
+/// Writes the explanation, and gives `code` unless stdout failed.
+fn write_out(text: String, code: u8) -> u8 {
     match io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => code,
         // The reader stopped early (`| head`, a pager closed): nothing is wrong.

@@ -147,7 +147,13 @@ fn fixture_results(args: &Args, engine: &Engine) -> std::result::Result<Vec<Resu
     for item in checked {
         let name = item.fixture.display().to_string();
         let snapshot = match item.outcome {
-            fixtures::Outcome::Same => None,
+            fixtures::Outcome::Same => {
+                // Matching again: a pending snapshot left by an earlier run is stale, and
+                // `cargo insta review` would offer it (insta removes it the same way).
+                marketsync::testing::snapshot::Snapshot::remove_pending(&item.snapshot)
+                    .map_err(|e| e.to_string())?;
+                None
+            }
             fixtures::Outcome::Unreadable(why) => return Err(why),
             fixtures::Outcome::New(new) => {
                 let text = format!("new snapshot:\n{}", diff("", &new.contents, colored));

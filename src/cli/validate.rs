@@ -39,10 +39,12 @@ pub fn execute(args: Args) -> u8 {
     };
     let errors = diagnostics.error_count();
     let warnings = diagnostics.0.len() - errors;
+    // What the exit code says, the JSON says: --strict fails on warnings in both.
+    let passed = ok && !(args.strict && warnings > 0);
     match args.format.as_str() {
         "json" => {
             let items: Vec<serde_json::Value> = diagnostics.iter().map(diagnostic_json).collect();
-            let out = json!({"ok": ok, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items, "mapping_set": args.mappings.chosen().json()});
+            let out = json!({"ok": passed, "loaded": ok, "strict": args.strict, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items, "mapping_set": args.mappings.chosen().json()});
             println!(
                 "{}",
                 serde_json::to_string_pretty(&out).expect("diagnostics serialise")
