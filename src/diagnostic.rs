@@ -66,6 +66,19 @@ impl Files {
         FileId(self.0.len() as u32 - 1)
     }
 
+    /// The id of a file added before, by identity.
+    pub fn id_of(&self, file: &Arc<SourceFile>) -> Option<FileId> {
+        self.0
+            .iter()
+            .position(|f| Arc::ptr_eq(f, file))
+            .map(|i| FileId(i as u32))
+    }
+
+    /// Every file, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SourceFile>> {
+        self.0.iter()
+    }
+
     pub fn get(&self, id: FileId) -> &Arc<SourceFile> {
         &self.0[id.0 as usize]
     }

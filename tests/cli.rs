@@ -1351,3 +1351,28 @@ async fn a_refused_key_exits_5() {
     assert!(standin.accepted().events.is_empty());
     standin.shutdown().await;
 }
+
+#[test]
+fn issue11_explain_json_prints_a_document_for_a_delivery_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("broken.json");
+    fs::write(&input, "{\"not\": \"a delivery\"").unwrap();
+    let out = marketsync()
+        .args(["explain", "--mapping", "placed-order", "--format", "json"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(json["produced"], false, "{json}");
+    assert!(
+        json["rejected"].as_str().is_some_and(|r| !r.is_empty()),
+        "{json}"
+    );
+    assert_eq!(json["records"], serde_json::json!([]), "{json}");
+}

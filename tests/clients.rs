@@ -41,6 +41,17 @@ impl Workspace {
         self.write(to, &text)
     }
 
+    /// A folder of the repository (`mappings`, `examples`) copied into the workspace.
+    fn copy(&self, folder: &str, to: &str) -> &Self {
+        for entry in fs::read_dir(common::repo(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            self.write(&format!("{to}/{name}"), &fs::read_to_string(&path).unwrap());
+        }
+        self
+    }
+
+    /// The command, run in the workspace, blind to the caller's settings.
     fn marketsync(&self) -> Command {
         let mut cmd = common::marketsync();
         cmd.current_dir(self.path());
@@ -663,4 +674,337 @@ fn explain_values_a_delivery_in_its_marketplaces_currency_as_run_does() {
         .args(["run", "--dry-run", "--client", "acme", "nz.json"])
         .assert()
         .stdout(predicate::str::contains("\"value_currency\":\"NZD\""));
+}
+
+/// The default mappings as a consultant's checkout has them, with one unknown key appended to
+/// `placed-order.yaml`.
+fn checkout_with_an_edited_mapping() -> Workspace {
+    let ws = Workspace::new();
+    ws.copy("mappings", "mappings").copy("examples", "examples");
+    let edited = fs::read_to_string(ws.path().join("mappings/placed-order.yaml")).unwrap();
+    ws.write(
+        "mappings/placed-order.yaml",
+        &format!("{edited}unknown_key: 1\n"),
+    );
+    ws
+}
+
+#[test]
+fn issue11_every_command_reads_the_mappings_folder_of_the_checkout() {
+    let ws = checkout_with_an_edited_mapping();
+    let line = fs::read_to_string(ws.path().join("mappings/placed-order.yaml"))
+        .unwrap()
+        .lines()
+        .count();
+    let at = format!("mappings/placed-order.yaml:{line}:1: error: unknown field `unknown_key`");
+    let commands: [&[&str]; 6] = [
+        &["validate"],
+        &["test"],
+        &["config"],
+        &["run", "--dry-run", "examples/orders.ndjson"],
+        &[
+            "explain",
+            "--mapping",
+            "placed-order",
+            "examples/orders.ndjson",
+        ],
+        &["retry", "--state", "state.db"],
+    ];
+    for args in commands {
+        let expected = if args[0] == "validate" { 1 } else { 3 };
+        ws.marketsync()
+            .args(args)
+            .assert()
+            .code(expected)
+            .stderr(predicate::str::contains("mappings: mappings/ (7 specs)\n"))
+            .stderr(predicate::str::contains(&at));
+    }
+}
+
+#[test]
+fn issue11_mappings_are_chosen_by_flag_then_variable_then_folder_then_built_in() {
+    let ws = checkout_with_an_edited_mapping();
+    ws.copy("mappings", "good");
+    // MARKETSYNC_MAPPINGS comes before ./mappings ...
+    ws.marketsync()
+        .arg("validate")
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(
+            "mappings: good/ (7 specs, from MARKETSYNC_MAPPINGS)\n",
+        ));
+    // ... and --mappings before both.
+    ws.marketsync()
+        .args(["validate", "--mappings", "mappings"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(1);
+    // A folder without specs is no mapping set: the built-in defaults.
+    let empty = Workspace::new();
+    empty.write("mappings/notes.txt", "not a spec");
+    let out = empty
+        .marketsync()
+        .args(["validate", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!(
+        "mappings: built-in defaults (marketsync {})\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mapping_set"]["base"], "built-in", "{json}");
+    // A client's overlays go on top of whichever base was chosen.
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/consent.yaml",
+            "overlay: consent\ndisable: true\n",
+        );
+    ws.marketsync()
+        .args(["config", "--client", "acme"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(
+            "mappings: good/ (7 specs, from MARKETSYNC_MAPPINGS) + client clients/acme\n",
+        ))
+        .stdout(predicate::str::contains(
+            "# mapping placed-order, from good/placed-order.yaml\n",
+        ))
+        .stdout(predicate::str::contains("mapping consent").not());
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme", "--format", "json"])
+        .env("MARKETSYNC_MAPPINGS", "good")
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mapping_set"]["base"], "good", "{json}");
+    assert_eq!(json["mapping_set"]["client"], "clients/acme", "{json}");
+}
+
+#[test]
+fn issue11_a_client_folder_given_as_a_base_set_says_to_use_client() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "# a comment\noverlay: placed-order\ndescription: acme's\n",
+        )
+        .write(
+            "clients/acme/mappings/consent.yaml",
+            "overlay: consent\ndisable: true\n",
+        );
+    ws.marketsync()
+        .args(["validate", "--mappings", "clients/acme/mappings"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown field `overlay`").not())
+        .stderr(predicate::str::contains(
+            "clients/acme/mappings/placed-order.yaml:2:10: error: this is a client's overlay",
+        ))
+        .stderr(predicate::str::contains(
+            "is checked with `marketsync validate --client acme`",
+        ))
+        .stderr(predicate::str::contains("failed: 2 error(s)"));
+}
+
+#[test]
+fn issue11_client_settings_that_would_fail_at_run_time_fail_validate_at_their_line() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "\
+marketplaces:
+  acme-pets: { currency: NZ }
+  acme-nz: { currency: nzd }
+default_marketplace: \"\"
+metrics:
+  placed_ordr: Placed Order (Marketplace)
+rate_limits:
+  /api/event:
+    burst: 10
+    steady: 100
+phone_region: nz
+",
+    );
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "clients/acme/client.yaml:2:26: error: marketplace `acme-pets`: currency `NZ` is not an ISO 4217 currency code (three capitals, such as AUD or NZD); did you mean NZD?",
+        "clients/acme/client.yaml:3:24: error: marketplace `acme-nz`: currency `nzd`: write currency codes in capitals, `NZD`",
+        "clients/acme/client.yaml:4:22: error: `default_marketplace` is empty",
+        "clients/acme/client.yaml:6:3: error: no mapping reads metric role `placed_ordr`, so this name would never be sent; did you mean `placed_order`?",
+        "clients/acme/client.yaml:8:3: error: rate_limits: `/api/event` is not an endpoint marketsync sends to; did you mean `/api/events`?",
+        "clients/acme/client.yaml:11:15: error: phone_region `nz` is not an ISO 3166 country code",
+        "failed: 6 error(s)",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n---\n{stderr}");
+    }
+    // The default marketplace must be one of them.
+    ws.write(
+        "clients/acme/client.yaml",
+        "marketplaces:\n  acme-pets: { currency: NZD }\ndefault_marketplace: acme\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "clients/acme/client.yaml:3:22: error: `default_marketplace: acme` is not one of the marketplaces (acme-pets)",
+        ));
+}
+
+#[test]
+fn issue11_a_zero_rate_limit_fails_validate_and_run_does_not_panic() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "rate_limits:\n  /api/events: { burst: 10, steady: 0 }\n",
+    )
+    .example("orders.ndjson", "orders.ndjson");
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "clients/acme/client.yaml:2:37: error: rate_limits `/api/events`: `steady: 0` would never let a request through",
+        ));
+    ws.marketsync()
+        .args(["run", "--client", "acme", "--state", "state.db"])
+        .args(["--klaviyo-url", "http://127.0.0.1:9", "orders.ndjson"])
+        .env("KLAVIYO_API_KEY", "pk_test")
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("panicked").not());
+}
+
+#[test]
+fn issue11_init_for_a_zero_decimal_currency_passes_its_own_tests() {
+    let ws = Workspace::new();
+    ws.marketsync()
+        .args(["init", "acme", "--currency", "JPY"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(" 0 failed"));
+    let overlay =
+        fs::read_to_string(ws.path().join("clients/acme/mappings/placed-order.yaml")).unwrap();
+    assert!(
+        overlay.contains("JPY amounts have 0 decimal place(s)"),
+        "{overlay}"
+    );
+}
+
+#[test]
+fn issue11_init_checks_its_arguments_first_and_writes_nothing_on_failure() {
+    let ws = Workspace::new();
+    for (args, says) in [
+        (
+            &["init", "acme", "--currency", "XYZ"][..],
+            "--currency XYZ: not an ISO 4217 currency code",
+        ),
+        (
+            &["init", "acme", "--currency", "nzd"][..],
+            "--currency nzd: write currency codes in capitals, `NZD`",
+        ),
+        (
+            &["init", "acme", "--marketplace", " "][..],
+            "--marketplace ` `: a Marketplacer vertical name",
+        ),
+    ] {
+        ws.marketsync()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says))
+            .stderr(predicate::str::contains("bug").not());
+        assert!(!ws.path().join("clients").exists(), "{args:?}");
+        assert!(!ws.path().join("snapshots").exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn issue11_strict_json_says_not_ok_when_warnings_fail_it() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .write(
+            "clients/acme/mappings/placed-order.yaml",
+            "overlay: placed-order\nselect:\n  gift: { path: $.order.emailAdress, optional: true }\n",
+        );
+    let out = ws
+        .marketsync()
+        .args([
+            "validate", "--client", "acme", "--strict", "--format", "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    // Without --strict the same warnings pass, and say so.
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+}
+
+#[test]
+fn issue11_fixtures_sharing_a_snapshot_are_refused_and_a_stale_pending_one_is_removed() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "description: acme\n")
+        .example("refund.json", "clients/acme/fixtures/refund.json")
+        .example("orders.ndjson", "clients/acme/fixtures/refund.ndjson");
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "clients/acme/fixtures/refund.json and clients/acme/fixtures/refund.ndjson would share the snapshot snapshots/acme/refund.snap",
+        ));
+    fs::remove_file(ws.path().join("clients/acme/fixtures/refund.ndjson")).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme", "--update"])
+        .assert()
+        .code(0);
+    // A change leaves its output pending; changed back, the pending file is stale and goes.
+    let fixture = ws.path().join("clients/acme/fixtures/refund.json");
+    let original = fs::read_to_string(&fixture).unwrap();
+    fs::write(&fixture, original.replace("2495", "2490")).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(1);
+    let pending = ws.path().join("snapshots/acme/refund.snap.new");
+    assert!(pending.is_file());
+    fs::write(&fixture, &original).unwrap();
+    ws.marketsync()
+        .args(["test", "--client", "acme"])
+        .assert()
+        .code(0);
+    assert!(
+        !pending.exists(),
+        "a stale pending snapshot was left behind"
+    );
 }

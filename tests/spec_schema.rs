@@ -1022,3 +1022,17 @@ fn an_overlay_without_overlay_is_rejected_by_both() {
         "missing field `overlay`",
     );
 }
+
+#[test]
+fn issue11_an_overlay_may_leave_out_the_base_tests() {
+    let overlay = assert_overlay_passes_both(
+        "base_tests: false",
+        "overlay: placed-order\nbase_tests: false\n",
+    );
+    assert!(!overlay.base_tests);
+    assert_overlay_rejected_by_both(
+        "base_tests that is not a boolean",
+        "overlay: placed-order\nbase_tests: [a]\n",
+        "base_tests",
+    );
+}

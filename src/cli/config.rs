@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Print the effective settings and mappings, after a client's settings and overlays.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  marketsync config                 # the built-in defaults
+  marketsync config                 # the base set (./mappings, or the built-in defaults)
   marketsync config --client acme   # clients/acme on top of them
 
 Prints YAML documents: the settings, then each mapping, each headed by the files it was
@@ -37,7 +37,8 @@ pub struct DiffArgs {
     /// The folder holding client folders.
     #[arg(long = "clients", value_name = "DIR", default_value = "clients")]
     clients_dir: PathBuf,
-    /// Base mapping folder; the built-in defaults when left out.
+    /// Base mapping folder. Left out: $MARKETSYNC_MAPPINGS, else ./mappings when it holds
+    /// specs, else the built-in defaults.
     #[arg(long, value_name = "DIR")]
     mappings: Option<PathBuf>,
 }

@@ -15,7 +15,7 @@ use std::io::{self, Write as _};
 #[command(after_help = "Examples:
   marketsync explain --mapping placed-order examples/orders.ndjson
   marketsync explain --mapping ordered-product --delivery 4 examples/orders.ndjson
-  marketsync explain --mapping profile --mappings clients/acme/mappings capture.json
+  marketsync explain --mapping profile --client acme capture.json
   marketsync explain --mapping refunded-order --format json examples/refund.json | jq .
 
 INPUT holds one delivery (a `.json` file), or one per line (`.ndjson`, standard input with `-`):
@@ -93,6 +93,21 @@ pub fn execute(args: Args) -> u8 {
                 "{}:{}: rejected: {err}",
                 picked.line.origin, picked.line.number
             );
+            if args.format == "json" {
+                // A script reading stdout gets a document whatever became of the delivery.
+                let document = json!({
+                    "mapping": args.mapping,
+                    "input": input_json(&picked),
+                    "produced": false,
+                    "rejected": err.to_string(),
+                    "records": [],
+                    "mapping_set": args.mappings.chosen().json(),
+                });
+                return write_out(
+                    serde_json::to_string_pretty(&document).expect("JSON serialises") + "\n",
+                    EXIT_REJECTED,
+                );
+            }
             return EXIT_REJECTED;
         }
     };
@@ -109,13 +124,10 @@ pub fn execute(args: Args) -> u8 {
     let text = if args.format == "json" {
         let document = json!({
             "mapping": args.mapping,
-            "input": {
-                "name": &*picked.line.origin,
-                "line": picked.line.number,
-                "deliveries": picked.deliveries,
-            },
+            "input": input_json(&picked),
             "produced": produced,
             "records": explanations,
+            "mapping_set": args.mappings.chosen().json(),
         });
         let mut text = serde_json::to_string_pretty(&document).expect("an explanation serialises");
         text.push('\n');
@@ -123,6 +135,19 @@ pub fn execute(args: Args) -> u8 {
     } else {
         render(&picked, &explanations)
     };
+    write_out(text, code)
+}
+
+fn input_json(picked: &Picked) -> Json {
+    json!({
+        "name": &*picked.line.origin,
+        "line": picked.line.number,
+        "deliveries": picked.deliveries,
+    })
+}
+
+/// Writes the explanation, and gives `code` unless stdout failed.
+fn write_out(text: String, code: u8) -> u8 {
     match io::stdout().lock().write_all(text.as_bytes()) {
         Ok(()) => code,
         // The reader stopped early (`| head`, a pager closed): nothing is wrong.

@@ -5,7 +5,7 @@
 
 use super::{EXIT_IO, EXIT_OK, EXIT_USAGE, MappingArgs};
 use marketsync::engine::Engine;
-use marketsync::testing::fixtures;
+use marketsync::testing::{cases, fixtures};
 use std::path::{Path, PathBuf};
 
 /// Create a client folder: settings, an overlay example, a fixture, a test, and its snapshot.
@@ -35,15 +35,13 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let valid = !args.name.is_empty()
-        && args
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !valid {
-        eprintln!(
-            "error: a client name is letters, digits, `-` and `_` (it becomes a folder name)"
-        );
+    // Every argument is checked before anything is written.
+    let marketplace = args
+        .marketplace
+        .clone()
+        .unwrap_or_else(|| args.name.clone());
+    if let Err(why) = check_arguments(&args.name, &marketplace, &args.currency) {
+        eprintln!("error: {why}; nothing was written");
         return EXIT_USAGE;
     }
     let dir = args.clients.join(&args.name);
@@ -54,10 +52,82 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let marketplace = args
-        .marketplace
-        .clone()
-        .unwrap_or_else(|| args.name.clone());
+    let snapshots = args.snapshots.join(&args.name);
+    let snapshots_existed = snapshots.exists();
+    // The base is chosen as every later command will choose it, so `test` agrees with init.
+    let mappings = MappingArgs {
+        mappings: None,
+        client: Some(dir.display().to_string()),
+        clients: args.clients.clone(),
+    };
+    eprintln!("mappings: {}", mappings.chosen().describe());
+    match scaffold(&args, &mappings, &dir, &marketplace, &snapshots) {
+        Ok(created) => {
+            for path in created {
+                println!("created {}", path.display());
+            }
+        }
+        Err((code, why)) => {
+            // Nothing half-made is left behind: the client folder did not exist before.
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = if snapshots_existed {
+                std::fs::remove_file(snapshots.join("sample-order.snap"))
+            } else {
+                std::fs::remove_dir_all(&snapshots)
+            };
+            eprintln!("error: {why}; nothing was written");
+            return code;
+        }
+    }
+    println!(
+        "\nNext: edit {}, then run\n  marketsync validate --client {name}\n  marketsync test --client {name}\n  marketsync run --dry-run --client {name} {}",
+        dir.join("client.yaml").display(),
+        dir.join("fixtures/sample-order.json").display(),
+        name = args.name
+    );
+    EXIT_OK
+}
+
+/// The name becomes a folder, the marketplace begins every unique_id, and the currency is
+/// sent to Klaviyo: each is checked as `validate` would check the file.
+fn check_arguments(name: &str, marketplace: &str, currency: &str) -> Result<(), String> {
+    let folder_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !folder_name(name) {
+        return Err(
+            "a client name is letters, digits, `-` and `_` (it becomes a folder name)".into(),
+        );
+    }
+    if marketplace.trim().is_empty() || marketplace.contains(char::is_whitespace) {
+        return Err(format!(
+            "--marketplace `{marketplace}`: a Marketplacer vertical name, without spaces"
+        ));
+    }
+    if iso_currency::Currency::from_code(currency).is_none() {
+        let upper = currency.trim().to_ascii_uppercase();
+        return Err(if iso_currency::Currency::from_code(&upper).is_some() {
+            format!("--currency {currency}: write currency codes in capitals, `{upper}`")
+        } else {
+            format!(
+                "--currency {currency}: not an ISO 4217 currency code (three capitals, such as AUD or NZD)"
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Writes the client folder and its snapshot, and checks that its tests pass; the files
+/// created, or the exit code and why not.
+fn scaffold(
+    args: &Args,
+    mappings: &MappingArgs,
+    dir: &Path,
+    marketplace: &str,
+    snapshots: &Path,
+) -> Result<Vec<PathBuf>, (u8, String)> {
     let key_env = format!(
         "{}_KLAVIYO_API_KEY",
         args.name.to_ascii_uppercase().replace('-', "_")
@@ -68,68 +138,121 @@ pub fn execute(args: Args) -> u8 {
     let mut sample: serde_json::Value = serde_json::from_str(sample).expect("the sample is JSON");
     // The sample arrives as if from the client's own vertical, so its keys read like theirs.
     if let Some(vertical) = sample.pointer_mut("/headers/Marketplacer-Vertical") {
-        *vertical = serde_json::Value::String(marketplace.clone());
+        *vertical = serde_json::Value::String(marketplace.to_owned());
     }
-    let files = [
+    let mut files = vec![
         (
             dir.join("client.yaml"),
-            client_yaml(&args.name, &marketplace, &args.currency, &key_env),
+            client_yaml(&args.name, marketplace, &args.currency, &key_env),
         ),
-        (dir.join("mappings/placed-order.yaml"), OVERLAY.to_owned()),
+        (dir.join("mappings/placed-order.yaml"), overlay(None)),
         (
             dir.join("fixtures/sample-order.json"),
             serde_json::to_string_pretty(&sample).expect("JSON serialises") + "\n",
         ),
     ];
-    for (path, text) in &files {
-        if let Err(e) = write(path, text) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return EXIT_IO;
+    let write_all = |files: &[(PathBuf, String)]| {
+        for (path, text) in files {
+            write(path, text)
+                .map_err(|e| (EXIT_IO, format!("cannot write {}: {e}", path.display())))?;
         }
-        println!("created {}", path.display());
+        Ok::<(), (u8, String)>(())
+    };
+    write_all(&files)?;
+    let mut failing = failing_base_tests(mappings, dir)?;
+    if !failing.is_empty() {
+        // The base tests value the sample orders the base's way; a currency with other minor
+        // units (JPY has none) values them differently. Those tests are left out for this
+        // client, saying so, and its own test and snapshot stand in for them.
+        let note = base_tests_note(&args.currency);
+        for mapping in &failing {
+            let path = dir.join("mappings").join(format!("{mapping}.yaml"));
+            let text = if mapping == "placed-order" {
+                overlay(Some(&note))
+            } else {
+                format!(
+                    "# yaml-language-server: $schema=../../../schemas/overlay.schema.json\n{note}overlay: {mapping}\nbase_tests: false\n# tests:\n#   - name: ...\n"
+                )
+            };
+            files.push((path, text));
+        }
+        write_all(&files)?;
+        failing = failing_base_tests(mappings, dir)?;
+        if !failing.is_empty() {
+            return Err((
+                super::EXIT_BAD_MAPPINGS,
+                format!(
+                    "the scaffold's tests of {} fail (a bug in marketsync init)",
+                    failing.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut created: Vec<PathBuf> = Vec::new();
+    for (path, _) in &files {
+        if !created.contains(path) {
+            created.push(path.clone());
+        }
     }
     // The snapshot is what the new client's mappings make of the fixture, so `test` passes.
-    let mappings = MappingArgs {
-        mappings: None,
-        client: Some(args.name.clone()),
-        clients: args.clients.clone(),
-    };
-    let engine = match Engine::compile(mappings.load_set()) {
+    let engine = match Engine::compile(mappings.read_set()) {
         Ok((engine, _)) => engine,
         Err(problems) => {
             eprintln!("{problems:#}");
-            eprintln!("error: the scaffold does not load (a bug in marketsync init)");
-            return super::EXIT_BAD_MAPPINGS;
+            return Err((
+                super::EXIT_BAD_MAPPINGS,
+                "the scaffold does not load (a bug in marketsync init)".into(),
+            ));
         }
     };
-    let snapshots = args.snapshots.join(&args.name);
-    match fixtures::check(&engine, &dir.join("fixtures"), &snapshots) {
-        Ok(checked) => {
-            for item in checked {
-                let written = match item.outcome {
-                    fixtures::Outcome::New(snapshot) => snapshot.write(&item.snapshot),
-                    fixtures::Outcome::Changed { new, .. } => new.write(&item.snapshot),
-                    _ => Ok(()),
-                };
-                if let Err(e) = written {
-                    eprintln!("error: {e}");
-                    return EXIT_IO;
-                }
-                println!("created {}", item.snapshot.display());
-            }
-        }
-        Err(e) => {
-            eprintln!("error: cannot read the fixtures: {e}");
-            return EXIT_IO;
-        }
+    let checked = fixtures::check(&engine, &dir.join("fixtures"), snapshots)
+        .map_err(|e| (EXIT_IO, format!("cannot read the fixtures: {e}")))?;
+    for item in checked {
+        let written = match item.outcome {
+            fixtures::Outcome::New(snapshot) => snapshot.write(&item.snapshot),
+            fixtures::Outcome::Changed { new, .. } => new.write(&item.snapshot),
+            _ => Ok(()),
+        };
+        written.map_err(|e| (EXIT_IO, e.to_string()))?;
+        created.push(item.snapshot);
     }
-    println!(
-        "\nNext: edit {}, then run\n  marketsync validate --client {name}\n  marketsync test --client {name}\n  marketsync run --dry-run --client {name} {}",
-        dir.join("client.yaml").display(),
-        dir.join("fixtures/sample-order.json").display(),
-        name = args.name
-    );
-    EXIT_OK
+    Ok(created)
+}
+
+/// The base mappings whose own tests fail for the client in `dir`.
+fn failing_base_tests(mappings: &MappingArgs, dir: &Path) -> Result<Vec<String>, (u8, String)> {
+    let set = mappings.read_set();
+    let (cases, files) = cases::collect(&set);
+    let engine = match Engine::compile(set) {
+        Ok((engine, _)) => engine,
+        Err(problems) => {
+            eprintln!("{problems:#}");
+            return Err((
+                super::EXIT_BAD_MAPPINGS,
+                "the scaffold does not load (a bug in marketsync init)".into(),
+            ));
+        }
+    };
+    let own = dir.display().to_string();
+    let mut failing: Vec<String> = cases
+        .iter()
+        .filter(|case| !files.get(case.at.file).name.starts_with(&own))
+        .filter(|case| !cases::run(case, &engine, &files).is_empty())
+        .map(|case| case.mapping.clone())
+        .collect();
+    failing.dedup();
+    Ok(failing)
+}
+
+fn base_tests_note(currency: &str) -> String {
+    let decimals = iso_currency::Currency::from_code(currency)
+        .and_then(|c| c.exponent())
+        .unwrap_or(0);
+    format!(
+        "# The base mapping's own tests expect the sample orders valued in the base currency;\n\
+         # {currency} amounts have {decimals} decimal place(s), so those tests are left out for this\n\
+         # client (`base_tests: false`). Its own tests and fixture snapshot check it instead.\n"
+    )
 }
 
 fn write(path: &Path, text: &str) -> std::io::Result<()> {
@@ -174,6 +297,19 @@ marketplacer_klaviyo_integration: false
 # rate_limits:
 #   /api/events: {{ burst: 100, steady: 1000 }}
 "#
+    )
+}
+
+/// The scaffold's overlay of placed-order; with a note, the base tests are left out.
+fn overlay(base_tests_note: Option<&str>) -> String {
+    let base_tests = match base_tests_note {
+        Some(note) => format!("{note}base_tests: false\n"),
+        None => String::new(),
+    };
+    OVERLAY.replacen(
+        "overlay: placed-order\n",
+        &format!("overlay: placed-order\n{base_tests}"),
+        1,
     )
 }
 

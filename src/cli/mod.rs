@@ -68,9 +68,14 @@ enum Command {
 
 /// Where mappings come from: a folder, or the default set built into the binary, with a
 /// client's settings and overlays on top.
+///
+/// The base set is chosen in one place for every command, so what `validate` and `test` check
+/// in CI is what `run` maps: `--mappings DIR`, else `MARKETSYNC_MAPPINGS`, else a `mappings/`
+/// folder in the current directory when it holds specs, else the built-in defaults.
 #[derive(clap::Args, Clone)]
 struct MappingArgs {
-    /// Mapping folder (YAML specs plus settings.yaml); the built-in defaults when left out.
+    /// Mapping folder (YAML specs plus settings.yaml). Left out: $MARKETSYNC_MAPPINGS, else
+    /// ./mappings when it holds specs, else the built-in defaults.
     #[arg(long, value_name = "DIR")]
     mappings: Option<PathBuf>,
     /// A client: `clients/NAME/client.yaml` and overlays in `clients/NAME/mappings/`, applied
@@ -80,6 +85,77 @@ struct MappingArgs {
     /// The folder holding client folders.
     #[arg(long, value_name = "DIR", default_value = "clients")]
     clients: PathBuf,
+}
+
+/// The variable naming the base mapping folder when `--mappings` is left out.
+const MAPPINGS_ENV: &str = "MARKETSYNC_MAPPINGS";
+
+/// The folder used as the base set when it holds specs and nothing else is named.
+const MAPPINGS_HERE: &str = "mappings";
+
+/// Which base set a command uses, and what chose it.
+enum Base {
+    Folder {
+        dir: PathBuf,
+        chosen_by: &'static str,
+    },
+    Builtin,
+}
+
+impl Base {
+    fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Base::Folder { dir, .. } => Some(dir),
+            Base::Builtin => None,
+        }
+    }
+}
+
+/// The mapping set a command used, said once on stderr and carried in JSON output.
+struct Chosen {
+    base: Base,
+    specs: usize,
+    client: Option<PathBuf>,
+}
+
+impl Chosen {
+    /// `mappings/ (7 specs)` or `built-in defaults (marketsync 0.1.0)`, then the client.
+    fn describe(&self) -> String {
+        let mut text = match &self.base {
+            Base::Folder { dir, chosen_by } => {
+                let mut name = dir.display().to_string();
+                if !name.ends_with('/') {
+                    name.push('/');
+                }
+                match *chosen_by {
+                    "env" => format!("{name} ({} specs, from {MAPPINGS_ENV})", self.specs),
+                    _ => format!("{name} ({} specs)", self.specs),
+                }
+            }
+            Base::Builtin => format!(
+                "built-in defaults (marketsync {})",
+                env!("CARGO_PKG_VERSION")
+            ),
+        };
+        if let Some(client) = &self.client {
+            text.push_str(&format!(" + client {}", client.display()));
+        }
+        text
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (base, chosen_by) = match &self.base {
+            Base::Folder { dir, chosen_by } => (dir.display().to_string(), *chosen_by),
+            Base::Builtin => ("built-in".to_owned(), "default"),
+        };
+        serde_json::json!({
+            "base": base,
+            "chosen_by": chosen_by,
+            "specs": self.specs,
+            "version": env!("CARGO_PKG_VERSION"),
+            "client": self.client.as_ref().map(|c| c.display().to_string()),
+        })
+    }
 }
 
 /// Where the durable state lives.
@@ -122,14 +198,55 @@ impl MappingArgs {
         Engine::compile(self.load_set())
     }
 
-    /// The mapping set as read, before it is compiled.
+    /// The mapping set as read, before it is compiled; says on stderr which set it is.
     fn load_set(&self) -> marketsync::spec::MappingSet {
-        match (&self.client, &self.mappings) {
-            (Some(client), base) => {
-                marketsync::spec::load_client(base.as_deref(), &self.client_dir(client))
+        eprintln!("mappings: {}", self.chosen().describe());
+        self.read_set()
+    }
+
+    /// [`MappingArgs::load_set`] without saying so, for a command that loads more than once.
+    fn read_set(&self) -> marketsync::spec::MappingSet {
+        let chosen = self.chosen();
+        let base = chosen.base.dir();
+        match &chosen.client {
+            Some(client) => marketsync::spec::load_client(base, client),
+            None => match base {
+                Some(dir) => marketsync::spec::load_dir(dir),
+                None => marketsync::spec::load_embedded(),
+            },
+        }
+    }
+
+    /// The base set (see [`MappingArgs`] for the order of choice) and the client.
+    fn chosen(&self) -> Chosen {
+        let from_env = || {
+            std::env::var_os(MAPPINGS_ENV)
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+        };
+        let here = PathBuf::from(MAPPINGS_HERE);
+        let base = if let Some(dir) = &self.mappings {
+            Base::Folder {
+                dir: dir.clone(),
+                chosen_by: "flag",
             }
-            (None, Some(dir)) => marketsync::spec::load_dir(dir),
-            (None, None) => marketsync::spec::load_embedded(),
+        } else if let Some(dir) = from_env() {
+            Base::Folder {
+                dir,
+                chosen_by: "env",
+            }
+        } else if here.is_dir() && marketsync::spec::count_specs(Some(&here)) > 0 {
+            Base::Folder {
+                dir: here,
+                chosen_by: "current folder",
+            }
+        } else {
+            Base::Builtin
+        };
+        Chosen {
+            specs: marketsync::spec::count_specs(base.dir()),
+            base,
+            client: self.client.as_deref().map(|c| self.client_dir(c)),
         }
     }
 

@@ -65,7 +65,7 @@ pub fn execute(args: Args) -> u8 {
                 "github" => problems.iter().for_each(|d| println!("{}", annotation(d))),
                 "json" => println!(
                     "{}",
-                    json!({"ok": false, "loaded": false,
+                    json!({"ok": false, "loaded": false, "mapping_set": args.mappings.chosen().json(),
                         "diagnostics": problems.iter().map(diagnostic_json).collect::<Vec<_>>()})
                 ),
                 _ => return super::report_unloadable(&problems),
@@ -93,7 +93,12 @@ pub fn execute(args: Args) -> u8 {
         .iter()
         .filter(|r| !r.failures.is_empty() || r.snapshot.is_some())
         .count();
-    print(&args.format, &results, failed);
+    print(
+        &args.format,
+        &results,
+        failed,
+        &args.mappings.chosen().json(),
+    );
     if failed == 0 { EXIT_OK } else { EXIT_REJECTED }
 }
 
@@ -142,7 +147,13 @@ fn fixture_results(args: &Args, engine: &Engine) -> std::result::Result<Vec<Resu
     for item in checked {
         let name = item.fixture.display().to_string();
         let snapshot = match item.outcome {
-            fixtures::Outcome::Same => None,
+            fixtures::Outcome::Same => {
+                // Matching again: a pending snapshot left by an earlier run is stale, and
+                // `cargo insta review` would offer it (insta removes it the same way).
+                marketsync::testing::snapshot::Snapshot::remove_pending(&item.snapshot)
+                    .map_err(|e| e.to_string())?;
+                None
+            }
             fixtures::Outcome::Unreadable(why) => return Err(why),
             fixtures::Outcome::New(new) => {
                 let text = format!("new snapshot:\n{}", diff("", &new.contents, colored));
@@ -180,7 +191,7 @@ fn accept_or_hold(
     }
 }
 
-fn print(format: &str, results: &[Result], failed: usize) {
+fn print(format: &str, results: &[Result], failed: usize, mapping_set: &serde_json::Value) {
     let passed = results.len() - failed;
     match format {
         "json" => {
@@ -198,7 +209,7 @@ fn print(format: &str, results: &[Result], failed: usize) {
             println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &json!({"ok": failed == 0, "passed": passed, "failed": failed, "tests": items})
+                    &json!({"ok": failed == 0, "passed": passed, "failed": failed, "tests": items, "mapping_set": mapping_set})
                 )
                 .expect("results serialise")
             );

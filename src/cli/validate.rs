@@ -9,9 +9,13 @@ use serde_json::json;
 /// unknown filters, endpoints, and a render of every example delivery against Klaviyo's schemas.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  marketsync validate                      # the built-in default mappings
+  marketsync validate                      # ./mappings if it holds specs, else the built-in set
   marketsync validate --mappings mappings  # a mapping folder
-  marketsync validate --mappings mappings --format github   # annotations on a pull request
+  marketsync validate --client acme        # clients/acme on top of the base set
+  marketsync validate --format github      # annotations on a pull request
+
+The base set is --mappings DIR, else $MARKETSYNC_MAPPINGS, else ./mappings when it holds specs,
+else the built-in defaults; the one used is named on stderr (`mappings: ...`).
 
 Prints each problem as `file:line:col: message` with the offending line, and exits 1 if any
 error was found (warnings alone exit 0). `--format json` prints one JSON document on stdout;
@@ -35,10 +39,12 @@ pub fn execute(args: Args) -> u8 {
     };
     let errors = diagnostics.error_count();
     let warnings = diagnostics.0.len() - errors;
+    // What the exit code says, the JSON says: --strict fails on warnings in both.
+    let passed = ok && !(args.strict && warnings > 0);
     match args.format.as_str() {
         "json" => {
             let items: Vec<serde_json::Value> = diagnostics.iter().map(diagnostic_json).collect();
-            let out = json!({"ok": ok, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items});
+            let out = json!({"ok": passed, "loaded": ok, "strict": args.strict, "mappings": mappings, "errors": errors, "warnings": warnings, "diagnostics": items, "mapping_set": args.mappings.chosen().json()});
             println!(
                 "{}",
                 serde_json::to_string_pretty(&out).expect("diagnostics serialise")

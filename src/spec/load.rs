@@ -6,8 +6,9 @@
 
 use super::Spanned;
 use super::overlay::{ClientConfig, OverlaySpec};
+use super::rules;
 use super::spanned::parsing;
-use super::{MappingSpec, Settings, TestSpec};
+use super::{BodyNode, MappingSpec, Settings, TestSpec};
 use crate::diagnostic::{Diagnostic, Diagnostics, FileId, Files, Position, SourceFile};
 use include_dir::{Dir, include_dir};
 use indexmap::IndexMap;
@@ -148,14 +149,33 @@ fn is_yaml(path: &Path) -> bool {
     )
 }
 
+/// How many mapping specs (YAML files other than the settings) a folder holds, or the
+/// built-in set with `None`; 0 for a folder that cannot be read.
+pub fn count_specs(dir: Option<&Path>) -> usize {
+    let origin = match dir {
+        Some(dir) => Origin::Folder(dir),
+        None => Origin::Builtin,
+    };
+    origin.files().map_or(0, |files| {
+        files
+            .iter()
+            .filter(|(_, file_name, _)| !is_settings(file_name))
+            .count()
+    })
+}
+
 /// Loads the mapping set in `dir`.
 pub fn load_dir(dir: &Path) -> MappingSet {
-    load(&Origin::Folder(dir))
+    let mut set = load(&Origin::Folder(dir));
+    check_settings(&mut set);
+    set
 }
 
 /// Loads the default mapping set built into the binary.
 pub fn load_embedded() -> MappingSet {
-    load(&Origin::Builtin)
+    let mut set = load(&Origin::Builtin);
+    check_settings(&mut set);
+    set
 }
 
 /// The file in a client folder that holds its settings.
@@ -164,10 +184,17 @@ pub const CLIENT_FILE: &str = "client.yaml";
 /// Loads a client: the base set (a folder, or the built-in defaults), then the client's
 /// `client.yaml`, then its overlays and extra mappings from `<client>/mappings/`.
 pub fn load_client(base: Option<&Path>, client: &Path) -> MappingSet {
-    let mut set = match base {
-        Some(dir) => load_dir(dir),
-        None => load_embedded(),
-    };
+    let mut set = load(&match base {
+        Some(dir) => Origin::Folder(dir),
+        None => Origin::Builtin,
+    });
+    finish_client(&mut set, client);
+    check_settings(&mut set);
+    set
+}
+
+/// [`load_client`] after the base set is read.
+fn finish_client(set: &mut MappingSet, client: &Path) {
     let config_path = client.join(CLIENT_FILE);
     let text = match std::fs::read_to_string(&config_path) {
         Ok(text) => text,
@@ -181,7 +208,7 @@ pub fn load_client(base: Option<&Path>, client: &Path) -> MappingSet {
                 Position::default(),
                 format!("cannot read the client's settings: {e} (`marketsync init NAME` creates a client folder)"),
             ));
-            return set;
+            return;
         }
     };
     let source = Arc::new(SourceFile {
@@ -200,13 +227,68 @@ pub fn load_client(base: Option<&Path>, client: &Path) -> MappingSet {
     }
     let overlays = client.join("mappings");
     if overlays.is_dir() {
-        add_files(&mut set, &Origin::Folder(&overlays), Layer::Client);
+        add_files(set, &Origin::Folder(&overlays), Layer::Client);
     }
     if let Some(overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
         let source = Arc::clone(&set.client.as_ref().expect("client loaded").source);
-        apply_overlay(&mut set, source, overlay, Vec::new(), Vec::new());
+        apply_overlay(set, source, overlay, Vec::new(), Vec::new());
     }
-    set
+}
+
+/// The value rules of `settings.yaml` and `client.yaml` (see [`super::rules`]), once every
+/// mapping is in, since a metric role counts as used when some mapping reads it.
+fn check_settings(set: &mut MappingSet) {
+    let own = |file: &Arc<SourceFile>| {
+        set.settings
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(&s.source, file))
+            || set
+                .client
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.source, file))
+    };
+    let roles = rules::metric_roles_read(
+        set.files
+            .iter()
+            .filter(|file| !own(file))
+            .map(|file| file.text.as_str()),
+    );
+    let base_marketplaces: Vec<String> = set
+        .settings
+        .as_ref()
+        .map(|s| s.spec.marketplaces.keys().cloned().collect())
+        .unwrap_or_default();
+    let sources = [
+        set.settings
+            .as_ref()
+            .map(|s| (rules::Kind::Settings, &s.source)),
+        set.client
+            .as_ref()
+            .map(|c| (rules::Kind::Client, &c.source)),
+    ];
+    let mut found = Vec::new();
+    for (kind, source) in sources.into_iter().flatten() {
+        let Some(id) = set.files.id_of(source) else {
+            continue;
+        };
+        // The file already parsed as settings, so it parses as a tree.
+        let Ok(tree) = parsing(id, || {
+            serde_saphyr::from_str::<Spanned<BodyNode>>(&source.text)
+        }) else {
+            continue;
+        };
+        found.extend(rules::check(
+            kind,
+            &tree,
+            &source.text,
+            roles.as_ref(),
+            &base_marketplaces,
+            &set.files,
+        ));
+    }
+    for d in found {
+        set.diagnostics.push(d);
+    }
 }
 
 /// Whether files are a base set or a client's layer on top of one.
@@ -278,6 +360,19 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             }
             continue;
         }
+        if layer == Layer::Base && is_overlay(&source.text) {
+            let at =
+                parse::<OverlaySpec>(&source, id).map_or(Position::new(1, 1), |o| o.overlay.at);
+            set.diagnostics.push(Diagnostic::error(
+                &source,
+                at,
+                format!(
+                    "this is a client's overlay (it has `overlay:`), not a base mapping: {}",
+                    check_client_hint(origin)
+                ),
+            ));
+            continue;
+        }
         if layer == Layer::Client && is_overlay(&source.text) {
             match parse::<OverlaySpec>(&source, id) {
                 Ok(overlay) => {
@@ -299,6 +394,39 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             Err(d) => set.diagnostics.push(d),
         }
     }
+}
+
+/// How to check the client whose overlays were given as a base set (`--mappings
+/// clients/acme/mappings`, or `mappings/` found while standing in a client folder).
+fn check_client_hint(origin: &Origin<'_>) -> String {
+    let Origin::Folder(dir) = origin else {
+        return "overlays belong in a client folder, checked with `--client NAME`".into();
+    };
+    let client = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::env::current_dir()
+            .unwrap_or_default()
+            .join(dir)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let name = client
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "NAME".into());
+    let under_clients = client
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "clients");
+    let flag = if under_clients && client.is_relative() {
+        format!("--client {name}")
+    } else {
+        format!("--client {}", client.display())
+    };
+    format!(
+        "a client folder ({CLIENT_FILE} beside mappings/) is checked with `marketsync validate {flag}`, which applies its overlays to the base mappings"
+    )
 }
 
 /// Whether a file is an overlay: it has a top-level `overlay:` key. Read loosely, so a file

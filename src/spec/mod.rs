@@ -7,12 +7,13 @@
 
 mod load;
 mod overlay;
+mod rules;
 mod settings;
 mod spanned;
 
 pub use load::{
-    CLIENT_FILE, Example, MappingSet, SpecFile, builtin_example, load_client, load_dir,
-    load_embedded, parse_mapping,
+    CLIENT_FILE, Example, MappingSet, SpecFile, builtin_example, count_specs, load_client,
+    load_dir, load_embedded, parse_mapping,
 };
 pub use overlay::{ClientConfig, OverlaySpec};
 

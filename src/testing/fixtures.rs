@@ -52,13 +52,31 @@ pub fn fixture_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Renders every fixture in `fixtures` and compares it with `snapshots/<stem>.snap`.
 pub fn check(engine: &Engine, fixtures: &Path, snapshots: &Path) -> std::io::Result<Vec<Checked>> {
     let mut checked = Vec::new();
-    for fixture in fixture_files(fixtures)? {
-        let stem = fixture.file_stem().unwrap_or_default().to_string_lossy();
-        let snapshot = snapshots.join(format!("{stem}.snap"));
-        let outcome = match std::fs::read_to_string(&fixture) {
-            Err(e) => Outcome::Unreadable(format!("{}: {e}", fixture.display())),
-            Ok(text) => compare(engine, &fixture, &text, &snapshot),
+    let files = fixture_files(fixtures)?;
+    let stem_of = |path: &Path| path.file_stem().unwrap_or_default().to_owned();
+    for fixture in &files {
+        let stem = stem_of(fixture);
+        let snapshot = snapshots.join(format!("{}.snap", stem.to_string_lossy()));
+        // `x.json` and `x.ndjson` would overwrite each other's snapshot in turn.
+        let sharing: Vec<String> = files
+            .iter()
+            .filter(|other| *other != fixture && stem_of(other) == stem)
+            .map(|other| other.display().to_string())
+            .collect();
+        let outcome = if !sharing.is_empty() {
+            Outcome::Unreadable(format!(
+                "{} and {} would share the snapshot {}: give one fixture another name",
+                fixture.display(),
+                sharing.join(", "),
+                snapshot.display()
+            ))
+        } else {
+            match std::fs::read_to_string(fixture) {
+                Err(e) => Outcome::Unreadable(format!("{}: {e}", fixture.display())),
+                Ok(text) => compare(engine, fixture, &text, &snapshot),
+            }
         };
+        let fixture = fixture.clone();
         checked.push(Checked {
             fixture,
             snapshot,

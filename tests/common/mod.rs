@@ -39,6 +39,7 @@ pub fn marketsync() -> assert_cmd::Command {
 pub const OUTSIDE_VARIABLES: &[&str] = &[
     "KLAVIYO_API_KEY",
     "KLAVIYO_BASE_URL",
+    "MARKETSYNC_MAPPINGS",
     "ACME_KLAVIYO_API_KEY",
     "PETMARKET_KLAVIYO_API_KEY",
 ];
