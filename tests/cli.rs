@@ -1376,3 +1376,21 @@ fn issue11_explain_json_prints_a_document_for_a_delivery_it_cannot_read() {
     );
     assert_eq!(json["records"], serde_json::json!([]), "{json}");
 }
+
+/// `status --state typo.db` answered with a new empty store ("all is well") and left the file
+/// behind; `retry` likewise. Commands that read state need one that exists.
+#[test]
+fn status_and_retry_on_a_state_file_that_does_not_exist_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    for args in [&["status"][..], &["retry"][..]] {
+        marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&missing)
+            .assert()
+            .code(4)
+            .stderr(predicate::str::contains("no such file"));
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}

@@ -167,6 +167,19 @@ struct StateArgs {
 }
 
 impl StateArgs {
+    /// Opens a store that must already exist (`status`, `retry`): a mistyped `--state` is
+    /// reported, not answered with a new empty store that says all is well.
+    fn open_existing(&self) -> Result<marketsync::store::Store, u8> {
+        if !self.path.try_exists().unwrap_or(true) {
+            eprintln!(
+                "error: state database {}: no such file (a real `run` creates it; check --state)",
+                self.path.display()
+            );
+            return Err(EXIT_IO);
+        }
+        self.open()
+    }
+
     /// Opens (creating or migrating) the store, or reports why not.
     fn open(&self) -> Result<marketsync::store::Store, u8> {
         marketsync::store::Store::open(&self.path).map_err(|err| {

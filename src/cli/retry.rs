@@ -32,7 +32,7 @@ pub fn execute(args: Args) -> u8 {
         Ok(engine) => engine,
         Err(code) => return code,
     };
-    let mut store = match args.state.open() {
+    let mut store = match args.state.open_existing() {
         Ok(store) => store,
         Err(code) => return code,
     };

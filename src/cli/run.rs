@@ -248,9 +248,8 @@ fn sink_config(args: &Args, engine: &Engine, key: ApiKey) -> Result<SinkConfig, 
     }
     config.time_scale = args.time_scale;
     for (path, limit) in &engine.settings().rate_limits {
-        let endpoint = Endpoint::parse(path).ok_or_else(|| {
-            format!("settings.yaml: rate_limits names an unknown endpoint `{path}`")
-        })?;
+        let endpoint = Endpoint::parse(path)
+            .expect("rate_limits endpoints are checked where written when the mappings load");
         config.limits.insert(
             endpoint,
             Limit::per_second_and_minute(limit.burst, limit.steady),

@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> u8 {
-    let store = match args.state.open() {
+    let store = match args.state.open_existing() {
         Ok(store) => store,
         Err(code) => return code,
     };
