@@ -848,6 +848,39 @@ fn a_new_store_is_stamped_as_marketsyncs() {
     assert!(Store::open(&path).is_ok());
 }
 
+/// A new store appears whole or not at all: it is built beside its path and linked into place,
+/// so processes starting together on a new path share one store, and nothing half-made (a
+/// zero-byte file, which would be refused ever after) is left at the path or beside it.
+#[test]
+fn processes_creating_one_new_store_together_share_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let barrier = std::sync::Barrier::new(4);
+    std::thread::scope(|scope| {
+        for n in 0..4 {
+            let (path, barrier) = (&path, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                let mut store = Store::open(path).unwrap();
+                let id = format!("d{n}");
+                store
+                    .intake(&delivery(&id), &[placed_order(&id)], &[], 0)
+                    .unwrap();
+            });
+        }
+    });
+    let store = Store::open(&path).unwrap();
+    let queued = store.pending_count("transaction", None).unwrap();
+    assert_eq!(queued, 4, "every process wrote to the one store");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("state.db"))
+        .collect();
+    names.sort();
+    assert!(names.is_empty(), "left beside it: {names:?}");
+}
+
 // ---- crash safety ---------------------------------------------------------------------------
 
 /// Set to a database path, [`crash_child_writer`] takes deliveries in until it is killed.

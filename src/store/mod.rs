@@ -171,6 +171,11 @@ pub enum StoreError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("request from mapping `{mapping}`: {problem}")]
     InvalidRequest { mapping: String, problem: String },
+    #[error("cannot create {}: {problem}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        problem: String,
+    },
     #[error("no {what} with id {id}")]
     NotFound { what: &'static str, id: i64 },
     #[error("outbox row {id} is {state}, not pending")]
@@ -204,16 +209,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // An error here (a folder that cannot be read) counts as existing: the check reports it.
-        let conn = if path.try_exists().unwrap_or(true) {
-            check_is_ours(path)?;
-            Connection::open_with_flags(path, flags)?
-        } else {
-            let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_CREATE)?;
-            // Stamped first, so that a crash before the first migration leaves a file that is
-            // still recognised as marketsync's.
-            conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-            conn
-        };
+        if !path.try_exists().unwrap_or(true) {
+            create(path)?;
+        }
+        check_is_ours(path)?;
+        let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let _mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -321,6 +321,54 @@ fn check_is_ours(path: &Path) -> Result<(), StoreError> {
     not_ours(format!(
         "an SQLite database whose tables are not marketsync's: {shown}{more}"
     ))
+}
+
+/// Makes a new, stamped and migrated store at `path`, which did not exist.
+///
+/// The store is built under a temporary name beside `path` and linked into place only when
+/// whole, so no kill leaves a half-made file at `path` (a zero-byte file there would rightly be
+/// refused as not marketsync's, and block every later run). Linking, unlike renaming, fails if
+/// `path` appeared meanwhile: then another process made it first, and its file is used.
+fn create(path: &Path) -> Result<(), StoreError> {
+    let name = path.file_name().map_or_else(
+        || "state".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    // Unique to this attempt: two threads of one process may be creating the same store.
+    let building = path.with_file_name(format!(
+        ".{name}.{}-{:016x}.new",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let made = (|| -> Result<(), StoreError> {
+        let mut conn = Connection::open(&building)?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        schema::migrate(&mut conn, schema::MIGRATIONS)?;
+        // Closing the only connection checkpoints the WAL into the file and removes it.
+        conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    })();
+    let linked = made.and_then(|()| match std::fs::hard_link(&building, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: rename, which is as atomic but may replace a file
+        // made in the instant since `path` was checked.
+        Err(_) if !path.exists() => {
+            std::fs::rename(&building, path).map_err(|e| StoreError::Create {
+                path: path.to_owned(),
+                problem: e.to_string(),
+            })
+        }
+        Err(_) => Ok(()),
+    });
+    for leftover in ["", "-wal", "-shm"] {
+        let mut file = building.clone().into_os_string();
+        file.push(leftover);
+        let _ = std::fs::remove_file(file);
+    }
+    linked
 }
 
 /// A `count(*)` column. (rusqlite reads no `usize` without a feature; a count is never
