@@ -1008,3 +1008,41 @@ fn issue11_fixtures_sharing_a_snapshot_are_refused_and_a_stale_pending_one_is_re
         "a stale pending snapshot was left behind"
     );
 }
+
+#[test]
+fn issue11_a_null_removal_that_removes_nothing_is_an_error_with_a_did_you_mean() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "phone_region: NZ\n")
+        .write(
+            "clients/acme/mappings/profile.yaml",
+            "\
+overlay: profile
+select:
+  phne: null
+compute:
+  adress: null
+emit:
+  body:
+    data:
+      attributes:
+        phone_numbr: null
+        location:
+          adress1: null
+        extra:
+          nothing: null
+",
+        );
+    let problems = ws
+        .engine("acme")
+        .err()
+        .expect("the removals remove nothing");
+    for expected in [
+        "clients/acme/mappings/profile.yaml:3:3: error: `phne: null` removes nothing: the base mapping `profile` has no selection `phne`; did you mean `phone`?",
+        "clients/acme/mappings/profile.yaml:5:3: error: `adress: null` removes nothing: the base mapping `profile` has no computed value `adress`; did you mean `address`?",
+        "clients/acme/mappings/profile.yaml:10:9: error: `phone_numbr: null` removes nothing: the base mapping `profile` has no `data.attributes.phone_numbr` in its body; did you mean `phone_number`?",
+        "clients/acme/mappings/profile.yaml:12:11: error: `adress1: null` removes nothing: the base mapping `profile` has no `data.attributes.location.adress1` in its body; did you mean `address1`?",
+        "clients/acme/mappings/profile.yaml:14:11: error: `nothing: null` removes nothing",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n\n{problems}");
+    }
+}

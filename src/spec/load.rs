@@ -467,7 +467,10 @@ fn apply_overlay(
     if !overlay.base_tests {
         base.test_deliveries.clear();
     }
-    overlay.apply_to(&mut base.spec);
+    let problems = overlay.apply_to(&mut base.spec, &set.files);
+    for d in problems {
+        set.diagnostics.push(d);
+    }
     base.examples.extend(examples);
     base.test_deliveries.extend(tests);
     base.layers.push(source);

@@ -303,7 +303,7 @@ fn one_of(listed: &[String]) -> String {
 }
 
 /// `; did you mean X?` for the closest name, when one is close enough to be a slip.
-fn did_you_mean<'a>(wrong: &str, names: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn did_you_mean<'a>(wrong: &str, names: impl Iterator<Item = &'a str>) -> String {
     names
         .map(|name| (strsim_distance(wrong, name), name))
         .filter(|(distance, name)| *distance <= (name.len() / 3).max(2))
@@ -330,7 +330,7 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 
 /// Where a key was written: a value's position is known, its key's is not, so the key is
 /// looked for on the value's line and the lines above it (a block map puts the value below).
-fn key_position(text: &str, key: &str, value_at: Position) -> Position {
+pub(super) fn key_position(text: &str, key: &str, value_at: Position) -> Position {
     let lines: Vec<&str> = text.lines().collect();
     let last = value_at.line.min(lines.len());
     for line in (1..=last).rev() {
