@@ -1046,3 +1046,49 @@ emit:
         assert!(problems.contains(expected), "{expected}\n\n{problems}");
     }
 }
+
+#[test]
+fn issue11_yaml_errors_in_an_overlay_are_reported_at_their_line() {
+    let ws = Workspace::new();
+    let mut bomb = String::from(
+        "overlay: profile\nemit:\n  body:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for level in 1..8 {
+        let above = format!("*a{}", level - 1);
+        bomb += &format!(
+            "    a{level}: &a{level} [{}]\n",
+            [above.as_str(); 10].join(", ")
+        );
+    }
+    ws.write("clients/acme/client.yaml", "phone_region: NZ\n")
+        .write(
+            "clients/acme/mappings/a-tab.yaml",
+            "overlay: profile\nselect:\n\tphone: $.order.phone\n",
+        )
+        .write(
+            "clients/acme/mappings/b-duplicate.yaml",
+            "overlay: profile\ndescription: one\ndescription: two\n",
+        )
+        .write(
+            "clients/acme/mappings/c-unclosed.yaml",
+            "overlay: profile\nselect: { phone: $.order.phone\n",
+        )
+        .write(
+            "clients/acme/mappings/d-nan.yaml",
+            "overlay: profile\nemit:\n  body:\n    data:\n      attributes:\n        properties:\n          Score: .nan\n",
+        )
+        .write("clients/acme/mappings/e-bomb.yaml", &bomb);
+    let problems = ws.engine("acme").err().expect("the overlays are broken");
+    assert!(!problems.contains("unknown field `overlay`"), "{problems}");
+    for expected in [
+        "clients/acme/mappings/a-tab.yaml:3:",
+        "clients/acme/mappings/b-duplicate.yaml:3:",
+        "clients/acme/mappings/c-unclosed.yaml:",
+        "clients/acme/mappings/d-nan.yaml:7:",
+        "clients/acme/mappings/e-bomb.yaml:",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n\n{problems}");
+    }
+    assert!(!problems.contains("c-unclosed.yaml:1:1:"), "{problems}");
+    assert!(!problems.contains("e-bomb.yaml:1:1:"), "{problems}");
+}

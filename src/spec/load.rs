@@ -361,8 +361,13 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             continue;
         }
         if layer == Layer::Base && is_overlay(&source.text) {
-            let at =
-                parse::<OverlaySpec>(&source, id).map_or(Position::new(1, 1), |o| o.overlay.at);
+            let at = match parse::<OverlaySpec>(&source, id) {
+                Ok(overlay) => overlay.overlay.at,
+                Err(d) => {
+                    set.diagnostics.push(d);
+                    Position::new(1, 1)
+                }
+            };
             set.diagnostics.push(Diagnostic::error(
                 &source,
                 at,
@@ -429,11 +434,18 @@ fn check_client_hint(origin: &Origin<'_>) -> String {
     )
 }
 
-/// Whether a file is an overlay: it has a top-level `overlay:` key. Read loosely, so a file
-/// that fails here is parsed, and reported on, as a mapping.
+/// Whether a file is an overlay: it has a top-level `overlay:` key. A file that is not valid
+/// YAML is an overlay when a line begins with that key, so its syntax error is reported by the
+/// overlay parser, at its line, rather than as "unknown field `overlay`" by the mapping one.
 fn is_overlay(text: &str) -> bool {
-    serde_saphyr::from_str::<IndexMap<String, serde::de::IgnoredAny>>(text)
-        .is_ok_and(|keys| keys.contains_key("overlay"))
+    match serde_saphyr::from_str::<IndexMap<String, serde::de::IgnoredAny>>(text) {
+        Ok(keys) => keys.contains_key("overlay"),
+        Err(_) => text.lines().any(|line| {
+            ["overlay:", "\"overlay\":", "'overlay':"]
+                .iter()
+                .any(|key| line.starts_with(key))
+        }),
+    }
 }
 
 fn apply_overlay(
