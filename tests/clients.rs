@@ -1092,3 +1092,93 @@ fn issue11_yaml_errors_in_an_overlay_are_reported_at_their_line() {
     assert!(!problems.contains("c-unclosed.yaml:1:1:"), "{problems}");
     assert!(!problems.contains("e-bomb.yaml:1:1:"), "{problems}");
 }
+
+/// The problems of a client made of `client.yaml` and one overlay, which must all be in the
+/// client's own files.
+fn client_problems(client_yaml: &str, overlay: Option<&str>) -> String {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", client_yaml);
+    if let Some(overlay) = overlay {
+        ws.write("clients/acme/mappings/overlay.yaml", overlay);
+    }
+    let problems = ws.engine("acme").err().expect("the client is wrong");
+    assert!(
+        !problems.lines().any(|line| line.starts_with("<builtin>/")),
+        "{problems}"
+    );
+    problems
+}
+
+#[test]
+fn issue11_what_an_overlay_or_client_yaml_breaks_is_reported_where_it_was_written() {
+    let overlay = "clients/acme/mappings/overlay.yaml";
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some(
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        unique_id: null\n",
+        ),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:6:9: error: `unique_id: null`")),
+        "{problems}"
+    );
+    assert!(problems.contains("`placed-order`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some(
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        uniqueId: \"{{ order_id }}\"\n",
+        ),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:6:9: error: `uniqueId`")),
+        "{problems}"
+    );
+    assert!(problems.contains("did you mean `unique_id`?"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\nconsent:\n  path: \"$.metadata[?@.key == \"\n",
+        None,
+    );
+    assert!(
+        problems.contains("clients/acme/client.yaml:3:9: error: consent.path"),
+        "{problems}"
+    );
+    assert!(problems.contains("`consent`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: consent\nwhen: customer_email is not none\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:2:7: error:")),
+        "{problems}"
+    );
+    assert!(problems.contains("`consent`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: profile\nselect:\n  phone: null\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:3:3: error: `phone: null`")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("`profile`") && problems.contains("<builtin>/profile.yaml:34"),
+        "{problems}"
+    );
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: placed-order\ndisable: true\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:2:10: error: `disable: true`")),
+        "{problems}"
+    );
+    for waiting in ["cancelled-order", "fulfilled-order", "refunded-order"] {
+        assert!(problems.contains(waiting), "{problems}");
+    }
+    assert_eq!(problems.matches("error:").count(), 1, "{problems}");
+}

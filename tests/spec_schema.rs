@@ -999,7 +999,7 @@ fn an_overlay_may_remove_a_selection_and_when_with_null() {
     assert!(overlay.select["x"].value.is_none());
     assert!(overlay.select["store"].value.is_some());
     assert!(overlay.compute["y"].value.is_none());
-    assert_eq!(format!("{:?}", overlay.when), "Remove");
+    assert!(format!("{:?}", overlay.when).starts_with("Remove"));
 }
 
 #[test]

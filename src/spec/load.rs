@@ -5,7 +5,7 @@
 //! parsed together with a diagnostic for each file that did not.
 
 use super::Spanned;
-use super::overlay::{ClientConfig, OverlaySpec};
+use super::overlay::{ClientConfig, OverlaySpec, Removed};
 use super::rules;
 use super::spanned::parsing;
 use super::{BodyNode, MappingSpec, Settings, TestSpec};
@@ -46,6 +46,8 @@ pub struct SpecFile<T> {
     pub test_deliveries: Vec<Example>,
     /// Overlay files applied on top of `source`, in order.
     pub layers: Vec<Arc<SourceFile>>,
+    /// What those overlays removed, and where.
+    pub removed: Vec<Removed>,
 }
 
 impl<T> SpecFile<T> {
@@ -56,6 +58,7 @@ impl<T> SpecFile<T> {
             examples: Vec::new(),
             test_deliveries: Vec::new(),
             layers: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }
@@ -80,6 +83,8 @@ pub struct MappingSet {
     pub files: Files,
     /// Problems found while reading and parsing; more are added when the set is compiled.
     pub diagnostics: Diagnostics,
+    /// Base mappings a client's overlay turned off, and where its `disable: true` is.
+    pub disabled: Vec<(String, Position)>,
 }
 
 /// Where spec files come from.
@@ -266,6 +271,18 @@ fn check_settings(set: &mut MappingSet) {
             .as_ref()
             .map(|c| (rules::Kind::Client, &c.source)),
     ];
+    // The mappings whose selections read the consent path, named in its errors.
+    let consent_readers: Vec<String> = set
+        .mappings
+        .iter()
+        .filter(|m| {
+            m.spec
+                .select
+                .values()
+                .any(|s| s.value.path.contains("settings.consent.path"))
+        })
+        .map(|m| m.spec.name.value.clone())
+        .collect();
     let mut found = Vec::new();
     for (kind, source) in sources.into_iter().flatten() {
         let Some(id) = set.files.id_of(source) else {
@@ -283,6 +300,7 @@ fn check_settings(set: &mut MappingSet) {
             &source.text,
             roles.as_ref(),
             &base_marketplaces,
+            &consent_readers,
             &set.files,
         ));
     }
@@ -305,6 +323,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
         client: None,
         files: Files::default(),
         diagnostics: Diagnostics::default(),
+        disabled: Vec::new(),
     };
     add_files(&mut set, origin, Layer::Base);
     if set.settings.is_none() && !set.diagnostics.has_errors() {
@@ -471,18 +490,20 @@ fn apply_overlay(
         ));
         return;
     };
-    if overlay.disable {
+    if let Some(at) = overlay.disable {
         set.mappings.remove(index);
+        set.disabled.push((name, at));
         return;
     }
     let base = &mut set.mappings[index];
     if !overlay.base_tests {
         base.test_deliveries.clear();
     }
-    let problems = overlay.apply_to(&mut base.spec, &set.files);
+    let (problems, removed) = overlay.apply_to(&mut base.spec, &set.files);
     for d in problems {
         set.diagnostics.push(d);
     }
+    base.removed.extend(removed);
     base.examples.extend(examples);
     base.test_deliveries.extend(tests);
     base.layers.push(source);

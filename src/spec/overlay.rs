@@ -23,32 +23,43 @@ use crate::diagnostic::{Diagnostic, Files, Position};
 use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer};
 
-/// A change to one optional key: left alone, removed (`null`), or replaced.
+/// A change to one optional key: left alone, removed (`null`, written at the position), or
+/// replaced.
 #[derive(Debug, Default)]
 pub enum Patch<T> {
     #[default]
     Keep,
-    Remove,
+    Remove(Position),
     Set(T),
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(match Option::<T>::deserialize(deserializer)? {
-            None => Patch::Remove,
+        let spanned = Spanned::<Option<T>>::deserialize(deserializer)?;
+        Ok(match spanned.value {
+            None => Patch::Remove(spanned.at),
             Some(value) => Patch::Set(value),
         })
     }
 }
 
-impl<T> Patch<T> {
-    fn apply(self, target: &mut Option<T>) {
-        match self {
-            Patch::Keep => {}
-            Patch::Remove => *target = None,
-            Patch::Set(value) => *target = Some(value),
-        }
-    }
+/// Something an overlay removed from a base mapping, and where the `null` was written: a
+/// base part that still needs it is the overlay's mistake, reported at that line.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub kind: RemovedKind,
+    /// The entry's name, the key (`when`), or the body field's dotted path.
+    pub name: String,
+    /// The key of the `null` in the overlay.
+    pub at: Position,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovedKind {
+    Selection,
+    Computed,
+    Key,
+    BodyField,
 }
 
 /// An overlay file: which base mapping it changes, and how.
@@ -57,9 +68,9 @@ impl<T> Patch<T> {
 pub struct OverlaySpec {
     /// The name of the base mapping this file changes.
     pub overlay: Spanned<String>,
-    /// Drop the base mapping for this client.
-    #[serde(default)]
-    pub disable: bool,
+    /// Drop the base mapping for this client (`Some` with where `disable: true` is).
+    #[serde(default, deserialize_with = "disable")]
+    pub disable: Option<Position>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -103,6 +114,12 @@ fn yes() -> bool {
     true
 }
 
+/// `disable: true` as where it was written; `false` as `None`.
+fn disable<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Position>, D::Error> {
+    let on = Spanned::<bool>::deserialize(deserializer)?;
+    Ok(on.value.then_some(on.at))
+}
+
 /// Changes to `emit`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,11 +135,16 @@ impl OverlaySpec {
     /// Applies this overlay's changes to `base` (its `disable` is the caller's business), and
     /// returns what it could not do: a `null` that removes nothing is a misspelt name, and the
     /// key it meant would otherwise still be sent.
-    pub fn apply_to(self, base: &mut MappingSpec, files: &Files) -> Vec<Diagnostic> {
+    pub fn apply_to(
+        self,
+        base: &mut MappingSpec,
+        files: &Files,
+    ) -> (Vec<Diagnostic>, Vec<Removed>) {
         let mut problems = Removals {
             mapping: base.name.value.clone(),
             files,
             found: Vec::new(),
+            removed: Vec::new(),
         };
         if let Some(description) = self.description {
             base.description = Some(description);
@@ -133,14 +155,14 @@ impl OverlaySpec {
         if let Some(matcher) = self.matcher {
             base.matcher = matcher;
         }
-        problems.entries(&mut base.select, self.select, "selection");
-        problems.entries(&mut base.compute, self.compute, "computed value");
-        self.when.apply(&mut base.when);
-        self.require.apply(&mut base.require);
-        self.for_each.apply(&mut base.for_each);
-        self.once_per.apply(&mut base.once_per);
-        self.waits_for.apply(&mut base.waits_for);
-        self.coalesce.apply(&mut base.coalesce);
+        problems.entries(&mut base.select, self.select, RemovedKind::Selection);
+        problems.entries(&mut base.compute, self.compute, RemovedKind::Computed);
+        problems.patch("when", self.when, &mut base.when);
+        problems.patch("require", self.require, &mut base.require);
+        problems.patch("for", self.for_each, &mut base.for_each);
+        problems.patch("once_per", self.once_per, &mut base.once_per);
+        problems.patch("waits_for", self.waits_for, &mut base.waits_for);
+        problems.patch("coalesce", self.coalesce, &mut base.coalesce);
         if let Some(emit) = self.emit {
             if let Some(endpoint) = emit.endpoint {
                 base.emit.endpoint = endpoint;
@@ -154,7 +176,7 @@ impl OverlaySpec {
             base.tests.clear();
         }
         base.tests.extend(self.tests);
-        problems.found
+        (problems.found, problems.removed)
     }
 }
 
@@ -164,9 +186,34 @@ struct Removals<'a> {
     mapping: String,
     files: &'a Files,
     found: Vec<Diagnostic>,
+    removed: Vec<Removed>,
 }
 
 impl Removals<'_> {
+    fn record(&mut self, kind: RemovedKind, name: &str, null_at: Position) {
+        let text = &self.files.get(null_at.file).text;
+        let key = name.rsplit('.').next().unwrap_or(name);
+        self.removed.push(Removed {
+            kind,
+            name: name.to_owned(),
+            at: key_position(text, key, null_at),
+        });
+    }
+
+    fn patch<T>(&mut self, key: &str, patch: Patch<T>, target: &mut Option<T>) {
+        match patch {
+            Patch::Keep => {}
+            Patch::Remove(at) => {
+                if target.take().is_some() {
+                    self.record(RemovedKind::Key, key, at);
+                } else {
+                    self.nothing(key, at, format!("`{key}`"), std::iter::empty());
+                }
+            }
+            Patch::Set(value) => *target = Some(value),
+        }
+    }
+
     /// `key: null` at `at` (the `null`) found nothing to remove among `known`.
     fn nothing<'k>(
         &mut self,
@@ -193,20 +240,26 @@ impl Removals<'_> {
         &mut self,
         base: &mut IndexMap<String, Spanned<T>>,
         changes: IndexMap<String, Spanned<Option<Spanned<T>>>>,
-        kind: &str,
+        kind: RemovedKind,
     ) {
+        let what = match kind {
+            RemovedKind::Selection => "selection",
+            _ => "computed value",
+        };
         for (name, change) in changes {
             match change.value {
                 Some(value) => {
                     base.insert(name, value);
                 }
                 None => {
-                    if base.shift_remove(&name).is_none() {
+                    if base.shift_remove(&name).is_some() {
+                        self.record(kind, &name, change.at);
+                    } else {
                         let known: Vec<String> = base.keys().cloned().collect();
                         self.nothing(
                             &name,
                             change.at,
-                            format!("{kind} `{name}`"),
+                            format!("{what} `{name}`"),
                             known.iter().map(String::as_str),
                         );
                     }
@@ -229,7 +282,9 @@ impl Removals<'_> {
                 for (key, change) in changes {
                     let path = join(pointer, &key);
                     if matches!(change.value, BodyNode::Null) {
-                        if entries.shift_remove(&key).is_none() {
+                        if entries.shift_remove(&key).is_some() {
+                            self.record(RemovedKind::BodyField, &path, change.at);
+                        } else {
                             let known: Vec<String> = entries.keys().cloned().collect();
                             self.nothing(
                                 &key,
@@ -399,7 +454,7 @@ impl ClientConfig {
         );
         Some(OverlaySpec {
             overlay: self.profile_mapping.clone(),
-            disable: false,
+            disable: None,
             description: None,
             lane: None,
             matcher: None,
@@ -448,6 +503,7 @@ mod tests {
             mapping: "m".into(),
             files,
             found: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -481,7 +537,7 @@ mod tests {
                 ("c".into(), Spanned::new(Some(Spanned::new(3, at)), at)),
                 ("b".into(), Spanned::new(None, at)),
             ]),
-            "entry",
+            RemovedKind::Selection,
         );
         assert_eq!(
             base.into_iter()
@@ -495,7 +551,7 @@ mod tests {
     #[test]
     fn null_removes_an_optional_key_and_absence_keeps_it() {
         let overlay: OverlaySpec = serde_saphyr::from_str("overlay: x\nwhen: null\n").unwrap();
-        assert!(matches!(overlay.when, Patch::Remove));
+        assert!(matches!(overlay.when, Patch::Remove(_)));
         assert!(matches!(overlay.once_per, Patch::Keep));
     }
 }
