@@ -1182,3 +1182,34 @@ fn issue11_what_an_overlay_or_client_yaml_breaks_is_reported_where_it_was_writte
     }
     assert_eq!(problems.matches("error:").count(), 1, "{problems}");
 }
+
+#[test]
+fn issue11_an_overlay_can_leave_out_base_examples_that_a_client_setting_makes_empty() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "consent:\n  path: \"$.metadata[?@.key == 'newsletter_opt_in'].value\"\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("produces no request"));
+    ws.write(
+        "clients/acme/mappings/consent.yaml",
+        "overlay: consent\nbase_examples: false   # our opt-in is under another key\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "acme"])
+        .assert()
+        .code(0);
+    // The scaffold passes --strict as it is written.
+    ws.marketsync()
+        .args(["init", "beta", "--marketplace", "beta", "--currency", "JPY"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "beta"])
+        .assert()
+        .code(0);
+}

@@ -499,6 +499,9 @@ fn apply_overlay(
     if !overlay.base_tests {
         base.test_deliveries.clear();
     }
+    if !overlay.base_examples {
+        base.examples.clear();
+    }
     let (problems, removed) = overlay.apply_to(&mut base.spec, &set.files);
     for d in problems {
         set.diagnostics.push(d);

@@ -108,6 +108,10 @@ pub struct OverlaySpec {
     /// changes what they check.
     #[serde(default = "yes")]
     pub base_tests: bool,
+    /// `false` leaves out the base mapping's own examples, for a client whose settings (such
+    /// as `consent.path`) make them produce nothing; the overlay's `examples` still apply.
+    #[serde(default = "yes")]
+    pub base_examples: bool,
 }
 
 fn yes() -> bool {
@@ -170,6 +174,9 @@ impl OverlaySpec {
             if let Some(body) = emit.body {
                 problems.merge_patch(&mut base.emit.body, body, "");
             }
+        }
+        if !self.base_examples {
+            base.examples.clear();
         }
         base.examples.extend(self.examples);
         if !self.base_tests {
@@ -473,6 +480,7 @@ impl ClientConfig {
             examples: Vec::new(),
             tests: Vec::new(),
             base_tests: true,
+            base_examples: true,
         })
     }
 }
