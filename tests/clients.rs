@@ -1213,3 +1213,42 @@ fn issue11_an_overlay_can_leave_out_base_examples_that_a_client_setting_makes_em
         .assert()
         .code(0);
 }
+
+#[test]
+fn issue11_every_overlay_file_is_read_and_each_problem_is_at_its_own_file() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "phone_region: NZ\nprofile_attributes:\n  Note: $.order.note\n",
+    )
+    .write(
+        "clients/acme/mappings/NO-PROFILE.YAML",
+        "overlay: profile\ndisable: true\n",
+    )
+    .write(
+        "clients/acme/mappings/typo.yaml",
+        "overlay: refunded-ordr\ndisable: true\n",
+    );
+    fs::write(
+        ws.path().join("clients/acme/mappings/latin1.yaml"),
+        b"overlay: placed-order\ndescription: caf\xe9\n",
+    )
+    .unwrap();
+    let problems = ws.engine("acme").err().expect("the client is wrong");
+    // The upper-case file is read: profile is disabled, so the attributes have nowhere to go.
+    assert!(
+        problems.contains("clients/acme/client.yaml:2:1: error: `profile_attributes`"),
+        "{problems}"
+    );
+    assert!(problems.contains("NO-PROFILE.YAML"), "{problems}");
+    // The file that is not UTF-8 is reported, at its line, and hides nothing else.
+    assert!(
+        problems.contains("clients/acme/mappings/latin1.yaml:2:"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("clients/acme/mappings/typo.yaml:1:10: error:"),
+        "{problems}"
+    );
+    assert!(!problems.contains(":0:0:"), "{problems}");
+}

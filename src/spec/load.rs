@@ -87,6 +87,9 @@ pub struct MappingSet {
     pub disabled: Vec<(String, Position)>,
 }
 
+/// A file's text, or where and why it cannot be read.
+type FileText = Result<String, (Position, String)>;
+
 /// Where spec files come from.
 enum Origin<'a> {
     Folder(&'a Path),
@@ -94,8 +97,9 @@ enum Origin<'a> {
 }
 
 impl Origin<'_> {
-    /// The YAML files of the set, sorted by name, as (display name, file name, text).
-    fn files(&self) -> Result<Vec<(String, String, String)>, String> {
+    /// The YAML files of the set, sorted by name, as (display name, file name, text or why
+    /// it cannot be read). One unreadable file does not hide the others.
+    fn files(&self) -> Result<Vec<(String, String, FileText)>, String> {
         let mut files = Vec::new();
         match self {
             Origin::Folder(dir) => {
@@ -106,8 +110,19 @@ impl Origin<'_> {
                     if !is_yaml(&path) {
                         continue;
                     }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let text = match std::fs::read(&path) {
+                        Ok(bytes) => String::from_utf8(bytes).map_err(|e| {
+                            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                            let good = String::from_utf8_lossy(good);
+                            let line = good.matches('\n').count() + 1;
+                            let column = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                            (
+                                Position::new(line, column),
+                                "this file is not UTF-8 text: save it as UTF-8 (the byte here is in another encoding, such as Latin-1 or Windows-1252)".to_owned(),
+                            )
+                        }),
+                        Err(e) => Err((Position::new(1, 1), format!("cannot read this file: {e}"))),
+                    };
                     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
                     files.push((path.display().to_string(), file_name.into_owned(), text));
                 }
@@ -117,13 +132,13 @@ impl Origin<'_> {
                     if !is_yaml(file.path()) {
                         continue;
                     }
-                    let text = file.contents_utf8().unwrap_or_default().to_owned();
+                    let text = Ok(file.contents_utf8().unwrap_or_default().to_owned());
                     let name = file.path().display().to_string();
                     files.push((format!("<builtin>/{name}"), name, text));
                 }
             }
         }
-        files.sort();
+        files.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         Ok(files)
     }
 
@@ -147,11 +162,12 @@ impl Origin<'_> {
     }
 }
 
+/// `.yaml` or `.yml` in any case: a file named `placed-order.YAML` is the consultant's too,
+/// and ignoring it would silently drop its changes.
 fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
 /// How many mapping specs (YAML files other than the settings) a folder holds, or the
@@ -234,9 +250,28 @@ fn finish_client(set: &mut MappingSet, client: &Path) {
     if overlays.is_dir() {
         add_files(set, &Origin::Folder(&overlays), Layer::Client);
     }
-    if let Some(overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
-        let source = Arc::clone(&set.client.as_ref().expect("client loaded").source);
-        apply_overlay(set, source, overlay, Vec::new(), Vec::new());
+    if let Some(mut overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
+        let client = set.client.as_ref().expect("client loaded");
+        let source = Arc::clone(&client.source);
+        if overlay.overlay.at.line == 0 {
+            // `profile_mapping` left out: point at `profile_attributes:` in client.yaml.
+            let first = client.spec.profile_attributes.values().next().map(|p| p.at);
+            let at = first.unwrap_or(Position::new(1, 1).in_file(id));
+            overlay.overlay.at = rules::key_position(&source.text, "profile_attributes", at);
+        }
+        let name = overlay.overlay.value.clone();
+        if let Some((_, disabled_at)) = set.disabled.iter().find(|(n, _)| *n == name) {
+            let disabled_in = set.files.get(disabled_at.file);
+            set.diagnostics.push(set.files.error(
+                overlay.overlay.at,
+                format!(
+                    "`profile_attributes` are added to mapping `{name}`, which {}:{} disables: turn it back on, or name another mapping with `profile_mapping`",
+                    disabled_in.name, disabled_at.line
+                ),
+            ));
+        } else {
+            apply_overlay(set, source, overlay, Vec::new(), Vec::new());
+        }
     }
 }
 
@@ -359,11 +394,20 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
         }
     };
     for (display_name, file_name, text) in files {
+        let (text, unreadable) = match text {
+            Ok(text) => (text, None),
+            Err(problem) => (String::new(), Some(problem)),
+        };
         let source = Arc::new(SourceFile {
             name: display_name,
             text,
         });
         let id = set.files.add(Arc::clone(&source));
+        if let Some((at, message)) = unreadable {
+            set.diagnostics
+                .push(Diagnostic::error(&source, at.in_file(id), message));
+            continue;
+        }
         if is_settings(&file_name) {
             if layer == Layer::Client {
                 set.diagnostics.push(Diagnostic::error(
