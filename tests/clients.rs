@@ -1252,3 +1252,34 @@ fn issue11_every_overlay_file_is_read_and_each_problem_is_at_its_own_file() {
     );
     assert!(!problems.contains(":0:0:"), "{problems}");
 }
+
+#[test]
+fn issue11_yaml_errors_are_worded_for_the_consultant() {
+    let message = |text: &str| {
+        marketsync::spec::parse_mapping("m.yaml", text)
+            .expect_err("the YAML is wrong")
+            .message
+    };
+    let duplicate = message("name: a\nname: b\n");
+    assert!(!duplicate.contains("DuplicateKeyPolicy"), "{duplicate}");
+    assert!(
+        duplicate.contains("`name`") && duplicate.contains("twice"),
+        "{duplicate}"
+    );
+    let nan = message("name: a\nlane: .nan\n");
+    assert!(!nan.contains("configured policy"), "{nan}");
+    let mut bomb =
+        String::from("name: a\nemit:\n  body:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..8 {
+        let above = format!("*a{}", level - 1);
+        bomb += &format!(
+            "    a{level}: &a{level} [{}]\n",
+            [above.as_str(); 10].join(", ")
+        );
+    }
+    let bomb = message(&bomb);
+    assert!(
+        !bomb.contains("budget breached") && !bomb.contains("Nodes {"),
+        "{bomb}"
+    );
+}

@@ -612,8 +612,32 @@ fn parse<T: DeserializeOwned>(source: &Arc<SourceFile>, id: FileId) -> Result<T,
 fn yaml_message(err: &serde_saphyr::Error) -> String {
     let full = err.without_snippet().to_string();
     let first = full.lines().next().unwrap_or_default();
-    match first.find(" at line ") {
-        Some(cut) => first[..cut].to_owned(),
-        None => first.to_owned(),
+    let message = match first.find(" at line ") {
+        Some(cut) => &first[..cut],
+        None => first,
+    };
+    consultant_wording(message)
+}
+
+/// serde-saphyr's wording where it speaks of its own options and types, in the consultant's
+/// terms: what is wrong in the file and what to write instead.
+fn consultant_wording(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("`{key}` is written twice in the same map: keep one");
     }
+    if message.starts_with("budget breached") {
+        return "this file expands to too many values (anchors `&name` and aliases `*name` repeated inside each other): write the values out".into();
+    }
+    if let Some(rest) = message.strip_prefix("non-finite float ") {
+        let value = rest.split(" rejected").next().unwrap_or(rest);
+        return format!(
+            "{value} is not a number a request can carry: quote it (\"{}\") for text, or write a number",
+            value.trim_matches('`')
+        );
+    }
+    message.to_owned()
 }
