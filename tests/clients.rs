@@ -1008,3 +1008,278 @@ fn issue11_fixtures_sharing_a_snapshot_are_refused_and_a_stale_pending_one_is_re
         "a stale pending snapshot was left behind"
     );
 }
+
+#[test]
+fn issue11_a_null_removal_that_removes_nothing_is_an_error_with_a_did_you_mean() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", "phone_region: NZ\n")
+        .write(
+            "clients/acme/mappings/profile.yaml",
+            "\
+overlay: profile
+select:
+  phne: null
+compute:
+  adress: null
+emit:
+  body:
+    data:
+      attributes:
+        phone_numbr: null
+        location:
+          adress1: null
+        extra:
+          nothing: null
+",
+        );
+    let problems = ws
+        .engine("acme")
+        .err()
+        .expect("the removals remove nothing");
+    for expected in [
+        "clients/acme/mappings/profile.yaml:3:3: error: `phne: null` removes nothing: the base mapping `profile` has no selection `phne`; did you mean `phone`?",
+        "clients/acme/mappings/profile.yaml:5:3: error: `adress: null` removes nothing: the base mapping `profile` has no computed value `adress`; did you mean `address`?",
+        "clients/acme/mappings/profile.yaml:10:9: error: `phone_numbr: null` removes nothing: the base mapping `profile` has no `data.attributes.phone_numbr` in its body; did you mean `phone_number`?",
+        "clients/acme/mappings/profile.yaml:12:11: error: `adress1: null` removes nothing: the base mapping `profile` has no `data.attributes.location.adress1` in its body; did you mean `address1`?",
+        "clients/acme/mappings/profile.yaml:14:11: error: `nothing: null` removes nothing",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n\n{problems}");
+    }
+}
+
+#[test]
+fn issue11_yaml_errors_in_an_overlay_are_reported_at_their_line() {
+    let ws = Workspace::new();
+    let mut bomb = String::from(
+        "overlay: profile\nemit:\n  body:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for level in 1..8 {
+        let above = format!("*a{}", level - 1);
+        bomb += &format!(
+            "    a{level}: &a{level} [{}]\n",
+            [above.as_str(); 10].join(", ")
+        );
+    }
+    ws.write("clients/acme/client.yaml", "phone_region: NZ\n")
+        .write(
+            "clients/acme/mappings/a-tab.yaml",
+            "overlay: profile\nselect:\n\tphone: $.order.phone\n",
+        )
+        .write(
+            "clients/acme/mappings/b-duplicate.yaml",
+            "overlay: profile\ndescription: one\ndescription: two\n",
+        )
+        .write(
+            "clients/acme/mappings/c-unclosed.yaml",
+            "overlay: profile\nselect: { phone: $.order.phone\n",
+        )
+        .write(
+            "clients/acme/mappings/d-nan.yaml",
+            "overlay: profile\nemit:\n  body:\n    data:\n      attributes:\n        properties:\n          Score: .nan\n",
+        )
+        .write("clients/acme/mappings/e-bomb.yaml", &bomb);
+    let problems = ws.engine("acme").err().expect("the overlays are broken");
+    assert!(!problems.contains("unknown field `overlay`"), "{problems}");
+    for expected in [
+        "clients/acme/mappings/a-tab.yaml:3:",
+        "clients/acme/mappings/b-duplicate.yaml:3:",
+        "clients/acme/mappings/c-unclosed.yaml:",
+        "clients/acme/mappings/d-nan.yaml:7:",
+        "clients/acme/mappings/e-bomb.yaml:",
+    ] {
+        assert!(problems.contains(expected), "{expected}\n\n{problems}");
+    }
+    assert!(!problems.contains("c-unclosed.yaml:1:1:"), "{problems}");
+    assert!(!problems.contains("e-bomb.yaml:1:1:"), "{problems}");
+}
+
+/// The problems of a client made of `client.yaml` and one overlay, which must all be in the
+/// client's own files.
+fn client_problems(client_yaml: &str, overlay: Option<&str>) -> String {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", client_yaml);
+    if let Some(overlay) = overlay {
+        ws.write("clients/acme/mappings/overlay.yaml", overlay);
+    }
+    let problems = ws.engine("acme").err().expect("the client is wrong");
+    assert!(
+        !problems.lines().any(|line| line.starts_with("<builtin>/")),
+        "{problems}"
+    );
+    problems
+}
+
+#[test]
+fn issue11_what_an_overlay_or_client_yaml_breaks_is_reported_where_it_was_written() {
+    let overlay = "clients/acme/mappings/overlay.yaml";
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some(
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        unique_id: null\n",
+        ),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:6:9: error: `unique_id: null`")),
+        "{problems}"
+    );
+    assert!(problems.contains("`placed-order`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some(
+            "overlay: placed-order\nemit:\n  body:\n    data:\n      attributes:\n        uniqueId: \"{{ order_id }}\"\n",
+        ),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:6:9: error: `uniqueId`")),
+        "{problems}"
+    );
+    assert!(problems.contains("did you mean `unique_id`?"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\nconsent:\n  path: \"$.metadata[?@.key == \"\n",
+        None,
+    );
+    assert!(
+        problems.contains("clients/acme/client.yaml:3:9: error: consent.path"),
+        "{problems}"
+    );
+    assert!(problems.contains("`consent`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: consent\nwhen: customer_email is not none\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:2:7: error:")),
+        "{problems}"
+    );
+    assert!(problems.contains("`consent`"), "{problems}");
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: profile\nselect:\n  phone: null\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:3:3: error: `phone: null`")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("`profile`") && problems.contains("<builtin>/profile.yaml:34"),
+        "{problems}"
+    );
+
+    let problems = client_problems(
+        "phone_region: NZ\n",
+        Some("overlay: placed-order\ndisable: true\n"),
+    );
+    assert!(
+        problems.contains(&format!("{overlay}:2:10: error: `disable: true`")),
+        "{problems}"
+    );
+    for waiting in ["cancelled-order", "fulfilled-order", "refunded-order"] {
+        assert!(problems.contains(waiting), "{problems}");
+    }
+    assert_eq!(problems.matches("error:").count(), 1, "{problems}");
+}
+
+#[test]
+fn issue11_an_overlay_can_leave_out_base_examples_that_a_client_setting_makes_empty() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "consent:\n  path: \"$.metadata[?@.key == 'newsletter_opt_in'].value\"\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("produces no request"));
+    ws.write(
+        "clients/acme/mappings/consent.yaml",
+        "overlay: consent\nbase_examples: false   # our opt-in is under another key\n",
+    );
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "acme"])
+        .assert()
+        .code(0);
+    // The scaffold passes --strict as it is written.
+    ws.marketsync()
+        .args(["init", "beta", "--marketplace", "beta", "--currency", "JPY"])
+        .assert()
+        .code(0);
+    ws.marketsync()
+        .args(["validate", "--strict", "--client", "beta"])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn issue11_every_overlay_file_is_read_and_each_problem_is_at_its_own_file() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "phone_region: NZ\nprofile_attributes:\n  Note: $.order.note\n",
+    )
+    .write(
+        "clients/acme/mappings/NO-PROFILE.YAML",
+        "overlay: profile\ndisable: true\n",
+    )
+    .write(
+        "clients/acme/mappings/typo.yaml",
+        "overlay: refunded-ordr\ndisable: true\n",
+    );
+    fs::write(
+        ws.path().join("clients/acme/mappings/latin1.yaml"),
+        b"overlay: placed-order\ndescription: caf\xe9\n",
+    )
+    .unwrap();
+    let problems = ws.engine("acme").err().expect("the client is wrong");
+    // The upper-case file is read: profile is disabled, so the attributes have nowhere to go.
+    assert!(
+        problems.contains("clients/acme/client.yaml:2:1: error: `profile_attributes`"),
+        "{problems}"
+    );
+    assert!(problems.contains("NO-PROFILE.YAML"), "{problems}");
+    // The file that is not UTF-8 is reported, at its line, and hides nothing else.
+    assert!(
+        problems.contains("clients/acme/mappings/latin1.yaml:2:"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("clients/acme/mappings/typo.yaml:1:10: error:"),
+        "{problems}"
+    );
+    assert!(!problems.contains(":0:0:"), "{problems}");
+}
+
+#[test]
+fn issue11_yaml_errors_are_worded_for_the_consultant() {
+    let message = |text: &str| {
+        marketsync::spec::parse_mapping("m.yaml", text)
+            .expect_err("the YAML is wrong")
+            .message
+    };
+    let duplicate = message("name: a\nname: b\n");
+    assert!(!duplicate.contains("DuplicateKeyPolicy"), "{duplicate}");
+    assert!(
+        duplicate.contains("`name`") && duplicate.contains("twice"),
+        "{duplicate}"
+    );
+    let nan = message("name: a\nlane: .nan\n");
+    assert!(!nan.contains("configured policy"), "{nan}");
+    let mut bomb =
+        String::from("name: a\nemit:\n  body:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..8 {
+        let above = format!("*a{}", level - 1);
+        bomb += &format!(
+            "    a{level}: &a{level} [{}]\n",
+            [above.as_str(); 10].join(", ")
+        );
+    }
+    let bomb = message(&bomb);
+    assert!(
+        !bomb.contains("budget breached") && !bomb.contains("Nodes {"),
+        "{bomb}"
+    );
+}

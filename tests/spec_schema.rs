@@ -996,10 +996,10 @@ fn a_misspelt_key_in_an_overlay_is_rejected_by_both() {
 fn an_overlay_may_remove_a_selection_and_when_with_null() {
     let text = "overlay: placed-order\nselect: { x: null, store: { path: $.order.store, optional: true } }\ncompute: { y: null }\nwhen: null\nonce_per: null\n";
     let overlay = assert_overlay_passes_both("select: { x: null } and when: null", text);
-    assert!(overlay.select["x"].is_none());
-    assert!(overlay.select["store"].is_some());
-    assert!(overlay.compute["y"].is_none());
-    assert_eq!(format!("{:?}", overlay.when), "Remove");
+    assert!(overlay.select["x"].value.is_none());
+    assert!(overlay.select["store"].value.is_some());
+    assert!(overlay.compute["y"].value.is_none());
+    assert!(format!("{:?}", overlay.when).starts_with("Remove"));
 }
 
 #[test]

@@ -284,7 +284,9 @@ marketplacer_klaviyo_integration: false
 #   ordered_product: Ordered Product (Marketplace)
 
 # Where the storefront's marketing opt-in is, relative to the order. Only an explicit
-# true/yes/1 subscribes anyone.
+# true/yes/1 subscribes anyone. If the base examples have no such field, add
+# mappings/consent.yaml with `overlay: consent` and `base_examples: false`, so that
+# `validate --strict` does not fail on examples that produce no request.
 # consent:
 #   path: "$.metadata[?@.key == 'accepts_marketing'].value"
 

@@ -14,7 +14,9 @@ use crate::diagnostic::{Diagnostics, Files, Position, SourceFile};
 use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
 use crate::source::schema::{MarketplacerSchema, PathMismatch, Shape};
-use crate::spec::{BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Spanned, SpecFile};
+use crate::spec::{
+    BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Removed, RemovedKind, Spanned, SpecFile,
+};
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
 use serde_json::Value as Json;
@@ -60,6 +62,8 @@ struct Plan {
     /// Names whose definition failed: known to the name check so that one mistake is not
     /// reported again at every use.
     broken_names: Vec<String>,
+    /// What a client's overlays removed from this mapping, and where.
+    removed: Vec<Removed>,
     endpoint: Option<Endpoint>,
     types: Vec<String>,
     events: Vec<String>,
@@ -98,8 +102,9 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         settings,
         mappings,
         files,
-        client: _,
+        client,
         mut diagnostics,
+        disabled,
     } = set;
     let Some(settings) = settings else {
         return Err(diagnostics);
@@ -107,6 +112,15 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
     let settings_value = Value::from(minijinja::value::Serde(&settings.spec));
     let mut env = environment(&settings.spec);
 
+    // A broken setting is reported in the settings or client file that holds it; the
+    // selections it is put into are not reported again in the base mapping.
+    let settings_broken = diagnostics.iter().any(|d| {
+        d.is_error()
+            && (Arc::ptr_eq(&d.file, &settings.source)
+                || client
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(&d.file, &c.source)))
+    });
     let mut plans = Vec::new();
     let mut names: Vec<(Arc<str>, Arc<SourceFile>, Position)> = Vec::new();
     for file in &mappings {
@@ -114,7 +128,13 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             files: &files,
             diagnostics: &mut diagnostics,
         };
-        let plan = plan(file, &mut env, &settings_value, &mut reporter);
+        let plan = plan(
+            file,
+            &mut env,
+            &settings_value,
+            settings_broken,
+            &mut reporter,
+        );
         {
             let position = file.spec.name.at;
             if let Some((_, first_file, first)) = names.iter().find(|(n, ..)| *n == plan.name) {
@@ -143,10 +163,22 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             &mut diagnostics,
         );
     }
+    // A mapping others wait for, turned off by a client: one error at the `disable: true`
+    // that caused it, naming every mapping left waiting.
+    let mut left_waiting: Vec<(&str, Position, Vec<&str>)> = Vec::new();
     for plan in &plans {
         let Some((waited, position, _)) = &plan.waits_for else {
             continue;
         };
+        if let Some((name, at)) = disabled.iter().find(|(name, _)| name == waited)
+            && !plans.iter().any(|p| &*p.name == waited.as_str())
+        {
+            match left_waiting.iter_mut().find(|(n, ..)| n == name) {
+                Some((_, _, waiting)) => waiting.push(&plan.name),
+                None => left_waiting.push((name, *at, vec![&plan.name])),
+            }
+            continue;
+        }
         match plans.iter().find(|p| &*p.name == waited.as_str()) {
             Some(other) if other.once_per.is_some() => {}
             found => {
@@ -159,6 +191,16 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
                     .push(files.error(*position, format!("`waits_for.mapping: {waited}` {why}")));
             }
         }
+    }
+    for (name, at, mut waiting) in left_waiting {
+        waiting.sort();
+        diagnostics.push(files.error(
+            at,
+            format!(
+                "`disable: true` turns off `{name}`, which {} wait for (`waits_for.mapping: {name}`), so they could never send: disable them too, or give each an overlay with `waits_for: null`",
+                waiting.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
     // Transaction-lane mappings first: within a record, order events are rendered (and later
     // queued) before profile work. The sort is stable, so file order holds within a lane.
@@ -226,6 +268,7 @@ fn plan(
     file: &SpecFile<MappingSpec>,
     env: &mut Environment<'static>,
     settings: &Value,
+    settings_broken: bool,
     reporter: &mut Reporter<'_>,
 ) -> Plan {
     let spec = &file.spec;
@@ -265,6 +308,7 @@ fn plan(
         .collect();
 
     let mut selections: Vec<Selection> = Vec::new();
+    let mut broken_by_settings = false;
     for (field, spanned) in &spec.select {
         let position = spanned.at;
         let select = &spanned.value;
@@ -294,7 +338,11 @@ fn plan(
         let path = match Path::parse(&text) {
             Ok(path) => path,
             Err(message) => {
-                reporter.error(position, format!("selection `{field}`: {message}"));
+                if settings_broken && select.path.contains("settings.") {
+                    broken_by_settings = true;
+                } else {
+                    reporter.error(position, format!("selection `{field}`: {message}"));
+                }
                 broken_names.push(field.clone());
                 continue;
             }
@@ -393,6 +441,7 @@ fn plan(
     if let Some(endpoint) = endpoint {
         lint(
             spec,
+            &file.removed,
             endpoint,
             &body,
             for_each.as_ref().map(|(var, _)| var.as_str()),
@@ -403,8 +452,9 @@ fn plan(
     Plan {
         name,
         lane: spec.lane.value,
-        failed: reporter.diagnostics.error_count() > errors_before,
+        failed: broken_by_settings || reporter.diagnostics.error_count() > errors_before,
         broken_names,
+        removed: file.removed.clone(),
         endpoint,
         types,
         events: spec
@@ -457,20 +507,40 @@ fn leaf_position(node: &PlanNode, path: &[&str]) -> Option<Position> {
 ///   unsubscribe: consent is compliance.
 fn lint(
     spec: &MappingSpec,
+    removed: &[Removed],
     endpoint: Endpoint,
     body: &PlanNode,
     fan_out: Option<&str>,
     reporter: &mut Reporter<'_>,
 ) {
     let at = spec.emit.endpoint.at;
+    let mapping = &spec.name.value;
+    // Where an overlay removed `key` (a body path or a top-level key) or a part above it.
+    let removal = |kind: RemovedKind, key: &str| {
+        removed
+            .iter()
+            .find(|r| r.kind == kind && (r.name == key || key.starts_with(&format!("{}.", r.name))))
+            .map(|r| {
+                (
+                    r.at,
+                    r.name.rsplit('.').next().unwrap_or(&r.name).to_owned(),
+                )
+            })
+    };
     match endpoint {
         Endpoint::CreateEvent => {
             let path = ["data", "attributes", "unique_id"];
             match leaf_position(body, &path) {
-                None => reporter.error(
-                    at,
-                    "an event mapping must set data.attributes.unique_id, built from the marketplace and Marketplacer's ids, so Klaviyo can deduplicate it",
-                ),
+                None => match removal(RemovedKind::BodyField, "data.attributes.unique_id") {
+                    Some((removed_at, key)) => reporter.error(
+                        removed_at,
+                        format!("`{key}: null` removes data.attributes.unique_id from the base mapping `{mapping}`: an event mapping must set it, built from the marketplace and Marketplacer's ids, so Klaviyo can deduplicate it"),
+                    ),
+                    None => reporter.error(
+                        at,
+                        "an event mapping must set data.attributes.unique_id, built from the marketplace and Marketplacer's ids, so Klaviyo can deduplicate it",
+                    ),
+                },
                 Some(position) => {
                     let written = spec_text_at(spec, &path).unwrap_or_default();
                     if let Some(var) = fan_out.filter(|var| !written.contains(var)) {
@@ -493,9 +563,27 @@ fn lint(
                 when.value.contains("opt_in") || opt_in_names.iter().any(|n| when.value.contains(n))
             });
             if !conditioned {
+                // At the `when:` that lost the opt-in (an overlay's, often), else where an
+                // overlay removed it, else at the endpoint.
+                let (position, cause) = match (&spec.when, removal(RemovedKind::Key, "when")) {
+                    (Some(when), _) => (
+                        when.at,
+                        format!(
+                            "`when: {}` in mapping `{mapping}` does not read the opt-in",
+                            when.value
+                        ),
+                    ),
+                    (None, Some((removed_at, _))) => (
+                        removed_at,
+                        format!(
+                            "`when: null` removes the opt-in condition of the base mapping `{mapping}`"
+                        ),
+                    ),
+                    (None, None) => (at, format!("mapping `{mapping}` has no `when:`")),
+                };
                 reporter.error(
-                    at,
-                    "a subscription mapping must subscribe only on an explicit opt-in: read the consent field and add `when:` with it passed through `opt_in` (see consent.yaml)",
+                    position,
+                    format!("{cause}: a subscription mapping must subscribe only on an explicit opt-in: read the consent field and add `when:` with it passed through `opt_in` (see consent.yaml)"),
                 );
             }
             if spec_contains(&spec.emit.body.value, "UNSUBSCRIBED") {
@@ -867,6 +955,10 @@ fn plan_body(
 struct Scope<'a> {
     names: HashSet<String>,
     globals: &'a HashSet<String>,
+    /// The mapping's name and what overlays removed from it: a name removed by an overlay
+    /// and still read by the base is the overlay's mistake, reported at its `null`.
+    mapping: &'a str,
+    removed: &'a [Removed],
 }
 
 impl Scope<'_> {
@@ -876,6 +968,8 @@ impl Scope<'_> {
         Scope {
             names,
             globals: self.globals,
+            mapping: self.mapping,
+            removed: self.removed,
         }
     }
 
@@ -886,6 +980,33 @@ impl Scope<'_> {
             .collect();
         unknown.sort();
         for name in unknown {
+            if let Some(removed) = self.removed.iter().find(|r| {
+                r.name == name && matches!(r.kind, RemovedKind::Selection | RemovedKind::Computed)
+            }) {
+                let what = match removed.kind {
+                    RemovedKind::Selection => "selection",
+                    _ => "computed value",
+                };
+                let prefix = format!(
+                    "`{name}: null` removes the {what} `{name}` of the base mapping `{}`",
+                    self.mapping
+                );
+                let reported = reporter
+                    .diagnostics
+                    .iter()
+                    .any(|d| d.position == removed.at && d.message.starts_with(&prefix));
+                if !reported {
+                    let used = reporter.files.get(position.file);
+                    reporter.error(
+                        removed.at,
+                        format!(
+                            "{prefix}, which still reads it ({}:{}): remove that use in the overlay too, or keep `{name}`",
+                            used.name, position.line
+                        ),
+                    );
+                }
+                continue;
+            }
             let mut known: Vec<&str> = self.names.iter().map(String::as_str).collect();
             known.sort();
             reporter.error(
@@ -948,6 +1069,8 @@ fn build<'env>(
     let mut scope = Scope {
         names: CONTEXT_NAMES.iter().map(|n| (*n).to_owned()).collect(),
         globals: &globals,
+        mapping: &plan.name,
+        removed: &plan.removed,
     };
     scope
         .names
@@ -1191,6 +1314,19 @@ fn check_examples(
                 }
             }
             for (message, first, count) in &failures {
+                // Fields Klaviyo does not accept are reported at their key; the rest of the
+                // schema's complaints stay with the example.
+                let (located, message) = unexpected_fields(&file.spec, message, files);
+                for unexpected in located {
+                    if !diagnostics.iter().any(|d| {
+                        d.position == unexpected.position && d.message == unexpected.message
+                    }) {
+                        diagnostics.push(unexpected);
+                    }
+                }
+                let Some(message) = message else {
+                    continue;
+                };
                 let times = match count {
                     1 => format!("delivery {first}"),
                     n => format!("{n} deliveries, first {first}"),
@@ -1211,4 +1347,71 @@ fn check_examples(
             }
         }
     }
+}
+
+/// Body fields Klaviyo's schema does not allow (`uniqueId` for `unique_id`), found by an
+/// example: each reported at the field's key, in whichever file wrote it (often a client's
+/// overlay over a base mapping), rather than at the example's line. Returns those and the
+/// example's message with the other complaints, if any are left.
+fn unexpected_fields(
+    spec: &MappingSpec,
+    message: &str,
+    files: &Files,
+) -> (Vec<crate::diagnostic::Diagnostic>, Option<String>) {
+    const MARK: &str = "the body breaks Klaviyo's schema for ";
+    let Some((head, rest)) = message.split_once(MARK) else {
+        return (Vec::new(), Some(message.to_owned()));
+    };
+    let Some((endpoint, problems)) = rest.split_once(": ") else {
+        return (Vec::new(), Some(message.to_owned()));
+    };
+    let mut located = Vec::new();
+    let mut left = Vec::new();
+    for problem in problems.split("; ") {
+        match unexpected_field(spec, problem, files) {
+            Some(d) => located.push(d),
+            None => left.push(problem),
+        }
+    }
+    let message =
+        (!left.is_empty()).then(|| format!("{head}{MARK}{endpoint}: {}", left.join("; ")));
+    (located, message)
+}
+
+/// One `pointer: Additional properties are not allowed ('key' was unexpected)` at its key.
+fn unexpected_field(
+    spec: &MappingSpec,
+    problem: &str,
+    files: &Files,
+) -> Option<crate::diagnostic::Diagnostic> {
+    let (pointer, after) = problem.split_once(": Additional properties are not allowed (")?;
+    let pointer = pointer.trim_start_matches('/');
+    let mut quoted = after.split('\'');
+    let key = quoted.nth(1)?;
+    if quoted.nth(1).is_some_and(|k| !k.contains("unexpected")) {
+        return None; // several keys in one complaint: left to the example's message
+    }
+    let parents: Vec<&str> = pointer.split('/').filter(|p| !p.is_empty()).collect();
+    let parent = spec_node_at(spec, &parents)?;
+    let BodyNode::Map(siblings) = &parent.value else {
+        return None;
+    };
+    let node = siblings.get(key)?;
+    let file = files.get(node.at.file);
+    let at = crate::spec::key_position(&file.text, key, node.at);
+    let known = siblings.keys().map(String::as_str).filter(|k| *k != key);
+    let place = if parents.is_empty() {
+        "the body".to_owned()
+    } else {
+        parents.join(".")
+    };
+    Some(files.error(
+        at,
+        format!(
+            "`{key}` is not a field Klaviyo accepts in {place} of a `{}` request (mapping `{}`){}",
+            spec.emit.endpoint.value,
+            spec.name.value,
+            crate::spec::did_you_mean(key, known)
+        ),
+    ))
 }

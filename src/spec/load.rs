@@ -5,7 +5,7 @@
 //! parsed together with a diagnostic for each file that did not.
 
 use super::Spanned;
-use super::overlay::{ClientConfig, OverlaySpec};
+use super::overlay::{ClientConfig, OverlaySpec, Removed};
 use super::rules;
 use super::spanned::parsing;
 use super::{BodyNode, MappingSpec, Settings, TestSpec};
@@ -46,6 +46,8 @@ pub struct SpecFile<T> {
     pub test_deliveries: Vec<Example>,
     /// Overlay files applied on top of `source`, in order.
     pub layers: Vec<Arc<SourceFile>>,
+    /// What those overlays removed, and where.
+    pub removed: Vec<Removed>,
 }
 
 impl<T> SpecFile<T> {
@@ -56,6 +58,7 @@ impl<T> SpecFile<T> {
             examples: Vec::new(),
             test_deliveries: Vec::new(),
             layers: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }
@@ -80,7 +83,12 @@ pub struct MappingSet {
     pub files: Files,
     /// Problems found while reading and parsing; more are added when the set is compiled.
     pub diagnostics: Diagnostics,
+    /// Base mappings a client's overlay turned off, and where its `disable: true` is.
+    pub disabled: Vec<(String, Position)>,
 }
+
+/// A file's text, or where and why it cannot be read.
+type FileText = Result<String, (Position, String)>;
 
 /// Where spec files come from.
 enum Origin<'a> {
@@ -89,8 +97,9 @@ enum Origin<'a> {
 }
 
 impl Origin<'_> {
-    /// The YAML files of the set, sorted by name, as (display name, file name, text).
-    fn files(&self) -> Result<Vec<(String, String, String)>, String> {
+    /// The YAML files of the set, sorted by name, as (display name, file name, text or why
+    /// it cannot be read). One unreadable file does not hide the others.
+    fn files(&self) -> Result<Vec<(String, String, FileText)>, String> {
         let mut files = Vec::new();
         match self {
             Origin::Folder(dir) => {
@@ -101,8 +110,19 @@ impl Origin<'_> {
                     if !is_yaml(&path) {
                         continue;
                     }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let text = match std::fs::read(&path) {
+                        Ok(bytes) => String::from_utf8(bytes).map_err(|e| {
+                            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                            let good = String::from_utf8_lossy(good);
+                            let line = good.matches('\n').count() + 1;
+                            let column = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                            (
+                                Position::new(line, column),
+                                "this file is not UTF-8 text: save it as UTF-8 (the byte here is in another encoding, such as Latin-1 or Windows-1252)".to_owned(),
+                            )
+                        }),
+                        Err(e) => Err((Position::new(1, 1), format!("cannot read this file: {e}"))),
+                    };
                     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
                     files.push((path.display().to_string(), file_name.into_owned(), text));
                 }
@@ -112,13 +132,13 @@ impl Origin<'_> {
                     if !is_yaml(file.path()) {
                         continue;
                     }
-                    let text = file.contents_utf8().unwrap_or_default().to_owned();
+                    let text = Ok(file.contents_utf8().unwrap_or_default().to_owned());
                     let name = file.path().display().to_string();
                     files.push((format!("<builtin>/{name}"), name, text));
                 }
             }
         }
-        files.sort();
+        files.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         Ok(files)
     }
 
@@ -142,11 +162,12 @@ impl Origin<'_> {
     }
 }
 
+/// `.yaml` or `.yml` in any case: a file named `placed-order.YAML` is the consultant's too,
+/// and ignoring it would silently drop its changes.
 fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
 /// How many mapping specs (YAML files other than the settings) a folder holds, or the
@@ -229,9 +250,28 @@ fn finish_client(set: &mut MappingSet, client: &Path) {
     if overlays.is_dir() {
         add_files(set, &Origin::Folder(&overlays), Layer::Client);
     }
-    if let Some(overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
-        let source = Arc::clone(&set.client.as_ref().expect("client loaded").source);
-        apply_overlay(set, source, overlay, Vec::new(), Vec::new());
+    if let Some(mut overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
+        let client = set.client.as_ref().expect("client loaded");
+        let source = Arc::clone(&client.source);
+        if overlay.overlay.at.line == 0 {
+            // `profile_mapping` left out: point at `profile_attributes:` in client.yaml.
+            let first = client.spec.profile_attributes.values().next().map(|p| p.at);
+            let at = first.unwrap_or(Position::new(1, 1).in_file(id));
+            overlay.overlay.at = rules::key_position(&source.text, "profile_attributes", at);
+        }
+        let name = overlay.overlay.value.clone();
+        if let Some((_, disabled_at)) = set.disabled.iter().find(|(n, _)| *n == name) {
+            let disabled_in = set.files.get(disabled_at.file);
+            set.diagnostics.push(set.files.error(
+                overlay.overlay.at,
+                format!(
+                    "`profile_attributes` are added to mapping `{name}`, which {}:{} disables: turn it back on, or name another mapping with `profile_mapping`",
+                    disabled_in.name, disabled_at.line
+                ),
+            ));
+        } else {
+            apply_overlay(set, source, overlay, Vec::new(), Vec::new());
+        }
     }
 }
 
@@ -266,6 +306,18 @@ fn check_settings(set: &mut MappingSet) {
             .as_ref()
             .map(|c| (rules::Kind::Client, &c.source)),
     ];
+    // The mappings whose selections read the consent path, named in its errors.
+    let consent_readers: Vec<String> = set
+        .mappings
+        .iter()
+        .filter(|m| {
+            m.spec
+                .select
+                .values()
+                .any(|s| s.value.path.contains("settings.consent.path"))
+        })
+        .map(|m| m.spec.name.value.clone())
+        .collect();
     let mut found = Vec::new();
     for (kind, source) in sources.into_iter().flatten() {
         let Some(id) = set.files.id_of(source) else {
@@ -283,6 +335,7 @@ fn check_settings(set: &mut MappingSet) {
             &source.text,
             roles.as_ref(),
             &base_marketplaces,
+            &consent_readers,
             &set.files,
         ));
     }
@@ -305,6 +358,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
         client: None,
         files: Files::default(),
         diagnostics: Diagnostics::default(),
+        disabled: Vec::new(),
     };
     add_files(&mut set, origin, Layer::Base);
     if set.settings.is_none() && !set.diagnostics.has_errors() {
@@ -340,11 +394,20 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
         }
     };
     for (display_name, file_name, text) in files {
+        let (text, unreadable) = match text {
+            Ok(text) => (text, None),
+            Err(problem) => (String::new(), Some(problem)),
+        };
         let source = Arc::new(SourceFile {
             name: display_name,
             text,
         });
         let id = set.files.add(Arc::clone(&source));
+        if let Some((at, message)) = unreadable {
+            set.diagnostics
+                .push(Diagnostic::error(&source, at.in_file(id), message));
+            continue;
+        }
         if is_settings(&file_name) {
             if layer == Layer::Client {
                 set.diagnostics.push(Diagnostic::error(
@@ -361,8 +424,13 @@ fn add_files(set: &mut MappingSet, origin: &Origin<'_>, layer: Layer) {
             continue;
         }
         if layer == Layer::Base && is_overlay(&source.text) {
-            let at =
-                parse::<OverlaySpec>(&source, id).map_or(Position::new(1, 1), |o| o.overlay.at);
+            let at = match parse::<OverlaySpec>(&source, id) {
+                Ok(overlay) => overlay.overlay.at,
+                Err(d) => {
+                    set.diagnostics.push(d);
+                    Position::new(1, 1)
+                }
+            };
             set.diagnostics.push(Diagnostic::error(
                 &source,
                 at,
@@ -429,11 +497,18 @@ fn check_client_hint(origin: &Origin<'_>) -> String {
     )
 }
 
-/// Whether a file is an overlay: it has a top-level `overlay:` key. Read loosely, so a file
-/// that fails here is parsed, and reported on, as a mapping.
+/// Whether a file is an overlay: it has a top-level `overlay:` key. A file that is not valid
+/// YAML is an overlay when a line begins with that key, so its syntax error is reported by the
+/// overlay parser, at its line, rather than as "unknown field `overlay`" by the mapping one.
 fn is_overlay(text: &str) -> bool {
-    serde_saphyr::from_str::<IndexMap<String, serde::de::IgnoredAny>>(text)
-        .is_ok_and(|keys| keys.contains_key("overlay"))
+    match serde_saphyr::from_str::<IndexMap<String, serde::de::IgnoredAny>>(text) {
+        Ok(keys) => keys.contains_key("overlay"),
+        Err(_) => text.lines().any(|line| {
+            ["overlay:", "\"overlay\":", "'overlay':"]
+                .iter()
+                .any(|key| line.starts_with(key))
+        }),
+    }
 }
 
 fn apply_overlay(
@@ -459,15 +534,23 @@ fn apply_overlay(
         ));
         return;
     };
-    if overlay.disable {
+    if let Some(at) = overlay.disable {
         set.mappings.remove(index);
+        set.disabled.push((name, at));
         return;
     }
     let base = &mut set.mappings[index];
     if !overlay.base_tests {
         base.test_deliveries.clear();
     }
-    overlay.apply_to(&mut base.spec);
+    if !overlay.base_examples {
+        base.examples.clear();
+    }
+    let (problems, removed) = overlay.apply_to(&mut base.spec, &set.files);
+    for d in problems {
+        set.diagnostics.push(d);
+    }
+    base.removed.extend(removed);
     base.examples.extend(examples);
     base.test_deliveries.extend(tests);
     base.layers.push(source);
@@ -529,8 +612,32 @@ fn parse<T: DeserializeOwned>(source: &Arc<SourceFile>, id: FileId) -> Result<T,
 fn yaml_message(err: &serde_saphyr::Error) -> String {
     let full = err.without_snippet().to_string();
     let first = full.lines().next().unwrap_or_default();
-    match first.find(" at line ") {
-        Some(cut) => first[..cut].to_owned(),
-        None => first.to_owned(),
+    let message = match first.find(" at line ") {
+        Some(cut) => &first[..cut],
+        None => first,
+    };
+    consultant_wording(message)
+}
+
+/// serde-saphyr's wording where it speaks of its own options and types, in the consultant's
+/// terms: what is wrong in the file and what to write instead.
+fn consultant_wording(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("`{key}` is written twice in the same map: keep one");
     }
+    if message.starts_with("budget breached") {
+        return "this file expands to too many values (anchors `&name` and aliases `*name` repeated inside each other): write the values out".into();
+    }
+    if let Some(rest) = message.strip_prefix("non-finite float ") {
+        let value = rest.split(" rejected").next().unwrap_or(rest);
+        return format!(
+            "{value} is not a number a request can carry: quote it (\"{}\") for text, or write a number",
+            value.trim_matches('`')
+        );
+    }
+    message.to_owned()
 }

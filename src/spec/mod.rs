@@ -15,7 +15,8 @@ pub use load::{
     CLIENT_FILE, Example, MappingSet, SpecFile, builtin_example, count_specs, load_client,
     load_dir, load_embedded, parse_mapping,
 };
-pub use overlay::{ClientConfig, OverlaySpec};
+pub use overlay::{ClientConfig, OverlaySpec, Removed, RemovedKind};
+pub(crate) use rules::{did_you_mean, key_position};
 
 pub use settings::{ConsentSettings, MarketplaceSettings, Metrics, RateLimitSettings, Settings};
 

@@ -35,6 +35,7 @@ pub(super) fn check(
     text: &str,
     roles_read: Option<&BTreeSet<String>>,
     base_marketplaces: &[String],
+    consent_readers: &[String],
     files: &Files,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -132,6 +133,25 @@ pub(super) fn check(
             "a JSONPath starting with `$`",
             &mut error,
         );
+        // The path is put into the selections of the mappings that read it; one it cannot
+        // parse would be reported there, in a base file the consultant did not write.
+        if let BodyNode::String(text) = &path.value
+            && text.trim_start().starts_with('$')
+            && let Err(message) = crate::engine::select::Path::parse(text)
+        {
+            let readers = match consent_readers {
+                [] => String::new(),
+                names => format!(
+                    " (read by mapping {})",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            error(path.at, format!("consent.path{readers}: {message}"));
+        }
     }
     if let Some(Spanned {
         value: BodyNode::Map(metrics),
@@ -303,7 +323,7 @@ fn one_of(listed: &[String]) -> String {
 }
 
 /// `; did you mean X?` for the closest name, when one is close enough to be a slip.
-fn did_you_mean<'a>(wrong: &str, names: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(wrong: &str, names: impl Iterator<Item = &'a str>) -> String {
     names
         .map(|name| (strsim_distance(wrong, name), name))
         .filter(|(distance, name)| *distance <= (name.len() / 3).max(2))
@@ -330,7 +350,7 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 
 /// Where a key was written: a value's position is known, its key's is not, so the key is
 /// looked for on the value's line and the lines above it (a block map puts the value below).
-fn key_position(text: &str, key: &str, value_at: Position) -> Position {
+pub(crate) fn key_position(text: &str, key: &str, value_at: Position) -> Position {
     let lines: Vec<&str> = text.lines().collect();
     let last = value_at.line.min(lines.len());
     for line in (1..=last).rev() {
