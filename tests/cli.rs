@@ -390,6 +390,22 @@ fn every_command_has_help_with_examples() {
             .code(0)
             .stdout(predicate::str::contains("Examples:"));
     }
+    for sub in [
+        ["dead", "list"],
+        ["dead", "show"],
+        ["dead", "discard"],
+        ["exceptions", "list"],
+        ["exceptions", "show"],
+        ["exceptions", "resolve"],
+        ["warnings", "list"],
+    ] {
+        marketsync()
+            .args(sub)
+            .arg("--help")
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("Examples:"));
+    }
     marketsync()
         .args(["schemas", "extract", "--help"])
         .assert()
@@ -1593,4 +1609,147 @@ async fn issue12_dead_letters_are_listed_shown_discarded_and_left_out_of_retry()
     .await
     .unwrap();
     standin.shutdown().await;
+}
+
+/// Issue 12: exceptions are listed while open, shown with their request and attempts, and
+/// resolved with a reason (all or nothing); `status` counts the open ones only.
+#[test]
+fn issue12_exceptions_are_listed_shown_and_resolved() {
+    use marketsync::store::{DeliveryRecord, NewRequest, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    {
+        let mut store = Store::open(&state).unwrap();
+        let event = |order: &str| NewRequest {
+            mapping: "fulfilled-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: format!(
+                r#"{{"data": {{"attributes": {{"properties": {{"OrderId": "{order}"}},
+                    "profile": {{"data": {{"attributes": {{"email": "zoe@example.com"}}}}}}}}}}}}"#
+            ),
+            once_key: Some(order.into()),
+            ..NewRequest::default()
+        };
+        let delivery = DeliveryRecord {
+            marketplace: "petmarket",
+            delivery_id: "D1",
+            origin: "invoices.ndjson:1",
+            text: r#"{"node": {"id": "SW52"}}"#,
+        };
+        store
+            .intake(&delivery, &[event("5001"), event("5002")], &[], 1_000)
+            .unwrap();
+        let due = store.due("transaction", i64::MAX, 10).unwrap();
+        for row in &due {
+            store
+                .flag_exception(row.id, "sent-after-hold", 2_000)
+                .unwrap();
+        }
+        store.mark_sent(&[due[0].id], 202, 2_000).unwrap();
+    }
+    let ms = |args: &[&str]| {
+        let output = marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (code, listed, _) = ms(&["exceptions", "list", "--kind", "sent-after-hold"]);
+    assert_eq!(code, 0);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("order 5001, zoe@example.com"), "{listed}");
+    let (_, listed, _) = ms(&["exceptions", "list", "--format", "json", "--since", "1d"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "flagged in 1970: {listed}"
+    );
+    let (_, listed, _) = ms(&["exceptions", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(listed[0]["request_state"], "sent");
+
+    let (code, shown, _) = ms(&["exceptions", "show", &ids[0]]);
+    assert_eq!(code, 0);
+    for part in [
+        "(open)",
+        "kind:      sent-after-hold",
+        "request: POST /api/events (sent)",
+        "202  accepted",
+        "delivery as stored:",
+    ] {
+        assert!(shown.contains(part), "{part}: {shown}");
+    }
+
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "999", "--reason", "x"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no exception with id 999"), "{stderr}");
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0]]);
+    assert_eq!(code, 2, "{stderr}");
+    let (_, status, _) = ms(&["status", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["exceptions"], 2, "nothing was resolved");
+
+    let reason = "fulfilment checked in the Klaviyo timeline";
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "--reason", reason]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "--reason", reason]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("exception {} is already resolved", ids[0])));
+    let (_, status, _) = ms(&["status"]);
+    assert!(status.contains("exceptions open: 1"), "{status}");
+    let (_, shown, _) = ms(&["exceptions", "show", &ids[0]]);
+    assert!(
+        shown.contains("(resolved)") && shown.contains(reason),
+        "{shown}"
+    );
+    let (code, _, stderr) = ms(&[
+        "exceptions",
+        "resolve",
+        "--kind",
+        "sent-after-hold",
+        "--reason",
+        reason,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 exception(s) resolved"), "{stderr}");
+    let (_, status, _) = ms(&["status"]);
+    assert!(status.contains("exceptions open: 0"), "{status}");
+}
+
+/// Issue 12: the read-only commands need a state file that exists, and create none.
+#[test]
+fn issue12_read_only_commands_create_no_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    for args in [
+        &["dead", "list"][..],
+        &["dead", "show", "1"][..],
+        &["exceptions", "list"][..],
+        &["warnings", "list"][..],
+        &["dead", "discard", "1", "--reason", "x"][..],
+    ] {
+        marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&missing)
+            .assert()
+            .code(4)
+            .stderr(predicate::str::contains("no such file"));
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
 }
