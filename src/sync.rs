@@ -124,8 +124,8 @@ fn prepare(engine: &Engine, line: &Line) -> Prepared {
 
 /// Reads every input into the store, parsing and mapping on `jobs` threads while this one
 /// writes to the store in input order. Problems go to `report` as lines naming the input and
-/// line; they are also dead letters (a line that is not JSON, or not UTF-8, is `unreadable`),
-/// so nothing read is lost. An input that cannot be opened or read is reported and counted,
+/// line; warnings are also kept with their delivery, and failures are dead letters (a line
+/// that is not JSON, or not UTF-8, is `unreadable`), so nothing read is lost. An input that cannot be opened or read is reported and counted,
 /// and the others are still read. Stops early when `stop` is set.
 pub fn intake(
     engine: &Engine,
@@ -196,7 +196,15 @@ fn keep(
             text: &record.text,
         };
         let mut store = store.lock().expect("store lock");
-        let outcome = match store.intake(&delivery, &record.requests, &record.failures, now_ms()) {
+        // Warnings are kept with the delivery (`marketsync warnings list`), not only reported.
+        let warnings = &record.mapped.warnings;
+        let outcome = match store.intake_with_warnings(
+            &delivery,
+            &record.requests,
+            &record.failures,
+            warnings,
+            now_ms(),
+        ) {
             // A request the store cannot keep (a coalescing version that is not a timestamp)
             // must not stop the run: the delivery is kept as a dead letter.
             Err(StoreError::InvalidRequest { mapping, problem }) => {
@@ -215,7 +223,7 @@ fn keep(
                     reason: problem.clone(),
                     details: serde_json::json!({}),
                 };
-                store.intake(&delivery, &[], &[letter], now_ms())?
+                store.intake_with_warnings(&delivery, &[], &[letter], warnings, now_ms())?
             }
             other => other?,
         };

@@ -390,6 +390,22 @@ fn every_command_has_help_with_examples() {
             .code(0)
             .stdout(predicate::str::contains("Examples:"));
     }
+    for sub in [
+        ["dead", "list"],
+        ["dead", "show"],
+        ["dead", "discard"],
+        ["exceptions", "list"],
+        ["exceptions", "show"],
+        ["exceptions", "resolve"],
+        ["warnings", "list"],
+    ] {
+        marketsync()
+            .args(sub)
+            .arg("--help")
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("Examples:"));
+    }
     marketsync()
         .args(["schemas", "extract", "--help"])
         .assert()
@@ -1384,6 +1400,349 @@ fn status_and_retry_on_a_state_file_that_does_not_exist_say_so_and_create_nothin
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo.db");
     for args in [&["status"][..], &["retry"][..]] {
+        marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&missing)
+            .assert()
+            .code(4)
+            .stderr(predicate::str::contains("no such file"));
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+/// Issue 12: dead letters an operator can work through, end to end: letters from a real run
+/// (a mapping failure at intake, a duplicate profile refused by Klaviyo) listed with filters,
+/// shown with their request and attempts, discarded with a reason (all or nothing), no longer
+/// counted by `status` nor taken by `retry`; and the warning of an unreadable phone, kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_dead_letters_are_listed_shown_discarded_and_left_out_of_retry() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let url = standin.url();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    // Order 1 has no email (its mappings fail at intake); order 3's phone cannot be read (left
+    // out, with a warning). Then buyer 2 orders again with buyer 0's phone: Klaviyo refuses
+    // the profile as a duplicate (two profiles, one phone).
+    let orders = common::synthetic_orders(4)
+        .replace("\"buyer1@example.com\"", "null")
+        .replace("\"0412000003\"", "\"12345\"");
+    fs::write(&input, &orders).unwrap();
+    let changed = dir.path().join("changed.ndjson");
+    let order_2 = orders.lines().nth(2).unwrap();
+    let order_2 = order_2
+        .replace("synthetic-delivery-2", "synthetic-delivery-2-changed")
+        .replace("\"legacyId\":900002,", "\"legacyId\":900099,")
+        .replace("\"0412000002\"", "\"0412000000\"")
+        .replace("2026-03-14T10:15:33+11:00", "2026-03-15T10:15:33+11:00");
+    assert!(order_2.contains("-changed") && order_2.contains("900099,"));
+    fs::write(&changed, order_2).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let ms = |args: &[&str]| {
+            let mut cmd = marketsync();
+            cmd.args(args).arg("--state").arg(&state);
+            cmd
+        };
+        let out = |args: &[&str]| {
+            let output = ms(args).output().unwrap();
+            (
+                output.status.code().unwrap(),
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        };
+        let json = |args: &[&str]| -> serde_json::Value {
+            let (code, stdout, stderr) = out(args);
+            assert_eq!(code, 0, "{args:?}: {stderr}");
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+        };
+        for input in [&input, &changed] {
+            ms(&["run", "--hold", "0"])
+                .arg(input)
+                .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+                .env("KLAVIYO_BASE_URL", &url)
+                .assert()
+                .code(1);
+        }
+
+        let letters = json(&["dead", "list", "--format", "json"]);
+        let letters = letters.as_array().unwrap();
+        let of = |category: &str| -> Vec<&serde_json::Value> {
+            letters
+                .iter()
+                .filter(|l| l["category"] == category)
+                .collect()
+        };
+        assert_eq!(of("mapping:missing-field").len(), 4, "{letters:#?}");
+        let duplicate = of("duplicate-profile");
+        assert_eq!(duplicate.len(), 1, "{letters:#?}");
+        let duplicate_id = duplicate[0]["id"].as_i64().unwrap();
+        assert_eq!(duplicate[0]["concerns"], "order 900099, buyer2@example.com");
+
+        // Filters.
+        let count = |args: &[&str]| json(args).as_array().unwrap().len();
+        let list = ["dead", "list", "--format", "json"];
+        assert_eq!(
+            count(&[&list[..], &["--category", "duplicate-profile"]].concat()),
+            1
+        );
+        assert_eq!(
+            count(&[&list[..], &["--mapping", "placed-order"]].concat()),
+            1
+        );
+        assert_eq!(count(&[&list[..], &["--since", "1h"]].concat()), 5);
+        assert_eq!(
+            count(&[&list[..], &["--since", "2000-01-01T00:00:00Z"]].concat()),
+            5
+        );
+        assert_eq!(
+            count(&[&list[..], &["--since", "2100-01-01T00:00:00+10:00"]].concat()),
+            0
+        );
+        let (code, human, _) = out(&["dead", "list", "--category", "mapping:missing-field"]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            human.lines().count(),
+            5,
+            "a header and one line a letter: {human}"
+        );
+        assert!(human.contains("order 900001 "), "{human}");
+
+        // Shown: the delivery as stored, the request, the attempt with Klaviyo's answer.
+        let id = duplicate_id.to_string();
+        let (code, shown, _) = out(&["dead", "show", &id]);
+        assert_eq!(code, 0);
+        for part in [
+            "(open)",
+            "category:  duplicate-profile",
+            "request: POST /api/profile-import",
+            "belong to different Klaviyo profiles",
+            "delivery as stored:",
+            "synthetic-delivery-",
+        ] {
+            assert!(shown.contains(part), "{part}: {shown}");
+        }
+        let shown = json(&["dead", "show", &id, "--format", "json"]);
+        assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "{shown:#}");
+        assert_eq!(shown["request"]["endpoint"], "/api/profile-import");
+
+        // User mistakes change nothing.
+        let missing_ids: Vec<String> = of("mapping:missing-field")
+            .iter()
+            .map(|l| l["id"].to_string())
+            .collect();
+        let (code, _, stderr) = out(&["dead", "discard", &missing_ids[0], "999", "--reason", "x"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("no dead letter with id 999"), "{stderr}");
+        assert!(stderr.contains("nothing was discarded"), "{stderr}");
+        assert_eq!(count(&list), 5);
+        let (code, _, stderr) = out(&["dead", "discard", &id]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("--reason"), "{stderr}");
+        let (code, _, stderr) = out(&["dead", "list", "--since", "yesterday"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("yesterday"), "{stderr}");
+        let (code, _, stderr) = out(&["dead", "show", "999"]);
+        assert_eq!((code, stderr.contains("999")), (1, true), "{stderr}");
+
+        // Discarded: kept with its reason, out of the open count.
+        let reason = "two buyers share a phone; merged by hand in Klaviyo";
+        let (code, _, stderr) = out(&["dead", "discard", &id, "--reason", reason]);
+        assert_eq!(code, 0, "{stderr}");
+        let (code, _, stderr) = out(&["dead", "discard", &id, "--reason", "again"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("dead letter {id} was already discarded")),
+            "{stderr}"
+        );
+        let shown = json(&["dead", "show", &id, "--format", "json"]);
+        assert_eq!(shown["state"], "discarded");
+        assert_eq!(shown["discard_reason"], reason);
+        let (code, shown, _) = out(&["dead", "show", &id]);
+        assert_eq!(code, 0);
+        assert!(shown.contains(reason), "{shown}");
+        let (code, _, stderr) = out(&[
+            "dead",
+            "discard",
+            "--category",
+            "mapping:missing-field",
+            "--mapping",
+            "placed-order",
+            "--reason",
+            "order cancelled before payment",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("1 dead letter(s) discarded"), "{stderr}");
+        let status = json(&["status", "--format", "json"]);
+        assert_eq!(
+            status["dead_letters"],
+            serde_json::json!({"mapping:missing-field": 3}),
+            "{status:#}"
+        );
+
+        // Retry takes the open letters only (they still fail: the email is still missing).
+        let (code, _, stderr) = out(&["retry"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("0 dead letter(s) requeued, 3 still failing"),
+            "{stderr}"
+        );
+
+        // The unreadable phone's warning is kept with its delivery.
+        let warnings = json(&["warnings", "list", "--format", "json"]);
+        let warnings = warnings.as_array().unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert_eq!(warnings[0]["delivery_id"], "synthetic-delivery-3");
+        assert!(
+            warnings[0]["message"].as_str().unwrap().contains("12345"),
+            "{warnings:#?}"
+        );
+        let (code, human, _) = out(&["warnings", "list", "--since", "1d"]);
+        assert_eq!(code, 0);
+        assert!(
+            human.contains("synthetic-delivery-3") && human.contains("12345"),
+            "{human}"
+        );
+    })
+    .await
+    .unwrap();
+    standin.shutdown().await;
+}
+
+/// Issue 12: exceptions are listed while open, shown with their request and attempts, and
+/// resolved with a reason (all or nothing); `status` counts the open ones only.
+#[test]
+fn issue12_exceptions_are_listed_shown_and_resolved() {
+    use marketsync::store::{DeliveryRecord, NewRequest, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    {
+        let mut store = Store::open(&state).unwrap();
+        let event = |order: &str| NewRequest {
+            mapping: "fulfilled-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: format!(
+                r#"{{"data": {{"attributes": {{"properties": {{"OrderId": "{order}"}},
+                    "profile": {{"data": {{"attributes": {{"email": "zoe@example.com"}}}}}}}}}}}}"#
+            ),
+            once_key: Some(order.into()),
+            ..NewRequest::default()
+        };
+        let delivery = DeliveryRecord {
+            marketplace: "petmarket",
+            delivery_id: "D1",
+            origin: "invoices.ndjson:1",
+            text: r#"{"node": {"id": "SW52"}}"#,
+        };
+        store
+            .intake(&delivery, &[event("5001"), event("5002")], &[], 1_000)
+            .unwrap();
+        let due = store.due("transaction", i64::MAX, 10).unwrap();
+        for row in &due {
+            store
+                .flag_exception(row.id, "sent-after-hold", 2_000)
+                .unwrap();
+        }
+        store.mark_sent(&[due[0].id], 202, 2_000).unwrap();
+    }
+    let ms = |args: &[&str]| {
+        let output = marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (code, listed, _) = ms(&["exceptions", "list", "--kind", "sent-after-hold"]);
+    assert_eq!(code, 0);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("order 5001, zoe@example.com"), "{listed}");
+    let (_, listed, _) = ms(&["exceptions", "list", "--format", "json", "--since", "1d"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "flagged in 1970: {listed}"
+    );
+    let (_, listed, _) = ms(&["exceptions", "list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(listed[0]["request_state"], "sent");
+
+    let (code, shown, _) = ms(&["exceptions", "show", &ids[0]]);
+    assert_eq!(code, 0);
+    for part in [
+        "(open)",
+        "kind:      sent-after-hold",
+        "request: POST /api/events (sent)",
+        "202  accepted",
+        "delivery as stored:",
+    ] {
+        assert!(shown.contains(part), "{part}: {shown}");
+    }
+
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "999", "--reason", "x"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no exception with id 999"), "{stderr}");
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0]]);
+    assert_eq!(code, 2, "{stderr}");
+    let (_, status, _) = ms(&["status", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["exceptions"], 2, "nothing was resolved");
+
+    let reason = "fulfilment checked in the Klaviyo timeline";
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "--reason", reason]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = ms(&["exceptions", "resolve", &ids[0], "--reason", reason]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("exception {} is already resolved", ids[0])));
+    let (_, status, _) = ms(&["status"]);
+    assert!(status.contains("exceptions open: 1"), "{status}");
+    let (_, shown, _) = ms(&["exceptions", "show", &ids[0]]);
+    assert!(
+        shown.contains("(resolved)") && shown.contains(reason),
+        "{shown}"
+    );
+    let (code, _, stderr) = ms(&[
+        "exceptions",
+        "resolve",
+        "--kind",
+        "sent-after-hold",
+        "--reason",
+        reason,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 exception(s) resolved"), "{stderr}");
+    let (_, status, _) = ms(&["status"]);
+    assert!(status.contains("exceptions open: 0"), "{status}");
+}
+
+/// Issue 12: the read-only commands need a state file that exists, and create none.
+#[test]
+fn issue12_read_only_commands_create_no_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo.db");
+    for args in [
+        &["dead", "list"][..],
+        &["dead", "show", "1"][..],
+        &["exceptions", "list"][..],
+        &["warnings", "list"][..],
+        &["dead", "discard", "1", "--reason", "x"][..],
+    ] {
         marketsync()
             .args(args)
             .arg("--state")

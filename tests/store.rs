@@ -2,8 +2,8 @@
 //! letters, status, reopening, and a writer killed mid-stream.
 
 use marketsync::store::{
-    CONSENT_ENDPOINT, DeliveryRecord, Intake, LaneStatus, NewDeadLetter, NewRequest, Pending,
-    Store, StoreError, ledger_key,
+    ANSWER_EXCERPT, Attempt, CONSENT_ENDPOINT, Closed, DeliveryRecord, Filter, Intake, LaneStatus,
+    NewDeadLetter, NewRequest, Pending, Store, StoreError, ledger_key,
 };
 use serde_json::json;
 use std::path::Path;
@@ -390,7 +390,7 @@ fn a_superseded_row_in_flight_is_marked_without_losing_the_newer_one() {
             6,
         )
         .unwrap();
-    store.reschedule(old.id, 100, "timeout").unwrap();
+    store.reschedule(old.id, 100, "timeout", 0).unwrap();
     assert_eq!(due_all(&store, "profile").len(), 1);
 }
 
@@ -421,7 +421,7 @@ fn due_rows_come_oldest_first_once_their_time_has_come() {
 
     // The first fails and waits a minute; meanwhile the others are due.
     store
-        .reschedule(due[0].id, 10 + MINUTE, "503 Service Unavailable")
+        .reschedule(due[0].id, 10 + MINUTE, "503 Service Unavailable", 10)
         .unwrap();
     let now = store.due("transaction", 10, 10).unwrap();
     assert_eq!(
@@ -436,7 +436,7 @@ fn due_rows_come_oldest_first_once_their_time_has_come() {
         later[0].last_error.as_deref(),
         Some("503 Service Unavailable")
     );
-    store.reschedule(due[0].id, 10, "429").unwrap();
+    store.reschedule(due[0].id, 10, "429", 0).unwrap();
     assert_eq!(store.due("transaction", 10, 1).unwrap()[0].attempts, 2);
 
     // An ordering hold postpones a row without counting an attempt.
@@ -559,7 +559,7 @@ fn mark_sent_writes_ledger_watermark_and_consent_together() {
         Err(StoreError::NotPending { .. })
     ));
     assert!(matches!(
-        store.reschedule(dead, 10, "x"),
+        store.reschedule(dead, 10, "x", 10),
         Err(StoreError::NotPending { .. })
     ));
 }
@@ -654,6 +654,281 @@ fn dead_letters_keep_their_delivery_and_can_be_requeued() {
     ));
 }
 
+// ---- what an operator works through (issue 12) ----------------------------------------------
+
+/// Letters listed by category, mapping and age; one shown with its request and attempts;
+/// discarded with a reason (all or nothing), kept, and no longer open for `status` or `retry`.
+#[test]
+fn issue12_dead_letters_are_listed_shown_and_discarded() {
+    let mut store = Store::in_memory().unwrap();
+    let failures = [letter("mapping:missing-field", Some("ordered-product"))];
+    store
+        .intake(&delivery("D1"), &[placed_order("1")], &failures, 1_000)
+        .unwrap();
+    store
+        .intake(&delivery("D2"), &[placed_order("2")], &[], 2_000)
+        .unwrap();
+    let rows = due_all(&store, "transaction");
+    let (one, two) = (rows[0].id, rows[1].id);
+    store
+        .reschedule(one, 3_000, "Klaviyo answered 503", 2_500)
+        .unwrap();
+    let refused = NewDeadLetter {
+        details: json!({"status": 400, "errors": [{"detail": "bad"}]}),
+        ..letter("invalid", None)
+    };
+    store.dead_letter(one, &refused, 5_000).unwrap();
+    store
+        .dead_letter(two, &letter("retries-exhausted", None), 6_000)
+        .unwrap();
+
+    let open = |store: &Store, filter: Filter| -> Vec<i64> {
+        let letters = store.open_dead_letters(&filter).unwrap();
+        letters.iter().map(|d| d.id).collect()
+    };
+    let all = open(&store, Filter::default());
+    assert_eq!(all.len(), 3);
+    let (missing, invalid, exhausted) = (all[0], all[1], all[2]);
+    let since = |at| Filter {
+        since: Some(at),
+        ..Filter::default()
+    };
+    assert_eq!(open(&store, since(5_000)), [invalid, exhausted]);
+    assert_eq!(open(&store, since(6_001)), Vec::<i64>::new());
+    let placed = Filter {
+        mapping: Some("placed-order"),
+        ..Filter::default()
+    };
+    assert_eq!(open(&store, placed), [invalid, exhausted]);
+    let invalid_placed = Filter {
+        category: Some("invalid"),
+        ..placed
+    };
+    assert_eq!(open(&store, invalid_placed), [invalid]);
+
+    // Shown: the refused request and every attempt, with Klaviyo's status where known.
+    let shown = store.find_dead_letter(invalid).unwrap();
+    assert_eq!(
+        shown.request,
+        Some(("/api/events".into(), r#"{"order": "1"}"#.into()))
+    );
+    assert_eq!(shown.closed, None);
+    assert_eq!(
+        store.attempts(one).unwrap(),
+        [
+            Attempt {
+                at: 2_500,
+                status: None,
+                answer: "Klaviyo answered 503".into()
+            },
+            Attempt {
+                at: 5_000,
+                status: Some(400),
+                answer: "invalid happened".into()
+            },
+        ]
+    );
+    assert_eq!(store.find_dead_letter(missing).unwrap().request, None);
+    assert!(matches!(
+        store.find_dead_letter(404),
+        Err(StoreError::NotFound { id: 404, .. })
+    ));
+
+    // All or nothing: one unknown id, and no letter is discarded.
+    assert!(matches!(
+        store.discard(&[invalid, 404], "not ours", 7_000),
+        Err(StoreError::NotFound { id: 404, .. })
+    ));
+    assert_eq!(open(&store, Filter::default()).len(), 3);
+    store
+        .discard(&[invalid, exhausted], "test orders, not ours", 7_000)
+        .unwrap();
+    assert_eq!(open(&store, Filter::default()), [missing]);
+    assert_eq!(
+        store.dead_letters(None, None).unwrap().len(),
+        1,
+        "retry's list"
+    );
+    let status = store.status(8_000).unwrap();
+    assert_eq!(
+        status.dead_letters.into_iter().collect::<Vec<_>>(),
+        [("mapping:missing-field".to_owned(), 1)]
+    );
+    // Kept, with its reason and time.
+    assert_eq!(
+        store.find_dead_letter(invalid).unwrap().closed,
+        Some(Closed {
+            at: 7_000,
+            reason: Some("test orders, not ours".into())
+        })
+    );
+    for again in [
+        store.discard(&[missing, invalid], "again", 9_000),
+        store.requeue(invalid, &[], 9_000).map(|_| ()),
+    ] {
+        assert!(
+            matches!(&again, Err(StoreError::AlreadyDiscarded { id, reason })
+                if *id == invalid && reason == "test orders, not ours"),
+            "{again:?}"
+        );
+    }
+    assert_eq!(
+        open(&store, Filter::default()),
+        [missing],
+        "nothing changed"
+    );
+    // A requeued letter is closed without a reason.
+    store.requeue(missing, &[], 9_000).unwrap();
+    assert_eq!(
+        store.find_dead_letter(missing).unwrap().closed,
+        Some(Closed {
+            at: 9_000,
+            reason: None
+        })
+    );
+}
+
+/// Every answer is kept as an attempt (an excerpt), a sent row's too; a letter for a request
+/// never sent (empty details) adds none.
+#[test]
+fn issue12_attempts_keep_each_answer_short() {
+    let mut store = Store::in_memory().unwrap();
+    store
+        .intake(
+            &delivery("D1"),
+            &[placed_order("1"), placed_order("2")],
+            &[],
+            0,
+        )
+        .unwrap();
+    let rows = due_all(&store, "transaction");
+    let long = "x".repeat(5 * ANSWER_EXCERPT);
+    store.reschedule(rows[0].id, 10, &long, 1).unwrap();
+    store.mark_sent(&[rows[0].id], 202, 20).unwrap();
+    let attempts = store.attempts(rows[0].id).unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].answer.chars().count(), ANSWER_EXCERPT + 1);
+    assert!(attempts[0].answer.ends_with('…'));
+    assert_eq!(
+        attempts[1],
+        Attempt {
+            at: 20,
+            status: Some(202),
+            answer: "accepted".into()
+        }
+    );
+    let corrupt = NewDeadLetter {
+        details: json!({}),
+        ..letter("corrupt", None)
+    };
+    store.dead_letter(rows[1].id, &corrupt, 30).unwrap();
+    assert_eq!(store.attempts(rows[1].id).unwrap(), []);
+}
+
+/// Exceptions are listed while open, resolved with a reason (all or nothing), and `status`
+/// counts the open ones only; a request flagged again does not reopen its exception.
+#[test]
+fn issue12_exceptions_are_listed_and_resolved() {
+    let mut store = Store::in_memory().unwrap();
+    store
+        .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
+        .unwrap();
+    store
+        .intake(
+            &delivery("D2"),
+            &[profile("a@b.co", "2026-03-13T10:00:00Z")],
+            &[],
+            0,
+        )
+        .unwrap();
+    let order = due_all(&store, "transaction")[0].id;
+    let person = due_all(&store, "profile")[0].id;
+    store.flag_exception(order, "sent-after-hold", 100).unwrap();
+    store.flag_exception(person, "phone-removed", 200).unwrap();
+    let open = |store: &Store, filter: Filter| -> Vec<(String, String)> {
+        let found = store.open_exceptions(&filter).unwrap();
+        found.into_iter().map(|e| (e.kind, e.mapping)).collect()
+    };
+    assert_eq!(open(&store, Filter::default()).len(), 2);
+    let phone = Filter {
+        category: Some("phone-removed"),
+        ..Filter::default()
+    };
+    assert_eq!(
+        open(&store, phone),
+        [("phone-removed".to_owned(), "customer-profile".to_owned())]
+    );
+    let placed = Filter {
+        mapping: Some("placed-order"),
+        since: Some(100),
+        ..Filter::default()
+    };
+    assert_eq!(open(&store, placed).len(), 1);
+    let ids: Vec<i64> = store
+        .open_exceptions(&Filter::default())
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let shown = store.find_exception(ids[0]).unwrap();
+    assert_eq!(
+        (shown.outbox_id, shown.request_state.as_str()),
+        (order, "pending")
+    );
+    assert_eq!(shown.delivery, ("petmarket".into(), "D1".into()));
+
+    assert!(matches!(
+        store.resolve_exceptions(&[ids[0], 404], "checked", 300),
+        Err(StoreError::NotFound { id: 404, .. })
+    ));
+    assert_eq!(store.status(400).unwrap().exceptions, 2);
+    store
+        .resolve_exceptions(&[ids[0]], "checked in Klaviyo", 300)
+        .unwrap();
+    assert_eq!(store.status(400).unwrap().exceptions, 1);
+    assert!(matches!(
+        store.resolve_exceptions(&[ids[1], ids[0]], "again", 400),
+        Err(StoreError::ExceptionResolved { .. })
+    ));
+    assert_eq!(store.status(400).unwrap().exceptions, 1, "nothing changed");
+    assert!(!store.flag_exception(order, "sent-after-hold", 500).unwrap());
+    assert_eq!(
+        store.find_exception(ids[0]).unwrap().closed,
+        Some(Closed {
+            at: 300,
+            reason: Some("checked in Klaviyo".into())
+        })
+    );
+    assert!(matches!(
+        store.find_exception(404),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Warnings raised at intake are kept with their delivery; a repeated delivery adds none.
+#[test]
+fn issue12_warnings_are_kept_with_their_delivery() {
+    let mut store = Store::in_memory().unwrap();
+    let phone = "mapping `customer-profile`: phone \"12345\" is not a phone number".to_owned();
+    let warnings = [phone.clone()];
+    store
+        .intake_with_warnings(&delivery("D1"), &[], &[], &warnings, 10)
+        .unwrap();
+    store
+        .intake_with_warnings(&delivery("D1"), &[], &[], &warnings, 20)
+        .unwrap();
+    store
+        .intake_with_warnings(&delivery("D2"), &[], &[], &["consent".into()], 30)
+        .unwrap();
+    let kept = store.warnings(None).unwrap();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].message, phone);
+    assert_eq!(kept[0].delivery, ("petmarket".into(), "D1".into()));
+    assert_eq!(kept[0].origin, "deliveries.ndjson:1");
+    assert_eq!(kept[0].created_at, 10);
+    assert_eq!(store.warnings(Some(11)).unwrap().len(), 1);
+}
+
 // ---- status ---------------------------------------------------------------------------------
 
 #[test]
@@ -735,13 +1010,13 @@ fn reopening_keeps_rows_and_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = file_store(dir.path());
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), 4);
         store
             .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
             .unwrap();
     }
     let mut store = file_store(dir.path());
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     assert_eq!(store.pending_count("transaction", None).unwrap(), 1);
     assert!(
         store

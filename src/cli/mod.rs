@@ -4,16 +4,20 @@
 //! constant here and the README lists them.
 
 mod config;
+mod dead;
+mod exceptions;
 mod explain;
 mod init;
 mod report;
 mod retry;
+mod review;
 mod run;
 mod schemas;
 mod standin;
 mod status;
 mod test;
 mod validate;
+mod warnings;
 
 use clap::{Parser, Subcommand};
 use marketsync::diagnostic::Diagnostics;
@@ -24,7 +28,8 @@ use std::process::ExitCode;
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
 /// `run`: at least one delivery or mapping was rejected. `validate`: problems were found.
-/// `explain`: the mapping did not match, was rejected or produced no request.
+/// `explain`: the mapping did not match, was rejected or produced no request. `dead`,
+/// `exceptions`: an id does not exist or is closed already (and nothing was changed).
 pub const EXIT_REJECTED: u8 = 1;
 /// The command line was wrong (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
@@ -41,8 +46,8 @@ pub const EXIT_KEY_REFUSED: u8 = 5;
     name = "marketsync",
     version,
     about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
-    after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate) or no \
-                  request (explain), \
+    after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate), no \
+                  request (explain) or an unknown or closed id (dead, exceptions), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
                   5 Klaviyo refused the API key."
 )]
@@ -62,6 +67,9 @@ enum Command {
     Explain(explain::Args),
     Status(status::Args),
     Retry(retry::Args),
+    Dead(dead::Args),
+    Exceptions(exceptions::Args),
+    Warnings(warnings::Args),
     Schemas(schemas::Args),
     Standin(standin::Args),
 }
@@ -167,8 +175,9 @@ struct StateArgs {
 }
 
 impl StateArgs {
-    /// Opens a store that must already exist (`status`, `retry`): a mistyped `--state` is
-    /// reported, not answered with a new empty store that says all is well.
+    /// Opens a store that must already exist (`status`, `retry`, `dead`, `exceptions`,
+    /// `warnings`): a mistyped `--state` is reported, not answered with a new empty store that
+    /// says all is well.
     fn open_existing(&self) -> Result<marketsync::store::Store, u8> {
         if !self.path.try_exists().unwrap_or(true) {
             eprintln!(
@@ -305,6 +314,9 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),
+        Command::Dead(args) => dead::execute(args),
+        Command::Exceptions(args) => exceptions::execute(args),
+        Command::Warnings(args) => warnings::execute(args),
         Command::Schemas(args) => schemas::execute(args),
         Command::Standin(args) => standin::execute(args),
     };

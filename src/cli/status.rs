@@ -86,7 +86,7 @@ pub fn execute(args: Args) -> u8 {
     for (endpoint, at) in &status.last_success {
         println!("  {endpoint:<44} {}", iso(*at));
     }
-    println!("exceptions flagged: {}", status.exceptions);
+    println!("exceptions open: {}", status.exceptions);
     EXIT_OK
 }
 

@@ -531,7 +531,12 @@ impl Sink {
                     let mut store = self.store.lock().expect("store lock");
                     store.replace_body(row.id, &body.to_string())?;
                     store.flag_exception(row.id, "phone-removed", now)?;
-                    store.reschedule(row.id, now, "phone number refused; retrying without it")?;
+                    store.reschedule(
+                        row.id,
+                        now,
+                        "phone number refused; retrying without it",
+                        now,
+                    )?;
                     self.report.lock().expect("report lock").phone_removed += 1;
                 } else {
                     let reason = format!("Klaviyo refused it ({status}): {}", describe(&errors));
@@ -669,6 +674,7 @@ impl Sink {
                 row.id,
                 now + wait.as_millis() as i64,
                 reason,
+                now,
             )?;
             self.report.lock().expect("report lock").retried += 1;
         }

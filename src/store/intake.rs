@@ -21,6 +21,20 @@ impl Store {
         failures: &[NewDeadLetter],
         now: i64,
     ) -> Result<Intake, StoreError> {
+        self.intake_with_warnings(delivery, requests, failures, &[], now)
+    }
+
+    /// [`Store::intake`], keeping the warnings its mapping raised (an unreadable phone left
+    /// out, say) with the delivery in the same transaction; see [`Store::warnings`]. A
+    /// repeated delivery keeps nothing, its warnings included.
+    pub fn intake_with_warnings(
+        &mut self,
+        delivery: &DeliveryRecord,
+        requests: &[NewRequest],
+        failures: &[NewDeadLetter],
+        warnings: &[String],
+        now: i64,
+    ) -> Result<Intake, StoreError> {
         let versions = versions_of(requests)?;
         let tx = self.write()?;
         let inserted = tx.execute(
@@ -48,6 +62,12 @@ impl Store {
         }
         for letter in failures {
             dead::insert_letter(&tx, inbox_id, None, letter, now)?;
+        }
+        for warning in warnings {
+            tx.prepare_cached(
+                "INSERT INTO warning (inbox_id, message, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![inbox_id, warning, now])?;
         }
         tx.commit()?;
         Ok(intake)

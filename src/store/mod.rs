@@ -25,6 +25,7 @@
 //! against the real second store than guessed now.
 
 mod dead;
+mod exceptions;
 mod intake;
 mod outbox;
 mod schema;
@@ -155,6 +156,74 @@ pub struct DeadLetter {
     /// The raw delivery or line.
     pub text: String,
     pub created_at: i64,
+    /// The refused request's endpoint and body (as last sent), when Klaviyo refused one.
+    pub request: Option<(String, String)>,
+    /// `None` while the letter is open.
+    pub closed: Option<Closed>,
+}
+
+/// When and how a dead letter or an exception was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub at: i64,
+    /// Why an operator discarded the letter or resolved the exception; `None` for a letter
+    /// that was requeued (or whose line was taken in again).
+    pub reason: Option<String>,
+}
+
+/// Which open dead letters or exceptions to list. Every part left `None` matches all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filter<'a> {
+    /// A dead letter's category, or an exception's kind.
+    pub category: Option<&'a str>,
+    pub mapping: Option<&'a str>,
+    /// Written at or after this time (unix ms).
+    pub since: Option<i64>,
+}
+
+/// One answer a request got, or one failure to get an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub at: i64,
+    /// Klaviyo's HTTP status, when one is known (a timeout or a dropped connection has none,
+    /// nor does a retry the sink reported by its reason alone).
+    pub status: Option<u16>,
+    /// An excerpt: the error detail or reason, never a whole body.
+    pub answer: String,
+}
+
+/// The longest answer an [`Attempt`] keeps, in characters.
+pub const ANSWER_EXCERPT: usize = 300;
+
+/// A request flagged for the exceptions report, with what it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exception {
+    pub id: i64,
+    /// `sent-after-hold`, `phone-removed`, ...
+    pub kind: String,
+    pub outbox_id: i64,
+    pub mapping: String,
+    pub endpoint: String,
+    pub body: String,
+    /// The request's state: `pending`, `sent`, ...
+    pub request_state: String,
+    /// (marketplace, delivery id).
+    pub delivery: (String, String),
+    pub origin: String,
+    pub text: String,
+    pub flagged_at: i64,
+    pub closed: Option<Closed>,
+}
+
+/// A warning raised while a delivery was mapped at intake, kept with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub id: i64,
+    pub message: String,
+    /// (marketplace, delivery id).
+    pub delivery: (String, String),
+    pub origin: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +251,10 @@ pub enum StoreError {
     NotPending { id: i64, state: String },
     #[error("dead letter {id} is already resolved")]
     AlreadyResolved { id: i64 },
+    #[error("dead letter {id} was already discarded: {reason}")]
+    AlreadyDiscarded { id: i64, reason: String },
+    #[error("exception {id} is already resolved")]
+    ExceptionResolved { id: i64 },
     #[error(
         "dead letter {id} is an unreadable line with no stored delivery: take the line in \
          again with `intake`, then resolve the letter"
@@ -371,6 +444,15 @@ fn create(path: &Path) -> Result<(), StoreError> {
     linked
 }
 
+/// The first [`ANSWER_EXCERPT`] characters of an answer, marked when cut.
+fn excerpt(answer: &str) -> String {
+    let answer = answer.trim();
+    match answer.char_indices().nth(ANSWER_EXCERPT) {
+        Some((at, _)) => format!("{}…", &answer[..at]),
+        None => answer.to_owned(),
+    }
+}
+
 /// A `count(*)` column. (rusqlite reads no `usize` without a feature; a count is never
 /// negative.)
 fn count_at(row: &rusqlite::Row, index: usize) -> rusqlite::Result<usize> {
@@ -442,6 +524,47 @@ mod tests {
                 .unwrap();
             assert_eq!((id, rows), (APPLICATION_ID, 1), "version {steps}");
         }
+    }
+
+    /// Issue 12: a version 3 file (the last before attempts, warnings, discards and resolved
+    /// exceptions) keeps its letters and exceptions open, and its requests have no attempts.
+    #[test]
+    fn a_version_3_store_keeps_its_rows_and_gains_the_operators_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        assert_eq!(
+            schema::migrate(&mut conn, &schema::MIGRATIONS[..3]).unwrap(),
+            3
+        );
+        conn.execute_batch(
+            "INSERT INTO inbox (id, marketplace, delivery_id, origin, text, received_at)
+                 VALUES (1, 'm', 'd', 'f:1', '{}', 0);
+             INSERT INTO outbox (id, inbox_id, mapping, endpoint, lane, body, state, attempts,
+                                 next_attempt_at, last_error, created_at)
+                 VALUES (1, 1, 'placed-order', '/api/events', 'transaction', '{}', 'dead', 3,
+                         0, 'Klaviyo answered 503', 0);
+             INSERT INTO dead_letter (outbox_id, inbox_id, mapping, category, reason, details,
+                                      created_at)
+                 VALUES (1, 1, 'placed-order', 'retries-exhausted', 'gave up', '{}', 5);
+             INSERT INTO exception (outbox_id, kind, flagged_at)
+                 VALUES (1, 'sent-after-hold', 6);",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 4);
+        let letters = store.open_dead_letters(&Filter::default()).unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].category, "retries-exhausted");
+        assert_eq!(letters[0].closed, None);
+        assert_eq!(store.attempts(1).unwrap(), []);
+        assert_eq!(store.open_exceptions(&Filter::default()).unwrap().len(), 1);
+        assert_eq!(store.status(10).unwrap().exceptions, 1);
+        assert_eq!(store.warnings(None).unwrap(), []);
+        store.discard(&[letters[0].id], "old outage", 20).unwrap();
+        assert_eq!(store.status(30).unwrap().dead_letters.len(), 0);
     }
 
     #[test]

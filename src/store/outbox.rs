@@ -1,6 +1,6 @@
 //! The sink's side of the outbox: what is due, and what became of each send.
 
-use super::{CONSENT_ENDPOINT, Pending, Store, StoreError, count_at, ledger_key};
+use super::{Attempt, CONSENT_ENDPOINT, Pending, Store, StoreError, count_at, excerpt, ledger_key};
 use rusqlite::{Connection, OptionalExtension, params};
 
 impl Store {
@@ -59,6 +59,8 @@ impl Store {
     /// coalesce key's watermark rises to its version, and an accepted subscription with a once
     /// key is recorded as consent.
     ///
+    /// Each row newly marked also gets an [`Attempt`] with the status and `accepted`.
+    ///
     /// A row already sent is left as it is, so marking twice is harmless. A superseded row that
     /// was in flight is marked too: its (older) version is what Klaviyo applied. Any other id
     /// is an error, and then nothing is marked.
@@ -107,6 +109,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![id, key, row.unique_id, row.endpoint, status, now],
             )?;
+            insert_attempt(&tx, id, now, Some(status), "accepted")?;
             if let (Some(coalesce_key), Some(version)) = (&row.coalesce_key, &row.version) {
                 tx.execute(
                     "INSERT INTO watermark (mapping, coalesce_key, version, updated_at)
@@ -131,21 +134,44 @@ impl Store {
         Ok(())
     }
 
-    /// A send failed and will be tried again at `next_attempt_at`: attempts go up by one and
-    /// the error is kept. A superseded row is not retried (the newer row carries the update),
-    /// so for one this does nothing.
+    /// A send failed at `now` and will be tried again at `next_attempt_at`: attempts go up by
+    /// one, the error is kept and recorded as an [`Attempt`] (without a status: the sink
+    /// reports a retry by its reason, which names the status when there was one). A
+    /// superseded row is not retried (the newer row carries the update), so for one only the
+    /// attempt is recorded.
     pub fn reschedule(
         &mut self,
         id: i64,
         next_attempt_at: i64,
         error: &str,
+        now: i64,
     ) -> Result<(), StoreError> {
-        let changed = self.conn.execute(
+        let tx = self.write()?;
+        let changed = tx.execute(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
              WHERE id = ?1 AND state = 'pending'",
             params![id, next_attempt_at, error],
         )?;
-        unless_superseded(&self.conn, id, changed)
+        unless_superseded(&tx, id, changed)?;
+        insert_attempt(&tx, id, now, None, error)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every attempt recorded for an outbox row, oldest first. Rows sent before attempts were
+    /// kept (schema version 4) have none.
+    pub fn attempts(&self, outbox_id: i64) -> Result<Vec<Attempt>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT attempted_at, status, answer FROM attempt WHERE outbox_id = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([outbox_id], |r| {
+            Ok(Attempt {
+                at: r.get(0)?,
+                status: r.get(1)?,
+                answer: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Postpones a pending row to `until` without counting an attempt: an ordering hold whose
@@ -189,6 +215,21 @@ struct SentRow {
     unique_id: Option<String>,
     coalesce_key: Option<String>,
     version: Option<String>,
+}
+
+/// Records one attempt of an outbox row, its answer cut to an excerpt.
+pub(super) fn insert_attempt(
+    conn: &Connection,
+    outbox_id: i64,
+    at: i64,
+    status: Option<u16>,
+    answer: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempt (outbox_id, attempted_at, status, answer) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![outbox_id, at, status, excerpt(answer)])?;
+    Ok(())
 }
 
 /// The state of an outbox row, or `NotFound`.

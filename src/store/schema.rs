@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -148,6 +148,41 @@ CREATE UNIQUE INDEX exception_once ON exception (outbox_id, kind);
 /// of earlier versions.
 const V3: &str = "PRAGMA application_id = 1298879353;";
 
+/// Version 4: what an operator works through. A dead letter can be discarded (given up on,
+/// with a reason; `resolved_at` is when), an exception resolved likewise, every answer a
+/// request got is kept (`attempt`), and the warnings raised at intake are kept with their
+/// delivery. Rows of earlier versions are kept as they were: their letters and exceptions are
+/// open or resolved as before, and their requests simply have no attempts.
+const V4: &str = r#"
+-- Set with resolved_at when an operator discards the letter; a letter resolved without it was
+-- requeued (or its line taken in again).
+ALTER TABLE dead_letter ADD COLUMN discard_reason TEXT;
+CREATE INDEX dead_letter_open_created ON dead_letter (created_at) WHERE resolved_at IS NULL;
+
+ALTER TABLE exception ADD COLUMN resolved_at INTEGER;
+ALTER TABLE exception ADD COLUMN resolve_reason TEXT;
+CREATE INDEX exception_open ON exception (kind) WHERE resolved_at IS NULL;
+
+-- One row per answer a request got, or per failure to get one; the answer is an excerpt.
+CREATE TABLE attempt (
+    id            INTEGER PRIMARY KEY,
+    outbox_id     INTEGER NOT NULL REFERENCES outbox (id),
+    attempted_at  INTEGER NOT NULL,
+    status        INTEGER,   -- Klaviyo's HTTP status, when it is known
+    answer        TEXT    NOT NULL
+) STRICT;
+CREATE INDEX attempt_outbox ON attempt (outbox_id, id);
+
+-- What did not stop a mapping but was left out or changed (an unreadable phone, say).
+CREATE TABLE warning (
+    id          INTEGER PRIMARY KEY,
+    inbox_id    INTEGER NOT NULL REFERENCES inbox (id),
+    message     TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX warning_created ON warning (created_at);
+"#;
+
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
 /// version inside its own write transaction, so two processes opening one new file do not
 /// both run a step.
@@ -269,7 +304,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 3 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 4 })
         ));
     }
 }

@@ -12,7 +12,7 @@ pub struct Status {
     pub dead_letters: BTreeMap<String, usize>,
     /// When Klaviyo last accepted a request, by endpoint (unix ms).
     pub last_success: BTreeMap<String, i64>,
-    /// Requests flagged for the exceptions report.
+    /// Open exceptions: flagged requests not yet resolved.
     pub exceptions: usize,
 }
 
@@ -50,8 +50,11 @@ impl Store {
             let (endpoint, at) = row?;
             status.last_success.insert(endpoint, at);
         }
-        status.exceptions =
-            tx.query_row("SELECT count(*) FROM exception", [], |r| count_at(r, 0))?;
+        status.exceptions = tx.query_row(
+            "SELECT count(*) FROM exception WHERE resolved_at IS NULL",
+            [],
+            |r| count_at(r, 0),
+        )?;
         Ok(status)
     }
 }
