@@ -35,6 +35,9 @@ pub const EXIT_BAD_MAPPINGS: u8 = 3;
 pub const EXIT_IO: u8 = 4;
 /// Klaviyo refused the API key (401/403): the run stopped at once, the queue is intact.
 pub const EXIT_KEY_REFUSED: u8 = 5;
+/// `run`: Klaviyo was unavailable (an endpoint answered nothing but timeouts, 5xx or 429 for
+/// the outage window); everything else was done, and the queue is kept for the next run.
+pub const EXIT_UNAVAILABLE: u8 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +47,7 @@ pub const EXIT_KEY_REFUSED: u8 = 5;
     after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate) or no \
                   request (explain), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
-                  5 Klaviyo refused the API key."
+                  5 Klaviyo refused the API key, 6 Klaviyo unavailable (run; the queue is kept)."
 )]
 struct Cli {
     #[command(subcommand)]
