@@ -173,6 +173,12 @@ impl StateArgs {
     /// Opens a store that must already exist (`status`, `retry`): a mistyped `--state` is
     /// reported, not answered with a new empty store that says all is well.
     fn open_existing(&self) -> Result<marketsync::store::Store, u8> {
+        self.exists()?;
+        self.open()
+    }
+
+    /// That the state file exists, or says so.
+    fn exists(&self) -> Result<(), u8> {
         if !self.path.try_exists().unwrap_or(true) {
             eprintln!(
                 "error: state database {}: no such file (a real `run` creates it; check --state)",
@@ -180,7 +186,23 @@ impl StateArgs {
             );
             return Err(EXIT_IO);
         }
-        self.open()
+        Ok(())
+    }
+
+    /// Takes the state file's writer lock, for a command that writes to it (`run`, `retry`),
+    /// before it opens the store; or says which process holds it. Never waits. Read-only
+    /// commands do not take it.
+    fn lock(&self) -> Result<marketsync::store::lock::WriterLock, u8> {
+        marketsync::store::lock::WriterLock::acquire(&self.path).map_err(|err| {
+            let hint = match err {
+                marketsync::store::lock::LockError::Held { .. } => {
+                    "; wait for it to finish, or stop it"
+                }
+                marketsync::store::lock::LockError::Io { .. } => "",
+            };
+            eprintln!("error: state database {}: {err}{hint}", self.path.display());
+            EXIT_IO
+        })
     }
 
     /// Opens (creating or migrating) the store, or reports why not.

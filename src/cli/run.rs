@@ -162,6 +162,12 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_USAGE;
         }
     };
+    // One writer per state file, for the whole run: taken before the store is opened (which
+    // may migrate it) and released when the process ends, however it ends.
+    let _lock = match args.state.lock() {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let store = match args.state.open() {
         Ok(store) => store,
         Err(code) => return code,

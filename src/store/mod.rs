@@ -26,6 +26,7 @@
 
 mod dead;
 mod intake;
+pub mod lock;
 mod outbox;
 mod schema;
 mod status;
