@@ -169,12 +169,12 @@ mod tests {
         let mut t = Tracker::new(2, Duration::from_secs(10));
         let start = Instant::now();
         for _ in 0..5 {
-            t.failed(E, "503 Service Unavailable", start);
+            t.failed(E, "Klaviyo answered 503", start);
         }
         assert!(t.outage(E, start + Duration::from_secs(9)).is_none());
         let later = start + Duration::from_secs(10);
         let outage = t.outage(E, later).unwrap();
-        assert_eq!(outage.last_error, "503 Service Unavailable");
+        assert_eq!(outage.last_error, "Klaviyo answered 503");
         assert_eq!(t.unavailable(later), vec![E]);
         // One probe, then rest for a quarter of the window.
         assert!(t.resting(later).is_empty());
