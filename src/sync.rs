@@ -44,6 +44,15 @@ pub struct IntakeReport {
 pub enum SyncError {
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// Klaviyo was unavailable ([`SinkError::KlaviyoUnavailable`]): everything else was done,
+    /// and what was for the unavailable endpoints is still queued. With what the run did, for
+    /// its summary.
+    #[error("{cause}")]
+    Unavailable {
+        cause: SinkError,
+        intake: Box<IntakeReport>,
+        delivery: Box<DeliveryReport>,
+    },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -266,7 +275,8 @@ pub struct Tick {
 pub type OnTick = Box<dyn FnMut(Tick) + Send>;
 
 /// Intake and delivery together; returns when every input is read and both lanes are empty
-/// (held requests included), or at the first refused key. Needs a multi-threaded tokio
+/// (held requests included), or at the first refused key, or with [`SyncError::Unavailable`]
+/// when all that is left is queued for endpoints where Klaviyo is unavailable. Needs a multi-threaded tokio
 /// runtime: intake runs as blocking work on the calling thread (mapping on `jobs` threads of
 /// its own) while the lanes send.
 pub async fn run(
@@ -323,7 +333,13 @@ pub async fn run_with_progress(
     let mut first_error = None;
     for lane in lanes {
         if let Err(err) = lane.await.expect("a lane does not panic") {
-            first_error.get_or_insert(err);
+            // Any other error says more than an outage, which leaves the queue as it was.
+            match (&first_error, &err) {
+                (None, _) | (Some(SinkError::KlaviyoUnavailable { .. }), _) => {
+                    first_error = Some(err);
+                }
+                _ => {}
+            }
         }
     }
     if let Some(ticker) = ticker {
@@ -335,6 +351,15 @@ pub async fn run_with_progress(
         return Err(refused.into());
     }
     if let Some(err) = first_error {
+        if let SinkError::KlaviyoUnavailable { .. } = err {
+            // Both lanes may have met an outage: the error names every unavailable endpoint.
+            let cause = sink.unavailable().unwrap_or(err);
+            return Err(SyncError::Unavailable {
+                cause,
+                intake: Box::new(intake_report?),
+                delivery: Box::new(sink.report()),
+            });
+        }
         return Err(err.into());
     }
     Ok((intake_report?, sink.report()))

@@ -1165,7 +1165,8 @@ async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
         let state_arg = state.clone();
         let (run, status) = tokio::task::spawn_blocking(move || {
             let run = marketsync()
-                .args(["run", "--hold", "0", "--max-attempts", "2", "--state"])
+                .args(["run", "--hold", "0", "--max-attempts", "2"])
+                .args(["--outage-window", "1", "--state"])
                 .arg(&state_arg)
                 .arg("examples/orders.ndjson")
                 .env("KLAVIYO_API_KEY", KEY)
@@ -1182,12 +1183,14 @@ async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
         .await
         .unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
-        let expected = if refuse_key { 5 } else { 1 };
+        // Subscriptions get nothing but 500s: Klaviyo is unavailable there (issue 12).
+        let expected = if refuse_key { 5 } else { 6 };
         assert_eq!(run.status.code(), Some(expected), "{stderr}");
         if !refuse_key {
-            // The answers did reach the store: refused, duplicate and exhausted requests.
-            for category in ["invalid", "duplicate-profile", "retries-exhausted"] {
-                assert!(stderr.contains(category), "{category}: {stderr}");
+            // The answers did reach the store (refused and duplicate requests) and the error
+            // quotes the last failure.
+            for shown in ["invalid", "duplicate-profile", "Klaviyo unavailable"] {
+                assert!(stderr.contains(shown), "{shown}: {stderr}");
             }
         }
         for (what, bytes) in [
@@ -1752,4 +1755,147 @@ fn issue12_read_only_commands_create_no_state_file() {
             .stderr(predicate::str::contains("no such file"));
         assert!(!missing.exists(), "{args:?} created {}", missing.display());
     }
+}
+
+/// Issue 12: with Klaviyo answering 503 to everything, `run` prints its summary, says Klaviyo
+/// is unavailable and that the queue is kept, and exits 6 with nothing dead-lettered; once
+/// Klaviyo is back, the next run sends the queue and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_6_when_klaviyo_is_unavailable_and_keeps_the_queue() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, Faults, StandIn};
+    let standin = StandIn::start(Config {
+        time_scale: 100.0,
+        faults: Faults {
+            error_5xx_rate: 1.0,
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    fs::write(&input, common::synthetic_orders(4)).unwrap();
+    let url = standin.url();
+    let run = move || {
+        let (state, input, url) = (state.clone(), input.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            marketsync()
+                .args([
+                    "run",
+                    "--hold",
+                    "0",
+                    "--max-attempts",
+                    "2",
+                    "--time-scale",
+                    "100",
+                ])
+                .arg("--state")
+                .arg(&state)
+                .arg(&input)
+                .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+                .env("KLAVIYO_BASE_URL", &url)
+                .output()
+                .unwrap()
+        })
+    };
+    let first = run().await.unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(6), "{stderr}");
+    for shown in [
+        "summary:",
+        "error: Klaviyo unavailable: /api/",
+        "503",
+        "the queue is kept; run again later",
+    ] {
+        assert!(stderr.contains(shown), "{shown}: {stderr}");
+    }
+    let dead_line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("dead-lettered"))
+        .unwrap();
+    assert!(dead_line.ends_with(" 0"), "{stderr}");
+    assert!(standin.accepted().events.is_empty());
+
+    standin.set_faults(Faults::none());
+    let second = run().await.unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{stderr}");
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 4);
+    standin.shutdown().await;
+}
+
+/// Issue 12: one writer per state file. While a run holds the state file (here: waiting on
+/// its standard input), a second `run` and a `retry` exit 4 at once naming its pid, and
+/// `status` still answers; once the holder is killed (SIGKILL: no clean-up), a run proceeds.
+#[test]
+fn a_second_writer_is_refused_while_a_run_holds_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let run = || {
+        let mut cmd = common::marketsync_command();
+        cmd.args(["run", "--state"])
+            .arg(&state)
+            .env("KLAVIYO_API_KEY", "pk_lock_test")
+            .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9");
+        cmd
+    };
+    let mut holder = run()
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("state.db.lock");
+    let pid = format!("pid {}", holder.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(fs::read_to_string(&lock).is_ok_and(|t| t.contains(&pid)) && state.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    for args in [&["run"][..], &["retry"][..]] {
+        let mut cmd = if args == ["run"] {
+            run()
+        } else {
+            let mut cmd = common::marketsync_command();
+            cmd.args(["retry", "--state"]).arg(&state);
+            cmd
+        };
+        let output = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("another marketsync process is writing it"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&pid) && stderr.contains("started"),
+            "{stderr}"
+        );
+    }
+    let status = marketsync()
+        .args(["status", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let after = run().stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
 }

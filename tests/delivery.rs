@@ -73,6 +73,7 @@ async fn under_faults_every_request_ends_accepted_or_dead_lettered() {
         slow_rate: 0.05,
         slow: Duration::from_millis(50),
         seed: 7,
+        ..Faults::none()
     };
     let standin = StandIn::start(Config {
         time_scale: 20.0,
@@ -1205,5 +1206,162 @@ async fn import_errors_that_name_no_profile_send_the_jobs_profiles_one_by_one() 
         "each profile of the job went again on its own"
     );
     assert_eq!(standin.accepted().profiles.len(), 99);
+    standin.shutdown().await;
+}
+
+fn dead_letters(store: &Mutex<Store>) -> std::collections::BTreeMap<String, usize> {
+    store.lock().unwrap().status(0).unwrap().dead_letters
+}
+
+/// Issue 12: an outage is not a data problem. With every request answered 503, the run ends
+/// with `Unavailable` once the outage window has passed, nothing is dead-lettered (with two
+/// attempts allowed, every request would have been), and the queue is kept as it was; after
+/// Klaviyo recovers, the next run sends everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_the_queue_and_the_next_run_sends_it() {
+    let scale = 100.0;
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        faults: Faults {
+            error_5xx_rate: 1.0,
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(8));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let mut outage = config(&standin, DEFAULT_API_KEY, scale);
+    outage.max_attempts = 2;
+    let err = run(&engine, &store, &path, outage.clone())
+        .await
+        .unwrap_err();
+    let SyncError::Unavailable {
+        cause:
+            SinkError::KlaviyoUnavailable {
+                endpoints,
+                last_error,
+                ..
+            },
+        delivery,
+        ..
+    } = &err
+    else {
+        panic!("expected Klaviyo unavailable, got {err}");
+    };
+    assert!(endpoints.contains(&"/api/events".to_owned()), "{err}");
+    assert!(last_error.contains("503"), "{err}");
+    assert!(err.to_string().contains("the queue is kept"), "{err}");
+    assert!(delivery.dead_letters.is_empty(), "{delivery:?}");
+    assert!(dead_letters(&store).is_empty());
+    let queued = pending(&store);
+    assert!(queued >= 8, "{queued}");
+    assert!(standin.accepted().events.is_empty());
+    assert!(
+        standin
+            .stats()
+            .endpoint(Endpoint::CreateEvent)
+            .server_errors
+            > 0
+    );
+
+    // Klaviyo is back: the same queue goes out, once, with nothing dead-lettered.
+    standin.set_faults(Faults::none());
+    run(&engine, &store, &path, outage).await.unwrap();
+    assert_eq!(pending(&store), 0);
+    assert!(dead_letters(&store).is_empty());
+    let got: BTreeSet<String> = standin
+        .accepted()
+        .events
+        .iter()
+        .filter_map(|e| e.unique_id.clone())
+        .collect();
+    assert_eq!(got, expected_unique_ids(&engine, &path));
+    standin.shutdown().await;
+}
+
+/// A blip shorter than the outage window does not end the run: it retries through it and
+/// sends everything, counting none of the blip's failures against the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_rides_out_a_blip_shorter_than_the_outage_window() {
+    let scale = 20.0;
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        faults: Faults {
+            error_5xx_rate: 1.0,
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(5));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let mut sink = config(&standin, DEFAULT_API_KEY, scale);
+    sink.max_attempts = 2;
+    // A window of 10 minutes (30 s here): far longer than the blip.
+    sink.outage_window = Duration::from_secs(600);
+    let recovery = async {
+        while standin
+            .stats()
+            .endpoint(Endpoint::CreateEvent)
+            .server_errors
+            < 10
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        standin.set_faults(Faults::none());
+    };
+    let (result, ()) = tokio::join!(run(&engine, &store, &path, sink), recovery);
+    result.unwrap();
+    assert_eq!(pending(&store), 0);
+    assert!(dead_letters(&store).is_empty());
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 5);
+    standin.shutdown().await;
+}
+
+/// A request that keeps failing while the others to its endpoint get through is evidence
+/// against that request: it still becomes `retries-exhausted`, and the run is not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_failing_alone_while_others_succeed_is_retries_exhausted() {
+    let scale = 50.0;
+    let standin = StandIn::start(Config {
+        time_scale: scale,
+        faults: Faults {
+            // Only buyer 3's requests fail.
+            error_5xx_marker: Some("buyer3@example.com".into()),
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let engine = Arc::new(common::engine());
+    let dir = tempfile::tempdir().unwrap();
+    let path = input_of(&dir, &common::synthetic_orders(8));
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let mut sink = config(&standin, DEFAULT_API_KEY, scale);
+    sink.max_attempts = 3;
+    run(&engine, &store, &path, sink).await.unwrap();
+    assert_eq!(pending(&store), 0);
+    let dead = dead_letters(&store);
+    assert_eq!(
+        dead.keys().collect::<Vec<_>>(),
+        ["retries-exhausted"],
+        "{dead:?}"
+    );
+    let accepted = standin.accepted();
+    assert_eq!(accepted.events_named("Placed Order").count(), 7);
+    assert!(
+        accepted
+            .profiles
+            .iter()
+            .all(|p| !format!("{p:?}").contains("buyer3@"))
+    );
     standin.shutdown().await;
 }

@@ -40,6 +40,9 @@ pub const EXIT_BAD_MAPPINGS: u8 = 3;
 pub const EXIT_IO: u8 = 4;
 /// Klaviyo refused the API key (401/403): the run stopped at once, the queue is intact.
 pub const EXIT_KEY_REFUSED: u8 = 5;
+/// `run`: Klaviyo was unavailable (an endpoint answered nothing but timeouts, 5xx or 429 for
+/// the outage window); everything else was done, and the queue is kept for the next run.
+pub const EXIT_UNAVAILABLE: u8 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -49,7 +52,7 @@ pub const EXIT_KEY_REFUSED: u8 = 5;
     after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate), no \
                   request (explain) or an unknown or closed id (dead, exceptions), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
-                  5 Klaviyo refused the API key."
+                  5 Klaviyo refused the API key, 6 Klaviyo unavailable (run; the queue is kept)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -179,6 +182,12 @@ impl StateArgs {
     /// `warnings`): a mistyped `--state` is reported, not answered with a new empty store that
     /// says all is well.
     fn open_existing(&self) -> Result<marketsync::store::Store, u8> {
+        self.exists()?;
+        self.open()
+    }
+
+    /// That the state file exists, or says so.
+    fn exists(&self) -> Result<(), u8> {
         if !self.path.try_exists().unwrap_or(true) {
             eprintln!(
                 "error: state database {}: no such file (a real `run` creates it; check --state)",
@@ -186,7 +195,23 @@ impl StateArgs {
             );
             return Err(EXIT_IO);
         }
-        self.open()
+        Ok(())
+    }
+
+    /// Takes the state file's writer lock, for a command that writes to it (`run`, `retry`),
+    /// before it opens the store; or says which process holds it. Never waits. Read-only
+    /// commands do not take it.
+    fn lock(&self) -> Result<marketsync::store::lock::WriterLock, u8> {
+        marketsync::store::lock::WriterLock::acquire(&self.path).map_err(|err| {
+            let hint = match err {
+                marketsync::store::lock::LockError::Held { .. } => {
+                    "; wait for it to finish, or stop it"
+                }
+                marketsync::store::lock::LockError::Io { .. } => "",
+            };
+            eprintln!("error: state database {}: {err}{hint}", self.path.display());
+            EXIT_IO
+        })
     }
 
     /// Opens (creating or migrating) the store, or reports why not.

@@ -13,7 +13,8 @@ use marketsync::sync::queued;
   marketsync retry --category duplicate-profile
   marketsync retry --mapping profile --client acme
 
-A letter whose delivery still fails to map stays a dead letter, with the new reason printed.")]
+A letter whose delivery still fails to map stays a dead letter, with the new reason printed.
+Like `run`, it holds the state file's lock (STATE.lock) and exits 4 if another process does.")]
 pub struct Args {
     #[command(flatten)]
     state: StateArgs,
@@ -32,7 +33,12 @@ pub fn execute(args: Args) -> u8 {
         Ok(engine) => engine,
         Err(code) => return code,
     };
-    let mut store = match args.state.open_existing() {
+    // A writer: not while a run (or another retry) writes the same file.
+    let _lock = match args.state.exists().and_then(|()| args.state.lock()) {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
+    let mut store = match args.state.open() {
         Ok(store) => store,
         Err(code) => return code,
     };

@@ -1,7 +1,8 @@
 //! `marketsync run`: deliveries in, Klaviyo requests out.
 
 use super::{
-    EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, MappingArgs, StateArgs,
+    EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_USAGE, MappingArgs,
+    StateArgs,
 };
 use marketsync::engine::Engine;
 use marketsync::klaviyo::Endpoint;
@@ -40,8 +41,19 @@ that cannot be opened or read is reported, and the other inputs are still read.
 
 Exit 0 when nothing was rejected, 1 when any delivery or request was rejected or dead-lettered,
 2 on a usage error, 3 when the mappings do not load, 4 when an input could not be read (after
-reading the others) or on an output or state error, 5 when Klaviyo refuses the API key (the
-queue is left intact).")]
+reading the others), on an output or state error, or when another run is writing the state
+file, 5 when Klaviyo refuses the API key (the queue is left intact), 6 when Klaviyo is
+unavailable (the queue is kept; run again later).
+
+Klaviyo unavailable: when an endpoint answers nothing but timeouts, 5xx or 429 for
+--outage-window, the run stops sending to it, keeps its requests queued as they are (none
+becomes a dead letter for it), finishes the rest, prints its summary and exits 6. A request
+becomes a `retries-exhausted` dead letter only when it failed --max-attempts times while other
+requests to its endpoint got through.
+
+One writer per state file: a run holds STATE.lock (beside the state file) while it runs; a
+second `run` or `retry` on the same file exits 4 naming the process that holds it. `status`
+works meanwhile. A killed run's lock is released by the system.")]
 pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
@@ -73,9 +85,14 @@ pub struct Args {
     /// sent anyway and flagged, counted while a run is sending (not while none runs).
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     hold: f64,
-    /// Attempts before a request that keeps failing (429, 5xx, timeouts) is dead-lettered.
+    /// Attempts before a request that keeps failing (429, 5xx, timeouts) while others to its
+    /// endpoint get through is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_attempts: u32,
+    /// Seconds an endpoint may answer nothing but timeouts, 5xx or 429 before the run stops
+    /// sending to it, keeps its queue and exits 6 (Klaviyo unavailable).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    outage_window: f64,
     /// Seconds before a request to Klaviyo times out.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     timeout: f64,
@@ -145,6 +162,12 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_USAGE;
         }
     };
+    // One writer per state file, for the whole run: taken before the store is opened (which
+    // may migrate it) and released when the process ends, however it ends.
+    let _lock = match args.state.lock() {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let store = match args.state.open() {
         Ok(store) => store,
         Err(code) => return code,
@@ -189,6 +212,15 @@ pub fn execute(args: Args) -> u8 {
             }
         }
         // Errors can quote what Klaviyo (or a proxy) said: never the key.
+        Err(SyncError::Unavailable {
+            cause,
+            intake,
+            delivery,
+        }) => {
+            eprint!("{}", render(&intake, &delivery));
+            eprintln!("error: {}", redactor.redact(&cause.to_string()));
+            EXIT_UNAVAILABLE
+        }
         Err(SyncError::Sink(err @ SinkError::KeyRefused { .. })) => {
             eprintln!("error: {}", redactor.redact(&err.to_string()));
             EXIT_KEY_REFUSED
@@ -243,6 +275,12 @@ fn sink_config(args: &Args, engine: &Engine, key: ApiKey) -> Result<SinkConfig, 
             )
         })?;
     config.max_attempts = args.max_attempts.max(1);
+    config.outage_window = Duration::try_from_secs_f64(args.outage_window).map_err(|_| {
+        format!(
+            "--outage-window must be 0 or more seconds, not {}",
+            args.outage_window
+        )
+    })?;
     if !args.time_scale.is_finite() || args.time_scale <= 0.0 {
         return Err("--time-scale must be positive".into());
     }

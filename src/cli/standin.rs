@@ -45,6 +45,7 @@ pub fn execute(args: Args) -> u8 {
             slow_rate: 0.0,
             slow: Duration::ZERO,
             seed: 1,
+            error_5xx_marker: None,
         },
         ..Config::default()
     };

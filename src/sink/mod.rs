@@ -5,12 +5,15 @@
 //! budget, so order events (the transaction lane) never wait behind profile work, however deep
 //! that backlog is. Each answer decides the request's fate in the store: accepted (ledger),
 //! tried again later (with backoff, honouring `Retry-After`), or a dead letter with Klaviyo's
-//! own reason. A key Klaviyo refuses stops everything at once and leaves the queue intact.
+//! own reason. A key Klaviyo refuses stops everything at once and leaves the queue intact. An
+//! endpoint where everything fails (an outage, not bad data) is left alone with its requests
+//! queued untouched, and a batch run ends saying Klaviyo is unavailable ([`health`]).
 //!
 //! The sink never marks a request done before Klaviyo accepted it, so a crash at any point
 //! leads at worst to a resend, which Klaviyo deduplicates by `unique_id`.
 
 pub mod bulk;
+mod health;
 pub mod http;
 pub mod limit;
 
@@ -48,6 +51,14 @@ pub struct SinkConfig {
     pub concurrency: usize,
     /// Whether a backlog may go as bulk requests (event bulk jobs, merged subscriptions).
     pub bulk: bool,
+    /// Retryable failures in a row (timeouts, 5xx, 429) after which an endpoint may be taken
+    /// for unavailable, and from which on its failures no longer count toward `max_attempts`.
+    pub outage_failures: u32,
+    /// How long (scaled) an endpoint must fail with nothing it was sent getting through before
+    /// it is unavailable: no longer sent to but for a probe every quarter of this, its
+    /// requests queued as they are. A batch run then ends with
+    /// [`SinkError::KlaviyoUnavailable`].
+    pub outage_window: Duration,
 }
 
 impl SinkConfig {
@@ -64,6 +75,8 @@ impl SinkConfig {
             timeout: Duration::from_secs(30),
             concurrency: 16,
             bulk: true,
+            outage_failures: 10,
+            outage_window: Duration::from_secs(120),
         }
     }
 }
@@ -105,6 +118,18 @@ pub enum SinkError {
         "Klaviyo refused the API key ({status}): {detail}. Check KLAVIYO_API_KEY and that the key has write scopes for events, profiles and subscriptions; nothing was dropped, the queue is intact"
     )]
     KeyRefused { status: u16, detail: String },
+    #[error(
+        "Klaviyo unavailable: {} answered nothing but timeouts, 5xx or 429 since {} (last: {last_error}); nothing was dead-lettered for it and the queue is kept; run again later",
+        endpoints.join(", "),
+        chrono::DateTime::<chrono::Utc>::from(*since).format("%Y-%m-%d %H:%M:%S UTC")
+    )]
+    KlaviyoUnavailable {
+        /// The endpoints' paths.
+        endpoints: Vec<String>,
+        /// When the first of them began failing.
+        since: SystemTime,
+        last_error: String,
+    },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
 }
@@ -140,6 +165,8 @@ pub struct Sink {
     /// When this sink could start sending (unix ms): ordering holds count from here at the
     /// earliest.
     started_at: i64,
+    /// Which endpoints are failing for everyone, and since when.
+    health: Mutex<health::Tracker>,
 }
 
 /// Unix milliseconds, the store's clock.
@@ -173,7 +200,6 @@ impl Sink {
             .collect();
         Arc::new(Sink {
             client,
-            config,
             limiters,
             store,
             report: Arc::default(),
@@ -181,6 +207,11 @@ impl Sink {
             refusal: Mutex::default(),
             schemas: crate::klaviyo::Schemas::builtin(),
             started_at: now_ms(),
+            health: Mutex::new(health::Tracker::new(
+                config.outage_failures,
+                config.outage_window.div_f64(config.time_scale),
+            )),
+            config,
         })
     }
 
@@ -216,8 +247,31 @@ impl Sink {
         self.report.lock().expect("report lock").clone()
     }
 
+    fn health(&self) -> std::sync::MutexGuard<'_, health::Tracker> {
+        self.health.lock().expect("health lock")
+    }
+
+    /// The endpoints that are unavailable now, as the error that ends a batch run; `None` when
+    /// none is.
+    pub fn unavailable(&self) -> Option<SinkError> {
+        let health = self.health();
+        let now = Instant::now();
+        let outages: Vec<(Endpoint, health::Outage)> = health
+            .unavailable(now)
+            .into_iter()
+            .filter_map(|e| health.outage(e, now).map(|o| (e, o)))
+            .collect();
+        let first = outages.iter().min_by_key(|(_, o)| o.since)?;
+        Some(SinkError::KlaviyoUnavailable {
+            endpoints: outages.iter().map(|(e, _)| e.path().to_owned()).collect(),
+            since: first.1.since,
+            last_error: first.1.last_error.clone(),
+        })
+    }
+
     /// Sends one lane's due requests until `done()` says no more will come and the lane is
-    /// empty, or until a key is refused.
+    /// empty, or until a key is refused. When no more will come and all that is left is queued
+    /// for unavailable endpoints, returns [`SinkError::KlaviyoUnavailable`] with it queued.
     pub async fn drain_lane(
         self: Arc<Self>,
         lane: Lane,
@@ -241,6 +295,14 @@ impl Sink {
                 return self.refused().map_or(Ok(()), Err);
             }
             let room = self.config.concurrency.saturating_sub(tasks.len());
+            // Endpoints failing for everyone: their rows stay queued, untouched, but for a
+            // probe now and then (one at a time, never in bulk).
+            let (unavailable, resting) = {
+                let health = self.health();
+                let now = Instant::now();
+                (health.unavailable(now), health.resting(now))
+            };
+            let resting_paths: Vec<&str> = resting.iter().map(|e| e.path()).collect();
             let mut bulk: Vec<Endpoint> = Vec::new();
             let due = if room == 0 {
                 Vec::new()
@@ -256,13 +318,21 @@ impl Sink {
                     &[]
                 };
                 for &endpoint in bulk_endpoints {
+                    if unavailable.contains(&endpoint) {
+                        continue;
+                    }
                     let backlog = store.pending_count(lane.as_str(), Some(endpoint.path()))?;
                     if backlog >= self.bulk_threshold(endpoint) {
                         bulk.push(endpoint);
                     }
                 }
                 let extra = if bulk.is_empty() { 0 } else { bulk::MAX_ITEMS };
-                store.due(lane.as_str(), now_ms(), room + in_flight.len() + extra)?
+                store.due_except(
+                    lane.as_str(),
+                    now_ms(),
+                    room + in_flight.len() + extra,
+                    &resting_paths,
+                )?
             };
             let mut started = 0;
             let mut batchable: Vec<(Endpoint, Pending)> = Vec::new();
@@ -278,11 +348,17 @@ impl Sink {
                 if coalescing.as_ref().is_some_and(|c| taken.contains(c)) {
                     continue;
                 }
+                let endpoint = Endpoint::parse(&row.endpoint);
+                if let Some(endpoint) = endpoint.filter(|e| unavailable.contains(e))
+                    && !self.health().take_probe(endpoint, Instant::now())
+                {
+                    continue;
+                }
                 if !self.may_go(&row)? {
                     continue;
                 }
-                if let Some(endpoint) = Endpoint::parse(&row.endpoint)
-                    .filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
+                if let Some(endpoint) =
+                    endpoint.filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
                 {
                     taken.extend(coalescing);
                     batchable.push((endpoint, row));
@@ -345,12 +421,22 @@ impl Sink {
             }
             if started == 0 {
                 if tasks.is_empty() {
-                    let finished = intake_done.load(Ordering::SeqCst) && {
+                    if intake_done.load(Ordering::SeqCst) {
+                        // Done when nothing is left but what waits for unavailable endpoints.
                         let store = self.store.lock().expect("store lock");
-                        store.pending_count(lane.as_str(), None)? == 0
-                    };
-                    if finished {
-                        return Ok(());
+                        let mut left = store.pending_count(lane.as_str(), None)?;
+                        let mut kept = 0;
+                        for endpoint in &unavailable {
+                            kept += store.pending_count(lane.as_str(), Some(endpoint.path()))?;
+                        }
+                        left -= kept.min(left);
+                        if left == 0 {
+                            drop(store);
+                            return match self.unavailable() {
+                                Some(err) if kept > 0 => Err(err),
+                                _ => Ok(()),
+                            };
+                        }
                     }
                     tokio::time::sleep(poll).await;
                 } else {
@@ -382,6 +468,12 @@ impl Sink {
     ) -> Result<Vec<i64>, SinkError> {
         let outcome = self.paced(batch.endpoint, Call::Post(&batch.body)).await;
         let now = now_ms();
+        // Health is the queue's endpoint's (a bulk job of events is news about `/api/events`).
+        let queued_to = rows
+            .first()
+            .and_then(|r| Endpoint::parse(&r.endpoint))
+            .unwrap_or(batch.endpoint);
+        let failing_for = self.observe(queued_to, &outcome);
         match outcome {
             Outcome::Accepted { status, body } => {
                 self.report.lock().expect("report lock").bulk_requests += 1;
@@ -422,6 +514,7 @@ impl Sink {
                                     "bulk import job did not finish",
                                     None,
                                     now_ms(),
+                                    None,
                                 )?;
                             }
                             return Ok(Vec::new());
@@ -454,7 +547,7 @@ impl Sink {
                         .block_until(Instant::now() + after);
                 }
                 for row in &rows {
-                    self.retry_later(row, &reason, after, now)?;
+                    self.retry_later(row, &reason, after, now, failing_for)?;
                 }
                 Ok(Vec::new())
             }
@@ -502,6 +595,7 @@ impl Sink {
         };
         let outcome = self.paced(endpoint, Call::Post(&body)).await;
         let now = now_ms();
+        let failing_for = self.observe(endpoint, &outcome);
         match outcome {
             Outcome::Accepted { status, .. } => {
                 self.store
@@ -520,7 +614,7 @@ impl Sink {
                 if let Some(after) = after {
                     self.limiter(endpoint).block_until(Instant::now() + after);
                 }
-                self.retry_later(&row, &reason, after, now)?;
+                self.retry_later(&row, &reason, after, now, failing_for)?;
             }
             Outcome::Refused { status, errors } => {
                 let phone = "/data/attributes/phone_number";
@@ -652,14 +746,45 @@ impl Sink {
         Ok(Some((failed, errors)))
     }
 
-    /// Schedules another attempt, or gives up after the last one.
+    /// Books an answer in the endpoint's health. For a retryable failure, returns `None` when
+    /// it counts against the request, or how long the endpoint has been failing for everyone.
+    fn observe(&self, endpoint: Endpoint, outcome: &Outcome) -> Option<Duration> {
+        let mut health = self.health();
+        let now = Instant::now();
+        match outcome {
+            Outcome::Retry { reason, .. } => health.failed(endpoint, reason, now),
+            Outcome::KeyRefused { .. } => None,
+            _ => {
+                health.answered(endpoint, now);
+                None
+            }
+        }
+    }
+
+    /// Schedules another attempt, or gives up after the last one. A failure that says nothing
+    /// against the request (`failing_for`: its endpoint has been failing for everyone that
+    /// long) is not counted, and waits longer the longer the endpoint has been failing.
     fn retry_later(
         &self,
         row: &Pending,
         reason: &str,
         after: Option<Duration>,
         now: i64,
+        failing_for: Option<Duration>,
     ) -> Result<(), SinkError> {
+        if let Some(failing_for) = failing_for {
+            let wait = after.unwrap_or_else(|| {
+                self.backoff(row.attempts)
+                    .max(self.outage_backoff(failing_for))
+            });
+            self.store.lock().expect("store lock").postpone(
+                row.id,
+                now + wait.as_millis() as i64,
+                reason,
+            )?;
+            self.report.lock().expect("report lock").retried += 1;
+            return Ok(());
+        }
         if row.attempts + 1 >= self.config.max_attempts {
             let gave_up = format!("gave up after {} attempts: {reason}", row.attempts + 1);
             self.bury(
@@ -737,6 +862,19 @@ impl Sink {
         ceiling
             .mul_f64(rand::random::<f64>().max(0.1))
             .div_f64(self.config.time_scale)
+    }
+
+    /// Backoff while an endpoint fails for everyone: with full jitter, up to as long as it has
+    /// been failing (at least 0.5 s, at most a minute, scaled), so that retries thin out as an
+    /// outage goes on.
+    fn outage_backoff(&self, failing_for: Duration) -> Duration {
+        let scale = self.config.time_scale;
+        let ceiling = failing_for
+            .mul_f64(scale)
+            .clamp(Duration::from_millis(500), Duration::from_secs(60));
+        ceiling
+            .mul_f64(rand::random::<f64>().max(0.1))
+            .div_f64(scale)
     }
 
     /// A request whose stored body is not JSON: a dead letter at once, never sent.

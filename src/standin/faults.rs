@@ -25,6 +25,10 @@ pub struct Faults {
     /// Close the connection without answering; the request has no effect.
     pub drop_rate: f64,
     pub seed: u64,
+    /// Answer 503 to every request whose body contains this text, whatever the draw (a drop
+    /// still wins): one request that keeps failing while the others to its endpoint succeed.
+    /// It takes no draw of its own, so the other faults stay reproducible.
+    pub error_5xx_marker: Option<String>,
 }
 
 impl Faults {
@@ -56,14 +60,15 @@ impl FaultPlan {
     }
 
     /// One request's fate: the fault that replaces its answer, if any, and the delay before the
-    /// answer, if it is slow. At most one fault; drop wins over 503, 503 over 429.
-    pub(crate) fn draw(&mut self) -> (Option<Fault>, Option<Duration>) {
+    /// answer, if it is slow. At most one fault; drop wins over 503 (drawn or
+    /// marked), 503 over 429.
+    pub(crate) fn draw(&mut self, body: &[u8]) -> (Option<Fault>, Option<Duration>) {
         let [drop, unavailable, throttle, slow]: [f64; 4] =
             std::array::from_fn(|_| self.rng.random());
         let f = &self.faults;
         let fault = if drop < f.drop_rate {
             Some(Fault::Drop)
-        } else if unavailable < f.error_5xx_rate {
+        } else if unavailable < f.error_5xx_rate || self.marked(body) {
             Some(Fault::Unavailable)
         } else if throttle < f.throttle_rate {
             Some(Fault::Throttle)
@@ -72,5 +77,15 @@ impl FaultPlan {
         };
         let delay = (slow < f.slow_rate).then_some(f.slow);
         (fault, delay)
+    }
+
+    /// Whether `body` holds [`Faults::error_5xx_marker`].
+    fn marked(&self, body: &[u8]) -> bool {
+        self.faults
+            .error_5xx_marker
+            .as_deref()
+            .is_some_and(|marker| {
+                !marker.is_empty() && body.windows(marker.len()).any(|w| w == marker.as_bytes())
+            })
     }
 }

@@ -170,7 +170,7 @@ impl App {
         if let Route::Post(endpoint) = route {
             inner.meters.entry(endpoint).or_default().arrive(now);
         }
-        let (fault, delay) = inner.faults.draw();
+        let (fault, delay) = inner.faults.draw(&request.body);
         let reply = match fault {
             Some(Fault::Drop) => {
                 inner.tally(route, |s| s.dropped += 1);

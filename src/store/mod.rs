@@ -27,6 +27,7 @@
 mod dead;
 mod exceptions;
 mod intake;
+pub mod lock;
 mod outbox;
 mod schema;
 mod status;

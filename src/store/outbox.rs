@@ -13,17 +13,31 @@ impl Store {
     /// update may have superseded a row being sent, and sending both at once lets the older
     /// body arrive last.
     pub fn due(&self, lane: &str, now: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        self.due_except(lane, now, limit, &[])
+    }
+
+    /// [`Store::due`] without the rows of the `skipped` endpoints (paths): those the sink is
+    /// not sending to now, which would otherwise fill every page of due rows.
+    pub fn due_except(
+        &self,
+        lane: &str,
+        now: i64,
+        limit: usize,
+        skipped: &[&str],
+    ) -> Result<Vec<Pending>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let skipped = serde_json::to_string(skipped).expect("a list of strings serialises");
         let mut statement = self.conn.prepare_cached(
             "SELECT o.id, o.mapping, o.endpoint, o.lane, o.body, o.once_key, o.unique_id,
                     o.waits_for, o.coalesce_key, o.version, o.attempts, o.last_error,
                     o.created_at, i.marketplace, i.delivery_id
              FROM outbox o JOIN inbox i ON i.id = o.inbox_id
              WHERE o.state = 'pending' AND o.lane = ?1 AND o.next_attempt_at <= ?2
+               AND o.endpoint NOT IN (SELECT value FROM json_each(?4))
              ORDER BY o.created_at, o.id
              LIMIT ?3",
         )?;
-        let rows = statement.query_map(params![lane, now, limit], |r| {
+        let rows = statement.query_map(params![lane, now, limit, skipped], |r| {
             Ok(Pending {
                 id: r.get(0)?,
                 mapping: r.get(1)?,
@@ -172,6 +186,23 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A send failed but the failure says nothing against the request (its endpoint was
+    /// failing for every request): tried again at `next_attempt_at`, the error kept, and no
+    /// attempt counted. Does nothing to a superseded row.
+    pub fn postpone(
+        &mut self,
+        id: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?2, last_error = ?3
+             WHERE id = ?1 AND state = 'pending'",
+            params![id, next_attempt_at, error],
+        )?;
+        unless_superseded(&self.conn, id, changed)
     }
 
     /// Postpones a pending row to `until` without counting an attempt: an ordering hold whose
