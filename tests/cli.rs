@@ -1877,17 +1877,26 @@ fn a_second_writer_is_refused_while_a_run_holds_the_state_file() {
             "{stderr}"
         );
     }
-    let status = marketsync()
-        .args(["status", "--state"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert_eq!(
-        status.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    // The readers work meanwhile.
+    for args in [
+        &["status"][..],
+        &["dead", "list"][..],
+        &["exceptions", "list"][..],
+        &["warnings", "list"][..],
+    ] {
+        let read = marketsync()
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert_eq!(
+            read.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+    }
 
     holder.kill().unwrap();
     holder.wait().unwrap();
