@@ -1529,6 +1529,7 @@ async fn issue12_dead_letters_are_listed_shown_discarded_and_left_out_of_retry()
         }
         let shown = json(&["dead", "show", &id, "--format", "json"]);
         assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "{shown:#}");
+        assert_eq!(shown["attempts"][0]["status"], 409, "{shown:#}");
         assert_eq!(shown["request"]["endpoint"], "/api/profile-import");
 
         // User mistakes change nothing.

@@ -1355,6 +1355,21 @@ async fn a_request_failing_alone_while_others_succeed_is_retries_exhausted() {
         ["retries-exhausted"],
         "{dead:?}"
     );
+    // Every attempt is kept with Klaviyo's answer: three 503s, the last one the letter's.
+    let statuses: Vec<Option<u16>> = {
+        let store = store.lock().unwrap();
+        let letters = store
+            .open_dead_letters(&marketsync::store::Filter::default())
+            .unwrap();
+        let outbox_id = letters[0].outbox_id.expect("a refused request");
+        store
+            .attempts(outbox_id)
+            .unwrap()
+            .iter()
+            .map(|a| a.status)
+            .collect()
+    };
+    assert_eq!(statuses, [Some(503); 3]);
     let accepted = standin.accepted();
     assert_eq!(accepted.events_named("Placed Order").count(), 7);
     assert!(

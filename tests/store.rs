@@ -390,7 +390,7 @@ fn a_superseded_row_in_flight_is_marked_without_losing_the_newer_one() {
             6,
         )
         .unwrap();
-    store.reschedule(old.id, 100, "timeout", 0).unwrap();
+    store.reschedule(old.id, 100, None, "timeout", 0).unwrap();
     assert_eq!(due_all(&store, "profile").len(), 1);
 }
 
@@ -421,7 +421,13 @@ fn due_rows_come_oldest_first_once_their_time_has_come() {
 
     // The first fails and waits a minute; meanwhile the others are due.
     store
-        .reschedule(due[0].id, 10 + MINUTE, "503 Service Unavailable", 10)
+        .reschedule(
+            due[0].id,
+            10 + MINUTE,
+            Some(503),
+            "503 Service Unavailable",
+            10,
+        )
         .unwrap();
     let now = store.due("transaction", 10, 10).unwrap();
     assert_eq!(
@@ -436,7 +442,9 @@ fn due_rows_come_oldest_first_once_their_time_has_come() {
         later[0].last_error.as_deref(),
         Some("503 Service Unavailable")
     );
-    store.reschedule(due[0].id, 10, "429", 0).unwrap();
+    store
+        .reschedule(due[0].id, 10, Some(429), "429", 0)
+        .unwrap();
     assert_eq!(store.due("transaction", 10, 1).unwrap()[0].attempts, 2);
 
     // An ordering hold postpones a row without counting an attempt.
@@ -559,7 +567,7 @@ fn mark_sent_writes_ledger_watermark_and_consent_together() {
         Err(StoreError::NotPending { .. })
     ));
     assert!(matches!(
-        store.reschedule(dead, 10, "x", 10),
+        store.reschedule(dead, 10, None, "x", 10),
         Err(StoreError::NotPending { .. })
     ));
 }
@@ -671,7 +679,7 @@ fn issue12_dead_letters_are_listed_shown_and_discarded() {
     let rows = due_all(&store, "transaction");
     let (one, two) = (rows[0].id, rows[1].id);
     store
-        .reschedule(one, 3_000, "Klaviyo answered 503", 2_500)
+        .reschedule(one, 3_000, Some(503), "Klaviyo answered 503", 2_500)
         .unwrap();
     let refused = NewDeadLetter {
         details: json!({"status": 400, "errors": [{"detail": "bad"}]}),
@@ -718,7 +726,7 @@ fn issue12_dead_letters_are_listed_shown_and_discarded() {
         [
             Attempt {
                 at: 2_500,
-                status: None,
+                status: Some(503),
                 answer: "Klaviyo answered 503".into()
             },
             Attempt {
@@ -803,7 +811,7 @@ fn issue12_attempts_keep_each_answer_short() {
         .unwrap();
     let rows = due_all(&store, "transaction");
     let long = "x".repeat(5 * ANSWER_EXCERPT);
-    store.reschedule(rows[0].id, 10, &long, 1).unwrap();
+    store.reschedule(rows[0].id, 10, None, &long, 1).unwrap();
     store.mark_sent(&[rows[0].id], 202, 20).unwrap();
     let attempts = store.attempts(rows[0].id).unwrap();
     assert_eq!(attempts.len(), 2);

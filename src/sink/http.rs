@@ -137,6 +137,8 @@ pub enum Outcome {
     Retry {
         reason: String,
         after: Option<Duration>,
+        /// Klaviyo's status, when it answered at all.
+        status: Option<u16>,
     },
     /// 409 `duplicate_profile`: the email and phone belong to different profiles.
     DuplicateProfile {
@@ -236,6 +238,7 @@ impl Client {
                     Outcome::Retry {
                         reason,
                         after: None,
+                        status: None,
                     },
                     RateInfo::default(),
                 );
@@ -271,6 +274,7 @@ impl Client {
                     Outcome::Retry {
                         reason,
                         after: None,
+                        status: Some(status),
                     },
                     rate,
                 );
@@ -338,6 +342,7 @@ pub fn classify(status: u16, body: Option<Json>, retry_after: Option<Duration>) 
                 _ => format!("Klaviyo answered {status}"),
             },
             after: retry_after,
+            status: Some(status),
         },
         _ => Outcome::Refused {
             status,

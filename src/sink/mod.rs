@@ -511,8 +511,11 @@ impl Sink {
                             for row in &rows {
                                 self.retry_later(
                                     row,
-                                    "bulk import job did not finish",
-                                    None,
+                                    Failure {
+                                        reason: "bulk import job did not finish",
+                                        status: None,
+                                        after: None,
+                                    },
                                     now_ms(),
                                     None,
                                 )?;
@@ -541,13 +544,22 @@ impl Sink {
                 // and anything else becomes a dead letter with Klaviyo's reason.
                 Ok(refused_ids.into_iter().collect())
             }
-            Outcome::Retry { reason, after } => {
+            Outcome::Retry {
+                reason,
+                after,
+                status,
+            } => {
                 if let Some(after) = after {
                     self.limiter(batch.endpoint)
                         .block_until(Instant::now() + after);
                 }
+                let failure = Failure {
+                    reason: &reason,
+                    status,
+                    after,
+                };
                 for row in &rows {
-                    self.retry_later(row, &reason, after, now, failing_for)?;
+                    self.retry_later(row, failure, now, failing_for)?;
                 }
                 Ok(Vec::new())
             }
@@ -610,11 +622,20 @@ impl Sink {
                     .entry(row.mapping.clone())
                     .or_default() += 1;
             }
-            Outcome::Retry { reason, after } => {
+            Outcome::Retry {
+                reason,
+                after,
+                status,
+            } => {
                 if let Some(after) = after {
                     self.limiter(endpoint).block_until(Instant::now() + after);
                 }
-                self.retry_later(&row, &reason, after, now, failing_for)?;
+                let failure = Failure {
+                    reason: &reason,
+                    status,
+                    after,
+                };
+                self.retry_later(&row, failure, now, failing_for)?;
             }
             Outcome::Refused { status, errors } => {
                 let phone = "/data/attributes/phone_number";
@@ -628,6 +649,7 @@ impl Sink {
                     store.reschedule(
                         row.id,
                         now,
+                        Some(status),
                         "phone number refused; retrying without it",
                         now,
                     )?;
@@ -656,7 +678,8 @@ impl Sink {
                     attributes["phone_number"],
                     existing_profile.as_deref().unwrap_or("unknown")
                 );
-                let details = json!({"email": attributes["email"], "phone_number": attributes["phone_number"],
+                let details = json!({"status": 409, "email": attributes["email"],
+                                     "phone_number": attributes["phone_number"],
                                      "existing_profile": existing_profile, "errors": errors});
                 self.bury(&row, "duplicate-profile", reason, details)?;
             }
@@ -767,11 +790,15 @@ impl Sink {
     fn retry_later(
         &self,
         row: &Pending,
-        reason: &str,
-        after: Option<Duration>,
+        failure: Failure<'_>,
         now: i64,
         failing_for: Option<Duration>,
     ) -> Result<(), SinkError> {
+        let Failure {
+            reason,
+            status,
+            after,
+        } = failure;
         if let Some(failing_for) = failing_for {
             let wait = after.unwrap_or_else(|| {
                 self.backoff(row.attempts)
@@ -780,7 +807,9 @@ impl Sink {
             self.store.lock().expect("store lock").postpone(
                 row.id,
                 now + wait.as_millis() as i64,
+                status,
                 reason,
+                now,
             )?;
             self.report.lock().expect("report lock").retried += 1;
             return Ok(());
@@ -791,13 +820,14 @@ impl Sink {
                 row,
                 "retries-exhausted",
                 gave_up,
-                json!({"last_error": reason}),
+                json!({"last_error": reason, "status": status}),
             )?;
         } else {
             let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
             self.store.lock().expect("store lock").reschedule(
                 row.id,
                 now + wait.as_millis() as i64,
+                status,
                 reason,
                 now,
             )?;
@@ -914,6 +944,15 @@ impl Sink {
             .or_default() += 1;
         Ok(())
     }
+}
+
+/// A send that is worth trying again: why, Klaviyo's status if it answered, and how long it
+/// asked us to wait.
+#[derive(Debug, Clone, Copy)]
+struct Failure<'a> {
+    reason: &'a str,
+    status: Option<u16>,
+    after: Option<Duration>,
 }
 
 type Sent = (Vec<i64>, Result<Vec<i64>, SinkError>);

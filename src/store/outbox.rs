@@ -149,14 +149,14 @@ impl Store {
     }
 
     /// A send failed at `now` and will be tried again at `next_attempt_at`: attempts go up by
-    /// one, the error is kept and recorded as an [`Attempt`] (without a status: the sink
-    /// reports a retry by its reason, which names the status when there was one). A
-    /// superseded row is not retried (the newer row carries the update), so for one only the
-    /// attempt is recorded.
+    /// one, the error is kept and recorded as an [`Attempt`] with Klaviyo's `status` (none
+    /// when it did not answer: a timeout, a connection refused). A superseded row is not
+    /// retried (the newer row carries the update), so for one only the attempt is recorded.
     pub fn reschedule(
         &mut self,
         id: i64,
         next_attempt_at: i64,
+        status: Option<u16>,
         error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -167,7 +167,7 @@ impl Store {
             params![id, next_attempt_at, error],
         )?;
         unless_superseded(&tx, id, changed)?;
-        insert_attempt(&tx, id, now, None, error)?;
+        insert_attempt(&tx, id, now, status, error)?;
         tx.commit()?;
         Ok(())
     }
@@ -188,21 +188,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A send failed but the failure says nothing against the request (its endpoint was
-    /// failing for every request): tried again at `next_attempt_at`, the error kept, and no
-    /// attempt counted. Does nothing to a superseded row.
+    /// A send failed at `now` but the failure says nothing against the request (its endpoint
+    /// was failing for every request): tried again at `next_attempt_at`, the error kept and
+    /// the attempt recorded, but not counted toward giving up. Records only the attempt for a
+    /// superseded row.
     pub fn postpone(
         &mut self,
         id: i64,
         next_attempt_at: i64,
+        status: Option<u16>,
         error: &str,
+        now: i64,
     ) -> Result<(), StoreError> {
-        let changed = self.conn.execute(
+        let tx = self.write()?;
+        let changed = tx.execute(
             "UPDATE outbox SET next_attempt_at = ?2, last_error = ?3
              WHERE id = ?1 AND state = 'pending'",
             params![id, next_attempt_at, error],
         )?;
-        unless_superseded(&self.conn, id, changed)
+        unless_superseded(&tx, id, changed)?;
+        insert_attempt(&tx, id, now, status, error)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Postpones a pending row to `until` without counting an attempt: an ordering hold whose
