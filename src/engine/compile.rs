@@ -341,7 +341,7 @@ fn plan(
                 if settings_broken && select.path.contains("settings.") {
                     broken_by_settings = true;
                 } else {
-                    reporter.error(position, format!("selection `{field}`: {message}"));
+                    reporter.error(position, format!("{}: {message}", select.describe(field)));
                 }
                 broken_names.push(field.clone());
                 continue;
@@ -637,11 +637,13 @@ fn schema_check(spec: &MappingSpec, selections: &[Selection], reporter: &mut Rep
         let shape = match fit(&bases, &selection.path) {
             Ok(shape) => shape,
             Err(mismatch) => {
-                let at = spec
-                    .select
-                    .get(&selection.name)
-                    .map_or(spec.name.at, |s| s.at);
-                reporter.warning(at, format!("selection `{}`: {mismatch}", selection.name));
+                let written = spec.select.get(&selection.name);
+                let at = written.map_or(spec.name.at, |s| s.at);
+                let what = written.map_or_else(
+                    || format!("selection `{}`", selection.name),
+                    |s| s.value.describe(&selection.name),
+                );
+                reporter.warning(at, format!("{what}: {mismatch}"));
                 Shape::Unknown
             }
         };
