@@ -279,7 +279,7 @@ fn mistakes_in_overlays_are_reported_in_the_overlay_file_at_their_line() {
     let problems = ws.engine("acme").err().expect("the overlays are wrong");
     assert!(
         problems.contains(
-            "clients/acme/mappings/placed-order.yaml:7:17: error: `gift_mesage` is not defined here"
+            "clients/acme/mappings/placed-order.yaml:7:21: error: `gift_mesage` is not defined here"
         ),
         "{problems}"
     );

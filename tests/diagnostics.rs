@@ -102,3 +102,56 @@ fn a_folder_without_settings_is_an_error() {
         "{diagnostics}"
     );
 }
+
+#[test]
+fn issue11_errors_inside_block_scalars_are_at_their_line_and_column() {
+    let spec = "\
+name: blocks
+lane: transaction
+match:
+  type: Invoice
+select:
+  order_id: $.order.legacyId
+  total_cents: $.order.totalCents
+compute:
+  literal: |
+    total_cents
+      + ) 1
+  folded: >-
+    total_cents
+    + ordr_id
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        unique_id: \"{{ marketplace }}:blocks:{{ order_id }}\"
+        properties:
+          Literal: |
+            Order {{ order_id }}
+            for {{ ordr }}
+          Folded: >
+            Order {{ order_id }}
+            for {{ total_cents | mony }}
+          Unclosed: >-
+            Order {{ order_id }}
+            for {{ total_cents }}
+
+            and {{ order_id
+";
+    let specs = tempfile::tempdir().unwrap();
+    let path = specs.path().join("blocks.yaml");
+    fs::write(&path, spec).unwrap();
+    let root = folder_with(&[&path]);
+    let rendered = diagnostics_of(&root).to_string();
+    for expected in [
+        "blocks.yaml:11:7: error: expression `total_cents + ) 1`: syntax error: unexpected `)`",
+        "blocks.yaml:14:7: error: `ordr_id` is not defined here",
+        "blocks.yaml:25:20: error: `ordr` is not defined here",
+        "blocks.yaml:28:34: error: unknown filter `mony`",
+        "blocks.yaml:33:27: error: template: syntax error: unexpected end of input",
+    ] {
+        assert!(rendered.contains(expected), "{expected}\n{rendered}");
+    }
+}

@@ -241,7 +241,7 @@ fn undefined_names_are_caught_before_any_record() {
     let spec = event_spec("", "          X: \"{{ idd }}\"");
     let err = compile(&spec).err().unwrap().to_string();
     assert!(
-        err.contains("test.yaml:18:14: error: `idd` is not defined here"),
+        err.contains("test.yaml:18:18: error: `idd` is not defined here"),
         "{err}"
     );
 }
