@@ -1312,3 +1312,27 @@ fn issue11_a_profile_attribute_is_named_as_the_consultant_wrote_it() {
         "{out}"
     );
 }
+
+#[test]
+fn issue11_an_overlay_of_a_misspelt_mapping_gets_a_did_you_mean() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write(
+            "clients/acme/mappings/typo.yaml",
+            "overlay: refunded-ordr\ndisable: true\n",
+        )
+        .write(
+            "clients/acme/mappings/far.yaml",
+            "overlay: shipping\ndisable: true\n",
+        );
+    let problems = ws.engine("acme").err().expect("the overlays are wrong");
+    assert!(
+        problems.contains("clients/acme/mappings/typo.yaml:1:10: error: `overlay: refunded-ordr` names no base mapping; did you mean `refunded-order`?"),
+        "{problems}"
+    );
+    // Nothing close: the names to choose from.
+    assert!(
+        problems.contains("`overlay: shipping` names no base mapping; the base mappings are cancelled-order, consent,"),
+        "{problems}"
+    );
+}

@@ -155,3 +155,50 @@ emit:
         assert!(rendered.contains(expected), "{expected}\n{rendered}");
     }
 }
+
+#[test]
+fn issue11_misspelt_names_filters_tests_keys_and_mappings_get_a_did_you_mean() {
+    let spec = "\
+name: typos
+lane: transaction
+match:
+  type: Invoice
+select:
+  order_id: $.order.legacyId
+  total_cents: $.order.totalCents
+compute:
+  value: total_cents | monye
+once_per: \"typos:{{ order_id }}\"
+waits_for:
+  mapping: typo
+  key: \"{{ order_id }}\"
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        unique_id: \"{{ marketplace }}:typos:{{ order_idd }}\"
+        properties:
+          Even: \"{{ 'yes' if order_id is evn else 'no' }}\"
+          Shown: \"{{ order_id | lowr }}\"
+";
+    let keys = "name: keys\nmatch:\n  type: Invoice\n  evnts: [create]\n";
+    let specs = tempfile::tempdir().unwrap();
+    let typos = specs.path().join("typos.yaml");
+    fs::write(&typos, spec).unwrap();
+    let misspelt_key = specs.path().join("keys.yaml");
+    fs::write(&misspelt_key, keys).unwrap();
+    let root = folder_with(&[&typos, &misspelt_key]);
+    let rendered = diagnostics_of(&root).to_string();
+    for expected in [
+        "typos.yaml:9:24: error: unknown filter `monye`; did you mean `money`?",
+        "typos.yaml:12:12: error: `waits_for.mapping: typo` is not a mapping in this set; did you mean `typos`?",
+        "typos.yaml:20:48: error: `order_idd` is not defined here; did you mean `order_id`?",
+        "typos.yaml:22:42: error: unknown test `evn`; did you mean `even`?",
+        "typos.yaml:23:33: error: unknown filter `lowr`; did you mean `lower`?",
+        "keys.yaml:4:3: error: unknown field `evnts`, expected one of type, events, where; did you mean `events`?",
+    ] {
+        assert!(rendered.contains(expected), "{expected}\n{rendered}");
+    }
+}

@@ -15,7 +15,8 @@ use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
 use crate::source::schema::{MarketplacerSchema, PathMismatch, Shape};
 use crate::spec::{
-    BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Removed, RemovedKind, Spanned, SpecFile,
+    BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Removed, RemovedKind, Spanned,
+    SpecFile, did_you_mean,
 };
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
@@ -304,9 +305,13 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             Some(other) if other.once_per.is_some() => {}
             found => {
                 let why = if found.is_some() {
-                    "has no `once_per`, so it has no key to wait for"
+                    "has no `once_per`, so it has no key to wait for".to_owned()
                 } else {
-                    "is not a mapping in this set"
+                    let names = plans.iter().map(|p| &*p.name);
+                    format!(
+                        "is not a mapping in this set{}",
+                        did_you_mean(waited, names)
+                    )
                 };
                 diagnostics
                     .push(files.error(*position, format!("`waits_for.mapping: {waited}` {why}")));
@@ -1132,13 +1137,11 @@ impl Scope<'_> {
             }
             let mut known: Vec<&str> = self.names.iter().map(String::as_str).collect();
             known.sort();
-            reporter.error(
-                position,
-                format!(
-                    "`{name}` is not defined here; defined names are: {}",
-                    known.join(", ")
-                ),
-            );
+            let hint = match did_you_mean(&name, known.iter().copied()) {
+                close if !close.is_empty() => close,
+                _ => format!("; defined names are: {}", known.join(", ")),
+            };
+            reporter.error(position, format!("`{name}` is not defined here{hint}"));
         }
     }
 }
@@ -1152,31 +1155,138 @@ fn check_callables(
 ) {
     let mut reported = HashSet::new();
     for (kind, name) in callables(&src.text, is_expression) {
-        let (probe, unknown, message) = match kind {
-            Callable::Filter => (
-                format!("none | {name}"),
-                ErrorKind::UnknownFilter,
-                format!(
+        let message = match kind {
+            Callable::Filter => match did_you_mean(&name, known_callables(env, kind)) {
+                close if !close.is_empty() => format!("unknown filter `{name}`{close}"),
+                _ => format!(
                     "unknown filter `{name}`; marketsync's filters are money, email, e164, iso8601, opt_in, compact and string, beside minijinja's built-ins"
                 ),
-            ),
-            Callable::Test => (
-                format!("none is {name}"),
-                ErrorKind::UnknownTest,
-                format!(
+            },
+            Callable::Test => match did_you_mean(&name, known_callables(env, kind)) {
+                close if !close.is_empty() => format!("unknown test `{name}`{close}"),
+                _ => format!(
                     "unknown test `{name}`; tests are minijinja's built-ins, such as defined, none, true, false, in, even, odd"
                 ),
-            ),
+            },
         };
-        let missing = env
-            .compile_expression_owned(probe)
-            .and_then(|e| e.eval(()))
-            .is_err_and(|e| e.kind() == unknown);
-        if missing && reported.insert(name.clone()) {
+        if !has_callable(env, kind, &name) && reported.insert(name.clone()) {
             let position = src.locate_word(reporter.files, &name);
             reporter.error(position, message);
         }
     }
+}
+
+/// Whether the environment has the filter or test `name`. minijinja lists neither, so each
+/// is probed.
+fn has_callable(env: &Environment<'static>, kind: Callable, name: &str) -> bool {
+    let (probe, unknown) = match kind {
+        Callable::Filter => (format!("none | {name}"), ErrorKind::UnknownFilter),
+        Callable::Test => (format!("none is {name}"), ErrorKind::UnknownTest),
+    };
+    !env.compile_expression_owned(probe)
+        .and_then(|e| e.eval(()))
+        .is_err_and(|e| e.kind() == unknown)
+}
+
+/// The filters or tests a misspelt one may have meant: marketsync's and minijinja's built-ins
+/// (those this build of minijinja has).
+fn known_callables(
+    env: &Environment<'static>,
+    kind: Callable,
+) -> impl Iterator<Item = &'static str> {
+    const FILTERS: &[&str] = &[
+        "money",
+        "email",
+        "e164",
+        "iso8601",
+        "opt_in",
+        "compact",
+        "string",
+        "abs",
+        "attr",
+        "batch",
+        "bool",
+        "capitalize",
+        "count",
+        "default",
+        "dictsort",
+        "escape",
+        "first",
+        "float",
+        "groupby",
+        "indent",
+        "int",
+        "items",
+        "join",
+        "last",
+        "length",
+        "lines",
+        "list",
+        "lower",
+        "map",
+        "max",
+        "min",
+        "reject",
+        "rejectattr",
+        "replace",
+        "reverse",
+        "round",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "split",
+        "sum",
+        "title",
+        "tojson",
+        "trim",
+        "unique",
+        "upper",
+        "urlencode",
+        "chain",
+        "zip",
+    ];
+    const TESTS: &[&str] = &[
+        "defined",
+        "undefined",
+        "none",
+        "true",
+        "false",
+        "boolean",
+        "number",
+        "integer",
+        "float",
+        "string",
+        "sequence",
+        "iterable",
+        "mapping",
+        "safe",
+        "even",
+        "odd",
+        "divisibleby",
+        "in",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "startingwith",
+        "endingwith",
+        "containing",
+        "lower",
+        "upper",
+        "filter",
+        "test",
+    ];
+    let names = match kind {
+        Callable::Filter => FILTERS,
+        Callable::Test => TESTS,
+    };
+    names
+        .iter()
+        .copied()
+        .filter(move |name| has_callable(env, kind, name))
 }
 
 /// The second pass: expressions compiled against the environment, names checked.
