@@ -997,9 +997,20 @@ fn plan_body(
     let position = spanned.at;
     match &spanned.value {
         BodyNode::Null => PlanNode::Literal(Json::Null),
-        BodyNode::Bool(b) => PlanNode::Literal(Json::Bool(*b)),
-        BodyNode::Number(n) => PlanNode::Literal(Json::Number(n.clone())),
+        BodyNode::Bool(b) => {
+            yaml11_boolean(position, &b.to_string(), reporter);
+            PlanNode::Literal(Json::Bool(*b))
+        }
+        BodyNode::Number(n) => match plain_scalar(reporter.files, position) {
+            Some(written) if !is_plain_number(written) && looks_numeric(written) => {
+                PlanNode::Literal(Json::String(written.to_owned()))
+            }
+            _ => PlanNode::Literal(Json::Number(n.clone())),
+        },
         BodyNode::String(text) => {
+            if is_yaml11_boolean(text) {
+                yaml11_boolean(position, &format!("the text `{text}`"), reporter);
+            }
             if let Some(expr) = single_expression(text) {
                 return PlanNode::Expression(Src::part(expr, text, position), text.clone());
             }
@@ -1076,6 +1087,70 @@ fn plan_body(
                 .collect(),
         ),
     }
+}
+
+/// An unquoted scalar of a body as written at `at`, if it is one word: a number or a
+/// boolean is, and either is all a plain scalar holds up to a blank, a flow `,]}` or a comment.
+fn plain_scalar(files: &Files, at: Position) -> Option<&str> {
+    if at.line == 0 {
+        return None;
+    }
+    let line = files.get(at.file).text.lines().nth(at.line - 1)?;
+    let start = line
+        .char_indices()
+        .nth(at.column.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let rest = &line[start..];
+    if rest.starts_with(['"', '\'', '*', '&', '!']) {
+        return None; // quoted, an alias, an anchor or a tag: not what a consultant typed
+    }
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | ']' | '}' | '#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|word| !word.is_empty())
+}
+
+/// Plainly a number: an optional minus, digits with no leading zero, an optional fraction.
+/// YAML also reads `0800`, `+61412345678`, `1e5` and `0x1F` as numbers, but a body literal
+/// written like that is a phone number or a code more often than a quantity, and sending
+/// `800.0` for `0800` loses what was written; those stay text.
+fn is_plain_number(written: &str) -> bool {
+    let digits = written.strip_prefix('-').unwrap_or(written);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    all_digits(whole)
+        && (whole == "0" || !whole.starts_with('0'))
+        && fraction.is_none_or(all_digits)
+}
+
+/// Whether a word YAML read as a number is written like one (and not, say, an alias).
+fn looks_numeric(written: &str) -> bool {
+    written.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Warns about an unquoted `yes`, `no`, `on`, `off`, `y` or `n` (any case) at `at`, which
+/// marketsync's YAML reader sends as `sent` but other YAML 1.1 readers take as a boolean.
+fn yaml11_boolean(at: Position, sent: &str, reporter: &mut Reporter<'_>) {
+    let Some(written) = plain_scalar(reporter.files, at) else {
+        return;
+    };
+    if is_yaml11_boolean(written) {
+        reporter.warning(
+            at,
+            format!(
+                "`{written}` is a boolean to YAML 1.1 readers and is sent as {sent}: quote it (\"{written}\") if text is meant, or write true or false"
+            ),
+        );
+    }
+}
+
+fn is_yaml11_boolean(word: &str) -> bool {
+    ["yes", "no", "on", "off", "y", "n"]
+        .iter()
+        .any(|b| word.eq_ignore_ascii_case(b))
 }
 
 /// Names that are defined at some point of a mapping.
