@@ -630,7 +630,7 @@ fn validate_speaks_json_and_github_annotations() {
     // In the message only %, CR and LF are escaped; in the file property : and , too.
     assert!(
         unknown.ends_with(
-            "unknown-keys.yaml,line=5,col=3::unknown field `event`, expected one of type, events, where"
+            "unknown-keys.yaml,line=5,col=3::unknown field `event`, expected one of type, events, where; did you mean `events`?"
         ),
         "{unknown}"
     );

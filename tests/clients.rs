@@ -279,7 +279,7 @@ fn mistakes_in_overlays_are_reported_in_the_overlay_file_at_their_line() {
     let problems = ws.engine("acme").err().expect("the overlays are wrong");
     assert!(
         problems.contains(
-            "clients/acme/mappings/placed-order.yaml:7:17: error: `gift_mesage` is not defined here"
+            "clients/acme/mappings/placed-order.yaml:7:21: error: `gift_mesage` is not defined here"
         ),
         "{problems}"
     );
@@ -586,7 +586,7 @@ fn paths_marketplacer_never_sends_are_warned_about_at_their_line() {
             "clients/acme/mappings/placed-order.yaml:3:9: warning: selection `gift`: `$.order.emailAdress`: `Order` has no field `emailAdress` (did you mean `emailAddress`?)",
         ))
         .stderr(predicate::str::contains(
-            "clients/acme/client.yaml:2:9: warning: selection `client_attribute_1`: `$.order.loyaltyTeir`: `Order` has no field `loyaltyTeir`",
+            "clients/acme/client.yaml:2:9: warning: profile_attributes.Tier: `$.order.loyaltyTeir`: `Order` has no field `loyaltyTeir`",
         ));
     ws.marketsync()
         .args([
@@ -1281,5 +1281,58 @@ fn issue11_yaml_errors_are_worded_for_the_consultant() {
     assert!(
         !bomb.contains("budget breached") && !bomb.contains("Nodes {"),
         "{bomb}"
+    );
+}
+
+#[test]
+fn issue11_a_profile_attribute_is_named_as_the_consultant_wrote_it() {
+    let ws = Workspace::new();
+    ws.write(
+        "clients/acme/client.yaml",
+        "profile_attributes:\n  Tier: $.order.loyaltyTeir\n  Notes: $.order[\n",
+    );
+    let out = ws
+        .marketsync()
+        .args(["validate", "--client", "acme"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("client_attribute"), "{out}");
+    assert!(
+        out.contains(
+            "clients/acme/client.yaml:2:9: warning: profile_attributes.Tier: `$.order.loyaltyTeir`: `Order` has no field `loyaltyTeir`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("clients/acme/client.yaml:3:10: error: profile_attributes.Notes: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn issue11_an_overlay_of_a_misspelt_mapping_gets_a_did_you_mean() {
+    let ws = Workspace::new();
+    ws.write("clients/acme/client.yaml", CLIENT)
+        .write(
+            "clients/acme/mappings/typo.yaml",
+            "overlay: refunded-ordr\ndisable: true\n",
+        )
+        .write(
+            "clients/acme/mappings/far.yaml",
+            "overlay: shipping\ndisable: true\n",
+        );
+    let problems = ws.engine("acme").err().expect("the overlays are wrong");
+    assert!(
+        problems.contains("clients/acme/mappings/typo.yaml:1:10: error: `overlay: refunded-ordr` names no base mapping; did you mean `refunded-order`?"),
+        "{problems}"
+    );
+    // Nothing close: the names to choose from.
+    assert!(
+        problems.contains("`overlay: shipping` names no base mapping; the base mappings are cancelled-order, consent,"),
+        "{problems}"
     );
 }

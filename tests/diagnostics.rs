@@ -102,3 +102,103 @@ fn a_folder_without_settings_is_an_error() {
         "{diagnostics}"
     );
 }
+
+#[test]
+fn issue11_errors_inside_block_scalars_are_at_their_line_and_column() {
+    let spec = "\
+name: blocks
+lane: transaction
+match:
+  type: Invoice
+select:
+  order_id: $.order.legacyId
+  total_cents: $.order.totalCents
+compute:
+  literal: |
+    total_cents
+      + ) 1
+  folded: >-
+    total_cents
+    + ordr_id
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        unique_id: \"{{ marketplace }}:blocks:{{ order_id }}\"
+        properties:
+          Literal: |
+            Order {{ order_id }}
+            for {{ ordr }}
+          Folded: >
+            Order {{ order_id }}
+            for {{ total_cents | mony }}
+          Unclosed: >-
+            Order {{ order_id }}
+            for {{ total_cents }}
+
+            and {{ order_id
+";
+    let specs = tempfile::tempdir().unwrap();
+    let path = specs.path().join("blocks.yaml");
+    fs::write(&path, spec).unwrap();
+    let root = folder_with(&[&path]);
+    let rendered = diagnostics_of(&root).to_string();
+    for expected in [
+        "blocks.yaml:11:7: error: expression `total_cents + ) 1`: syntax error: unexpected `)`",
+        "blocks.yaml:14:7: error: `ordr_id` is not defined here",
+        "blocks.yaml:25:20: error: `ordr` is not defined here",
+        "blocks.yaml:28:34: error: unknown filter `mony`",
+        "blocks.yaml:33:27: error: template: syntax error: unexpected end of input",
+    ] {
+        assert!(rendered.contains(expected), "{expected}\n{rendered}");
+    }
+}
+
+#[test]
+fn issue11_misspelt_names_filters_tests_keys_and_mappings_get_a_did_you_mean() {
+    let spec = "\
+name: typos
+lane: transaction
+match:
+  type: Invoice
+select:
+  order_id: $.order.legacyId
+  total_cents: $.order.totalCents
+compute:
+  value: total_cents | monye
+once_per: \"typos:{{ order_id }}\"
+waits_for:
+  mapping: typo
+  key: \"{{ order_id }}\"
+emit:
+  endpoint: POST /api/events
+  body:
+    data:
+      type: event
+      attributes:
+        unique_id: \"{{ marketplace }}:typos:{{ order_idd }}\"
+        properties:
+          Even: \"{{ 'yes' if order_id is evn else 'no' }}\"
+          Shown: \"{{ order_id | lowr }}\"
+";
+    let keys = "name: keys\nmatch:\n  type: Invoice\n  evnts: [create]\n";
+    let specs = tempfile::tempdir().unwrap();
+    let typos = specs.path().join("typos.yaml");
+    fs::write(&typos, spec).unwrap();
+    let misspelt_key = specs.path().join("keys.yaml");
+    fs::write(&misspelt_key, keys).unwrap();
+    let root = folder_with(&[&typos, &misspelt_key]);
+    let rendered = diagnostics_of(&root).to_string();
+    for expected in [
+        "typos.yaml:9:24: error: unknown filter `monye`; did you mean `money`?",
+        "typos.yaml:12:12: error: `waits_for.mapping: typo` is not a mapping in this set; did you mean `typos`?",
+        "typos.yaml:20:48: error: `order_idd` is not defined here; did you mean `order_id`?",
+        "typos.yaml:22:42: error: unknown test `evn`; did you mean `even`?",
+        "typos.yaml:23:33: error: unknown filter `lowr`; did you mean `lower`?",
+        "keys.yaml:4:3: error: unknown field `evnts`, expected one of type, events, where; did you mean `events`?",
+    ] {
+        assert!(rendered.contains(expected), "{expected}\n{rendered}");
+    }
+}

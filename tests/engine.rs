@@ -241,7 +241,7 @@ fn undefined_names_are_caught_before_any_record() {
     let spec = event_spec("", "          X: \"{{ idd }}\"");
     let err = compile(&spec).err().unwrap().to_string();
     assert!(
-        err.contains("test.yaml:18:14: error: `idd` is not defined here"),
+        err.contains("test.yaml:18:18: error: `idd` is not defined here"),
         "{err}"
     );
 }
@@ -341,4 +341,35 @@ fn a_subscription_mapping_must_rest_on_an_explicit_opt_in_and_never_unsubscribe(
     let unsubscribe = consent.replace("consent: SUBSCRIBED", "consent: UNSUBSCRIBED");
     let err = compile(&unsubscribe).err().unwrap().to_string();
     assert!(err.contains("mappings never unsubscribe"), "{err}");
+}
+
+#[test]
+fn issue11_a_literal_that_is_not_plainly_a_number_stays_text() {
+    let spec = event_spec(
+        "",
+        "          Phone: 0800123456\n          Intl: +61412345678\n          Exp: 1e5\n          Count: 12\n          Below: -3\n          Half: 1.5\n          Flow: { code: 007, n: 2 }\n          List: [0123, 4]",
+    );
+    let mapped = map_with(&spec, invoice());
+    assert_eq!(
+        properties(&mapped),
+        &json!({"Phone": "0800123456", "Intl": "+61412345678", "Exp": "1e5", "Count": 12, "Below": -3,
+                "Half": 1.5, "Flow": {"code": "007", "n": 2}, "List": ["0123", 4]})
+    );
+}
+
+#[test]
+fn issue11_yaml_1_1_booleans_in_a_body_are_warned_about_at_their_line() {
+    let spec = event_spec(
+        "",
+        "          Gift: yes\n          Wrapped: Off\n          Letter: n\n          Plain: true\n          Quoted: \"yes\"\n          Words: yes please",
+    );
+    let dir = common::mapping_folder(&[("test.yaml", &spec)]);
+    let (_, warnings) = Engine::load_dir(dir.path()).unwrap_or_else(|d| panic!("{d:#}"));
+    let warnings = warnings.to_string();
+    for (at, word) in [("18:17", "yes"), ("19:20", "Off"), ("20:19", "n")] {
+        let expected =
+            format!("test.yaml:{at}: warning: `{word}` is a boolean to YAML 1.1 readers");
+        assert!(warnings.contains(&expected), "{expected}\n{warnings}");
+    }
+    assert_eq!(warnings.matches("YAML 1.1").count(), 3, "{warnings}");
 }

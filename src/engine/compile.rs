@@ -15,7 +15,8 @@ use crate::klaviyo::{Endpoint, Schemas};
 use crate::source;
 use crate::source::schema::{MarketplacerSchema, PathMismatch, Shape};
 use crate::spec::{
-    BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Removed, RemovedKind, Spanned, SpecFile,
+    BodyNode, ConditionSpec, Lane, MappingSet, MappingSpec, Removed, RemovedKind, Spanned,
+    SpecFile, did_you_mean,
 };
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
@@ -26,16 +27,137 @@ use std::sync::Arc;
 /// Source text of an expression or template, with where it was written.
 struct Src {
     text: String,
+    /// Where the value holding `text` was written.
     position: Position,
+    /// How many non-blank characters of that value come before `text`: the expression of
+    /// `"{{ x }}"` has two, the braces.
+    before: usize,
+    /// The value's first character: a quote written before it is the YAML's, not the value's.
+    first: Option<char>,
 }
 
 impl Src {
     fn of(spanned: &Spanned<String>) -> Src {
+        Src::whole(spanned.value.clone(), spanned.at)
+    }
+
+    /// The whole value written at `position`.
+    fn whole(text: String, position: Position) -> Src {
         Src {
-            text: spanned.value.clone(),
-            position: spanned.at,
+            first: text.chars().next(),
+            text,
+            position,
+            before: 0,
         }
     }
+
+    /// `text`, a slice of the value `written` at `position`.
+    fn part(text: &str, written: &str, position: Position) -> Src {
+        let offset = (text.as_ptr() as usize)
+            .checked_sub(written.as_ptr() as usize)
+            .filter(|o| *o <= written.len())
+            .unwrap_or(0);
+        Src {
+            text: text.to_owned(),
+            position,
+            before: non_blank(&written[..offset]),
+            first: written.chars().next(),
+        }
+    }
+
+    /// Where the byte `at` of `text` was written.
+    fn locate(&self, files: &Files, at: usize) -> Position {
+        let prefix = self.text.get(..at).unwrap_or(&self.text);
+        locate(
+            files,
+            self.position,
+            self.first,
+            self.before + non_blank(prefix),
+        )
+    }
+
+    /// Where line `line` (1-based) of `text` was written, at its first character.
+    fn locate_line(&self, files: &Files, line: usize) -> Position {
+        self.locate(files, line_offset(&self.text, line))
+    }
+
+    /// Where the first use of `word` (a name, filter or test) in `text` was written.
+    fn locate_word(&self, files: &Files, word: &str) -> Position {
+        match find_word(&self.text, word) {
+            Some(at) => self.locate(files, at),
+            None => self.position,
+        }
+    }
+}
+
+fn non_blank(text: &str) -> usize {
+    text.chars().filter(|c| !c.is_whitespace()).count()
+}
+
+/// The byte offset of the first non-blank character of line `line` (1-based) of `text`.
+fn line_offset(text: &str, line: usize) -> usize {
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].find('\n') {
+            Some(end) => start += end + 1,
+            None => break,
+        }
+    }
+    let line_text = text[start..].split('\n').next().unwrap_or_default();
+    start + (line_text.len() - line_text.trim_start().len())
+}
+
+/// The byte offset of the first use of `word` in `source` as a whole name (not part of a
+/// longer one, nor an attribute `.word`).
+fn find_word(source: &str, word: &str) -> Option<usize> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    source
+        .match_indices(word)
+        .find(|(at, _)| {
+            let before = source[..*at].chars().next_back();
+            let after = source[at + word.len()..].chars().next();
+            !before.is_some_and(|c| is_ident(c) || c == '.') && !after.is_some_and(is_ident)
+        })
+        .map(|(at, _)| at)
+}
+
+/// Where the non-blank character after the first `skip` of the scalar written at `at`, whose
+/// value starts with `first`, is in its file.
+///
+/// A scalar's value is its source text with only blanks changed: indentation is stripped, a
+/// `|` block keeps its lines, a `>` block folds them into spaces, quotes go. So the n-th
+/// non-blank character of the value is the n-th non-blank character written from `at` (past
+/// an opening quote), whichever style the value was written in. An escape in double quotes
+/// (`\"`) puts the column off by its backslash; the line stays right.
+fn locate(files: &Files, at: Position, first: Option<char>, skip: usize) -> Position {
+    if at.line == 0 || skip == 0 {
+        return at;
+    }
+    let text = &files.get(at.file).text;
+    let mut seen = 0;
+    for (index, line) in text.lines().enumerate().skip(at.line - 1) {
+        let opening = index + 1 == at.line;
+        let from = if opening {
+            at.column.saturating_sub(1)
+        } else {
+            0
+        };
+        for (column, c) in line.chars().enumerate().skip(from) {
+            let quote = opening && column == from && matches!(c, '"' | '\'') && first != Some(c);
+            if c.is_whitespace() || quote {
+                continue;
+            }
+            if seen == skip {
+                return Position {
+                    line: index + 1,
+                    column: column + 1,
+                    file: at.file,
+                };
+            }
+            seen += 1;
+        }
+    }
+    at
 }
 
 /// A body node after the first pass: templates registered by name, expressions still text.
@@ -183,9 +305,13 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             Some(other) if other.once_per.is_some() => {}
             found => {
                 let why = if found.is_some() {
-                    "has no `once_per`, so it has no key to wait for"
+                    "has no `once_per`, so it has no key to wait for".to_owned()
                 } else {
-                    "is not a mapping in this set"
+                    let names = plans.iter().map(|p| &*p.name);
+                    format!(
+                        "is not a mapping in this set{}",
+                        did_you_mean(waited, names)
+                    )
                 };
                 diagnostics
                     .push(files.error(*position, format!("`waits_for.mapping: {waited}` {why}")));
@@ -341,7 +467,7 @@ fn plan(
                 if settings_broken && select.path.contains("settings.") {
                     broken_by_settings = true;
                 } else {
-                    reporter.error(position, format!("selection `{field}`: {message}"));
+                    reporter.error(position, format!("{}: {message}", select.describe(field)));
                 }
                 broken_names.push(field.clone());
                 continue;
@@ -401,13 +527,7 @@ fn plan(
         .for_each
         .as_ref()
         .and_then(|spanned| match parse_binding(&spanned.value) {
-            Some((var, items)) => Some((
-                var,
-                Src {
-                    text: items,
-                    position: spanned.at,
-                },
-            )),
+            Some((var, items)) => Some((var, binding_items(&items, &spanned.value, spanned.at))),
             None => {
                 reporter.error(
                     spanned.at,
@@ -472,10 +592,10 @@ fn plan(
             .iter()
             .flat_map(|r| {
                 let position = r.at;
-                r.value.0.iter().map(move |name| Src {
-                    text: name.clone(),
-                    position,
-                })
+                r.value
+                    .0
+                    .iter()
+                    .map(move |name| Src::whole(name.clone(), position))
             })
             .collect(),
         for_each,
@@ -637,11 +757,13 @@ fn schema_check(spec: &MappingSpec, selections: &[Selection], reporter: &mut Rep
         let shape = match fit(&bases, &selection.path) {
             Ok(shape) => shape,
             Err(mismatch) => {
-                let at = spec
-                    .select
-                    .get(&selection.name)
-                    .map_or(spec.name.at, |s| s.at);
-                reporter.warning(at, format!("selection `{}`: {mismatch}", selection.name));
+                let written = spec.select.get(&selection.name);
+                let at = written.map_or(spec.name.at, |s| s.at);
+                let what = written.map_or_else(
+                    || format!("selection `{}`", selection.name),
+                    |s| s.value.describe(&selection.name),
+                );
+                reporter.warning(at, format!("{what}: {mismatch}"));
                 Shape::Unknown
             }
         };
@@ -749,6 +871,15 @@ fn spec_contains(node: &BodyNode, needle: &str) -> bool {
     }
 }
 
+/// The expression of a `NAME in EXPRESSION` binding written at `at`, as part of it.
+fn binding_items(items: &str, written: &str, at: Position) -> Src {
+    let trimmed = written.trim_end();
+    match trimmed.len().checked_sub(items.len()) {
+        Some(start) if trimmed.ends_with(items) => Src::part(&trimmed[start..], written, at),
+        _ => Src::whole(items.to_owned(), at),
+    }
+}
+
 /// Splits `line in order.lines` into the variable and the expression.
 fn parse_binding(text: &str) -> Option<(String, String)> {
     let (var, items) = text.trim().split_once(" in ")?;
@@ -829,7 +960,7 @@ fn register_template(
         Ok(()) => Some((name, src.position)),
         Err(e) => {
             reporter.error(
-                template_position(src.position, &e),
+                error_position(src, &e, reporter.files),
                 format!("template: {}", super::body::describe(&e)),
             );
             None
@@ -837,13 +968,21 @@ fn register_template(
     }
 }
 
-/// Where inside the spec a template error is: the template's own line plus the error's line
-/// within it (block scalars start one line below their key).
-fn template_position(at: Position, err: &minijinja::Error) -> Position {
-    match err.line() {
-        Some(line) if line > 1 => Position::new(at.line + line - 1, 1),
-        _ => at,
+/// Where inside the spec a template or expression error is: at the line of `src` it names,
+/// which in a `|` or `>` block is a line below the first, and its first character there
+/// (minijinja gives the line but no column).
+fn error_position(src: &Src, err: &minijinja::Error, files: &Files) -> Position {
+    // Input that ends too soon is missing something at its end: in a folded block, all of
+    // it is one line to minijinja, so the line alone would point at the block's first.
+    if err
+        .detail()
+        .is_some_and(|d| d.contains("unexpected end of input"))
+    {
+        let end = src.text.trim_end();
+        let last = end.chars().next_back().map_or(0, char::len_utf8);
+        return src.locate(files, end.len() - last);
     }
+    src.locate_line(files, err.line().unwrap_or(1))
 }
 
 /// Plans a body node. A node with a problem is reported and planned as `null`, so the rest
@@ -858,25 +997,27 @@ fn plan_body(
     let position = spanned.at;
     match &spanned.value {
         BodyNode::Null => PlanNode::Literal(Json::Null),
-        BodyNode::Bool(b) => PlanNode::Literal(Json::Bool(*b)),
-        BodyNode::Number(n) => PlanNode::Literal(Json::Number(n.clone())),
+        BodyNode::Bool(b) => {
+            yaml11_boolean(position, &b.to_string(), reporter);
+            PlanNode::Literal(Json::Bool(*b))
+        }
+        BodyNode::Number(n) => match plain_scalar(reporter.files, position) {
+            Some(written) if !is_plain_number(written) && looks_numeric(written) => {
+                PlanNode::Literal(Json::String(written.to_owned()))
+            }
+            _ => PlanNode::Literal(Json::Number(n.clone())),
+        },
         BodyNode::String(text) => {
+            if is_yaml11_boolean(text) {
+                yaml11_boolean(position, &format!("the text `{text}`"), reporter);
+            }
             if let Some(expr) = single_expression(text) {
-                return PlanNode::Expression(
-                    Src {
-                        text: expr.to_owned(),
-                        position,
-                    },
-                    text.clone(),
-                );
+                return PlanNode::Expression(Src::part(expr, text, position), text.clone());
             }
             if !is_template(text) {
                 return PlanNode::Literal(Json::String(text.clone()));
             }
-            let src = Src {
-                text: text.clone(),
-                position,
-            };
+            let src = Src::whole(text.clone(), position);
             match register_template(env, format!("{file_name}#{pointer}"), &src, reporter) {
                 Some((name, position)) => PlanNode::Template(name, position),
                 None => PlanNode::Literal(Json::Null),
@@ -917,10 +1058,7 @@ fn plan_body(
             match parse_binding(text) {
                 Some((var, items)) => PlanNode::For {
                     var,
-                    items: Src {
-                        text: items,
-                        position: binding.at,
-                    },
+                    items: binding_items(&items, text, binding.at),
                     element: Box::new(element),
                 },
                 None => {
@@ -951,6 +1089,70 @@ fn plan_body(
     }
 }
 
+/// An unquoted scalar of a body as written at `at`, if it is one word: a number or a
+/// boolean is, and either is all a plain scalar holds up to a blank, a flow `,]}` or a comment.
+fn plain_scalar(files: &Files, at: Position) -> Option<&str> {
+    if at.line == 0 {
+        return None;
+    }
+    let line = files.get(at.file).text.lines().nth(at.line - 1)?;
+    let start = line
+        .char_indices()
+        .nth(at.column.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let rest = &line[start..];
+    if rest.starts_with(['"', '\'', '*', '&', '!']) {
+        return None; // quoted, an alias, an anchor or a tag: not what a consultant typed
+    }
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | ']' | '}' | '#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|word| !word.is_empty())
+}
+
+/// Plainly a number: an optional minus, digits with no leading zero, an optional fraction.
+/// YAML also reads `0800`, `+61412345678`, `1e5` and `0x1F` as numbers, but a body literal
+/// written like that is a phone number or a code more often than a quantity, and sending
+/// `800.0` for `0800` loses what was written; those stay text.
+fn is_plain_number(written: &str) -> bool {
+    let digits = written.strip_prefix('-').unwrap_or(written);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    all_digits(whole)
+        && (whole == "0" || !whole.starts_with('0'))
+        && fraction.is_none_or(all_digits)
+}
+
+/// Whether a word YAML read as a number is written like one (and not, say, an alias).
+fn looks_numeric(written: &str) -> bool {
+    written.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Warns about an unquoted `yes`, `no`, `on`, `off`, `y` or `n` (any case) at `at`, which
+/// marketsync's YAML reader sends as `sent` but other YAML 1.1 readers take as a boolean.
+fn yaml11_boolean(at: Position, sent: &str, reporter: &mut Reporter<'_>) {
+    let Some(written) = plain_scalar(reporter.files, at) else {
+        return;
+    };
+    if is_yaml11_boolean(written) {
+        reporter.warning(
+            at,
+            format!(
+                "`{written}` is a boolean to YAML 1.1 readers and is sent as {sent}: quote it (\"{written}\") if text is meant, or write true or false"
+            ),
+        );
+    }
+}
+
+fn is_yaml11_boolean(word: &str) -> bool {
+    ["yes", "no", "on", "off", "y", "n"]
+        .iter()
+        .any(|b| word.eq_ignore_ascii_case(b))
+}
+
 /// Names that are defined at some point of a mapping.
 struct Scope<'a> {
     names: HashSet<String>,
@@ -973,13 +1175,14 @@ impl Scope<'_> {
         }
     }
 
-    fn check(&self, used: HashSet<String>, position: Position, reporter: &mut Reporter<'_>) {
+    fn check(&self, used: HashSet<String>, src: &Src, reporter: &mut Reporter<'_>) {
         let mut unknown: Vec<String> = used
             .into_iter()
             .filter(|n| !self.names.contains(n) && !self.globals.contains(n))
             .collect();
         unknown.sort();
         for name in unknown {
+            let position = src.locate_word(reporter.files, &name);
             if let Some(removed) = self.removed.iter().find(|r| {
                 r.name == name && matches!(r.kind, RemovedKind::Selection | RemovedKind::Computed)
             }) {
@@ -1009,13 +1212,11 @@ impl Scope<'_> {
             }
             let mut known: Vec<&str> = self.names.iter().map(String::as_str).collect();
             known.sort();
-            reporter.error(
-                position,
-                format!(
-                    "`{name}` is not defined here; defined names are: {}",
-                    known.join(", ")
-                ),
-            );
+            let hint = match did_you_mean(&name, known.iter().copied()) {
+                close if !close.is_empty() => close,
+                _ => format!("; defined names are: {}", known.join(", ")),
+            };
+            reporter.error(position, format!("`{name}` is not defined here{hint}"));
         }
     }
 }
@@ -1023,37 +1224,144 @@ impl Scope<'_> {
 /// Reports filters and tests the environment does not have.
 fn check_callables(
     env: &Environment<'static>,
-    source: &str,
+    src: &Src,
     is_expression: bool,
-    position: Position,
     reporter: &mut Reporter<'_>,
 ) {
     let mut reported = HashSet::new();
-    for (kind, name) in callables(source, is_expression) {
-        let (probe, unknown, message) = match kind {
-            Callable::Filter => (
-                format!("none | {name}"),
-                ErrorKind::UnknownFilter,
-                format!(
+    for (kind, name) in callables(&src.text, is_expression) {
+        let message = match kind {
+            Callable::Filter => match did_you_mean(&name, known_callables(env, kind)) {
+                close if !close.is_empty() => format!("unknown filter `{name}`{close}"),
+                _ => format!(
                     "unknown filter `{name}`; marketsync's filters are money, email, e164, iso8601, opt_in, compact and string, beside minijinja's built-ins"
                 ),
-            ),
-            Callable::Test => (
-                format!("none is {name}"),
-                ErrorKind::UnknownTest,
-                format!(
+            },
+            Callable::Test => match did_you_mean(&name, known_callables(env, kind)) {
+                close if !close.is_empty() => format!("unknown test `{name}`{close}"),
+                _ => format!(
                     "unknown test `{name}`; tests are minijinja's built-ins, such as defined, none, true, false, in, even, odd"
                 ),
-            ),
+            },
         };
-        let missing = env
-            .compile_expression_owned(probe)
-            .and_then(|e| e.eval(()))
-            .is_err_and(|e| e.kind() == unknown);
-        if missing && reported.insert(name.clone()) {
+        if !has_callable(env, kind, &name) && reported.insert(name.clone()) {
+            let position = src.locate_word(reporter.files, &name);
             reporter.error(position, message);
         }
     }
+}
+
+/// Whether the environment has the filter or test `name`. minijinja lists neither, so each
+/// is probed.
+fn has_callable(env: &Environment<'static>, kind: Callable, name: &str) -> bool {
+    let (probe, unknown) = match kind {
+        Callable::Filter => (format!("none | {name}"), ErrorKind::UnknownFilter),
+        Callable::Test => (format!("none is {name}"), ErrorKind::UnknownTest),
+    };
+    !env.compile_expression_owned(probe)
+        .and_then(|e| e.eval(()))
+        .is_err_and(|e| e.kind() == unknown)
+}
+
+/// The filters or tests a misspelt one may have meant: marketsync's and minijinja's built-ins
+/// (those this build of minijinja has).
+fn known_callables(
+    env: &Environment<'static>,
+    kind: Callable,
+) -> impl Iterator<Item = &'static str> {
+    const FILTERS: &[&str] = &[
+        "money",
+        "email",
+        "e164",
+        "iso8601",
+        "opt_in",
+        "compact",
+        "string",
+        "abs",
+        "attr",
+        "batch",
+        "bool",
+        "capitalize",
+        "count",
+        "default",
+        "dictsort",
+        "escape",
+        "first",
+        "float",
+        "groupby",
+        "indent",
+        "int",
+        "items",
+        "join",
+        "last",
+        "length",
+        "lines",
+        "list",
+        "lower",
+        "map",
+        "max",
+        "min",
+        "reject",
+        "rejectattr",
+        "replace",
+        "reverse",
+        "round",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "split",
+        "sum",
+        "title",
+        "tojson",
+        "trim",
+        "unique",
+        "upper",
+        "urlencode",
+        "chain",
+        "zip",
+    ];
+    const TESTS: &[&str] = &[
+        "defined",
+        "undefined",
+        "none",
+        "true",
+        "false",
+        "boolean",
+        "number",
+        "integer",
+        "float",
+        "string",
+        "sequence",
+        "iterable",
+        "mapping",
+        "safe",
+        "even",
+        "odd",
+        "divisibleby",
+        "in",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "startingwith",
+        "endingwith",
+        "containing",
+        "lower",
+        "upper",
+        "filter",
+        "test",
+    ];
+    let names = match kind {
+        Callable::Filter => FILTERS,
+        Callable::Test => TESTS,
+    };
+    names
+        .iter()
+        .copied()
+        .filter(move |name| has_callable(env, kind, name))
 }
 
 /// The second pass: expressions compiled against the environment, names checked.
@@ -1083,8 +1391,8 @@ fn build<'env>(
         Ok(expr) => {
             let used = expr.undeclared_variables(false);
             let reads = in_order(&used, &src.text);
-            scope.check(used, src.position, reporter);
-            check_callables(env, &src.text, true, src.position, reporter);
+            scope.check(used, src, reporter);
+            check_callables(env, src, true, reporter);
             Some(Expr {
                 expr,
                 source: src.text.clone(),
@@ -1093,8 +1401,12 @@ fn build<'env>(
         }
         Err(e) => {
             reporter.error(
-                src.position,
-                format!("expression `{}`: {}", src.text, super::body::describe(&e)),
+                error_position(src, &e, reporter.files),
+                format!(
+                    "expression `{}`: {}",
+                    src.text.split_whitespace().collect::<Vec<_>>().join(" "),
+                    super::body::describe(&e)
+                ),
             );
             None
         }
@@ -1131,12 +1443,9 @@ fn build<'env>(
     };
     let mut key_template = |(name, position): &(String, Position)| {
         let template = env.get_template(name).ok()?;
-        scope.check(
-            template.undeclared_variables(false),
-            *position,
-            &mut reporter,
-        );
-        check_callables(env, template.source(), false, *position, &mut reporter);
+        let src = Src::whole(template.source().to_owned(), *position);
+        scope.check(template.undeclared_variables(false), &src, &mut reporter);
+        check_callables(env, &src, false, &mut reporter);
         Some(template)
     };
     let once_per = plan.once_per.as_ref().and_then(&mut key_template);
@@ -1215,8 +1524,9 @@ where
             let template = env.get_template(name).ok()?;
             let used = template.undeclared_variables(false);
             let reads = in_order(&used, template.source());
-            scope.check(used, *position, reporter);
-            check_callables(env, template.source(), false, *position, reporter);
+            let src = Src::whole(template.source().to_owned(), *position);
+            scope.check(used, &src, reporter);
+            check_callables(env, &src, false, reporter);
             Node::Template { template, reads }
         }
         PlanNode::List(items) => {

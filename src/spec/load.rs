@@ -525,12 +525,13 @@ fn apply_overlay(
             .iter()
             .map(|m| m.spec.name.value.as_str())
             .collect();
+        let hint = match rules::did_you_mean(&name, known.iter().copied()) {
+            close if !close.is_empty() => close,
+            _ => format!("; the base mappings are {}", known.join(", ")),
+        };
         set.diagnostics.push(set.files.error(
             overlay.overlay.at,
-            format!(
-                "`overlay: {name}` names no base mapping; the base mappings are {}",
-                known.join(", ")
-            ),
+            format!("`overlay: {name}` names no base mapping{hint}"),
         ));
         return;
     };
@@ -631,6 +632,13 @@ fn consultant_wording(message: &str) -> String {
     }
     if message.starts_with("budget breached") {
         return "this file expands to too many values (anchors `&name` and aliases `*name` repeated inside each other): write the values out".into();
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once("`, expected ")
+    {
+        let keys = expected.strip_prefix("one of ").unwrap_or(expected);
+        let keys = keys.split(", ").map(|k| k.trim_matches('`'));
+        return format!("{message}{}", rules::did_you_mean(key, keys));
     }
     if let Some(rest) = message.strip_prefix("non-finite float ") {
         let value = rest.split(" rejected").next().unwrap_or(rest);

@@ -164,6 +164,20 @@ pub struct SelectSpec {
     pub default: Option<serde_json::Value>,
     /// Evaluate the path against another selection instead of the record.
     pub from: Option<String>,
+    /// What messages call a selection the consultant did not write as one: a
+    /// `profile_attributes` entry becomes a selection with a made-up name, and is reported as
+    /// `profile_attributes.Tier`. `None` for selections written under `select:`.
+    pub label: Option<String>,
+}
+
+impl SelectSpec {
+    /// How messages name the selection `field`: as the consultant wrote it.
+    pub fn describe(&self, field: &str) -> String {
+        match &self.label {
+            Some(label) => label.clone(),
+            None => format!("selection `{field}`"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +209,7 @@ impl<'de> Deserialize<'de> for SelectSpec {
                     optional: false,
                     default: None,
                     from: None,
+                    label: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SelectSpec, A::Error> {
@@ -205,6 +220,7 @@ impl<'de> Deserialize<'de> for SelectSpec {
                     optional: long.optional,
                     default: long.default,
                     from: long.from,
+                    label: None,
                 })
             }
         }

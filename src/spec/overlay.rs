@@ -441,6 +441,7 @@ impl ClientConfig {
                 optional: true,
                 default: None,
                 from: None,
+                label: Some(format!("profile_attributes.{property}")),
             };
             select.insert(
                 name.clone(),
