@@ -388,3 +388,55 @@ fn sigterm_stops_serve_with_exit_0() {
     assert!(started.elapsed() < Duration::from_secs(26), "{rest}");
     assert!(rest.contains("serve: stopped"), "{rest}");
 }
+
+#[test]
+fn serve_help_names_every_variable_it_reads() {
+    let output = common::marketsync()
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for variable in [
+        "KLAVIYO_API_KEY",
+        "KLAVIYO_BASE_URL",
+        "MARKETPLACER_WEBHOOK_SECRET",
+        "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS",
+        "MARKETSYNC_MAPPINGS",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn serve_refuses_an_empty_secret_and_a_held_state_file_without_printing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let empty = common::marketsync()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .env("MARKETPLACER_WEBHOOK_SECRET", " ")
+        .env("MARKETPLACER_WEBHOOK_SECRET_PREVIOUS", "old-secret-value")
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("MARKETPLACER_WEBHOOK_SECRET"), "{stderr}");
+    assert!(!stderr.contains("old-secret-value"), "{stderr}");
+
+    // One writer per state file: serve takes the lock as run does.
+    let _held = marketsync::store::lock::WriterLock::acquire(&state).unwrap();
+    let held = common::marketsync()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        held.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&held.stderr)
+    );
+}

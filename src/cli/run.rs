@@ -137,7 +137,7 @@ pub fn execute(args: Args) -> u8 {
     if args.dry_run {
         return dry(&engine, &inputs, jobs);
     }
-    let (config, redactor) = match sink_setup(&args.sink, &engine) {
+    let (config, redactor) = match sink_setup(&args.sink, &engine, " (or use --dry-run)") {
         Ok(setup) => setup,
         Err(code) => return code,
     };
@@ -236,8 +236,12 @@ fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
 
 /// The API key (from the variable the client names, else KLAVIYO_API_KEY) and the sink's
 /// configuration, checked before anything is opened; or the error printed and the exit code.
-/// Also returns the key, to redact it from error messages.
-pub(super) fn sink_setup(args: &SinkArgs, engine: &Engine) -> Result<(SinkConfig, ApiKey), u8> {
+/// Also returns the key, to redact it from error messages. `hint` ends the missing-key error.
+pub(super) fn sink_setup(
+    args: &SinkArgs,
+    engine: &Engine,
+    hint: &str,
+) -> Result<(SinkConfig, ApiKey), u8> {
     // A client names its own variable, so several clients' keys can sit side by side.
     let key_variable = engine
         .settings()
@@ -248,9 +252,7 @@ pub(super) fn sink_setup(args: &SinkArgs, engine: &Engine) -> Result<(SinkConfig
         .ok()
         .filter(|k| !k.trim().is_empty())
     else {
-        eprintln!(
-            "error: set {key_variable} to a Klaviyo private API key to send (or use --dry-run)"
-        );
+        eprintln!("error: set {key_variable} to a Klaviyo private API key to send{hint}");
         return Err(EXIT_USAGE);
     };
     let key = match ApiKey::checked(key.trim()) {

@@ -100,7 +100,7 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     };
-    let (sink_config, redactor) = match sink_setup(&args.sink, &engine) {
+    let (sink_config, redactor) = match sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
         Err(code) => return code,
     };
