@@ -110,8 +110,15 @@ impl Harness {
         }
     }
 
+    /// Asks for a shutdown without waiting for it.
+    fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        self.begin_stop();
         tokio::time::timeout(Duration::from_secs(30), &mut self.task)
             .await
             .expect("serve stops within its bound")
@@ -439,4 +446,65 @@ fn serve_refuses_an_empty_secret_and_a_held_state_file_without_printing_secrets(
         "{}",
         String::from_utf8_lossy(&held.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_in_flight_at_shutdown_is_finished_and_committed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = start(Secrets::default(), ServeConfig::default()).await;
+    let (headers, body) = first_order();
+    let mut request = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: marketsync\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let address = h.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM arrives while half the body is in.
+    h.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(rest).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(h.count("inbox"), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_take_the_write_is_answered_503_and_the_resend_is_kept_once() {
+    let config = ServeConfig {
+        deadline: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
+    let h = start(Secrets::default(), config).await;
+    // Another writer holds SQLite's write lock (what a stuck disk or a stray process does).
+    let blocker = rusqlite::Connection::open(&h.state).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(h.get("/readyz").await, 503);
+    assert_eq!(h.get("/livez").await, 200);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    // The intake that timed out may still land once the lock is free: the resend is then a
+    // duplicate. Either way it is kept exactly once.
+    let until = Instant::now() + Duration::from_secs(10);
+    while h.get("/readyz").await != 200 {
+        assert!(Instant::now() < until, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.post(&borrowed(&headers), body).await.status(), 200);
+    assert_eq!(h.count("inbox"), 1);
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
 }
