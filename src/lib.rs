@@ -26,6 +26,7 @@ pub mod engine;
 pub mod klaviyo;
 mod pipeline;
 pub mod run;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -98,7 +98,17 @@ struct PreparedRecord {
 /// Parses and maps one delivery and serialises what the store will keep. Pure.
 fn prepare(engine: &Engine, line: &Line) -> Prepared {
     let origin = format!("{}:{}", line.origin, line.number);
-    let outcome = match source::parse_line(line) {
+    prepare_parsed(engine, origin, source::parse_line(line), &line.text)
+}
+
+/// [`prepare`] for a delivery already parsed (or refused), with its text for a dead letter.
+fn prepare_parsed(
+    engine: &Engine,
+    origin: String,
+    parsed: Result<Vec<source::Record>, source::RecordError>,
+    text: &str,
+) -> Prepared {
+    let outcome = match parsed {
         Ok(records) => Ok(records
             .into_iter()
             .map(|record| {
@@ -126,9 +136,37 @@ fn prepare(engine: &Engine, line: &Line) -> Prepared {
                 }
             })
             .collect()),
-        Err(err) => Err((err, line.text.clone())),
+        Err(err) => Err((err, text.to_owned())),
     };
     Prepared { origin, outcome }
+}
+
+/// Takes one delivery in on its own, as a webhook receiver does: parsed, mapped and written
+/// to the store exactly as [`intake`] writes a line (a delivery that cannot be read, or that a
+/// mapping refuses, is kept as a dead letter; one already stored writes nothing). `text` is the
+/// delivery (any shape [`source::parse_delivery`] reads); `not_utf8_at` says where its bytes
+/// stopped being UTF-8, if they did. Returns once everything is committed; an error means
+/// the store failed and nothing of this delivery may be taken as kept.
+pub fn intake_delivery(
+    engine: &Engine,
+    store: &Mutex<Store>,
+    origin: &str,
+    text: &str,
+    not_utf8_at: Option<usize>,
+    report: &mut dyn Write,
+) -> Result<IntakeReport, SyncError> {
+    let parsed = match not_utf8_at {
+        Some(at) => Err(source::RecordError::NotUtf8(at)),
+        None => source::parse_delivery(text),
+    };
+    let mut summary = IntakeReport::default();
+    keep(
+        store,
+        prepare_parsed(engine, origin.to_owned(), parsed, text),
+        &mut summary,
+        report,
+    )?;
+    Ok(summary)
 }
 
 /// Reads every input into the store, parsing and mapping on `jobs` threads while this one

@@ -13,6 +13,7 @@ mod retry;
 mod review;
 mod run;
 mod schemas;
+mod serve;
 mod standin;
 mod status;
 mod test;
@@ -67,6 +68,7 @@ enum Command {
     Diff(config::DiffArgs),
     Init(init::Args),
     Run(run::Args),
+    Serve(serve::Args),
     Explain(explain::Args),
     Status(status::Args),
     Retry(retry::Args),
@@ -336,6 +338,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => config::diff_clients(args),
         Command::Init(args) => init::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Serve(args) => serve::execute(args),
         Command::Explain(args) => explain::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),

@@ -16,6 +16,41 @@ use std::io::{self, BufWriter, IsTerminal};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How to reach Klaviyo and how hard to push: shared by `run` and `serve`.
+#[derive(clap::Args)]
+pub(super) struct SinkArgs {
+    /// Klaviyo's API base URL (a stand-in or staging proxy in tests): https://, or plain
+    /// http:// only to this machine (127.0.0.1, ::1, localhost), since it carries the key.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KLAVIYO_BASE_URL",
+        default_value = "https://a.klaviyo.com"
+    )]
+    klaviyo_url: String,
+    /// The Klaviyo API revision sent with every request.
+    #[arg(long, value_name = "DATE", default_value = marketsync::sink::REVISION)]
+    revision: String,
+    /// Seconds a Fulfilled/Refunded/Cancelled Order waits for its Placed Order before it is
+    /// sent anyway and flagged, counted while a run is sending (not while none runs).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    hold: f64,
+    /// Attempts before a request that keeps failing (429, 5xx, timeouts) while others to its
+    /// endpoint get through is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_attempts: u32,
+    /// Seconds an endpoint may answer nothing but timeouts, 5xx or 429 before the run stops
+    /// sending to it, keeps its queue and exits 6 (Klaviyo unavailable).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    outage_window: f64,
+    /// Seconds before a request to Klaviyo times out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Run the rate-limit clock this many times faster (only for the stand-in's sped-up clock).
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, hide = true)]
+    time_scale: f64,
+}
+
 /// Map Marketplacer deliveries to Klaviyo requests, and send them.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -69,36 +104,8 @@ pub struct Args {
     marketplace: Option<String>,
     #[command(flatten)]
     state: StateArgs,
-    /// Klaviyo's API base URL (a stand-in or staging proxy in tests): https://, or plain
-    /// http:// only to this machine (127.0.0.1, ::1, localhost), since it carries the key.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "KLAVIYO_BASE_URL",
-        default_value = "https://a.klaviyo.com"
-    )]
-    klaviyo_url: String,
-    /// The Klaviyo API revision sent with every request.
-    #[arg(long, value_name = "DATE", default_value = marketsync::sink::REVISION)]
-    revision: String,
-    /// Seconds a Fulfilled/Refunded/Cancelled Order waits for its Placed Order before it is
-    /// sent anyway and flagged, counted while a run is sending (not while none runs).
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
-    hold: f64,
-    /// Attempts before a request that keeps failing (429, 5xx, timeouts) while others to its
-    /// endpoint get through is dead-lettered.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    max_attempts: u32,
-    /// Seconds an endpoint may answer nothing but timeouts, 5xx or 429 before the run stops
-    /// sending to it, keeps its queue and exits 6 (Klaviyo unavailable).
-    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
-    outage_window: f64,
-    /// Seconds before a request to Klaviyo times out.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    timeout: f64,
-    /// Run the rate-limit clock this many times faster (only for the stand-in's sped-up clock).
-    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, hide = true)]
-    time_scale: f64,
+    #[command(flatten)]
+    sink: SinkArgs,
     /// Files to read; `-` or nothing for standard input.
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
@@ -130,37 +137,9 @@ pub fn execute(args: Args) -> u8 {
     if args.dry_run {
         return dry(&engine, &inputs, jobs);
     }
-    // A client names its own variable, so several clients' keys can sit side by side.
-    let key_variable = engine
-        .settings()
-        .klaviyo_api_key_env
-        .as_deref()
-        .unwrap_or("KLAVIYO_API_KEY");
-    let Some(key) = std::env::var(key_variable)
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-    else {
-        eprintln!(
-            "error: set {key_variable} to a Klaviyo private API key to send (or use --dry-run)"
-        );
-        return EXIT_USAGE;
-    };
-    let key = match ApiKey::checked(key.trim()) {
-        Ok(key) => key,
-        Err(problem) => {
-            eprintln!("error: {key_variable} {problem} (the key is not printed)");
-            return EXIT_USAGE;
-        }
-    };
-    // Everything that would fail every request is checked before the store is opened, so
-    // that it is one clear error rather than a dead letter per request.
-    let redactor = key.clone();
-    let config = match sink_config(&args, &engine, key) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return EXIT_USAGE;
-        }
+    let (config, redactor) = match sink_setup(&args.sink, &engine, " (or use --dry-run)") {
+        Ok(setup) => setup,
+        Err(code) => return code,
     };
     // One writer per state file, for the whole run: taken before the store is opened (which
     // may migrate it) and released when the process ends, however it ends.
@@ -255,7 +234,47 @@ fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
     }
 }
 
-fn sink_config(args: &Args, engine: &Engine, key: ApiKey) -> Result<SinkConfig, String> {
+/// The API key (from the variable the client names, else KLAVIYO_API_KEY) and the sink's
+/// configuration, checked before anything is opened; or the error printed and the exit code.
+/// Also returns the key, to redact it from error messages. `hint` ends the missing-key error.
+pub(super) fn sink_setup(
+    args: &SinkArgs,
+    engine: &Engine,
+    hint: &str,
+) -> Result<(SinkConfig, ApiKey), u8> {
+    // A client names its own variable, so several clients' keys can sit side by side.
+    let key_variable = engine
+        .settings()
+        .klaviyo_api_key_env
+        .as_deref()
+        .unwrap_or("KLAVIYO_API_KEY");
+    let Some(key) = std::env::var(key_variable)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    else {
+        eprintln!("error: set {key_variable} to a Klaviyo private API key to send{hint}");
+        return Err(EXIT_USAGE);
+    };
+    let key = match ApiKey::checked(key.trim()) {
+        Ok(key) => key,
+        Err(problem) => {
+            eprintln!("error: {key_variable} {problem} (the key is not printed)");
+            return Err(EXIT_USAGE);
+        }
+    };
+    // Everything that would fail every request is checked before the store is opened, so
+    // that it is one clear error rather than a dead letter per request.
+    let redactor = key.clone();
+    match sink_config(args, engine, key) {
+        Ok(config) => Ok((config, redactor)),
+        Err(message) => {
+            eprintln!("error: {message}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+fn sink_config(args: &SinkArgs, engine: &Engine, key: ApiKey) -> Result<SinkConfig, String> {
     http::check_base_url(&args.klaviyo_url)
         .map_err(|problem| format!("--klaviyo-url (or KLAVIYO_BASE_URL) {problem}"))?;
     let today = chrono::Utc::now().date_naive();

@@ -167,6 +167,12 @@ pub struct Sink {
     started_at: i64,
     /// Which endpoints are failing for everyone, and since when.
     health: Mutex<health::Tracker>,
+    /// Rung when new work was committed, so an idle lane looks now rather than at its next
+    /// poll. A hint only: a ring no lane was waiting for is lost, and the poll finds the work.
+    wake: tokio::sync::Notify,
+    /// Set to stop starting requests: each lane waits for the ones it has in flight, then
+    /// returns (an always-on receiver shutting down).
+    winding_down: AtomicBool,
 }
 
 /// Unix milliseconds, the store's clock.
@@ -212,7 +218,21 @@ impl Sink {
                 config.outage_window.div_f64(config.time_scale),
             )),
             config,
+            wake: tokio::sync::Notify::new(),
+            winding_down: AtomicBool::new(false),
         })
+    }
+
+    /// Tells idle lanes that new work may be due (see `wake`).
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Stops starting requests: every lane finishes (and records) the calls it has in flight,
+    /// then returns. Nothing queued is touched; a later run sends it.
+    pub fn wind_down(&self) {
+        self.winding_down.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
     }
 
     /// Set when a key is refused; intake watches it too, so the whole run stops.
@@ -292,6 +312,12 @@ impl Sink {
                 tasks.shutdown().await;
                 // Stopped by a refused key (in this lane or the other): say so, whether or
                 // not the task that met it was joined.
+                return self.refused().map_or(Ok(()), Err);
+            }
+            if self.winding_down.load(Ordering::SeqCst) {
+                while let Some(joined) = tasks.join_next().await {
+                    settle(joined, &mut in_flight, &mut single_only)?;
+                }
                 return self.refused().map_or(Ok(()), Err);
             }
             let room = self.config.concurrency.saturating_sub(tasks.len());
@@ -438,12 +464,16 @@ impl Sink {
                             };
                         }
                     }
-                    tokio::time::sleep(poll).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(poll) => {}
+                        () = self.wake.notified() => {}
+                    }
                 } else {
                     // Wake on the next completion, or soon, to pick up new work.
                     tokio::select! {
                         Some(joined) = tasks.join_next() => settle(joined, &mut in_flight, &mut single_only)?,
                         () = tokio::time::sleep(poll) => {}
+                        () = self.wake.notified() => {}
                     }
                 }
             }

@@ -12,6 +12,7 @@
 pub mod backfill;
 mod reader;
 pub mod schema;
+pub mod webhook;
 
 pub use reader::{Input, Line, Lines, deliveries_in, read_lines};
 

@@ -331,6 +331,13 @@ impl Store {
             .optional()?)
     }
 
+    /// Whether the store accepts a write now: takes the write lock and lets it go, writing
+    /// nothing. A receiver's readiness check.
+    pub fn check_writable(&mut self) -> Result<(), StoreError> {
+        self.write()?.rollback()?;
+        Ok(())
+    }
+
     fn write(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
         Ok(self
             .conn

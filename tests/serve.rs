@@ -1,0 +1,510 @@
+//! `marketsync serve`: webhooks over real HTTP on 127.0.0.1, sent on to the Klaviyo stand-in.
+
+mod common;
+
+use marketsync::serve::{self, Receiver, ServeConfig, WEBHOOK_PATH};
+use marketsync::sink::http::ApiKey;
+use marketsync::sink::{Sink, SinkConfig};
+use marketsync::source::webhook::{Secrets, sign};
+use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+use marketsync::store::Store;
+use serde_json::Value as Json;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A receiver serving on a free port, with its sender pointed at a stand-in.
+struct Harness {
+    standin: StandIn,
+    receiver: Arc<Receiver>,
+    state: std::path::PathBuf,
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(secrets: Secrets, config: ServeConfig) -> Harness {
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let store = Arc::new(Mutex::new(Store::open(&state).unwrap()));
+    let mut sink_config = SinkConfig::new(&standin.url(), ApiKey::new(DEFAULT_API_KEY));
+    sink_config.timeout = Duration::from_secs(5);
+    let sink = Sink::new(sink_config, Arc::clone(&store));
+    let receiver = Receiver::new(
+        Arc::new(common::engine()),
+        store,
+        secrets,
+        Some(Arc::clone(&sink)),
+        config,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let receiver = Arc::clone(&receiver);
+        async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            serve::serve(receiver, sink, listener, None, shutdown)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    });
+    Harness {
+        standin,
+        receiver,
+        state,
+        url,
+        stop: Some(stop),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn post(&self, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{WEBHOOK_PATH}", self.url))
+            .body(body.into());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        reqwest::get(format!("{}{path}", self.url))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Rows of a store table, read beside the receiver as `marketsync status` would.
+    fn count(&self, table: &str) -> i64 {
+        let conn = rusqlite::Connection::open(&self.state).unwrap();
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn dead_letters(&self) -> Vec<marketsync::store::DeadLetter> {
+        Store::open(&self.state)
+            .unwrap()
+            .dead_letters(None, None)
+            .unwrap()
+    }
+
+    async fn placed_orders_within(&self, wait: Duration) -> usize {
+        let until = Instant::now() + wait;
+        loop {
+            let n = self.standin.accepted().events_named("Placed Order").count();
+            if n > 0 || Instant::now() > until {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks for a shutdown without waiting for it.
+    fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    async fn stop(mut self) {
+        self.begin_stop();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("serve stops within its bound")
+            .unwrap();
+        self.standin.shutdown().await;
+    }
+}
+
+/// The first capture of `examples/orders.ndjson`: its headers and its body as sent.
+fn first_order() -> (Vec<(String, String)>, String) {
+    let text = std::fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let capture: Json = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let headers = capture["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    (headers, capture["body"].to_string())
+}
+
+fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_answered_200_and_its_placed_order_reaches_klaviyo_once() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    assert_eq!(h.count("inbox"), 1);
+    let queued = h.count("outbox");
+
+    // Marketplacer sends it again (a retry after a lost answer): 200, nothing queued again.
+    let again = h.post(&borrowed(&headers), body).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().await.unwrap(), "duplicate: already received\n");
+    assert_eq!(h.count("inbox"), 1);
+    assert_eq!(h.count("outbox"), queued);
+    // The origin keeps Marketplacer-Sequence.
+    let conn = rusqlite::Connection::open(&h.state).unwrap();
+    let origin: String = conn
+        .query_row("SELECT origin FROM inbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(origin, "webhook seq 31742");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_json_is_kept_as_a_dead_letter_and_answered_200() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    let response = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], "{not json")
+        .await;
+    assert_eq!(response.status(), 200);
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].category, "unreadable");
+    assert!(letters[0].text.contains("{not json"), "{}", letters[0].text);
+    assert!(letters[0].text.contains("petmarket"), "{}", letters[0].text);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_signature_is_503_and_nothing_is_kept_and_rotation_accepts_both() {
+    let secrets = Secrets::new(Some("current-secret"), Some("previous-secret")).unwrap();
+    let h = start(secrets, ServeConfig::default()).await;
+    let (headers, body) = first_order();
+    let mut headers = borrowed(&headers);
+
+    let missing = h.post(&headers, body.clone()).await;
+    assert_eq!(missing.status(), 503);
+    assert!(missing.headers().contains_key("retry-after"));
+    let wrong_signature = sign("some-other-secret", body.as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &wrong_signature));
+    let wrong = h.post(&headers, body.clone()).await;
+    assert_eq!(wrong.status(), 503);
+    assert!(wrong.headers().contains_key("retry-after"));
+    // Signed over other bytes (the body re-serialised): refused too.
+    headers.pop();
+    let reserialised = sign("current-secret", format!("{body} ").as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &reserialised));
+    assert_eq!(h.post(&headers, body.clone()).await.status(), 503);
+    assert_eq!((h.count("inbox"), h.count("dead_letter")), (0, 0));
+    assert_eq!(
+        h.receiver
+            .counters
+            .bad_signature
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+
+    // During a rotation Marketplacer may still sign with the previous secret.
+    headers.pop();
+    let previous = sign("previous-secret", body.as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &previous));
+    assert_eq!(h.post(&headers, body.clone()).await.status(), 200);
+    assert_eq!(h.count("inbox"), 1);
+    headers.pop();
+    let current = sign("current-secret", body.as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &current));
+    assert_eq!(h.post(&headers, body).await.status(), 200);
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_a_dead_letter_with_its_headers_size_and_first_kib() {
+    let config = ServeConfig {
+        body_limit: 4096,
+        ..ServeConfig::default()
+    };
+    let h = start(Secrets::default(), config).await;
+    let body = format!("{{\"id\":\"E9\",\"pad\":\"{}\"}}", "x".repeat(10_000));
+    let response = h
+        .post(
+            &[
+                ("Marketplacer-Vertical", "petmarket"),
+                ("Idempotency-Key", "petmarket:9"),
+            ],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1);
+    let kept: Json = serde_json::from_str(&letters[0].text).unwrap();
+    assert_eq!(kept["size"], body.len());
+    assert_eq!(kept["headers"]["Idempotency-Key"], "petmarket:9");
+    assert_eq!(kept["body_head"].as_str().unwrap(), &body[..1024]);
+    assert_eq!(h.count("inbox"), 0);
+    // Just under the limit is read as usual (here: not a delivery, so a dead letter too, but
+    // of the whole body).
+    let small = format!("{{\"pad\":\"{}\"}}", "y".repeat(4000));
+    assert_eq!(h.post(&[], small.clone()).await.status(), 200);
+    let whole = "y".repeat(4000);
+    assert!(h.dead_letters().iter().any(|l| l.text.contains(&whole)));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_and_draining_turns_readyz_and_webhooks_to_503() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    assert_eq!(h.get("/livez").await, 200);
+    assert_eq!(h.get("/readyz").await, 200);
+    // Another path, or another method, is never a 4xx (that would disable the webhook).
+    assert_eq!(h.get("/webhooks/elsewhere").await, 503);
+    assert_eq!(h.get(WEBHOOK_PATH).await, 503);
+    h.receiver.drain();
+    assert_eq!(h.get("/readyz").await, 503);
+    assert_eq!(h.get("/livez").await, 200);
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(h.count("inbox"), 0);
+    h.stop().await;
+}
+
+/// A small xorshift generator: the same cases on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_and_headers_are_only_ever_answered_200_429_or_5xx() {
+    for secrets in [
+        Secrets::default(),
+        Secrets::new(Some("s3cret"), None).unwrap(),
+    ] {
+        let config = ServeConfig {
+            body_limit: 2048,
+            ..ServeConfig::default()
+        };
+        let h = start(secrets, config).await;
+        let (_, order) = first_order();
+        let fragments = [
+            "{",
+            "}",
+            "\"id\":",
+            "\"E1\"",
+            "\"payload\":",
+            "{\"data\":{\"node\":{\"__typename\":\"Invoice\"}}}",
+            "{\"errors\":[{\"message\":\"boom\"}]}",
+            "\"event_name\":\"create\"",
+            "null",
+            "[",
+            "]",
+            ",",
+            "\u{0}",
+            "é",
+            &order,
+        ];
+        let header_values = ["", "petmarket", "x", "AA==", "not base64", "31742", "é"];
+        let header_names = [
+            "Marketplacer-Vertical",
+            "Idempotency-Key",
+            "Marketplacer-Sequence",
+            "Marketplacer-Hmac-256",
+            "Content-Type",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..150 {
+            let mut body: Vec<u8> = Vec::new();
+            for _ in 0..rng.next() % 8 {
+                body.extend_from_slice(rng.pick(&fragments).as_bytes());
+            }
+            if case % 10 == 0 {
+                // Bytes that are not UTF-8.
+                body.extend_from_slice(&[0xff, 0xfe, (rng.next() % 256) as u8]);
+            }
+            let mut headers = Vec::new();
+            for _ in 0..rng.next() % 4 {
+                headers.push((rng.pick(&header_names), rng.pick(&header_values)));
+            }
+            let status = h.post(&headers, body).await.status().as_u16();
+            assert!(
+                status == 200 || status == 429 || status >= 500,
+                "case {case}: answered {status}"
+            );
+        }
+        assert_eq!(h.get("/livez").await, 200);
+        h.stop().await;
+    }
+}
+
+#[test]
+fn sigterm_stops_serve_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::marketsync_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(dir.path().join("state.db"))
+        // Nothing is sent: the key only has to look like one.
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .env("KLAVIYO_BASE_URL", "http://127.0.0.1:9")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve ended early"
+        );
+        if let Some(rest) = line.strip_prefix("serve: listening on http://") {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    let ready = std::net::TcpStream::connect(&address).is_ok();
+    assert!(ready, "serve listens on {address}");
+    let started = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(started.elapsed() < Duration::from_secs(26), "{rest}");
+    assert!(rest.contains("serve: stopped"), "{rest}");
+}
+
+#[test]
+fn serve_help_names_every_variable_it_reads() {
+    let output = common::marketsync()
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for variable in [
+        "KLAVIYO_API_KEY",
+        "KLAVIYO_BASE_URL",
+        "MARKETPLACER_WEBHOOK_SECRET",
+        "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS",
+        "MARKETSYNC_MAPPINGS",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn serve_refuses_an_empty_secret_and_a_held_state_file_without_printing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let empty = common::marketsync()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .env("MARKETPLACER_WEBHOOK_SECRET", " ")
+        .env("MARKETPLACER_WEBHOOK_SECRET_PREVIOUS", "old-secret-value")
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("MARKETPLACER_WEBHOOK_SECRET"), "{stderr}");
+    assert!(!stderr.contains("old-secret-value"), "{stderr}");
+
+    // One writer per state file: serve takes the lock as run does.
+    let _held = marketsync::store::lock::WriterLock::acquire(&state).unwrap();
+    let held = common::marketsync()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        held.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&held.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_in_flight_at_shutdown_is_finished_and_committed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = start(Secrets::default(), ServeConfig::default()).await;
+    let (headers, body) = first_order();
+    let mut request = format!(
+        "POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: marketsync\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in &headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let address = h.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM arrives while half the body is in.
+    h.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(rest).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(h.count("inbox"), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_take_the_write_is_answered_503_and_the_resend_is_kept_once() {
+    let config = ServeConfig {
+        deadline: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
+    let h = start(Secrets::default(), config).await;
+    // Another writer holds SQLite's write lock (what a stuck disk or a stray process does).
+    let blocker = rusqlite::Connection::open(&h.state).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(h.get("/readyz").await, 503);
+    assert_eq!(h.get("/livez").await, 200);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    // The intake that timed out may still land once the lock is free: the resend is then a
+    // duplicate. Either way it is kept exactly once.
+    let until = Instant::now() + Duration::from_secs(10);
+    while h.get("/readyz").await != 200 {
+        assert!(Instant::now() < until, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.post(&borrowed(&headers), body).await.status(), 200);
+    assert_eq!(h.count("inbox"), 1);
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
+}
