@@ -185,10 +185,19 @@ pub async fn replay(
             _ = stopped_rx.wait_for(|s| *s) => break,
         };
         let Some(delivery) = delivery else { break };
+        // First attempts take their slot and their turn here, in the order read, so that
+        // deliveries start in input order (one at a time with a concurrency of 1).
+        let slot = tokio::select! {
+            slot = shared.turn() => slot,
+            _ = stopped_rx.wait_for(|s| *s) => {
+                shared.summary.lock().expect("not poisoned").unsent += 1;
+                break;
+            }
+        };
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
         tasks.spawn(async move {
-            deliver(&shared, delivery, stopped).await;
+            deliver(&shared, delivery, slot, stopped).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -246,16 +255,28 @@ enum Answer {
     },
 }
 
-async fn deliver(shared: &Shared, delivery: Delivery, mut stopped: watch::Receiver<bool>) {
+/// Sends one delivery until it is accepted, fails, or sending stops; `first` is the slot for
+/// its first attempt, taken in turn.
+async fn deliver(
+    shared: &Shared,
+    delivery: Delivery,
+    first: Slot,
+    mut stopped: watch::Receiver<bool>,
+) {
     let options = &shared.options;
     let mut attempts = 0u32;
+    let mut first = Some(first);
     loop {
-        if *stopped.borrow() {
-            shared.summary.lock().expect("not poisoned").unsent += 1;
-            return;
-        }
-        let slot = shared.slots.acquire().await;
-        shared.pace().await;
+        let slot = match first.take() {
+            Some(slot) => slot,
+            None => {
+                if *stopped.borrow() {
+                    shared.summary.lock().expect("not poisoned").unsent += 1;
+                    return;
+                }
+                shared.turn().await
+            }
+        };
         if *stopped.borrow() {
             shared.summary.lock().expect("not poisoned").unsent += 1;
             return;
@@ -271,7 +292,8 @@ async fn deliver(shared: &Shared, delivery: Delivery, mut stopped: watch::Receiv
             }
         }
         let answer = shared.attempt(&delivery.outgoing).await;
-        drop(slot);
+        // The slot is kept until a disabling answer has stopped sending, so that no request
+        // waiting for it starts meanwhile.
         let failed = |status, reason, disabling| Failed {
             origin: delivery.origin.clone(),
             id: delivery.outgoing.id.clone(),
@@ -282,6 +304,7 @@ async fn deliver(shared: &Shared, delivery: Delivery, mut stopped: watch::Receiv
         };
         let (status, reason, after) = match answer {
             Answer::Accepted => {
+                drop(slot);
                 shared.summary.lock().expect("not poisoned").accepted += 1;
                 return;
             }
@@ -294,13 +317,17 @@ async fn deliver(shared: &Shared, delivery: Delivery, mut stopped: watch::Receiv
                 }
                 summary.failed.push(failed);
                 shared.stop.send_replace(true);
+                drop(slot);
                 return;
             }
             Answer::Retry {
                 status,
                 reason,
                 after,
-            } => (status, reason, after),
+            } => {
+                drop(slot);
+                (status, reason, after)
+            }
         };
         if status == Some(429) {
             shared.slots.lower();
@@ -337,6 +364,13 @@ fn backoff(options: &Options, attempts: u32) -> Duration {
 }
 
 impl Shared {
+    /// A request slot, then its turn under the rate limit.
+    async fn turn(&self) -> Slot {
+        let slot = self.slots.acquire().await;
+        self.pace().await;
+        slot
+    }
+
     /// Waits for this request's turn under the rate limit.
     async fn pace(&self) {
         let Some(rate) = self.options.rate.filter(|r| *r > 0.0) else {
