@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 345_600.0, value_parser = parse_seconds)]
     backoff_max: f64,
     /// Seconds a receiver has to answer before the attempt counts as a timeout.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_timeout)]
     timeout: f64,
     /// Marketplacer-Vertical for deliveries that do not carry one (bare envelopes).
     #[arg(long, value_name = "NAME")]
@@ -95,6 +95,14 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
         Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
         _ => Err("expected a number of seconds, 0 or more".into()),
     }
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let seconds = parse_seconds(text)?;
+    if seconds <= 0.0 {
+        return Err("a timeout of 0 would fail every request".into());
+    }
+    Ok(seconds)
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -255,6 +263,8 @@ mod tests {
         assert_eq!(parse_rate("120/m"), Ok(2.0));
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("3/h").is_err());
+        assert!(parse_timeout("0").is_err());
+        assert_eq!(parse_timeout("0.5"), Ok(0.5));
     }
 
     #[test]
