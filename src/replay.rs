@@ -109,10 +109,13 @@ pub struct Summary {
     pub failed: Vec<Failed>,
     /// The delivery at which Marketplacer would have disabled the webhook (also in `failed`).
     pub disabled_at: Option<Failed>,
-    /// Deliveries not finished because sending stopped: never sent, or waiting for a retry.
+    /// Deliveries not finished because sending stopped: never sent, waiting for a retry, or
+    /// (interrupted) in flight.
     pub unsent: u64,
     /// The concurrency at the end, when 429s lowered it.
     pub lowered_concurrency: Option<usize>,
+    /// Sending was interrupted (Ctrl-C): requests in flight were abandoned.
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -127,10 +130,14 @@ impl Summary {
             self.failed.len()
         );
         if self.unsent > 0 {
-            text.push_str(&format!(
-                ", {} not delivered (sending stopped)",
-                self.unsent
-            ));
+            let why = if self.interrupted {
+                "interrupted"
+            } else {
+                "sending stopped"
+            };
+            text.push_str(&format!(", {} not delivered ({why})", self.unsent));
+        } else if self.interrupted {
+            text.push_str(" (interrupted)");
         }
         if let Some(n) = self.lowered_concurrency {
             text.push_str(&format!("; 429 answers lowered the concurrency to {n}"));
@@ -142,14 +149,17 @@ impl Summary {
 /// Sends every delivery received on `deliveries` to `url`, as Marketplacer would, and says what
 /// happened. Failures are also passed to `on_failed` as they happen (to report them at once).
 ///
-/// It returns when `deliveries` is closed and everything is finished, or soon after a
-/// delivery disables the webhook: then it closes `deliveries` (the sender's next `send`
-/// fails, which tells it to stop reading), and counts what it still holds as not delivered.
+/// It returns when `deliveries` is closed and everything is finished, soon after a delivery
+/// disables the webhook (requests in flight are answered first), or at once when `interrupt`
+/// completes (requests in flight are abandoned). When it stops early it closes `deliveries` (the
+/// sender's next `send` fails, which tells it to stop reading), and counts what it still holds
+/// as not delivered.
 pub async fn replay(
     url: reqwest::Url,
     options: Options,
     mut deliveries: mpsc::Receiver<Delivery>,
     on_failed: impl Fn(&Failed) + Send + Sync + 'static,
+    interrupt: impl Future<Output = ()> + Send + 'static,
 ) -> Summary {
     let client = reqwest::Client::builder()
         .timeout(options.timeout)
@@ -175,6 +185,18 @@ pub async fn replay(
     let outstanding = Arc::new(Semaphore::new((concurrency * 4).max(256)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut stopped_rx = stopped.clone();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let shared = Arc::clone(&shared);
+        let interrupted = Arc::clone(&interrupted);
+        tokio::spawn(async move {
+            interrupt.await;
+            interrupted.store(true, Ordering::SeqCst);
+            shared.stop.send_replace(true);
+        })
+    };
+    // Every delivery received ends accepted, failed, or not delivered.
+    let mut received = 0u64;
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&outstanding).acquire_owned() => permit.expect("never closed"),
@@ -185,14 +207,12 @@ pub async fn replay(
             _ = stopped_rx.wait_for(|s| *s) => break,
         };
         let Some(delivery) = delivery else { break };
+        received += 1;
         // First attempts take their slot and their turn here, in the order read, so that
         // deliveries start in input order (one at a time with a concurrency of 1).
         let slot = tokio::select! {
             slot = shared.turn() => slot,
-            _ = stopped_rx.wait_for(|s| *s) => {
-                shared.summary.lock().expect("not poisoned").unsent += 1;
-                break;
-            }
+            _ = stopped_rx.wait_for(|s| *s) => break,
         };
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
@@ -204,14 +224,29 @@ pub async fn replay(
     }
     if *stopped.borrow() {
         deliveries.close();
-        let mut held = 0;
         while deliveries.recv().await.is_some() {
-            held += 1;
+            received += 1;
         }
-        shared.summary.lock().expect("not poisoned").unsent += held;
     }
-    while tasks.join_next().await.is_some() {}
+    // Deliveries waiting for a retry go on until they end, unless sending stops: they then end
+    // at once, and an interrupt also abandons the requests in flight.
+    let mut stop_seen = false;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = stopped_rx.wait_for(|s| *s), if !stop_seen => {
+                stop_seen = true;
+                if interrupted.load(Ordering::SeqCst) {
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    watcher.abort();
+    let interrupted = interrupted.load(Ordering::SeqCst);
     let mut summary = shared.summary.lock().expect("not poisoned").clone();
+    summary.interrupted = interrupted;
+    summary.unsent = received - summary.accepted - summary.failed.len() as u64;
     let limit = shared.slots.limit.load(Ordering::Relaxed);
     if limit < concurrency {
         summary.lowered_concurrency = Some(limit);
@@ -226,7 +261,7 @@ pub async fn replay_all(url: reqwest::Url, options: Options, deliveries: Vec<Del
         tx.send(delivery).await.expect("the channel has room");
     }
     drop(tx);
-    replay(url, options, rx, |_| {}).await
+    replay(url, options, rx, |_| {}, std::future::pending()).await
 }
 
 struct Shared {
@@ -271,14 +306,12 @@ async fn deliver(
             Some(slot) => slot,
             None => {
                 if *stopped.borrow() {
-                    shared.summary.lock().expect("not poisoned").unsent += 1;
                     return;
                 }
                 shared.turn().await
             }
         };
         if *stopped.borrow() {
-            shared.summary.lock().expect("not poisoned").unsent += 1;
             return;
         }
         attempts += 1;

@@ -509,3 +509,74 @@ fn deliveries_are_read_from_standard_input_and_start_in_order() {
         .collect();
     assert_eq!(sequences, ["1", "2", "3", "4", "5"]);
 }
+
+#[test]
+fn ctrl_c_stops_at_once_and_still_summarises() {
+    // Every answer is a 503 and the next retry a minute away: only an interrupt ends this soon.
+    let receiver = Receiver::start(Duration::ZERO, |_, _, _| (503, vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let child = common::marketsync_command()
+        .args(["replay", "--to", &receiver.url])
+        .arg(envelopes(&dir, 2))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while receiver.seen().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing sent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signals the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "summary: 2 deliveries sent (2 requests), 0 accepted, 0 retried, 0 failed, 2 not delivered (interrupted)"
+        ),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn the_library_replays_in_process() {
+    let receiver = Receiver::start(Duration::ZERO, |seen, _, _| {
+        if seen.key() == "E2" {
+            (410, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let deliveries: Vec<marketsync::replay::Delivery> = (1..=3)
+        .map(|n| marketsync::replay::Delivery {
+            origin: format!("test:{n}"),
+            outgoing: webhook::outgoing(&envelope(&format!("E{n}")), &Default::default()).unwrap(),
+        })
+        .collect();
+    let options = marketsync::replay::Options {
+        concurrency: 1,
+        secret: Some(SECRET.as_bytes().to_vec()),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let summary = runtime.block_on(marketsync::replay::replay_all(
+        receiver.url.parse().unwrap(),
+        options,
+        deliveries,
+    ));
+    assert_eq!((summary.sent, summary.accepted, summary.unsent), (2, 1, 1));
+    let disabled = summary.disabled_at.unwrap();
+    assert_eq!((disabled.id.as_str(), disabled.status), ("E2", Some(410)));
+    assert!(disabled.disabling);
+    for seen in receiver.seen() {
+        let signature = seen.header("Marketplacer-Hmac-256").unwrap();
+        assert!(webhook::verify(
+            &[b"old", SECRET.as_bytes()],
+            &seen.body,
+            signature
+        ));
+    }
+}

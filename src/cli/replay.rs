@@ -4,6 +4,7 @@ use super::{EXIT_DISABLED, EXIT_IO, EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
 use marketsync::replay::{self, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, Delivery, Options};
 use marketsync::source::webhook::{Defaults, outgoing};
 use marketsync::source::{Input, read_lines};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -32,8 +33,11 @@ the delivery and disables the webhook: sending stops at once. The defaults are M
 
 The secret is read from the variable --secret-env names, only, and never printed.
 
-Exit 0 when every delivery was accepted, 1 when a delivery failed after --max-attempts or a line
-was skipped, 2 on a usage error (a --secret-env variable that is not set, too), 4 when an input
+Ctrl-C stops at once: requests in flight are abandoned, and the summary counts them as not
+delivered.
+
+Exit 0 when every delivery was accepted, 1 when a delivery failed after --max-attempts, a line
+was skipped or sending was interrupted, 2 on a usage error (a --secret-env variable that is not set, too), 4 when an input
 could not be opened or read, 7 when the webhook would have been disabled (a redirect or a 4xx
 other than 429).")]
 pub struct Args {
@@ -118,7 +122,7 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 /// What reading the inputs found besides deliveries.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Read {
     skipped: u64,
     unreadable_inputs: u64,
@@ -169,15 +173,31 @@ pub fn execute(args: Args) -> u8 {
     };
     let (tx, rx) = mpsc::channel(256);
     let vertical = args.vertical;
-    let reader = std::thread::spawn(move || read_inputs(&inputs, vertical, &tx));
+    let read = Arc::new(Mutex::new(Read::default()));
+    let reader = {
+        let read = Arc::clone(&read);
+        std::thread::spawn(move || read_inputs(&inputs, vertical, &tx, &read))
+    };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-    let summary = runtime.block_on(replay::replay(url, options, rx, |failed| {
+    let report = |failed: &replay::Failed| {
         eprintln!(
             "failed: {} delivery {}: {}",
             failed.origin, failed.id, failed.reason
         );
-    }));
-    let read = reader.join().expect("the reader does not panic");
+    };
+    let interrupt = async {
+        // Without a handler (it could not be installed) Ctrl-C ends the process as usual.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let summary = runtime.block_on(replay::replay(url, options, rx, report, interrupt));
+    // A replay that stopped early leaves the reader where it is: it may be waiting on a quiet
+    // standard input, and ends with the process. Otherwise it has finished.
+    if !summary.interrupted && summary.disabled_at.is_none() {
+        reader.join().expect("the reader does not panic");
+    }
+    let read = *read.lock().expect("not poisoned");
     let mut text = summary.describe();
     if read.skipped > 0 {
         text.push_str(&format!(", {} lines skipped", read.skipped));
@@ -195,7 +215,7 @@ pub fn execute(args: Args) -> u8 {
     }
     if read.unreadable_inputs > 0 {
         EXIT_IO
-    } else if !summary.failed.is_empty() || read.skipped > 0 {
+    } else if !summary.failed.is_empty() || summary.unsent > 0 || read.skipped > 0 {
         EXIT_REJECTED
     } else {
         EXIT_OK
@@ -204,15 +224,20 @@ pub fn execute(args: Args) -> u8 {
 
 /// Reads every input into `tx`, reporting what cannot be sent; stops when `tx` is closed
 /// (sending stopped).
-fn read_inputs(inputs: &[Input], vertical: Option<String>, tx: &mpsc::Sender<Delivery>) -> Read {
-    let mut read = Read::default();
+fn read_inputs(
+    inputs: &[Input],
+    vertical: Option<String>,
+    tx: &mpsc::Sender<Delivery>,
+    read: &Mutex<Read>,
+) {
+    let count = |f: fn(&mut Read)| f(&mut read.lock().expect("not poisoned"));
     let mut sequence = 0u64;
     for input in inputs {
         let lines = match read_lines(input) {
             Ok(lines) => lines,
             Err(err) => {
                 eprintln!("error: {err}");
-                read.unreadable_inputs += 1;
+                count(|r| r.unreadable_inputs += 1);
                 continue;
             }
         };
@@ -221,14 +246,14 @@ fn read_inputs(inputs: &[Input], vertical: Option<String>, tx: &mpsc::Sender<Del
                 Ok(line) => line,
                 Err(err) => {
                     eprintln!("error: {err}");
-                    read.unreadable_inputs += 1;
+                    count(|r| r.unreadable_inputs += 1);
                     break;
                 }
             };
             let origin = format!("{}:{}", line.origin, line.number);
             if let Some(at) = line.not_utf8_at {
                 eprintln!("skipped: {origin}: not valid UTF-8 at byte {at}");
-                read.skipped += 1;
+                count(|r| r.skipped += 1);
                 continue;
             }
             let defaults = Defaults {
@@ -239,17 +264,16 @@ fn read_inputs(inputs: &[Input], vertical: Option<String>, tx: &mpsc::Sender<Del
                 Ok(outgoing) => {
                     sequence += 1;
                     if tx.blocking_send(Delivery { origin, outgoing }).is_err() {
-                        return read;
+                        return;
                     }
                 }
                 Err(err) => {
                     eprintln!("skipped: {origin}: {err}");
-                    read.skipped += 1;
+                    count(|r| r.skipped += 1);
                 }
             }
         }
     }
-    read
 }
 
 #[cfg(test)]
