@@ -8,6 +8,7 @@ mod dead;
 mod exceptions;
 mod explain;
 mod init;
+mod replay;
 mod report;
 mod retry;
 mod review;
@@ -44,6 +45,9 @@ pub const EXIT_KEY_REFUSED: u8 = 5;
 /// `run`: Klaviyo was unavailable (an endpoint answered nothing but timeouts, 5xx or 429 for
 /// the outage window); everything else was done, and the queue is kept for the next run.
 pub const EXIT_UNAVAILABLE: u8 = 6;
+/// `replay`: the receiver answered a redirect or a 4xx other than 429, for which Marketplacer
+/// fails the delivery and disables the webhook; sending stopped there.
+pub const EXIT_DISABLED: u8 = 7;
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +57,8 @@ pub const EXIT_UNAVAILABLE: u8 = 6;
     after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate), no \
                   request (explain) or an unknown or closed id (dead, exceptions), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
-                  5 Klaviyo refused the API key, 6 Klaviyo unavailable (run; the queue is kept)."
+                  5 Klaviyo refused the API key, 6 Klaviyo unavailable (run; the queue is kept), \
+                  7 the receiver's answer would disable Marketplacer's webhook (replay)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -77,6 +82,7 @@ enum Command {
     Warnings(warnings::Args),
     Schemas(schemas::Args),
     Standin(standin::Args),
+    Replay(replay::Args),
 }
 
 /// Where mappings come from: a folder, or the default set built into the binary, with a
@@ -347,6 +353,7 @@ pub fn main() -> ExitCode {
         Command::Warnings(args) => warnings::execute(args),
         Command::Schemas(args) => schemas::execute(args),
         Command::Standin(args) => standin::execute(args),
+        Command::Replay(args) => replay::execute(args),
     };
     ExitCode::from(code)
 }

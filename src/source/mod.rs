@@ -7,7 +7,8 @@
 //! (`{"data": {"node"}}`). Each becomes one or more
 //! [`Record`]s. Backfill orders are reshaped into the records their webhooks would have carried
 //! (see [`backfill`]) so that one set of mappings serves both and the same fact gets the same
-//! key. Nothing here knows Klaviyo.
+//! key. [`webhook`] is the same deliveries on the wire: the request Marketplacer sends for one,
+//! and its HMAC signature. Nothing here knows Klaviyo.
 
 pub mod backfill;
 mod reader;
