@@ -508,3 +508,67 @@ async fn a_store_that_does_not_take_the_write_is_answered_503_and_the_resend_is_
     assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
     h.stop().await;
 }
+
+/// `replay` drives `serve` as Marketplacer would: every sample capture, signed, is answered 200
+/// and nothing is disabled; what the receiver stored is what a batch `run` of the same file
+/// stores; sent again, every delivery is a repeat and nothing is queued twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_drives_serve_as_marketplacer_would() {
+    use marketsync::replay::{Delivery, Options, replay_all};
+    use marketsync::source::webhook::{Defaults, outgoing};
+    let secret = "whsec-replay-test";
+    let h = start(
+        Secrets::new(Some(secret), None).unwrap(),
+        ServeConfig::default(),
+    )
+    .await;
+    let text = std::fs::read_to_string(common::repo("examples/orders.ndjson")).unwrap();
+    let deliveries: Vec<Delivery> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| Delivery {
+            origin: format!("orders.ndjson:{}", n + 1),
+            outgoing: outgoing(line, &Defaults::default()).unwrap(),
+        })
+        .collect();
+    let options = || Options {
+        concurrency: 4,
+        secret: Some(secret.as_bytes().to_vec()),
+        backoff_base: Duration::from_millis(50),
+        max_attempts: 3,
+        ..Options::default()
+    };
+    let url: reqwest::Url = format!("{}{WEBHOOK_PATH}", h.url).parse().unwrap();
+    let summary = replay_all(url.clone(), options(), deliveries.clone()).await;
+    assert_eq!(summary.accepted, deliveries.len() as u64, "{summary:?}");
+    assert!(summary.failed.is_empty() && summary.disabled_at.is_none());
+    // The same deliveries taken in by a batch intake give the same inbox.
+    let engine = common::engine();
+    let batch = std::sync::Mutex::new(Store::in_memory().unwrap());
+    let report = marketsync::sync::intake(
+        &engine,
+        &batch,
+        &[marketsync::source::Input::File(common::repo(
+            "examples/orders.ndjson",
+        ))],
+        1,
+        &mut Vec::new(),
+        &std::sync::atomic::AtomicBool::new(false),
+        &std::sync::atomic::AtomicUsize::new(0),
+    )
+    .unwrap();
+    assert_eq!(
+        h.count("inbox") as usize,
+        report.records - report.repeated,
+        "{report:?}"
+    );
+    let queued = h.count("outbox");
+    assert!(queued > 0);
+    // Marketplacer retries everything (a lost answer): all repeats, nothing queued again.
+    let again = replay_all(url, options(), deliveries.clone()).await;
+    assert_eq!(again.accepted, deliveries.len() as u64);
+    assert_eq!(h.count("outbox"), queued);
+    assert!(h.placed_orders_within(Duration::from_secs(10)).await > 0);
+    h.stop().await;
+}
