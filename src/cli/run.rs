@@ -39,8 +39,9 @@ pub(super) struct SinkArgs {
     /// endpoint get through is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_attempts: u32,
-    /// Seconds an endpoint may answer nothing but timeouts, 5xx or 429 before the run stops
-    /// sending to it, keeps its queue and exits 6 (Klaviyo unavailable).
+    /// Seconds an endpoint may answer nothing but timeouts, 5xx or 429 before it counts as
+    /// unavailable: its queue is kept, and `run` exits 6 (Klaviyo unavailable) while `serve`
+    /// probes it now and then until it answers.
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     outage_window: f64,
     /// Seconds before a request to Klaviyo times out.
