@@ -5,6 +5,7 @@
 
 use super::{EXIT_IO, EXIT_OK, EXIT_USAGE, MappingArgs};
 use marketsync::engine::Engine;
+use marketsync::spec::MappingSet;
 use marketsync::testing::{cases, fixtures};
 use std::path::{Path, PathBuf};
 
@@ -195,16 +196,7 @@ fn scaffold(
         }
     }
     // The snapshot is what the new client's mappings make of the fixture, so `test` passes.
-    let engine = match Engine::compile(mappings.read_set()) {
-        Ok((engine, _)) => engine,
-        Err(problems) => {
-            eprintln!("{problems:#}");
-            return Err((
-                super::EXIT_BAD_MAPPINGS,
-                "the scaffold does not load (a bug in marketsync init)".into(),
-            ));
-        }
-    };
+    let engine = compile_scaffold(mappings.read_set())?;
     let checked = fixtures::check(&engine, &dir.join("fixtures"), snapshots)
         .map_err(|e| (EXIT_IO, format!("cannot read the fixtures: {e}")))?;
     for item in checked {
@@ -219,20 +211,24 @@ fn scaffold(
     Ok(created)
 }
 
+/// The scaffold's mappings compiled; a scaffold that does not load is a bug of `init`'s own.
+fn compile_scaffold(set: MappingSet) -> Result<Engine, (u8, String)> {
+    Engine::compile(set)
+        .map(|(engine, _)| engine)
+        .map_err(|problems| {
+            eprintln!("{problems:#}");
+            (
+                super::EXIT_BAD_MAPPINGS,
+                "the scaffold does not load (a bug in marketsync init)".into(),
+            )
+        })
+}
+
 /// The base mappings whose own tests fail for the client in `dir`.
 fn failing_base_tests(mappings: &MappingArgs, dir: &Path) -> Result<Vec<String>, (u8, String)> {
     let set = mappings.read_set();
     let (cases, files) = cases::collect(&set);
-    let engine = match Engine::compile(set) {
-        Ok((engine, _)) => engine,
-        Err(problems) => {
-            eprintln!("{problems:#}");
-            return Err((
-                super::EXIT_BAD_MAPPINGS,
-                "the scaffold does not load (a bug in marketsync init)".into(),
-            ));
-        }
-    };
+    let engine = compile_scaffold(set)?;
     let own = dir.display().to_string();
     let mut failing: Vec<String> = cases
         .iter()

@@ -829,40 +829,27 @@ impl Sink {
             status,
             after,
         } = failure;
-        if let Some(failing_for) = failing_for {
-            let wait = after.unwrap_or_else(|| {
-                self.backoff(row.attempts)
-                    .max(self.outage_backoff(failing_for))
-            });
-            self.store.lock().expect("store lock").postpone(
-                row.id,
-                now + wait.as_millis() as i64,
-                status,
-                reason,
-                now,
-            )?;
-            self.report.lock().expect("report lock").retried += 1;
-            return Ok(());
-        }
-        if row.attempts + 1 >= self.config.max_attempts {
+        if failing_for.is_none() && row.attempts + 1 >= self.config.max_attempts {
             let gave_up = format!("gave up after {} attempts: {reason}", row.attempts + 1);
-            self.bury(
+            return self.bury(
                 row,
                 "retries-exhausted",
                 gave_up,
                 json!({"last_error": reason, "status": status}),
-            )?;
-        } else {
-            let wait = after.unwrap_or_else(|| self.backoff(row.attempts));
-            self.store.lock().expect("store lock").reschedule(
-                row.id,
-                now + wait.as_millis() as i64,
-                status,
-                reason,
-                now,
-            )?;
-            self.report.lock().expect("report lock").retried += 1;
+            );
         }
+        let wait = after.unwrap_or_else(|| {
+            let backoff = self.backoff(row.attempts);
+            failing_for.map_or(backoff, |f| backoff.max(self.outage_backoff(f)))
+        });
+        let next = now + wait.as_millis() as i64;
+        let mut store = self.store.lock().expect("store lock");
+        match failing_for {
+            Some(_) => store.postpone(row.id, next, status, reason, now)?,
+            None => store.reschedule(row.id, next, status, reason, now)?,
+        }
+        drop(store);
+        self.report.lock().expect("report lock").retried += 1;
         Ok(())
     }
 

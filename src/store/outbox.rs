@@ -160,16 +160,7 @@ impl Store {
         error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.write()?;
-        let changed = tx.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
-             WHERE id = ?1 AND state = 'pending'",
-            params![id, next_attempt_at, error],
-        )?;
-        unless_superseded(&tx, id, changed)?;
-        insert_attempt(&tx, id, now, status, error)?;
-        tx.commit()?;
-        Ok(())
+        self.try_again(id, next_attempt_at, status, error, now, 1)
     }
 
     /// Every attempt recorded for an outbox row, oldest first. Rows sent before attempts were
@@ -200,11 +191,26 @@ impl Store {
         error: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.try_again(id, next_attempt_at, status, error, now, 0)
+    }
+
+    /// [`Store::reschedule`] and [`Store::postpone`]: the row tried again later, its error kept
+    /// and the attempt recorded, with `counted` (1 or 0) added to the attempts that lead to
+    /// giving up.
+    fn try_again(
+        &mut self,
+        id: i64,
+        next_attempt_at: i64,
+        status: Option<u16>,
+        error: &str,
+        now: i64,
+        counted: u32,
+    ) -> Result<(), StoreError> {
         let tx = self.write()?;
         let changed = tx.execute(
-            "UPDATE outbox SET next_attempt_at = ?2, last_error = ?3
+            "UPDATE outbox SET attempts = attempts + ?4, next_attempt_at = ?2, last_error = ?3
              WHERE id = ?1 AND state = 'pending'",
-            params![id, next_attempt_at, error],
+            params![id, next_attempt_at, error, counted],
         )?;
         unless_superseded(&tx, id, changed)?;
         insert_attempt(&tx, id, now, status, error)?;
