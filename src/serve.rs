@@ -15,7 +15,7 @@
 
 use crate::engine::Engine;
 use crate::sink::{Sink, SinkError, now_ms};
-use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets};
+use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets, TOKEN_HEADER};
 use crate::spec::Lane;
 use crate::store::Store;
 use crate::sync;
@@ -172,7 +172,9 @@ impl Receiver {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let kept_headers = webhook::kept_headers(header);
         let sequence = header("Marketplacer-Sequence").map(str::to_owned);
-        if let Err(refusal) = verifier.finish(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes())) {
+        let presented = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        if let Err(refusal) = verifier.finish(presented(SIGNATURE_HEADER), presented(TOKEN_HEADER))
+        {
             // Counted and logged without the body; nothing is kept. A 503 rather than a 4xx:
             // a mis-rotated secret must not get the webhook disabled.
             eprintln!(

@@ -231,6 +231,38 @@ async fn a_missing_or_wrong_signature_is_503_and_nothing_is_kept_and_rotation_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seller_webhook_with_its_static_token_is_taken_and_a_wrong_token_is_503() {
+    // Seller webhooks cannot be signed; they carry a static header set up in Marketplacer.
+    let secrets = Secrets::new(Some("operator-secret"), None)
+        .unwrap()
+        .with_tokens(Some("seller-token"), Some("old-seller-token"))
+        .unwrap();
+    let h = start(secrets, ServeConfig::default()).await;
+    let (headers, body) = first_order();
+    let mut headers = borrowed(&headers);
+
+    headers.push(("X-Marketsync-Token", "seller-tokem"));
+    let wrong = h.post(&headers, body.clone()).await;
+    assert_eq!(wrong.status(), 503);
+    assert!(wrong.headers().contains_key("retry-after"));
+    assert_eq!(wrong.text().await.unwrap().trim(), "token wrong");
+    headers.pop();
+    let missing = h.post(&headers, body.clone()).await;
+    assert_eq!(missing.text().await.unwrap().trim(), "signature missing");
+    assert_eq!((h.count("inbox"), h.count("dead_letter")), (0, 0));
+
+    headers.push(("X-Marketsync-Token", "old-seller-token"));
+    assert_eq!(h.post(&headers, body.clone()).await.status(), 200);
+    headers.pop();
+    headers.push(("X-Marketsync-Token", "seller-token"));
+    let repeat = h.post(&headers, body).await;
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(h.count("inbox"), 1);
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_a_dead_letter_with_its_headers_size_and_first_kib() {
     let config = ServeConfig {
         body_limit: 4096,
@@ -409,6 +441,8 @@ fn serve_help_names_every_variable_it_reads() {
         "KLAVIYO_BASE_URL",
         "MARKETPLACER_WEBHOOK_SECRET",
         "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS",
+        "MARKETPLACER_WEBHOOK_TOKEN",
+        "MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS",
         "MARKETSYNC_MAPPINGS",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
@@ -431,6 +465,16 @@ fn serve_refuses_an_empty_secret_and_a_held_state_file_without_printing_secrets(
     let stderr = String::from_utf8_lossy(&empty.stderr);
     assert!(stderr.contains("MARKETPLACER_WEBHOOK_SECRET"), "{stderr}");
     assert!(!stderr.contains("old-secret-value"), "{stderr}");
+    let empty_token = common::marketsync()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+        .env("MARKETPLACER_WEBHOOK_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(empty_token.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&empty_token.stderr);
+    assert!(stderr.contains("MARKETPLACER_WEBHOOK_TOKEN"), "{stderr}");
 
     // One writer per state file: serve takes the lock as run does.
     let _held = marketsync::store::lock::WriterLock::acquire(&state).unwrap();

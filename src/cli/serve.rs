@@ -12,6 +12,10 @@ use std::time::Duration;
 const SECRET_ENV: &str = "MARKETPLACER_WEBHOOK_SECRET";
 /// The variable holding the previous secret, accepted too during a rotation.
 const PREVIOUS_SECRET_ENV: &str = "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS";
+/// The variable holding the token a seller's webhook carries (it cannot be signed).
+const TOKEN_ENV: &str = "MARKETPLACER_WEBHOOK_TOKEN";
+/// The previous token, accepted too during a rotation.
+const PREVIOUS_TOKEN_ENV: &str = "MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS";
 
 /// Receive Marketplacer webhooks over HTTP and send them to Klaviyo, until stopped.
 #[derive(clap::Args)]
@@ -40,6 +44,10 @@ Environment (read, never printed):
   KLAVIYO_BASE_URL                       Klaviyo's base URL (as --klaviyo-url)
   MARKETPLACER_WEBHOOK_SECRET            the webhook's HMAC secret; unset: webhooks are not checked
   MARKETPLACER_WEBHOOK_SECRET_PREVIOUS   the previous secret, also accepted during a rotation
+  MARKETPLACER_WEBHOOK_TOKEN             the value of the X-Marketsync-Token header that seller
+                                         webhooks (which cannot be signed) carry; a webhook is
+                                         taken when its signature or its token is right
+  MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS    the previous token, also accepted during a rotation
   MARKETSYNC_MAPPINGS                    the mapping folder when --mappings is left out
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
@@ -87,6 +95,14 @@ pub fn execute(args: Args) -> u8 {
         Ok(secrets) => secrets,
         Err(problem) => {
             eprintln!("error: {SECRET_ENV} / {PREVIOUS_SECRET_ENV}: {problem} (not printed)");
+            return EXIT_USAGE;
+        }
+    };
+    let (current, previous) = (secret(TOKEN_ENV), secret(PREVIOUS_TOKEN_ENV));
+    let secrets = match secrets.with_tokens(current.as_deref(), previous.as_deref()) {
+        Ok(secrets) => secrets,
+        Err(problem) => {
+            eprintln!("error: {TOKEN_ENV} / {PREVIOUS_TOKEN_ENV}: {problem} (not printed)");
             return EXIT_USAGE;
         }
     };

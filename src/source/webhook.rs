@@ -5,6 +5,11 @@
 //! re-serialised body, and compared in constant time (`hmac`'s `verify_slice` checks the
 //! length first, then compares with `subtle`). During a rotation two secrets are accepted.
 //!
+//! A seller's webhook cannot be signed ("HMAC is currently only available on Operator
+//! webhooks"), but it can carry static headers; a receiver then checks a token in
+//! [`TOKEN_HEADER`], also in constant time, also with a previous one during a rotation. A
+//! webhook is taken when either credential it carries is right.
+//!
 //! The sending side lives here too: [`outgoing`] builds, from a captured delivery, the request
 //! Marketplacer would send (`marketsync replay`), and [`sign`] signs it, so that sender and
 //! receiver share one definition of the signature and cannot drift apart.
@@ -17,9 +22,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "Marketplacer-Hmac-256";
+/// The static header a seller's webhook carries instead of a signature.
+pub const TOKEN_HEADER: &str = "X-Marketsync-Token";
 /// Marketplacer's client, as its deliveries name it.
 pub const USER_AGENT: &str = "Marketplacer Client/1.0.0";
 /// The headers of a capture sent again as they were captured; every other captured header is
@@ -40,16 +48,23 @@ pub const KEPT_HEADERS: &[&str] = &[
     "User-Agent",
 ];
 
-/// The secrets a signature may be made with: the current one, and the previous one while a
-/// rotation is under way. Empty when webhooks are not signed. `Debug` shows no secret.
+/// The secrets a signature may be made with, and the tokens a seller's webhook may carry: the
+/// current one of each, and the previous one while a rotation is under way. Empty when
+/// webhooks are not checked. `Debug` shows no secret.
 #[derive(Clone, Default)]
 pub struct Secrets {
     keys: Vec<Vec<u8>>,
+    tokens: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} configured)", self.keys.len())
+        write!(
+            f,
+            "Secrets({} secrets, {} tokens configured)",
+            self.keys.len(),
+            self.tokens.len()
+        )
     }
 }
 
@@ -59,6 +74,10 @@ pub enum Refusal {
     Missing,
     /// Not base64, or not made with any configured secret.
     Wrong,
+    /// Only tokens are configured, and the webhook carries none.
+    TokenMissing,
+    /// The token is none of the configured ones.
+    TokenWrong,
 }
 
 impl Refusal {
@@ -66,30 +85,61 @@ impl Refusal {
         match self {
             Refusal::Missing => "signature missing",
             Refusal::Wrong => "signature wrong",
+            Refusal::TokenMissing => "token missing",
+            Refusal::TokenWrong => "token wrong",
         }
     }
+}
+
+/// The current and previous value of one credential, checked as [`Secrets::new`] says.
+fn credentials(
+    current: Option<&str>,
+    previous: Option<&str>,
+) -> Result<Vec<Vec<u8>>, &'static str> {
+    if current.is_none() && previous.is_some() {
+        return Err("a previous value is set without a current one");
+    }
+    let mut values = Vec::new();
+    for value in [current, previous].into_iter().flatten() {
+        if value.trim().is_empty() {
+            return Err("is set but empty");
+        }
+        values.push(value.as_bytes().to_vec());
+    }
+    Ok(values)
 }
 
 impl Secrets {
     /// The current secret and, during a rotation, the previous one. An empty secret is refused
     /// (an empty key would make signatures anyone can compute).
     pub fn new(current: Option<&str>, previous: Option<&str>) -> Result<Secrets, &'static str> {
-        if current.is_none() && previous.is_some() {
-            return Err("a previous secret is set without a current one");
-        }
-        let mut keys = Vec::new();
-        for secret in [current, previous].into_iter().flatten() {
-            if secret.trim().is_empty() {
-                return Err("is set but empty");
-            }
-            keys.push(secret.as_bytes().to_vec());
-        }
-        Ok(Secrets { keys })
+        Ok(Secrets {
+            keys: credentials(current, previous)?,
+            tokens: Vec::new(),
+        })
     }
 
-    /// Whether webhooks must be signed.
+    /// These secrets, and the token a seller's webhook carries in [`TOKEN_HEADER`] (current
+    /// and previous), refused when empty as a secret is.
+    pub fn with_tokens(
+        self,
+        current: Option<&str>,
+        previous: Option<&str>,
+    ) -> Result<Secrets, &'static str> {
+        Ok(Secrets {
+            tokens: credentials(current, previous)?,
+            ..self
+        })
+    }
+
+    /// Whether webhooks must be signed (or carry a token).
     pub fn configured(&self) -> bool {
-        !self.keys.is_empty()
+        !self.keys.is_empty() || !self.tokens.is_empty()
+    }
+
+    /// Whether a seller's token is accepted.
+    pub fn tokens_configured(&self) -> bool {
+        !self.tokens.is_empty()
     }
 
     /// A check of one body, fed as it arrives.
@@ -100,20 +150,23 @@ impl Secrets {
                 .iter()
                 .map(|k| Hmac::<Sha256>::new_from_slice(k).expect("HMAC takes any key length"))
                 .collect(),
+            tokens: self.tokens.clone(),
         }
     }
 
-    /// Checks a whole body against the header's value (`None` when the header is absent).
+    /// Checks a whole body against the signature header's value (`None` when the header is
+    /// absent).
     pub fn verify(&self, body: &[u8], signature: Option<&[u8]>) -> Result<(), Refusal> {
         let mut verifier = self.verifier();
         verifier.update(body);
-        verifier.finish(signature)
+        verifier.finish(signature, None)
     }
 }
 
-/// The running HMACs of one body, one per secret.
+/// The running HMACs of one body, one per secret, and the tokens a seller's webhook may carry.
 pub struct Verifier {
     macs: Vec<Hmac<Sha256>>,
+    tokens: Vec<Vec<u8>>,
 }
 
 impl Verifier {
@@ -123,30 +176,54 @@ impl Verifier {
         }
     }
 
-    /// Accepts when no secret is configured, or when the signature is base64 of the HMAC with
-    /// any configured secret (compared in constant time, its length included).
-    pub fn finish(self, signature: Option<&[u8]>) -> Result<(), Refusal> {
-        if self.macs.is_empty() {
+    /// Accepts when nothing is configured, when the signature is base64 of the HMAC with any
+    /// configured secret, or when the token (the [`TOKEN_HEADER`] value) is a configured one;
+    /// each compared in constant time. A refusal names the credential the webhook carried.
+    pub fn finish(self, signature: Option<&[u8]>, token: Option<&[u8]>) -> Result<(), Refusal> {
+        let (signing, tokens) = (!self.macs.is_empty(), !self.tokens.is_empty());
+        if !signing && !tokens {
             return Ok(());
         }
-        let signature = signature
-            .map(<[u8]>::trim_ascii)
-            .filter(|s| !s.is_empty())
-            .ok_or(Refusal::Missing)?;
-        let tag = base64::engine::general_purpose::STANDARD
-            .decode(signature)
-            .map_err(|_| Refusal::Wrong)?;
-        // Every secret is tried, whichever matches, so the time taken does not say which.
-        let mut accepted = false;
-        for mac in self.macs {
-            accepted |= mac.verify_slice(&tag).is_ok();
+        fn present(value: Option<&[u8]>) -> Option<&[u8]> {
+            value.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty())
         }
-        if accepted {
-            Ok(())
-        } else {
-            Err(Refusal::Wrong)
+        let signature = present(signature).filter(|_| signing);
+        let token = present(token).filter(|_| tokens);
+        if let Some(token) = token {
+            // Every token is compared, whichever matches, so the time taken does not say which.
+            let known = self.tokens.iter().fold(false, |found, known| {
+                found | bool::from(known.as_slice().ct_eq(token))
+            });
+            if known {
+                return Ok(());
+            }
         }
+        if let Some(signature) = signature
+            && signed_by_any(self.macs, signature)
+        {
+            return Ok(());
+        }
+        Err(match (signature, token) {
+            (Some(_), _) => Refusal::Wrong,
+            (None, Some(_)) => Refusal::TokenWrong,
+            (None, None) if signing => Refusal::Missing,
+            (None, None) => Refusal::TokenMissing,
+        })
     }
+}
+
+/// Whether `signature` is base64 of the body's HMAC with any of the secrets (compared in
+/// constant time, its length included).
+fn signed_by_any(macs: Vec<Hmac<Sha256>>, signature: &[u8]) -> bool {
+    let Ok(tag) = base64::engine::general_purpose::STANDARD.decode(signature) else {
+        return false;
+    };
+    // Every secret is tried, whichever matches, so the time taken does not say which.
+    let mut accepted = false;
+    for mac in macs {
+        accepted |= mac.verify_slice(&tag).is_ok();
+    }
+    accepted
 }
 
 /// The signature of `body` with `secret`, as Marketplacer sends it:
@@ -167,9 +244,12 @@ pub fn verify(secrets: &[&[u8]], body: &[u8], header: &str) -> bool {
         .map(|s| s.to_vec())
         .collect();
     !keys.is_empty()
-        && Secrets { keys }
-            .verify(body, Some(header.as_bytes()))
-            .is_ok()
+        && Secrets {
+            keys,
+            tokens: Vec::new(),
+        }
+        .verify(body, Some(header.as_bytes()))
+        .is_ok()
 }
 
 /// The kept headers of a request, as a capture's `headers` object. `get` looks a header up by
@@ -337,6 +417,84 @@ mod tests {
         );
     }
 
+    fn check(
+        secrets: &Secrets,
+        body: &[u8],
+        signature: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let mut verifier = secrets.verifier();
+        verifier.update(body);
+        verifier.finish(signature.map(str::as_bytes), token.map(str::as_bytes))
+    }
+
+    #[test]
+    fn a_seller_token_is_accepted_in_place_of_a_signature() {
+        let body = br#"{"id":"E1"}"#;
+        let tokens_only = Secrets::default()
+            .with_tokens(Some("t-new"), Some("t-old"))
+            .unwrap();
+        assert!(tokens_only.configured());
+        assert_eq!(check(&tokens_only, body, None, Some("t-new")), Ok(()));
+        assert_eq!(check(&tokens_only, body, None, Some(" t-old\n")), Ok(()));
+        assert_eq!(
+            check(&tokens_only, body, None, Some("t-ne")),
+            Err(Refusal::TokenWrong)
+        );
+        assert_eq!(
+            check(&tokens_only, body, None, Some("t-newer")),
+            Err(Refusal::TokenWrong)
+        );
+        assert_eq!(
+            check(&tokens_only, body, None, Some("")),
+            Err(Refusal::TokenMissing)
+        );
+        assert_eq!(
+            check(&tokens_only, body, None, None),
+            Err(Refusal::TokenMissing)
+        );
+        // A signature means nothing when no secret is set; the token is still needed.
+        let signed = sign("t-new", body);
+        assert_eq!(
+            check(&tokens_only, body, Some(&signed), None),
+            Err(Refusal::TokenMissing)
+        );
+
+        // Operator webhooks signed, seller webhooks with a token, to the same receiver.
+        let both = secrets("s3cret", None)
+            .with_tokens(Some("t-new"), None)
+            .unwrap();
+        let signed = sign("s3cret", body);
+        assert_eq!(check(&both, body, Some(&signed), None), Ok(()));
+        assert_eq!(check(&both, body, None, Some("t-new")), Ok(()));
+        assert_eq!(check(&both, body, Some("AA=="), None), Err(Refusal::Wrong));
+        assert_eq!(
+            check(&both, body, Some("AA=="), Some("nope")),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(
+            check(&both, body, None, Some("nope")),
+            Err(Refusal::TokenWrong)
+        );
+        assert_eq!(check(&both, body, None, None), Err(Refusal::Missing));
+        // Unsigned receivers take a token-less webhook, as before.
+        assert_eq!(check(&Secrets::default(), body, None, Some("x")), Ok(()));
+    }
+
+    #[test]
+    fn empty_tokens_are_refused_and_debug_shows_none() {
+        assert!(Secrets::default().with_tokens(Some("  "), None).is_err());
+        assert!(Secrets::default().with_tokens(None, Some("old")).is_err());
+        let s = secrets("s3cret", None)
+            .with_tokens(Some("t-new"), None)
+            .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t-new"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn empty_short_or_missing_signatures_are_refused() {
         let body = b"{}";
@@ -360,7 +518,7 @@ mod tests {
         assert!(Secrets::new(None, Some("old")).is_err());
         assert_eq!(
             format!("{:?}", secrets("hush", None)),
-            "Secrets(1 configured)"
+            "Secrets(1 secrets, 0 tokens configured)"
         );
     }
 
