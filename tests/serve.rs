@@ -380,7 +380,8 @@ fn sigterm_stops_serve_with_exit_0() {
             stderr.read_line(&mut line).unwrap() > 0,
             "serve ended early"
         );
-        if let Some(rest) = line.strip_prefix("serve: listening on http://") {
+        // The human log line: `… INFO listening webhooks="http://ADDR/webhooks/marketplacer" …`.
+        if let Some((_, rest)) = line.split_once(" listening webhooks=\"http://") {
             break rest.split('/').next().unwrap().to_owned();
         }
     };
@@ -393,7 +394,7 @@ fn sigterm_stops_serve_with_exit_0() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(started.elapsed() < Duration::from_secs(26), "{rest}");
-    assert!(rest.contains("serve: stopped"), "{rest}");
+    assert!(rest.contains(" stopped exit=0"), "{rest}");
 }
 
 #[test]
@@ -410,6 +411,8 @@ fn serve_help_names_every_variable_it_reads() {
         "MARKETPLACER_WEBHOOK_SECRET",
         "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS",
         "MARKETSYNC_MAPPINGS",
+        "MARKETSYNC_LOG_FORMAT",
+        "MARKETSYNC_LOG",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
