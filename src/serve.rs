@@ -59,6 +59,13 @@ pub struct ServeConfig {
     /// still going are then dropped (they stay queued and are sent again later, and Klaviyo
     /// deduplicates by `unique_id`).
     pub sender_grace: Duration,
+    /// Longest a client may take to send a request's headers (on a kept-alive connection:
+    /// from the previous answer) before it is disconnected. Without it a client that sends
+    /// nothing holds a connection for ever.
+    pub header_timeout: Duration,
+    /// How often a refused API key is logged again while it lasts: an error said once, hours
+    /// ago, is easily missed while webhooks keep being answered 200.
+    pub refusal_reminder: Duration,
 }
 
 impl Default for ServeConfig {
@@ -69,6 +76,8 @@ impl Default for ServeConfig {
             max_in_flight: 64,
             retry_after_secs: 60,
             sender_grace: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(5),
+            refusal_reminder: Duration::from_secs(60),
         }
     }
 }
@@ -480,8 +489,17 @@ async fn readyz(State(receiver): State<Arc<Receiver>>) -> Response {
     let store = Arc::clone(&receiver.store);
     let check =
         tokio::task::spawn_blocking(move || store.lock().expect("store lock").check_writable());
+    // Ready means webhooks are taken without loss, which a refused key does not change: the
+    // queue is kept for when the key is fixed. The body says that sending has stopped.
+    let sending = match receiver.sink.as_ref().and_then(|sink| sink.refused()) {
+        Some(SinkError::KeyRefused { status, .. }) => format!(
+            "; sending stopped: Klaviyo refused the API key ({status}), webhooks are still \
+             kept; fix the key and restart"
+        ),
+        _ => String::new(),
+    };
     match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(Ok(()))) => (StatusCode::OK, format!("ready{sending}\n")).into_response(),
         Ok(Ok(Err(err))) => not_ready(&format!("store: {err}")),
         _ => not_ready("store did not answer"),
     }
@@ -501,6 +519,69 @@ pub fn admin_router(receiver: Arc<Receiver>) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(receiver)
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then lets each connection finish the
+/// request it is answering. This is `axum::serve` plus a header-read timeout, which it does not
+/// offer: a client slower than `header_timeout` to send its headers is disconnected (no answer:
+/// there is no request to answer).
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The client gave up before it was accepted.
+                Err(err) if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, most likely: wait for some to close (as axum does).
+                Err(err) => {
+                    error!("cannot accept a connection: {err}; trying again in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let watched = connections.watch(connection);
+        tokio::spawn(async move {
+            // A connection that ends badly (a timeout, a reset) is the client's business.
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Logs a refused API key again every `every` while it lasts (the sender logged it once when it
+/// happened): webhooks are still answered 200, so nothing else would show that nothing is sent.
+async fn remind_of_refusal(sink: Arc<Sink>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        if let Some(SinkError::KeyRefused { status, .. }) = sink.refused() {
+            error!(
+                status,
+                "sending is still stopped: Klaviyo refused the API key; webhooks are still \
+                 received and kept, nothing is sent until the key is fixed and serve restarted"
+            );
+        }
+    }
 }
 
 /// Serves webhooks on `listener` (and health on `admin`, or on `listener` when `None`) and
@@ -540,28 +621,28 @@ pub async fn serve(
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let header_timeout = config.header_timeout;
     let main_app = match admin {
         Some(admin) => {
             let app = admin_router(Arc::clone(&receiver));
             let stopped = wait(admin_stop_rx.clone());
-            tokio::spawn(async move {
-                axum::serve(admin, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            });
+            tokio::spawn(serve_http(admin, app, header_timeout, stopped));
             router(Arc::clone(&receiver))
         }
         None => admin_router(Arc::clone(&receiver)).merge(router(Arc::clone(&receiver))),
     };
-    let main = tokio::spawn({
-        let stopped = wait(draining_rx.clone());
-        async move {
-            axum::serve(listener, main_app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    });
+    let main = tokio::spawn(serve_http(
+        listener,
+        main_app,
+        header_timeout,
+        wait(draining_rx.clone()),
+    ));
+    let reminder = tokio::spawn(remind_of_refusal(
+        Arc::clone(&sink),
+        config.refusal_reminder,
+    ));
     shutdown.await;
+    reminder.abort();
     info!(
         within_s = config.shutdown_bound().as_secs(),
         "shutting down: new webhooks and /readyz answered 503"

@@ -575,3 +575,40 @@ async fn replay_drives_serve_as_marketplacer_would() {
     assert!(h.placed_orders_within(Duration::from_secs(10)).await > 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slow_to_send_its_headers_is_disconnected_while_others_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServeConfig {
+        header_timeout: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
+    let h = start(Secrets::default(), config).await;
+    let address = h.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(format!("POST {WEBHOOK_PATH} HT").as_bytes())
+        .await
+        .unwrap();
+    let silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Meanwhile a webhook on another connection is answered as usual.
+    let (headers, body) = first_order();
+    assert_eq!(h.post(&borrowed(&headers), body).await.status(), 200);
+    for (what, mut stream) in [("half a request line", slow), ("nothing", silent)] {
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "a client that sent {what} was still connected after 5 s"
+        );
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "disconnected after {took:?}, not at the 1 s header timeout"
+    );
+    assert_eq!(h.count("inbox"), 1);
+    h.stop().await;
+}

@@ -51,6 +51,12 @@ Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
 while shutting down), on --admin-listen, else on --listen.
 
+A client that has not sent a request's headers within --header-timeout is disconnected.
+
+Klaviyo refusing the API key (401/403) stops sending but not receiving: webhooks are still
+answered 200 and kept, /readyz stays 200 and its body says sending stopped, and the refusal is
+logged as an error when it happens and again every minute; at shutdown serve exits 5.
+
 SIGTERM or SIGINT: /readyz and new webhooks answer 503, webhooks in flight finish (at most
 --deadline), the sender finishes its Klaviyo calls in flight (at most 15 s; what is unfinished
 stays queued), and the process exits 0: within --deadline + 16 s in all.
@@ -96,6 +102,10 @@ pub struct Args {
     /// Webhooks handled at once; more are answered 503.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_in_flight: usize,
+    /// Seconds a client may take to send a request's headers (or, on a kept-alive connection,
+    /// to start the next request) before it is disconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    header_timeout: f64,
     #[command(flatten)]
     sink: SinkArgs,
     /// How log events are written on stderr: human lines, or one JSON object a line.
@@ -170,6 +180,16 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     };
+    let Some(header_timeout) = Duration::try_from_secs_f64(args.header_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+    else {
+        error!(
+            "--header-timeout must be more than 0 seconds, not {}",
+            args.header_timeout
+        );
+        return EXIT_USAGE;
+    };
     let (sink_config, redactor) = match try_sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
         Err(message) => {
@@ -181,6 +201,7 @@ pub fn execute(args: Args) -> u8 {
         body_limit: args.max_body,
         deadline,
         max_in_flight: args.max_in_flight.max(1),
+        header_timeout,
         ..ServeConfig::default()
     };
     let opened = args.state.try_lock().and_then(|lock| {
@@ -238,6 +259,7 @@ pub fn execute(args: Args) -> u8 {
             max_body = config.body_limit,
             deadline_ms = config.deadline.as_millis() as u64,
             max_in_flight = config.max_in_flight,
+            header_timeout_ms = config.header_timeout.as_millis() as u64,
             "listening"
         );
         let sink = Sink::new(sink_config, Arc::clone(&store));
