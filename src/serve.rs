@@ -335,7 +335,7 @@ impl Receiver {
         // SQLite is blocking work; the deadline around this call still answers in time if the
         // store is stuck (the commit may then land, and the resend is a duplicate).
         let stored = tokio::task::spawn_blocking(move || {
-            let result = if oversize {
+            if oversize {
                 let text = webhook::oversize_capture(kept_headers, size, &kept);
                 let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
                 store
@@ -361,8 +361,7 @@ impl Receiver {
                 let report = &mut std::io::sink();
                 sync::intake_delivery(&engine, &store, &origin, &capture, not_utf8_at, report)
                     .map(Some)
-            };
-            result
+            }
         })
         .await;
         match stored {
