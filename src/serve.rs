@@ -254,7 +254,13 @@ impl Receiver {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn unavailable(&self, counter: &AtomicU64, outcome: Outcome, why: &str) -> Response {
+    /// A 503 of `outcome` (`unavailable`, `bad_signature` or `shutting_down`), counted.
+    fn unavailable(&self, outcome: Outcome, why: &str) -> Response {
+        let counter = match outcome {
+            Outcome::BadSignature => &self.counters.bad_signature,
+            Outcome::ShuttingDown => &self.counters.shutting_down,
+            _ => &self.counters.unavailable,
+        };
         let answered = Answered {
             outcome,
             reason: Some(why.to_owned()),
@@ -293,11 +299,7 @@ impl Receiver {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 // The sender went away or broke the body: it sends it again.
-                return self.unavailable(
-                    &self.counters.unavailable,
-                    Outcome::Unavailable,
-                    "body not read",
-                );
+                return self.unavailable(Outcome::Unavailable, "body not read");
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -319,11 +321,7 @@ impl Receiver {
         if let Err(refusal) = verifier.finish(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes())) {
             // Counted and logged without the body; nothing is kept. A 503 rather than a 4xx:
             // a mis-rotated secret must not get the webhook disabled.
-            return self.unavailable(
-                &self.counters.bad_signature,
-                Outcome::BadSignature,
-                refusal.as_str(),
-            );
+            return self.unavailable(Outcome::BadSignature, refusal.as_str());
         }
         let origin = match &sequence {
             Some(sequence) => format!("webhook seq {sequence}"),
@@ -425,37 +423,20 @@ async fn answer(
     body: Body,
     seen: &mut Seen,
 ) -> Response {
-    let unavailable = Outcome::Unavailable;
     if method != Method::POST {
         // Not a 405: any 4xx could disable the webhook if Marketplacer ever met it.
-        return receiver.unavailable(
-            &receiver.counters.unavailable,
-            unavailable,
-            "POST webhooks here",
-        );
+        return receiver.unavailable(Outcome::Unavailable, "POST webhooks here");
     }
     if receiver.draining.load(Ordering::SeqCst) {
-        return receiver.unavailable(
-            &receiver.counters.shutting_down,
-            Outcome::ShuttingDown,
-            "shutting down",
-        );
+        return receiver.unavailable(Outcome::ShuttingDown, "shutting down");
     }
     let Ok(_permit) = receiver.in_flight.try_acquire() else {
-        return receiver.unavailable(
-            &receiver.counters.unavailable,
-            unavailable,
-            "too many in flight",
-        );
+        return receiver.unavailable(Outcome::Unavailable, "too many in flight");
     };
     let deadline = receiver.config.deadline;
     match tokio::time::timeout(deadline, receiver.take(headers, body, seen)).await {
         Ok(response) => response,
-        Err(_) => receiver.unavailable(
-            &receiver.counters.unavailable,
-            unavailable,
-            "deadline reached",
-        ),
+        Err(_) => receiver.unavailable(Outcome::Unavailable, "deadline reached"),
     }
 }
 
@@ -467,7 +448,6 @@ async fn elsewhere(
     // A misconfigured webhook URL must not get the webhook disabled: 503, and it retries.
     let started = Instant::now();
     let response = receiver.unavailable(
-        &receiver.counters.unavailable,
         Outcome::Unavailable,
         &format!("no such path: {}", uri.path()),
     );
