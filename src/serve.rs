@@ -585,7 +585,11 @@ pub async fn serve(
             let never_done = Arc::clone(&never_done);
             tokio::spawn(async move {
                 let result = sink.drain_lane(lane, never_done).await;
-                if let Err(err) = &result {
+                // A refused key was logged by the sender when it happened, and is again while
+                // it lasts (`remind_of_refusal`); each lane saying so too would add nothing.
+                if let Err(err) = &result
+                    && !matches!(err, SinkError::KeyRefused { .. })
+                {
                     error!(
                         lane = lane.as_str(),
                         "sending stopped: {err}; webhooks are still received and kept"
