@@ -10,8 +10,13 @@
 //! answer 200 before the commit. Whatever Marketplacer cannot fix by sending again (a body that
 //! is not JSON, a type no mapping reads, a body over the limit) is kept and answered 200; what
 //! a later attempt may get through (a bad signature while a secret is being rotated, a busy
-//! store, shutdown) is answered 503 with `Retry-After` and nothing kept. The body of a refused
-//! request is never logged.
+//! store, shutdown) is answered 503 with `Retry-After` and nothing kept.
+//!
+//! Each answered webhook is one log event (`tracing`) with structured fields, so an operator
+//! can count outcomes and follow a delivery by its idempotency key. A log line is read by more
+//! people and kept longer than the state file, so it never carries a secret, a body (not even
+//! its first bytes) or a mapping's messages (they quote emails and phones): those stay in the
+//! store, behind `marketsync dead show` and `warnings list`.
 
 use crate::engine::Engine;
 use crate::sink::{Sink, SinkError, now_ms};
@@ -29,9 +34,10 @@ use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tracing::{error, info, warn};
 
 /// The path Marketplacer posts to.
 pub const WEBHOOK_PATH: &str = "/webhooks/marketplacer";
@@ -53,6 +59,13 @@ pub struct ServeConfig {
     /// still going are then dropped (they stay queued and are sent again later, and Klaviyo
     /// deduplicates by `unique_id`).
     pub sender_grace: Duration,
+    /// Longest a client may take to send a request's headers (on a kept-alive connection:
+    /// from the previous answer) before it is disconnected. Without it a client that sends
+    /// nothing holds a connection for ever.
+    pub header_timeout: Duration,
+    /// How often a refused API key is logged again while it lasts: an error said once, hours
+    /// ago, is easily missed while webhooks keep being answered 200.
+    pub refusal_reminder: Duration,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +76,8 @@ impl Default for ServeConfig {
             max_in_flight: 64,
             retry_after_secs: 60,
             sender_grace: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(5),
+            refusal_reminder: Duration::from_secs(60),
         }
     }
 }
@@ -93,6 +108,111 @@ pub struct Counters {
 impl Counters {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a webhook was answered: the `outcome` of its log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    /// Kept, but as a dead letter: unreadable, or refused by a mapping.
+    DeadLettered,
+    /// Over the size limit: kept as a dead letter with its headers and first KiB.
+    TooLarge,
+    BadSignature,
+    /// The store failed, the deadline passed, too many were in flight, or not a webhook.
+    Unavailable,
+    ShuttingDown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::TooLarge => "too_large",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Unavailable => "unavailable",
+            Outcome::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// What a response's log event says beyond its status, carried in its extensions from where
+/// the answer is decided to where it is logged.
+#[derive(Debug, Clone)]
+struct Answered {
+    outcome: Outcome,
+    /// Why it was not accepted as is; never the body nor a mapping's message.
+    reason: Option<String>,
+    /// The store failed: logged as an error, not a warning.
+    store_failed: bool,
+}
+
+/// What [`Receiver::take`] learns of a webhook before it is answered, for its log event; kept
+/// outside it so that a webhook cut short by the deadline is still logged with its size.
+#[derive(Debug, Default)]
+struct Seen {
+    size: u64,
+    /// The records' `__typename`s, when the body could be read.
+    delivery_type: Option<String>,
+}
+
+fn with_answer(mut response: Response, answered: Answered) -> Response {
+    response.extensions_mut().insert(answered);
+    response
+}
+
+/// A 200 of `outcome`, for its log event.
+fn answered_200(outcome: Outcome, body: &'static str, reason: Option<String>) -> Response {
+    let answered = Answered {
+        outcome,
+        reason,
+        store_failed: false,
+    };
+    with_answer((StatusCode::OK, body).into_response(), answered)
+}
+
+/// The log event of one answered webhook. Header values are visible ASCII (or left out), so a
+/// client cannot break a log line with them.
+fn log_answer(headers: &HeaderMap, response: &Response, seen: &Seen, took: Duration) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let answered = response.extensions().get::<Answered>();
+    let outcome = answered.map_or("unavailable", |a| a.outcome.as_str());
+    let reason = answered.and_then(|a| a.reason.as_deref());
+    let status = response.status().as_u16();
+    let marketplace = header("Marketplacer-Vertical");
+    let idempotency_key = header("Idempotency-Key");
+    let sequence = header("Marketplacer-Sequence");
+    let delivery_type = seen.delivery_type.as_deref();
+    let size = seen.size;
+    let duration_ms = took.as_millis() as u64;
+    macro_rules! answer_at {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome,
+                status,
+                marketplace,
+                idempotency_key,
+                sequence,
+                delivery_type,
+                size,
+                duration_ms,
+                reason,
+                "webhook answered"
+            )
+        };
+    }
+    match answered {
+        Some(a) if a.store_failed => answer_at!(tracing::Level::ERROR),
+        Some(Answered {
+            outcome: Outcome::Accepted | Outcome::Duplicate,
+            ..
+        }) => answer_at!(tracing::Level::INFO),
+        _ => answer_at!(tracing::Level::WARN),
     }
 }
 
@@ -134,18 +254,43 @@ impl Receiver {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn unavailable(&self, counter: &AtomicU64, why: &str) -> Response {
+    /// A 503 of `outcome` (`unavailable`, `bad_signature` or `shutting_down`), counted.
+    fn unavailable(&self, outcome: Outcome, why: &str) -> Response {
+        let counter = match outcome {
+            Outcome::BadSignature => &self.counters.bad_signature,
+            Outcome::ShuttingDown => &self.counters.shutting_down,
+            _ => &self.counters.unavailable,
+        };
+        let answered = Answered {
+            outcome,
+            reason: Some(why.to_owned()),
+            store_failed: false,
+        };
+        self.answer_503(counter, why, answered)
+    }
+
+    /// A 503 because the store did not take the write; `problem` is logged, not answered.
+    fn store_failed(&self, problem: String) -> Response {
+        let answered = Answered {
+            outcome: Outcome::Unavailable,
+            reason: Some(problem),
+            store_failed: true,
+        };
+        self.answer_503(&self.counters.unavailable, "store unavailable", answered)
+    }
+
+    fn answer_503(&self, counter: &AtomicU64, why: &str, answered: Answered) -> Response {
         Counters::add(counter);
         let mut response = (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(self.config.retry_after_secs),
         );
-        response
+        with_answer(response, answered)
     }
 
     /// One webhook: read, verified, committed; see the module docs for the answers.
-    async fn take(&self, headers: HeaderMap, body: Body) -> Response {
+    async fn take(&self, headers: HeaderMap, body: Body, seen: &mut Seen) -> Response {
         let mut verifier = self.secrets.verifier();
         let limit = self.config.body_limit;
         let mut kept: Vec<u8> = Vec::new();
@@ -154,13 +299,14 @@ impl Receiver {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 // The sender went away or broke the body: it sends it again.
-                return self.unavailable(&self.counters.unavailable, "body not read");
+                return self.unavailable(Outcome::Unavailable, "body not read");
             };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             verifier.update(&data);
             size += data.len() as u64;
+            seen.size = size;
             if kept.len() <= limit {
                 kept.extend_from_slice(&data);
             }
@@ -177,13 +323,7 @@ impl Receiver {
         {
             // Counted and logged without the body; nothing is kept. A 503 rather than a 4xx:
             // a mis-rotated secret must not get the webhook disabled.
-            eprintln!(
-                "serve: webhook refused: {} (vertical {}, idempotency key {}, {size} bytes); answered 503",
-                refusal.as_str(),
-                header("Marketplacer-Vertical").unwrap_or("-"),
-                header("Idempotency-Key").unwrap_or("-"),
-            );
-            return self.unavailable(&self.counters.bad_signature, refusal.as_str());
+            return self.unavailable(Outcome::BadSignature, refusal.as_str());
         }
         let origin = match &sequence {
             Some(sequence) => format!("webhook seq {sequence}"),
@@ -195,11 +335,9 @@ impl Receiver {
         // SQLite is blocking work; the deadline around this call still answers in time if the
         // store is stuck (the commit may then land, and the resend is a duplicate).
         let stored = tokio::task::spawn_blocking(move || {
-            let mut report: Vec<u8> = Vec::new();
-            let result = if oversize {
+            if oversize {
                 let text = webhook::oversize_capture(kept_headers, size, &kept);
                 let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
-                eprintln!("serve: {origin}: rejected: {reason}");
                 store
                     .lock()
                     .expect("store lock")
@@ -218,29 +356,31 @@ impl Receiver {
                     }
                 };
                 let capture = webhook::capture(kept_headers, &text);
-                sync::intake_delivery(&engine, &store, &origin, &capture, not_utf8_at, &mut report)
+                // Its report quotes mappings' messages, which may hold an email or a phone: the
+                // store keeps them; the log has only the summary's categories.
+                let report = &mut std::io::sink();
+                sync::intake_delivery(&engine, &store, &origin, &capture, not_utf8_at, report)
                     .map(Some)
-            };
-            if !report.is_empty() {
-                eprint!("serve: {}", String::from_utf8_lossy(&report));
             }
-            result
         })
         .await;
         match stored {
             Ok(Ok(None)) => {
                 Counters::add(&self.counters.too_large);
                 Counters::add(&self.counters.dead_lettered);
-                (
-                    StatusCode::OK,
+                let reason = format!("body over the limit of {limit} bytes");
+                answered_200(
+                    Outcome::TooLarge,
                     "kept as a dead letter: over the size limit\n",
+                    Some(reason),
                 )
-                    .into_response()
             }
             Ok(Ok(Some(summary))) => {
+                let types: Vec<&str> = summary.types.keys().map(String::as_str).collect();
+                seen.delivery_type = (!types.is_empty()).then(|| types.join(","));
                 if summary.repeated > 0 && summary.repeated == summary.records {
                     Counters::add(&self.counters.duplicate);
-                    return (StatusCode::OK, "duplicate: already received\n").into_response();
+                    return answered_200(Outcome::Duplicate, "duplicate: already received\n", None);
                 }
                 Counters::add(&self.counters.accepted);
                 if !summary.rejected.is_empty() {
@@ -251,16 +391,16 @@ impl Receiver {
                 {
                     sink.wake();
                 }
-                (StatusCode::OK, "received\n").into_response()
+                if summary.rejected.is_empty() {
+                    return answered_200(Outcome::Accepted, "received\n", None);
+                }
+                // The categories only: a mapping's message may quote an email or a phone.
+                let categories: Vec<&str> = summary.rejected.keys().map(String::as_str).collect();
+                let reason = format!("dead letter: {}", categories.join(", "));
+                answered_200(Outcome::DeadLettered, "received\n", Some(reason))
             }
-            Ok(Err(err)) => {
-                eprintln!("serve: webhook not kept: {err}; answered 503");
-                self.unavailable(&self.counters.unavailable, "store unavailable")
-            }
-            Err(_) => {
-                eprintln!("serve: webhook not kept: intake failed; answered 503");
-                self.unavailable(&self.counters.unavailable, "store unavailable")
-            }
+            Ok(Err(err)) => self.store_failed(format!("not kept: {err}")),
+            Err(_) => self.store_failed("not kept: intake failed".to_owned()),
         }
     }
 }
@@ -271,28 +411,50 @@ async fn webhook_handler(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let response = answer(&receiver, method, headers.clone(), body, &mut seen).await;
+    log_answer(&headers, &response, &seen, started.elapsed());
+    response
+}
+
+async fn answer(
+    receiver: &Receiver,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+    seen: &mut Seen,
+) -> Response {
     if method != Method::POST {
         // Not a 405: any 4xx could disable the webhook if Marketplacer ever met it.
-        return receiver.unavailable(&receiver.counters.unavailable, "POST webhooks here");
+        return receiver.unavailable(Outcome::Unavailable, "POST webhooks here");
     }
     if receiver.draining.load(Ordering::SeqCst) {
-        return receiver.unavailable(&receiver.counters.shutting_down, "shutting down");
+        return receiver.unavailable(Outcome::ShuttingDown, "shutting down");
     }
     let Ok(_permit) = receiver.in_flight.try_acquire() else {
-        return receiver.unavailable(&receiver.counters.unavailable, "too many in flight");
+        return receiver.unavailable(Outcome::Unavailable, "too many in flight");
     };
-    match tokio::time::timeout(receiver.config.deadline, receiver.take(headers, body)).await {
+    let deadline = receiver.config.deadline;
+    match tokio::time::timeout(deadline, receiver.take(headers, body, seen)).await {
         Ok(response) => response,
-        Err(_) => {
-            eprintln!("serve: webhook not kept: deadline reached; answered 503");
-            receiver.unavailable(&receiver.counters.unavailable, "deadline reached")
-        }
+        Err(_) => receiver.unavailable(Outcome::Unavailable, "deadline reached"),
     }
 }
 
-async fn elsewhere(State(receiver): State<Arc<Receiver>>) -> Response {
+async fn elsewhere(
+    State(receiver): State<Arc<Receiver>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     // A misconfigured webhook URL must not get the webhook disabled: 503, and it retries.
-    receiver.unavailable(&receiver.counters.unavailable, "no such path")
+    let started = Instant::now();
+    let response = receiver.unavailable(
+        Outcome::Unavailable,
+        &format!("no such path: {}", uri.path()),
+    );
+    log_answer(&headers, &response, &Seen::default(), started.elapsed());
+    response
 }
 
 async fn livez() -> &'static str {
@@ -308,8 +470,17 @@ async fn readyz(State(receiver): State<Arc<Receiver>>) -> Response {
     let store = Arc::clone(&receiver.store);
     let check =
         tokio::task::spawn_blocking(move || store.lock().expect("store lock").check_writable());
+    // Ready means webhooks are taken without loss, which a refused key does not change: the
+    // queue is kept for when the key is fixed. The body says that sending has stopped.
+    let sending = match receiver.sink.as_ref().and_then(|sink| sink.refused()) {
+        Some(SinkError::KeyRefused { status, .. }) => format!(
+            "; sending stopped: Klaviyo refused the API key ({status}), webhooks are still \
+             kept; fix the key and restart"
+        ),
+        _ => String::new(),
+    };
     match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(Ok(()))) => (StatusCode::OK, format!("ready{sending}\n")).into_response(),
         Ok(Ok(Err(err))) => not_ready(&format!("store: {err}")),
         _ => not_ready("store did not answer"),
     }
@@ -329,6 +500,69 @@ pub fn admin_router(receiver: Arc<Receiver>) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(receiver)
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then lets each connection finish the
+/// request it is answering. This is `axum::serve` plus a header-read timeout, which it does not
+/// offer: a client slower than `header_timeout` to send its headers is disconnected (no answer:
+/// there is no request to answer).
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The client gave up before it was accepted.
+                Err(err) if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, most likely: wait for some to close (as axum does).
+                Err(err) => {
+                    error!("cannot accept a connection: {err}; trying again in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let watched = connections.watch(connection);
+        tokio::spawn(async move {
+            // A connection that ends badly (a timeout, a reset) is the client's business.
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Logs a refused API key again every `every` while it lasts (the sender logged it once when it
+/// happened): webhooks are still answered 200, so nothing else would show that nothing is sent.
+async fn remind_of_refusal(sink: Arc<Sink>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        if let Some(SinkError::KeyRefused { status, .. }) = sink.refused() {
+            error!(
+                status,
+                "sending is still stopped: Klaviyo refused the API key; webhooks are still \
+                 received and kept, nothing is sent until the key is fixed and serve restarted"
+            );
+        }
+    }
 }
 
 /// Serves webhooks on `listener` (and health on `admin`, or on `listener` when `None`) and
@@ -353,9 +587,14 @@ pub async fn serve(
             let never_done = Arc::clone(&never_done);
             tokio::spawn(async move {
                 let result = sink.drain_lane(lane, never_done).await;
-                if let Err(err) = &result {
-                    eprintln!(
-                        "serve: sending stopped: {err}; webhooks are still received and kept"
+                // A refused key was logged by the sender when it happened, and is again while
+                // it lasts (`remind_of_refusal`); each lane saying so too would add nothing.
+                if let Err(err) = &result
+                    && !matches!(err, SinkError::KeyRefused { .. })
+                {
+                    error!(
+                        lane = lane.as_str(),
+                        "sending stopped: {err}; webhooks are still received and kept"
                     );
                 }
                 result
@@ -367,31 +606,31 @@ pub async fn serve(
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let header_timeout = config.header_timeout;
     let main_app = match admin {
         Some(admin) => {
             let app = admin_router(Arc::clone(&receiver));
             let stopped = wait(admin_stop_rx.clone());
-            tokio::spawn(async move {
-                axum::serve(admin, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            });
+            tokio::spawn(serve_http(admin, app, header_timeout, stopped));
             router(Arc::clone(&receiver))
         }
         None => admin_router(Arc::clone(&receiver)).merge(router(Arc::clone(&receiver))),
     };
-    let main = tokio::spawn({
-        let stopped = wait(draining_rx.clone());
-        async move {
-            axum::serve(listener, main_app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    });
+    let main = tokio::spawn(serve_http(
+        listener,
+        main_app,
+        header_timeout,
+        wait(draining_rx.clone()),
+    ));
+    let reminder = tokio::spawn(remind_of_refusal(
+        Arc::clone(&sink),
+        config.refusal_reminder,
+    ));
     shutdown.await;
-    eprintln!(
-        "serve: shutting down (within {}s): new webhooks answered 503",
-        config.shutdown_bound().as_secs()
+    reminder.abort();
+    info!(
+        within_s = config.shutdown_bound().as_secs(),
+        "shutting down: new webhooks and /readyz answered 503"
     );
     receiver.drain();
     let _ = draining_tx.send(true);
@@ -401,11 +640,15 @@ pub async fn serve(
     match tokio::time::timeout(grace, main).await {
         Ok(Ok(result)) => result?,
         Ok(Err(_)) => {}
-        Err(_) => eprintln!(
-            "serve: connections still open after {}s dropped",
-            grace.as_secs()
+        Err(_) => warn!(
+            after_s = grace.as_secs(),
+            "connections still open were dropped"
         ),
     }
+    info!(
+        within_s = config.sender_grace.as_secs(),
+        "webhooks finished; the sender finishes its Klaviyo calls in flight"
+    );
     sink.wind_down();
     let mut outcome = Ok(());
     let deadline = tokio::time::Instant::now() + config.sender_grace;
@@ -416,7 +659,7 @@ pub async fn serve(
             Ok(_) => {}
             Err(_) => {
                 abort.abort();
-                eprintln!("serve: a Klaviyo call still in flight was dropped; it stays queued");
+                warn!("a Klaviyo call still in flight was dropped; it stays queued");
             }
         }
     }

@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 pub struct IntakeReport {
     pub deliveries: usize,
     pub records: usize,
+    /// Records read, by `__typename` (repeats included).
+    pub types: BTreeMap<String, usize>,
     /// Records already in the inbox from this run or an earlier one.
     pub repeated: usize,
     pub queued: usize,
@@ -236,6 +238,7 @@ fn keep(
     };
     for record in records {
         summary.records += 1;
+        *summary.types.entry(record.typename.clone()).or_default() += 1;
         let delivery = DeliveryRecord {
             marketplace: &record.marketplace,
             delivery_id: &record.delivery_id,

@@ -412,7 +412,8 @@ fn sigterm_stops_serve_with_exit_0() {
             stderr.read_line(&mut line).unwrap() > 0,
             "serve ended early"
         );
-        if let Some(rest) = line.strip_prefix("serve: listening on http://") {
+        // The human log line: `… INFO listening webhooks="http://ADDR/webhooks/marketplacer" …`.
+        if let Some((_, rest)) = line.split_once(" listening webhooks=\"http://") {
             break rest.split('/').next().unwrap().to_owned();
         }
     };
@@ -425,7 +426,7 @@ fn sigterm_stops_serve_with_exit_0() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(started.elapsed() < Duration::from_secs(26), "{rest}");
-    assert!(rest.contains("serve: stopped"), "{rest}");
+    assert!(rest.contains(" stopped exit=0"), "{rest}");
 }
 
 #[test]
@@ -444,6 +445,8 @@ fn serve_help_names_every_variable_it_reads() {
         "MARKETPLACER_WEBHOOK_TOKEN",
         "MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS",
         "MARKETSYNC_MAPPINGS",
+        "MARKETSYNC_LOG_FORMAT",
+        "MARKETSYNC_LOG",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
@@ -614,5 +617,42 @@ async fn replay_drives_serve_as_marketplacer_would() {
     assert_eq!(again.accepted, deliveries.len() as u64);
     assert_eq!(h.count("outbox"), queued);
     assert!(h.placed_orders_within(Duration::from_secs(10)).await > 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slow_to_send_its_headers_is_disconnected_while_others_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServeConfig {
+        header_timeout: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
+    let h = start(Secrets::default(), config).await;
+    let address = h.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(format!("POST {WEBHOOK_PATH} HT").as_bytes())
+        .await
+        .unwrap();
+    let silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Meanwhile a webhook on another connection is answered as usual.
+    let (headers, body) = first_order();
+    assert_eq!(h.post(&borrowed(&headers), body).await.status(), 200);
+    for (what, mut stream) in [("half a request line", slow), ("nothing", silent)] {
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "a client that sent {what} was still connected after 5 s"
+        );
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "disconnected after {took:?}, not at the 1 s header timeout"
+    );
+    assert_eq!(h.count("inbox"), 1);
     h.stop().await;
 }

@@ -210,6 +210,14 @@ impl StateArgs {
     /// before it opens the store; or says which process holds it. Never waits. Read-only
     /// commands do not take it.
     fn lock(&self) -> Result<marketsync::store::lock::WriterLock, u8> {
+        self.try_lock().map_err(|message| {
+            eprintln!("error: {message}");
+            EXIT_IO
+        })
+    }
+
+    /// [`StateArgs::lock`], with the message for the caller to say (`serve` logs it).
+    fn try_lock(&self) -> Result<marketsync::store::lock::WriterLock, String> {
         marketsync::store::lock::WriterLock::acquire(&self.path).map_err(|err| {
             let hint = match err {
                 marketsync::store::lock::LockError::Held { .. } => {
@@ -217,17 +225,22 @@ impl StateArgs {
                 }
                 marketsync::store::lock::LockError::Io { .. } => "",
             };
-            eprintln!("error: state database {}: {err}{hint}", self.path.display());
-            EXIT_IO
+            format!("state database {}: {err}{hint}", self.path.display())
         })
     }
 
     /// Opens (creating or migrating) the store, or reports why not.
     fn open(&self) -> Result<marketsync::store::Store, u8> {
-        marketsync::store::Store::open(&self.path).map_err(|err| {
-            eprintln!("error: state database {}: {err}", self.path.display());
+        self.try_open().map_err(|message| {
+            eprintln!("error: {message}");
             EXIT_IO
         })
+    }
+
+    /// [`StateArgs::open`], with the message for the caller to say.
+    fn try_open(&self) -> Result<marketsync::store::Store, String> {
+        marketsync::store::Store::open(&self.path)
+            .map_err(|err| format!("state database {}: {err}", self.path.display()))
     }
 }
 
@@ -243,10 +256,17 @@ impl MappingArgs {
     /// deliveries that name none.
     fn load_for_marketplace(&self, marketplace: Option<&String>) -> Result<Engine, u8> {
         let engine = self.load_or_report()?;
-        Ok(match marketplace {
-            Some(name) => engine.with_default_marketplace(name.clone()),
-            None => engine,
-        })
+        Ok(with_marketplace(engine, marketplace))
+    }
+
+    /// The compiled mappings without a word on stderr, and which set they are: for `serve`,
+    /// which logs both (or the problems) as events.
+    fn load_quietly(&self, marketplace: Option<&String>) -> Result<(Engine, String), Diagnostics> {
+        let (engine, _warnings) = Engine::compile(self.read_set())?;
+        Ok((
+            with_marketplace(engine, marketplace),
+            self.chosen().describe(),
+        ))
     }
 
     fn load(&self) -> Result<(Engine, Diagnostics), Diagnostics> {
@@ -313,6 +333,13 @@ impl MappingArgs {
         } else {
             self.clients.join(client)
         }
+    }
+}
+
+fn with_marketplace(engine: Engine, marketplace: Option<&String>) -> Engine {
+    match marketplace {
+        Some(name) => engine.with_default_marketplace(name.clone()),
+        None => engine,
     }
 }
 

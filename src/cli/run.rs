@@ -243,6 +243,19 @@ pub(super) fn sink_setup(
     engine: &Engine,
     hint: &str,
 ) -> Result<(SinkConfig, ApiKey), u8> {
+    try_sink_setup(args, engine, hint).map_err(|message| {
+        eprintln!("error: {message}");
+        EXIT_USAGE
+    })
+}
+
+/// [`sink_setup`], with the message for the caller to say (`serve` logs it); every failure is
+/// a usage error.
+pub(super) fn try_sink_setup(
+    args: &SinkArgs,
+    engine: &Engine,
+    hint: &str,
+) -> Result<(SinkConfig, ApiKey), String> {
     // A client names its own variable, so several clients' keys can sit side by side.
     let key_variable = engine
         .settings()
@@ -253,26 +266,20 @@ pub(super) fn sink_setup(
         .ok()
         .filter(|k| !k.trim().is_empty())
     else {
-        eprintln!("error: set {key_variable} to a Klaviyo private API key to send{hint}");
-        return Err(EXIT_USAGE);
+        return Err(format!(
+            "set {key_variable} to a Klaviyo private API key to send{hint}"
+        ));
     };
     let key = match ApiKey::checked(key.trim()) {
         Ok(key) => key,
         Err(problem) => {
-            eprintln!("error: {key_variable} {problem} (the key is not printed)");
-            return Err(EXIT_USAGE);
+            return Err(format!("{key_variable} {problem} (the key is not printed)"));
         }
     };
     // Everything that would fail every request is checked before the store is opened, so
     // that it is one clear error rather than a dead letter per request.
     let redactor = key.clone();
-    match sink_config(args, engine, key) {
-        Ok(config) => Ok((config, redactor)),
-        Err(message) => {
-            eprintln!("error: {message}");
-            Err(EXIT_USAGE)
-        }
-    }
+    Ok((sink_config(args, engine, key)?, redactor))
 }
 
 fn sink_config(args: &SinkArgs, engine: &Engine, key: ApiKey) -> Result<SinkConfig, String> {

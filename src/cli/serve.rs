@@ -1,12 +1,21 @@
 //! `marketsync serve`: receive Marketplacer webhooks and send them on, until stopped.
+//!
+//! Unlike the batch commands, whose stderr is read by a person at the end of a run, serve's
+//! stderr goes to a log pipeline for as long as it runs: every line it writes, from the first
+//! (which mappings) to the last (the exit), is a `tracing` event, human or JSON, so that a JSON
+//! pipeline never meets a line it cannot parse.
 
-use super::run::{SinkArgs, sink_setup};
-use super::{EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs};
+use super::run::{SinkArgs, try_sink_setup};
+use super::{
+    EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs,
+};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError};
 use marketsync::source::webhook::Secrets;
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::{error, info, warn};
 
 /// The variable holding the webhook secret.
 const SECRET_ENV: &str = "MARKETPLACER_WEBHOOK_SECRET";
@@ -16,6 +25,17 @@ const PREVIOUS_SECRET_ENV: &str = "MARKETPLACER_WEBHOOK_SECRET_PREVIOUS";
 const TOKEN_ENV: &str = "MARKETPLACER_WEBHOOK_TOKEN";
 /// The previous token, accepted too during a rotation.
 const PREVIOUS_TOKEN_ENV: &str = "MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS";
+/// The variable holding which events are logged, as `RUST_LOG` does (`info` when unset).
+const LOG_FILTER_ENV: &str = "MARKETSYNC_LOG";
+
+/// How log events are written on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line per event, for a person: time, level, message, then `field=value`s.
+    Human,
+    /// One JSON object per line, its fields at the top level, for a log pipeline.
+    Json,
+}
 
 /// Receive Marketplacer webhooks over HTTP and send them to Klaviyo, until stopped.
 #[derive(clap::Args)]
@@ -35,6 +55,12 @@ Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
 while shutting down), on --admin-listen, else on --listen.
 
+A client that has not sent a request's headers within --header-timeout is disconnected.
+
+Klaviyo refusing the API key (401/403) stops sending but not receiving: webhooks are still
+answered 200 and kept, /readyz stays 200 and its body says sending stopped, and the refusal is
+logged as an error when it happens and again every minute; at shutdown serve exits 5.
+
 SIGTERM or SIGINT: /readyz and new webhooks answer 503, webhooks in flight finish (at most
 --deadline), the sender finishes its Klaviyo calls in flight (at most 15 s; what is unfinished
 stays queued), and the process exits 0: within --deadline + 16 s in all.
@@ -49,6 +75,13 @@ Environment (read, never printed):
                                          taken when its signature or its token is right
   MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS    the previous token, also accepted during a rotation
   MARKETSYNC_MAPPINGS                    the mapping folder when --mappings is left out
+  MARKETSYNC_LOG_FORMAT                  as --log-format
+  MARKETSYNC_LOG                         which events are logged, as RUST_LOG (default: info),
+                                         e.g. warn, or info,marketsync::sink=warn
+
+Logs: one event per webhook answered (outcome, status, marketplace, idempotency key, sequence,
+delivery type, size, duration), and for start-up, shutdown, Klaviyo retries, dead letters,
+outages and a refused key; never a secret, a body, an email or a phone. See docs/serve.md.
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
 address cannot be bound or the state file cannot be opened or is held by another writer, 5
@@ -77,24 +110,71 @@ pub struct Args {
     /// Webhooks handled at once; more are answered 503.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_in_flight: usize,
+    /// Seconds a client may take to send a request's headers (or, on a kept-alive connection,
+    /// to start the next request) before it is disconnected.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    header_timeout: f64,
     #[command(flatten)]
     sink: SinkArgs,
+    /// How log events are written on stderr: human lines, or one JSON object a line.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "MARKETSYNC_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+}
+
+/// Every event from here on goes to stderr in `format`, filtered by `MARKETSYNC_LOG`.
+fn start_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER_ENV);
+    let (filter, bad_filter) = match filter {
+        Ok(filter) => (filter, None),
+        Err(err) => {
+            let unset = std::env::var_os(LOG_FILTER_ENV).is_none();
+            let bad = (!unset).then(|| err.to_string());
+            (tracing_subscriber::EnvFilter::new("info"), bad)
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    if let Some(problem) = bad_filter {
+        warn!("{LOG_FILTER_ENV} not understood ({problem}); logging at info");
+    }
 }
 
 pub fn execute(args: Args) -> u8 {
-    let engine = match args
-        .mappings
-        .load_for_marketplace(args.marketplace.as_ref())
-    {
-        Ok(engine) => engine,
-        Err(code) => return code,
+    start_logging(args.log_format);
+    let (engine, mappings) = match args.mappings.load_quietly(args.marketplace.as_ref()) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            for problem in problems.iter() {
+                error!("{problem}");
+            }
+            error!("the mappings do not load; run `marketsync validate` for details");
+            return EXIT_BAD_MAPPINGS;
+        }
     };
     let secret = |name: &str| std::env::var(name).ok();
     let (current, previous) = (secret(SECRET_ENV), secret(PREVIOUS_SECRET_ENV));
     let secrets = match Secrets::new(current.as_deref(), previous.as_deref()) {
         Ok(secrets) => secrets,
         Err(problem) => {
-            eprintln!("error: {SECRET_ENV} / {PREVIOUS_SECRET_ENV}: {problem} (not printed)");
+            error!("{SECRET_ENV} / {PREVIOUS_SECRET_ENV}: {problem} (not printed)");
             return EXIT_USAGE;
         }
     };
@@ -102,7 +182,7 @@ pub fn execute(args: Args) -> u8 {
     let secrets = match secrets.with_tokens(current.as_deref(), previous.as_deref()) {
         Ok(secrets) => secrets,
         Err(problem) => {
-            eprintln!("error: {TOKEN_ENV} / {PREVIOUS_TOKEN_ENV}: {problem} (not printed)");
+            error!("{TOKEN_ENV} / {PREVIOUS_TOKEN_ENV}: {problem} (not printed)");
             return EXIT_USAGE;
         }
     };
@@ -110,35 +190,53 @@ pub fn execute(args: Args) -> u8 {
         .ok()
         .filter(|d| !d.is_zero())
     else {
-        eprintln!(
-            "error: --deadline must be more than 0 seconds, not {}",
+        error!(
+            "--deadline must be more than 0 seconds, not {}",
             args.deadline
         );
         return EXIT_USAGE;
     };
-    let (sink_config, redactor) = match sink_setup(&args.sink, &engine, "") {
+    let Some(header_timeout) = Duration::try_from_secs_f64(args.header_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+    else {
+        error!(
+            "--header-timeout must be more than 0 seconds, not {}",
+            args.header_timeout
+        );
+        return EXIT_USAGE;
+    };
+    let (sink_config, redactor) = match try_sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
-        Err(code) => return code,
+        Err(message) => {
+            error!("{message}");
+            return EXIT_USAGE;
+        }
     };
     let config = ServeConfig {
         body_limit: args.max_body,
         deadline,
         max_in_flight: args.max_in_flight.max(1),
+        header_timeout,
         ..ServeConfig::default()
     };
-    let _lock = match args.state.lock() {
-        Ok(lock) => lock,
-        Err(code) => return code,
+    let opened = args.state.try_lock().and_then(|lock| {
+        let store = args.state.try_open()?;
+        Ok((lock, store))
+    });
+    let (_lock, store) = match opened {
+        Ok((lock, store)) => (lock, Arc::new(Mutex::new(store))),
+        Err(message) => {
+            error!("{message}");
+            return EXIT_IO;
+        }
     };
-    let store = match args.state.open() {
-        Ok(store) => Arc::new(Mutex::new(store)),
-        Err(code) => return code,
-    };
+    let state = args.state.path.display().to_string();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     runtime.block_on(async move {
         let bind = |addr: String| async move {
             tokio::net::TcpListener::bind(&addr).await.map_err(|err| {
-                eprintln!("error: cannot listen on {addr}: {err}");
+                error!("cannot listen on {addr}: {err}");
                 EXIT_IO
             })
         };
@@ -158,16 +256,27 @@ pub fn execute(args: Args) -> u8 {
                 .map_or_else(|_| "?".into(), |a| a.to_string())
         };
         let stop = stop_signal();
-        eprintln!(
-            "serve: listening on http://{}{} (health on http://{}); webhook signatures {}",
-            address(&listener),
-            serve::WEBHOOK_PATH,
-            admin.as_ref().map_or_else(|| address(&listener), address),
-            if secrets.configured() {
-                "checked"
-            } else {
-                "NOT checked (no secret set)"
-            },
+        let webhooks = format!("http://{}{}", address(&listener), serve::WEBHOOK_PATH);
+        let health = format!(
+            "http://{}",
+            admin.as_ref().map_or_else(|| address(&listener), address)
+        );
+        let signatures = match (secrets.configured(), secrets.tokens_configured()) {
+            (false, _) => "NOT checked (no secret or token set)",
+            (true, false) => "checked",
+            (true, true) => "checked (a signature or the seller token)",
+        };
+        info!(
+            webhooks,
+            health,
+            signatures,
+            mappings,
+            state,
+            max_body = config.body_limit,
+            deadline_ms = config.deadline.as_millis() as u64,
+            max_in_flight = config.max_in_flight,
+            header_timeout_ms = config.header_timeout.as_millis() as u64,
+            "listening"
         );
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let receiver = Receiver::new(
@@ -179,19 +288,21 @@ pub fn execute(args: Args) -> u8 {
         );
         match serve::serve(receiver, sink, listener, admin, stop).await {
             Ok(Ok(())) => {
-                eprintln!("serve: stopped");
+                info!(exit = EXIT_OK, "stopped");
                 EXIT_OK
             }
             Ok(Err(err @ SinkError::KeyRefused { .. })) => {
-                eprintln!("error: {}", redactor.redact(&err.to_string()));
+                let err = redactor.redact(&err.to_string());
+                error!(exit = EXIT_KEY_REFUSED, "stopped: {err}");
                 EXIT_KEY_REFUSED
             }
             Ok(Err(err)) => {
-                eprintln!("error: {}", redactor.redact(&err.to_string()));
+                let err = redactor.redact(&err.to_string());
+                error!(exit = EXIT_IO, "stopped: {err}");
                 EXIT_IO
             }
             Err(err) => {
-                eprintln!("error: serving: {err}");
+                error!(exit = EXIT_IO, "stopped: serving: {err}");
                 EXIT_IO
             }
         }

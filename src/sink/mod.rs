@@ -11,6 +11,11 @@
 //!
 //! The sink never marks a request done before Klaviyo accepted it, so a crash at any point
 //! leads at worst to a resend, which Klaviyo deduplicates by `unique_id`.
+//!
+//! Retries, dead letters, a refused key and outages are also `tracing` events, for a
+//! long-running process (`serve`) whose operator has no summary at the end; a batch run installs
+//! no subscriber and reports them in its summary. The events name the request, never its body
+//! or Klaviyo's text about it (which may quote an email or a phone).
 
 pub mod bulk;
 mod health;
@@ -255,10 +260,15 @@ impl Sink {
     /// error for the caller to pass on.
     fn refuse(&self, status: u16, detail: &str) -> SinkError {
         let detail = detail.trim_end_matches('.').to_owned();
-        self.refusal
-            .lock()
-            .expect("refusal lock")
-            .get_or_insert((status, detail.clone()));
+        let mut refusal = self.refusal.lock().expect("refusal lock");
+        if refusal.is_none() {
+            tracing::error!(
+                status,
+                "Klaviyo refused the API key: sending stopped, the queue is kept"
+            );
+        }
+        refusal.get_or_insert((status, detail.clone()));
+        drop(refusal);
         self.stop.store(true, Ordering::SeqCst);
         SinkError::KeyRefused { status, detail }
     }
@@ -804,14 +814,29 @@ impl Sink {
     fn observe(&self, endpoint: Endpoint, outcome: &Outcome) -> Option<Duration> {
         let mut health = self.health();
         let now = Instant::now();
-        match outcome {
+        let was_unavailable = health.outage(endpoint, now).is_some();
+        let failing_for = match outcome {
             Outcome::Retry { reason, .. } => health.failed(endpoint, reason, now),
             Outcome::KeyRefused { .. } => None,
             _ => {
                 health.answered(endpoint, now);
                 None
             }
+        };
+        match (was_unavailable, health.outage(endpoint, now)) {
+            (false, Some(outage)) => tracing::warn!(
+                endpoint = endpoint.path(),
+                last_error = outage.last_error,
+                "Klaviyo unavailable: nothing sent to this endpoint got through for the outage \
+                 window; its requests stay queued and a probe is sent now and then"
+            ),
+            (true, None) => tracing::info!(
+                endpoint = endpoint.path(),
+                "Klaviyo answers again: sending to this endpoint resumes"
+            ),
+            _ => {}
         }
+        failing_for
     }
 
     /// Schedules another attempt, or gives up after the last one. A failure that says nothing
@@ -843,6 +868,17 @@ impl Sink {
             failing_for.map_or(backoff, |f| backoff.max(self.outage_backoff(f)))
         });
         let next = now + wait.as_millis() as i64;
+        tracing::info!(
+            request = row.id,
+            mapping = row.mapping,
+            endpoint = row.endpoint,
+            attempt = row.attempts + 1,
+            counted = failing_for.is_none(),
+            status,
+            error = reason,
+            retry_in_ms = wait.as_millis() as u64,
+            "a Klaviyo call failed; it is tried again"
+        );
         let mut store = self.store.lock().expect("store lock");
         match failing_for {
             Some(_) => store.postpone(row.id, next, status, reason, now)?,
@@ -952,6 +988,14 @@ impl Sink {
             .lock()
             .expect("store lock")
             .dead_letter(row.id, &letter, now_ms())?;
+        // The category only: the reason may quote what Klaviyo refused (`dead show` has it).
+        tracing::warn!(
+            request = row.id,
+            mapping = row.mapping,
+            endpoint = row.endpoint,
+            category,
+            "a request became a dead letter"
+        );
         *self
             .report
             .lock()

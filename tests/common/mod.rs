@@ -166,3 +166,102 @@ pub fn bare_results(count: usize) -> String {
         })
         .collect()
 }
+
+/// `marketsync serve` as a child process logging JSON, its stderr lines collected as they come.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// `host:port` of its webhooks.
+    pub address: String,
+}
+
+impl ServeProcess {
+    /// Starts `command` (a `serve` with `--log-format json`) and waits for its `listening`
+    /// event, whose `webhooks` field gives the address.
+    pub fn start(mut command: std::process::Command) -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        std::thread::spawn({
+            let lines = std::sync::Arc::clone(&lines);
+            move || {
+                for line in stderr.lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line);
+                }
+            }
+        });
+        let mut serve = ServeProcess {
+            child,
+            lines,
+            address: String::new(),
+        };
+        let listening = serve.wait_for("the listening event", |e| e["message"] == "listening");
+        let webhooks = listening["webhooks"].as_str().unwrap();
+        serve.address = webhooks
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        serve
+    }
+
+    /// Every stderr line so far, each parsed as JSON: a line that is not JSON fails the test.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("stderr line is not JSON ({err}): {line}"))
+            })
+            .collect()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The first event `matches` takes, waiting up to 20 s for it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(event) = self.events().into_iter().find(&matches) {
+                return event;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "serve exited ({status}) before {what}:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no {what} within 20 s:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL) to the process.
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for ServeProcess {
+    /// A test that fails leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
