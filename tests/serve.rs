@@ -92,6 +92,18 @@ impl Harness {
             .unwrap()
     }
 
+    /// Runs SQL on the state file beside the receiver: how a test injects a store failure.
+    fn sql(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(&self.state).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    /// Rows of every table a delivery writes to at intake, or that its sending writes to.
+    fn rows_of_deliveries(&self) -> [(&'static str, i64); 5] {
+        ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, self.count(t)))
+    }
+
     fn dead_letters(&self) -> Vec<marketsync::store::DeadLetter> {
         Store::open(&self.state)
             .unwrap()
@@ -138,6 +150,22 @@ fn first_order() -> (Vec<(String, String)>, String) {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
         .collect();
     (headers, capture["body"].to_string())
+}
+
+/// Captures of NDJSON text (as [`common::synthetic_orders`] writes): headers and body as sent.
+fn captures(text: &str) -> Vec<(Vec<(String, String)>, String)> {
+    text.lines()
+        .map(|line| {
+            let capture: Json = serde_json::from_str(line).unwrap();
+            let headers = capture["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (headers, capture["body"].to_string())
+        })
+        .collect()
 }
 
 fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -570,5 +598,73 @@ async fn replay_drives_serve_as_marketplacer_would() {
     assert_eq!(again.accepted, deliveries.len() as u64);
     assert_eq!(h.count("outbox"), queued);
     assert!(h.placed_orders_within(Duration::from_secs(10)).await > 0);
+    h.stop().await;
+}
+
+/// Issue 13: a store failure in the middle of a delivery's intake (its inbox row written, its
+/// first request refused by the database) is answered 503 and leaves no row of it; once the
+/// store takes writes again, the resend is kept and queued exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_after_the_inbox_row_is_503_and_leaves_no_partial_row() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    h.sql(
+        "CREATE TRIGGER injected BEFORE INSERT ON outbox
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    );
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let nothing = ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, 0));
+    assert_eq!(h.rows_of_deliveries(), nothing);
+
+    h.sql("DROP TRIGGER injected");
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "received\n");
+    assert_eq!(h.count("inbox"), 1);
+    let queued = h.count("outbox");
+    assert!(queued > 0);
+    let again = h.post(&borrowed(&headers), body).await;
+    assert_eq!(again.text().await.unwrap(), "duplicate: already received\n");
+    assert_eq!((h.count("inbox"), h.count("outbox")), (1, queued));
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
+}
+
+/// Issue 13: the same when the failure hits a dead letter: a delivery its mappings refuse (no
+/// email), and a body that is not JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_writing_a_dead_letter_is_503_and_leaves_no_partial_row() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    h.sql(
+        "CREATE TRIGGER injected BEFORE INSERT ON dead_letter
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    );
+    let orders = common::synthetic_orders(1).replace("\"buyer0@example.com\"", "null");
+    let (headers, body) = captures(&orders).remove(0);
+    let refused = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let not_json = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], "{not json")
+        .await;
+    assert_eq!(not_json.status(), 503);
+    let nothing = ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, 0));
+    assert_eq!(h.rows_of_deliveries(), nothing);
+
+    h.sql("DROP TRIGGER injected");
+    assert_eq!(h.post(&borrowed(&headers), body.clone()).await.status(), 200);
+    let letters = h.count("dead_letter");
+    assert!(letters > 0, "the mappings refuse a delivery with no email");
+    assert_eq!(h.count("inbox"), 1);
+    let again = h.post(&borrowed(&headers), body).await;
+    assert_eq!(again.text().await.unwrap(), "duplicate: already received\n");
+    assert_eq!((h.count("inbox"), h.count("dead_letter")), (1, letters));
+    let not_json = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], "{not json")
+        .await;
+    assert_eq!(not_json.status(), 200);
+    assert_eq!(h.count("dead_letter"), letters + 1);
     h.stop().await;
 }
