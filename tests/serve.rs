@@ -10,6 +10,7 @@ use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
 use marketsync::store::Store;
 use serde_json::Value as Json;
 use std::io::BufRead;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -667,4 +668,137 @@ async fn a_store_failure_writing_a_dead_letter_is_503_and_leaves_no_partial_row(
     assert_eq!(not_json.status(), 200);
     assert_eq!(h.count("dead_letter"), letters + 1);
     h.stop().await;
+}
+
+/// Issue 13: webhooks arriving together share commits. 200 deliveries over 32 connections are
+/// all answered 200 and stored once each, in fewer commits than deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_arriving_together_are_each_kept_once_in_fewer_commits() {
+    let h = Arc::new(start(Secrets::default(), ServeConfig::default()).await);
+    let deliveries = captures(&common::synthetic_orders(200));
+    let queue = Arc::new(Mutex::new(deliveries));
+    let connections: Vec<_> = (0..32)
+        .map(|_| {
+            let (h, queue) = (Arc::clone(&h), Arc::clone(&queue));
+            tokio::spawn(async move {
+                // One client, so one connection, each.
+                let client = reqwest::Client::new();
+                let mut statuses = Vec::new();
+                loop {
+                    let Some((headers, body)) = queue.lock().unwrap().pop() else {
+                        return statuses;
+                    };
+                    let mut request = client.post(format!("{}{WEBHOOK_PATH}", h.url)).body(body);
+                    for (name, value) in headers {
+                        request = request.header(name, value);
+                    }
+                    statuses.push(request.send().await.unwrap().status().as_u16());
+                }
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for connection in connections {
+        statuses.extend(connection.await.unwrap());
+    }
+    assert_eq!(statuses, vec![200; 200]);
+    let accepted = h.receiver.counters.accepted.load(Ordering::Relaxed);
+    assert_eq!(accepted, 200);
+    let conn = rusqlite::Connection::open(&h.state).unwrap();
+    let (rows, deliveries): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT delivery_id) FROM inbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, deliveries), (200, 200));
+    // Every order's Placed Order is queued (or already sent) exactly once.
+    let placed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE mapping = 'placed-order'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(placed, 200);
+    let commits = h.receiver.commits();
+    assert!(commits > 0 && commits < 200, "{commits} commits");
+    eprintln!("200 webhooks over 32 connections: {commits} commits");
+    Arc::into_inner(h).unwrap().stop().await;
+}
+
+/// Issue 13: one delivery whose writes fail inside a shared commit is answered 503 and leaves
+/// no row, while the others of that commit are answered 200 and kept. The commit is made
+/// shared on purpose: a first webhook holds the writer (another connection holds SQLite's
+/// write lock) while the others queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failing_inside_a_shared_commit_fails_alone() {
+    // No sender: nothing but the writer uses the store while its lock is held.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let store = Arc::new(Mutex::new(Store::open(&state).unwrap()));
+    let receiver = Receiver::new(
+        Arc::new(common::engine()),
+        store,
+        Secrets::default(),
+        None,
+        ServeConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{WEBHOOK_PATH}", listener.local_addr().unwrap());
+    let app = serve::router(Arc::clone(&receiver));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sql = rusqlite::Connection::open(&state).unwrap();
+    // Fails the failing delivery's first request, after its inbox row is written.
+    sql.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON outbox
+         WHEN (SELECT delivery_id FROM inbox WHERE id = NEW.inbox_id) = 'synthetic-delivery-7'
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .unwrap();
+    let deliveries = captures(&common::synthetic_orders(20));
+    let post = |(headers, body): (Vec<(String, String)>, String)| {
+        let mut request = reqwest::Client::new().post(&url).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
+
+    sql.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut deliveries = deliveries.into_iter();
+    let first = post(deliveries.next().unwrap());
+    // The first webhook is mapped and its commit waits for the write lock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.waiting_to_commit(), 0);
+    let others: Vec<_> = deliveries.map(post).collect();
+    let until = Instant::now() + Duration::from_secs(3);
+    while receiver.waiting_to_commit() < 19 {
+        assert!(Instant::now() < until, "the webhooks never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sql.execute_batch("ROLLBACK").unwrap();
+
+    assert_eq!(first.await.unwrap(), 200);
+    let mut statuses = Vec::new();
+    for other in others {
+        statuses.push(other.await.unwrap());
+    }
+    // synthetic-delivery-7 is the eighth capture, the seventh of the others.
+    let mut expected = vec![200; 19];
+    expected[6] = 503;
+    assert_eq!(statuses, expected);
+    assert_eq!(receiver.commits(), 2, "the first alone, then the other 19");
+    let count = |sql_text: &str| -> i64 { sql.query_row(sql_text, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM inbox"), 19);
+    assert_eq!(
+        count("SELECT count(*) FROM inbox WHERE delivery_id = 'synthetic-delivery-7'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT inbox_id) FROM outbox WHERE mapping = 'placed-order'"),
+        19
+    );
+    assert_eq!(count("SELECT count(*) FROM dead_letter"), 0);
 }
