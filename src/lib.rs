@@ -23,6 +23,7 @@
 
 pub mod diagnostic;
 pub mod engine;
+mod group_commit;
 pub mod klaviyo;
 mod pipeline;
 pub mod replay;

@@ -1,8 +1,10 @@
 //! The always-on webhook receiver behind `marketsync serve`.
 //!
 //! Marketplacer POSTs each event to `/webhooks/marketplacer`. A delivery is answered 200 only
-//! once it is committed to the store (its inbox row, its requests and its dead letters, by the
-//! same [`crate::sync::intake_delivery`] a batch `run` uses), and the sender is woken to send it.
+//! once it is committed to the store (its inbox row, its requests and its dead letters, written
+//! as a batch `run` writes them, by [`crate::sync::keep_delivery`]), and the sender is woken to
+//! send it. Deliveries are mapped side by side; their writes share commits
+//! ([`crate::group_commit`]), so the disk's flush rate does not cap the webhooks answered.
 //! The one sender is the [`Sink`] a batch run uses, its lanes running until shutdown.
 //!
 //! What this module must never do: answer 3xx or 4xx (any 4xx but 429 disables Marketplacer's
@@ -19,11 +21,12 @@
 //! store, behind `marketsync dead show` and `warnings list`.
 
 use crate::engine::Engine;
+use crate::group_commit::{GroupCommit, Work};
 use crate::sink::{Sink, SinkError, now_ms};
 use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets, TOKEN_HEADER};
 use crate::spec::Lane;
 use crate::store::Store;
-use crate::sync;
+use crate::sync::{self, IntakeReport};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -216,10 +219,17 @@ fn log_answer(headers: &HeaderMap, response: &Response, seen: &Seen, took: Durat
     }
 }
 
-/// The receiver's shared state: one engine, one store, and the sender to wake.
+/// What one webhook's writes left in the store: the delivery's summary (`None` for a body
+/// over the limit).
+struct Kept {
+    summary: Option<IntakeReport>,
+}
+
+/// The receiver's shared state: one engine, one store and its writer, and the sender to wake.
 pub struct Receiver {
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
+    writer: GroupCommit<Kept>,
     secrets: Secrets,
     sink: Option<Arc<Sink>>,
     config: ServeConfig,
@@ -239,6 +249,7 @@ impl Receiver {
     ) -> Arc<Receiver> {
         Arc::new(Receiver {
             engine,
+            writer: GroupCommit::start(Arc::clone(&store)),
             store,
             secrets,
             sink,
@@ -247,6 +258,17 @@ impl Receiver {
             draining: AtomicBool::new(false),
             counters: Counters::default(),
         })
+    }
+
+    /// Commits of webhooks' writes since start: fewer than the webhooks kept when they arrive
+    /// together.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    /// Webhooks read, mapped and waiting for the next commit.
+    pub fn waiting_to_commit(&self) -> usize {
+        self.writer.waiting()
     }
 
     /// From now on webhooks and `/readyz` are answered 503.
@@ -330,21 +352,18 @@ impl Receiver {
             None => "webhook".to_owned(),
         };
         let engine = Arc::clone(&self.engine);
-        let store = Arc::clone(&self.store);
         let oversize = size > limit as u64;
-        // SQLite is blocking work; the deadline around this call still answers in time if the
-        // store is stuck (the commit may then land, and the resend is a duplicate).
-        let stored = tokio::task::spawn_blocking(move || {
-            if oversize {
-                let text = webhook::oversize_capture(kept_headers, size, &kept);
-                let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
-                store
-                    .lock()
-                    .expect("store lock")
-                    .record_unreadable(&origin, &text, &reason, now_ms())
-                    .map(|_| None)
-                    .map_err(sync::SyncError::from)
-            } else {
+        let work: Work<Kept> = if oversize {
+            let text = webhook::oversize_capture(kept_headers, size, &kept);
+            let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
+            Box::new(move |store| {
+                store.record_unreadable(&origin, &text, &reason, now_ms())?;
+                Ok(Kept { summary: None })
+            })
+        } else {
+            // Parsing and mapping are CPU work: done on a blocking thread, beside other
+            // webhooks; only the writes wait for the store's one writer.
+            let prepared = tokio::task::spawn_blocking(move || {
                 let (text, not_utf8_at) = match String::from_utf8(kept) {
                     Ok(text) => (text, None),
                     Err(err) => {
@@ -356,16 +375,26 @@ impl Receiver {
                     }
                 };
                 let capture = webhook::capture(kept_headers, &text);
-                // Its report quotes mappings' messages, which may hold an email or a phone: the
-                // store keeps them; the log has only the summary's categories.
-                let report = &mut std::io::sink();
-                sync::intake_delivery(&engine, &store, &origin, &capture, not_utf8_at, report)
-                    .map(Some)
-            }
-        })
-        .await;
-        match stored {
-            Ok(Ok(None)) => {
+                sync::prepare_delivery(&engine, &origin, &capture, not_utf8_at)
+            })
+            .await;
+            let Ok(prepared) = prepared else {
+                return self.store_failed("not kept: intake failed".to_owned());
+            };
+            Box::new(move |store| {
+                // Its report quotes mappings' messages, which may hold an email or a phone:
+                // the store keeps them; the log has only the summary's categories.
+                let summary = sync::keep_delivery(store, prepared, &mut std::io::sink())?;
+                Ok(Kept {
+                    summary: Some(summary),
+                })
+            })
+        };
+        // The deadline around this call still answers in time if the store is stuck (the commit
+        // may then land, and the resend is a duplicate).
+        let stored = self.writer.commit(work).await;
+        match stored.map(|kept| kept.summary) {
+            Ok(None) => {
                 Counters::add(&self.counters.too_large);
                 Counters::add(&self.counters.dead_lettered);
                 let reason = format!("body over the limit of {limit} bytes");
@@ -375,7 +404,7 @@ impl Receiver {
                     Some(reason),
                 )
             }
-            Ok(Ok(Some(summary))) => {
+            Ok(Some(summary)) => {
                 let types: Vec<&str> = summary.types.keys().map(String::as_str).collect();
                 seen.delivery_type = (!types.is_empty()).then(|| types.join(","));
                 if summary.repeated > 0 && summary.repeated == summary.records {
@@ -399,8 +428,7 @@ impl Receiver {
                 let reason = format!("dead letter: {}", categories.join(", "));
                 answered_200(Outcome::DeadLettered, "received\n", Some(reason))
             }
-            Ok(Err(err)) => self.store_failed(format!("not kept: {err}")),
-            Err(_) => self.store_failed("not kept: intake failed".to_owned()),
+            Err(err) => self.store_failed(format!("not kept: {err}")),
         }
     }
 }
