@@ -18,6 +18,7 @@ pub mod http;
 pub mod limit;
 
 use crate::klaviyo::Endpoint;
+use crate::metrics::Metrics;
 use crate::spec::Lane;
 use crate::store::{NewDeadLetter, Pending, Store, StoreError};
 use http::{ApiError, ApiKey, Client, Outcome};
@@ -59,6 +60,8 @@ pub struct SinkConfig {
     /// requests queued as they are. A batch run then ends with
     /// [`SinkError::KlaviyoUnavailable`].
     pub outage_window: Duration,
+    /// Where what is sent, retried, dead-lettered and waited for is counted (`/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl SinkConfig {
@@ -77,6 +80,7 @@ impl SinkConfig {
             bulk: true,
             outage_failures: 10,
             outage_window: Duration::from_secs(120),
+            metrics: Arc::default(),
         }
     }
 }
@@ -260,6 +264,7 @@ impl Sink {
             .expect("refusal lock")
             .get_or_insert((status, detail.clone()));
         self.stop.store(true, Ordering::SeqCst);
+        self.config.metrics.key_refused();
         SinkError::KeyRefused { status, detail }
     }
 
@@ -569,6 +574,13 @@ impl Sink {
                 let mut report = self.report.lock().expect("report lock");
                 for row in rows.iter().filter(|r| !refused_ids.contains(&r.id)) {
                     *report.sent.entry(row.mapping.clone()).or_default() += 1;
+                    self.config.metrics.sent(
+                        &row.endpoint,
+                        &row.lane,
+                        &row.mapping,
+                        row.created_at,
+                        now,
+                    );
                 }
                 // A profile the job refused goes on its own, where a refused phone is dropped
                 // and anything else becomes a dead letter with Klaviyo's reason.
@@ -644,6 +656,13 @@ impl Sink {
                     .lock()
                     .expect("store lock")
                     .mark_sent(&[row.id], status, now)?;
+                self.config.metrics.sent(
+                    &row.endpoint,
+                    &row.lane,
+                    &row.mapping,
+                    row.created_at,
+                    now,
+                );
                 *self
                     .report
                     .lock()
@@ -850,6 +869,7 @@ impl Sink {
         }
         drop(store);
         self.report.lock().expect("report lock").retried += 1;
+        self.config.metrics.retried(&row.endpoint, &row.mapping);
         Ok(())
     }
 
@@ -867,6 +887,12 @@ impl Sink {
             Call::Post(body) => self.client.post(endpoint.path(), body, scale).await,
             Call::Get(path) => self.client.get(path, scale).await,
         };
+        if let Outcome::Retry {
+            status: Some(429), ..
+        } = &outcome
+        {
+            self.config.metrics.rate_limited(endpoint.path());
+        }
         let mut limiter = self.limiter(endpoint);
         limiter.observe_latency(sent_at.elapsed(), Instant::now());
         if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
@@ -898,6 +924,7 @@ impl Sink {
         let waited = started.elapsed();
         if !waited.is_zero() {
             self.report.lock().expect("report lock").waited_on_limits += waited;
+            self.config.metrics.waited_on_limit(endpoint.path(), waited);
         }
     }
 
@@ -952,6 +979,9 @@ impl Sink {
             .lock()
             .expect("store lock")
             .dead_letter(row.id, &letter, now_ms())?;
+        self.config
+            .metrics
+            .request_dead_lettered(&row.endpoint, &row.mapping, category);
         *self
             .report
             .lock()
