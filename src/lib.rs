@@ -24,6 +24,7 @@
 pub mod diagnostic;
 pub mod engine;
 pub mod klaviyo;
+pub mod lag;
 pub mod metrics;
 mod pipeline;
 pub mod replay;
