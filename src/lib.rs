@@ -26,6 +26,7 @@ pub mod engine;
 pub mod klaviyo;
 pub mod lag;
 pub mod metrics;
+pub mod page;
 mod pipeline;
 pub mod replay;
 pub mod run;

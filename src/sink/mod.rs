@@ -162,9 +162,10 @@ pub struct Sink {
     store: Arc<Mutex<Store>>,
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
-    /// The first key refusal (status, detail), kept apart from the task that met it: a lane
-    /// that stops on `stop` before joining that task, or the other lane, still reports it.
-    refusal: Mutex<Option<(u16, String)>>,
+    /// The first key refusal (status, detail, when in unix ms), kept apart from the task that
+    /// met it: a lane that stops on `stop` before joining that task, or the other lane, still
+    /// reports it; the status page says since when.
+    refusal: Mutex<Option<(u16, String, i64)>>,
     schemas: &'static crate::klaviyo::Schemas,
     /// When this sink could start sending (unix ms): ordering holds count from here at the
     /// earliest.
@@ -249,20 +250,27 @@ impl Sink {
         let refusal = self.refusal.lock().expect("refusal lock");
         refusal
             .as_ref()
-            .map(|(status, detail)| SinkError::KeyRefused {
+            .map(|(status, detail, _)| SinkError::KeyRefused {
                 status: *status,
                 detail: detail.clone(),
             })
+    }
+
+    /// When Klaviyo first refused the key (unix ms), if it did.
+    pub fn refused_at(&self) -> Option<i64> {
+        let refusal = self.refusal.lock().expect("refusal lock");
+        refusal.as_ref().map(|(_, _, at)| *at)
     }
 
     /// Klaviyo refused the key: keeps the first refusal, stops everything, and returns the
     /// error for the caller to pass on.
     fn refuse(&self, status: u16, detail: &str) -> SinkError {
         let detail = detail.trim_end_matches('.').to_owned();
-        self.refusal
-            .lock()
-            .expect("refusal lock")
-            .get_or_insert((status, detail.clone()));
+        self.refusal.lock().expect("refusal lock").get_or_insert((
+            status,
+            detail.clone(),
+            now_ms(),
+        ));
         self.stop.store(true, Ordering::SeqCst);
         self.config.metrics.key_refused();
         SinkError::KeyRefused { status, detail }

@@ -15,6 +15,8 @@ pub struct Status {
     pub last_success: BTreeMap<String, i64>,
     /// Open exceptions: flagged requests not yet resolved.
     pub exceptions: usize,
+    /// Open exceptions by kind (their category); the counts add up to `exceptions`.
+    pub exceptions_by_category: BTreeMap<String, usize>,
     /// When the newest delivery was stored (unix ms); `None` for an empty store.
     pub last_delivery: Option<i64>,
 }
@@ -67,11 +69,14 @@ impl Store {
             let (endpoint, at) = row?;
             status.last_success.insert(endpoint, at);
         }
-        status.exceptions = tx.query_row(
-            "SELECT count(*) FROM exception WHERE resolved_at IS NULL",
-            [],
-            |r| count_at(r, 0),
+        let mut exceptions = tx.prepare(
+            "SELECT kind, count(*) FROM exception WHERE resolved_at IS NULL GROUP BY kind",
         )?;
+        for row in exceptions.query_map([], |r| Ok((r.get(0)?, count_at(r, 1)?)))? {
+            let (kind, count) = row?;
+            status.exceptions += count;
+            status.exceptions_by_category.insert(kind, count);
+        }
         // Ids grow with time: the newest row is found without a scan.
         status.last_delivery = tx
             .query_row(
