@@ -11,7 +11,7 @@
 use crate::lag::{self, LaneLag};
 use crate::store::{Status, Store, StoreError};
 use minijinja::Environment;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -26,8 +26,8 @@ pub const LAG_SAMPLE_LIMIT: usize = 200_000;
 /// whether it is worth waking someone is for the alerts to say.
 const WAITING_TOO_LONG_MS: i64 = 5 * 60 * 1000;
 
-/// An alert firing now, as the built-in alerts report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An alert firing now, as the built-in alerts report it (and as `GET /alerts` lists it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FiringAlert {
     /// The condition's short name, e.g. `klaviyo-key-refused`.
     pub name: String,

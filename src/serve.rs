@@ -352,6 +352,12 @@ async fn status_page(State(receiver): State<Arc<Receiver>>) -> Response {
     }
 }
 
+/// The alerts firing, as JSON (`{"alerts": [{"name", "since" (unix ms), "message"}]}`), for
+/// `marketsync status --admin`.
+async fn alerts(State(receiver): State<Arc<Receiver>>) -> Response {
+    axum::Json(serde_json::json!({ "alerts": receiver.firing_alerts() })).into_response()
+}
+
 /// The webhook route; every other path is answered 503, never 404.
 pub fn router(receiver: Arc<Receiver>) -> Router {
     Router::new()
@@ -360,11 +366,12 @@ pub fn router(receiver: Arc<Receiver>) -> Router {
         .with_state(receiver)
 }
 
-/// `/livez` (the process answers), `/readyz` (not draining, and the store takes a write) and
-/// the status page at `/`.
+/// `/livez` (the process answers), `/readyz` (not draining, and the store takes a write), the
+/// status page at `/` and the alerts firing at `/alerts`.
 pub fn admin_router(receiver: Arc<Receiver>) -> Router {
     Router::new()
         .route("/", get(status_page))
+        .route("/alerts", get(alerts))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(receiver)
