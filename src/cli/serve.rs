@@ -33,7 +33,10 @@ the write, --deadline reached, more than --max-in-flight at once, or shutting do
 Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on any 4xx but 429.
 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
-while shutting down), on --admin-listen, else on --listen.
+while shutting down); the status page for people, GET / (queues, lag, dead letters, exceptions,
+alerts firing), and the alerts as JSON, GET /alerts (read by `status --admin`): on
+--admin-listen, else on --listen. Keep that address private (localhost or an internal network):
+the page names categories and endpoints, not customers, but it is for the team, not the world.
 
 SIGTERM or SIGINT: /readyz and new webhooks answer 503, webhooks in flight finish (at most
 --deadline), the sender finishes its Klaviyo calls in flight (at most 15 s; what is unfinished
@@ -159,7 +162,7 @@ pub fn execute(args: Args) -> u8 {
         };
         let stop = stop_signal();
         eprintln!(
-            "serve: listening on http://{}{} (health on http://{}); webhook signatures {}",
+            "serve: listening on http://{}{} (status page and health on http://{}/); webhook signatures {}",
             address(&listener),
             serve::WEBHOOK_PATH,
             admin.as_ref().map_or_else(|| address(&listener), address),
