@@ -22,6 +22,7 @@
 
 use crate::engine::Engine;
 use crate::group_commit::{GroupCommit, Work};
+use crate::page::{self, FiringAlert};
 use crate::sink::{Sink, SinkError, now_ms};
 use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets, TOKEN_HEADER};
 use crate::spec::Lane;
@@ -31,7 +32,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -269,6 +270,26 @@ impl Receiver {
     /// Webhooks read, mapped and waiting for the next commit.
     pub fn waiting_to_commit(&self) -> usize {
         self.writer.waiting()
+    }
+
+    /// The alerts firing now, for the status page. Until the built-in alerts exist, the one
+    /// condition the receiver knows first-hand: Klaviyo refused the API key.
+    pub fn firing_alerts(&self) -> Vec<FiringAlert> {
+        let Some(sink) = &self.sink else {
+            return Vec::new();
+        };
+        sink.refused_at()
+            .map(|since| FiringAlert {
+                name: "klaviyo-key-refused".to_owned(),
+                since,
+                message: "Klaviyo refused the API key, so nothing is being sent. Webhooks are \
+                          still received and kept. Ask whoever manages the Klaviyo account for a \
+                          private key with write access to events, profiles and subscriptions, \
+                          set it as KLAVIYO_API_KEY and restart marketsync serve."
+                    .to_owned(),
+            })
+            .into_iter()
+            .collect()
     }
 
     /// From now on webhooks and `/readyz` are answered 503.
@@ -514,6 +535,28 @@ async fn readyz(State(receiver): State<Arc<Receiver>>) -> Response {
     }
 }
 
+/// The status page: the store's figures and the alerts firing, as one HTML page.
+async fn status_page(State(receiver): State<Arc<Receiver>>) -> Response {
+    let alerts = receiver.firing_alerts();
+    let store = Arc::clone(&receiver.store);
+    let read = tokio::task::spawn_blocking(move || {
+        page::Snapshot::read(&store.lock().expect("store lock"), now_ms(), alerts)
+    });
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(Ok(snapshot))) => Html(page::render(&snapshot)).into_response(),
+        Ok(Ok(Err(err))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("store: {err}\n")).into_response()
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "store did not answer\n").into_response(),
+    }
+}
+
+/// The alerts firing, as JSON (`{"alerts": [{"name", "since" (unix ms), "message"}]}`), for
+/// `marketsync status --admin`.
+async fn alerts(State(receiver): State<Arc<Receiver>>) -> Response {
+    axum::Json(serde_json::json!({ "alerts": receiver.firing_alerts() })).into_response()
+}
+
 /// The webhook route; every other path is answered 503, never 404.
 pub fn router(receiver: Arc<Receiver>) -> Router {
     Router::new()
@@ -522,9 +565,12 @@ pub fn router(receiver: Arc<Receiver>) -> Router {
         .with_state(receiver)
 }
 
-/// `/livez` (the process answers) and `/readyz` (not draining, and the store takes a write).
+/// `/livez` (the process answers), `/readyz` (not draining, and the store takes a write), the
+/// status page at `/` and the alerts firing at `/alerts`.
 pub fn admin_router(receiver: Arc<Receiver>) -> Router {
     Router::new()
+        .route("/", get(status_page))
+        .route("/alerts", get(alerts))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(receiver)

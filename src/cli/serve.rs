@@ -53,7 +53,10 @@ the write, --deadline reached, more than --max-in-flight at once, or shutting do
 Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on any 4xx but 429.
 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
-while shutting down), on --admin-listen, else on --listen.
+while shutting down); the status page for people, GET / (queues, lag, dead letters, exceptions,
+alerts firing), and the alerts as JSON, GET /alerts (read by `status --admin`): on
+--admin-listen, else on --listen. Keep that address private (localhost or an internal network):
+the page names categories and endpoints, not customers, but it is for the team, not the world.
 
 A client that has not sent a request's headers within --header-timeout is disconnected.
 
@@ -258,7 +261,7 @@ pub fn execute(args: Args) -> u8 {
         let stop = stop_signal();
         let webhooks = format!("http://{}{}", address(&listener), serve::WEBHOOK_PATH);
         let health = format!(
-            "http://{}",
+            "http://{}/",
             admin.as_ref().map_or_else(|| address(&listener), address)
         );
         let signatures = match (secrets.configured(), secrets.tokens_configured()) {
@@ -268,7 +271,7 @@ pub fn execute(args: Args) -> u8 {
         };
         info!(
             webhooks,
-            health,
+            status_page_and_health = health,
             signatures,
             mappings,
             state,

@@ -195,6 +195,15 @@ impl Engine {
             .collect()
     }
 
+    /// Each mapping with the lane and the Klaviyo endpoint its requests go to, in load order.
+    pub fn mapping_targets(&self) -> Vec<(Arc<str>, Lane, Endpoint)> {
+        self.compiled
+            .borrow_dependent()
+            .iter()
+            .map(|m| (Arc::clone(&m.name), m.lane, m.endpoint))
+            .collect()
+    }
+
     /// What every mapping of `record` may read besides its own selections.
     fn globals<'a>(&'a self, record: &'a Record, source: &'a Arc<str>) -> Globals<'a> {
         Globals {

@@ -23,6 +23,7 @@ pub mod http;
 pub mod limit;
 
 use crate::klaviyo::Endpoint;
+use crate::metrics::Metrics;
 use crate::spec::Lane;
 use crate::store::{NewDeadLetter, Pending, Store, StoreError};
 use http::{ApiError, ApiKey, Client, Outcome};
@@ -64,6 +65,8 @@ pub struct SinkConfig {
     /// requests queued as they are. A batch run then ends with
     /// [`SinkError::KlaviyoUnavailable`].
     pub outage_window: Duration,
+    /// Where what is sent, retried, dead-lettered and waited for is counted (`/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl SinkConfig {
@@ -82,6 +85,7 @@ impl SinkConfig {
             bulk: true,
             outage_failures: 10,
             outage_window: Duration::from_secs(120),
+            metrics: Arc::default(),
         }
     }
 }
@@ -163,9 +167,10 @@ pub struct Sink {
     store: Arc<Mutex<Store>>,
     report: Arc<Mutex<DeliveryReport>>,
     stop: Arc<AtomicBool>,
-    /// The first key refusal (status, detail), kept apart from the task that met it: a lane
-    /// that stops on `stop` before joining that task, or the other lane, still reports it.
-    refusal: Mutex<Option<(u16, String)>>,
+    /// The first key refusal (status, detail, when in unix ms), kept apart from the task that
+    /// met it: a lane that stops on `stop` before joining that task, or the other lane, still
+    /// reports it; the status page says since when.
+    refusal: Mutex<Option<(u16, String, i64)>>,
     schemas: &'static crate::klaviyo::Schemas,
     /// When this sink could start sending (unix ms): ordering holds count from here at the
     /// earliest.
@@ -250,10 +255,16 @@ impl Sink {
         let refusal = self.refusal.lock().expect("refusal lock");
         refusal
             .as_ref()
-            .map(|(status, detail)| SinkError::KeyRefused {
+            .map(|(status, detail, _)| SinkError::KeyRefused {
                 status: *status,
                 detail: detail.clone(),
             })
+    }
+
+    /// When Klaviyo first refused the key (unix ms), if it did.
+    pub fn refused_at(&self) -> Option<i64> {
+        let refusal = self.refusal.lock().expect("refusal lock");
+        refusal.as_ref().map(|(_, _, at)| *at)
     }
 
     /// Klaviyo refused the key: keeps the first refusal, stops everything, and returns the
@@ -267,9 +278,10 @@ impl Sink {
                 "Klaviyo refused the API key: sending stopped, the queue is kept"
             );
         }
-        refusal.get_or_insert((status, detail.clone()));
+        refusal.get_or_insert((status, detail.clone(), now_ms()));
         drop(refusal);
         self.stop.store(true, Ordering::SeqCst);
+        self.config.metrics.key_refused();
         SinkError::KeyRefused { status, detail }
     }
 
@@ -579,6 +591,13 @@ impl Sink {
                 let mut report = self.report.lock().expect("report lock");
                 for row in rows.iter().filter(|r| !refused_ids.contains(&r.id)) {
                     *report.sent.entry(row.mapping.clone()).or_default() += 1;
+                    self.config.metrics.sent(
+                        &row.endpoint,
+                        &row.lane,
+                        &row.mapping,
+                        row.created_at,
+                        now,
+                    );
                 }
                 // A profile the job refused goes on its own, where a refused phone is dropped
                 // and anything else becomes a dead letter with Klaviyo's reason.
@@ -654,6 +673,13 @@ impl Sink {
                     .lock()
                     .expect("store lock")
                     .mark_sent(&[row.id], status, now)?;
+                self.config.metrics.sent(
+                    &row.endpoint,
+                    &row.lane,
+                    &row.mapping,
+                    row.created_at,
+                    now,
+                );
                 *self
                     .report
                     .lock()
@@ -886,6 +912,7 @@ impl Sink {
         }
         drop(store);
         self.report.lock().expect("report lock").retried += 1;
+        self.config.metrics.retried(&row.endpoint, &row.mapping);
         Ok(())
     }
 
@@ -903,6 +930,12 @@ impl Sink {
             Call::Post(body) => self.client.post(endpoint.path(), body, scale).await,
             Call::Get(path) => self.client.get(path, scale).await,
         };
+        if let Outcome::Retry {
+            status: Some(429), ..
+        } = &outcome
+        {
+            self.config.metrics.rate_limited(endpoint.path());
+        }
         let mut limiter = self.limiter(endpoint);
         limiter.observe_latency(sent_at.elapsed(), Instant::now());
         if let (Some(remaining), Some(reset)) = (rate.remaining, rate.reset) {
@@ -934,6 +967,7 @@ impl Sink {
         let waited = started.elapsed();
         if !waited.is_zero() {
             self.report.lock().expect("report lock").waited_on_limits += waited;
+            self.config.metrics.waited_on_limit(endpoint.path(), waited);
         }
     }
 
@@ -996,6 +1030,9 @@ impl Sink {
             category,
             "a request became a dead letter"
         );
+        self.config
+            .metrics
+            .request_dead_lettered(&row.endpoint, &row.mapping, category);
         *self
             .report
             .lock()

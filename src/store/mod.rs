@@ -32,7 +32,7 @@ mod outbox;
 mod schema;
 mod status;
 
-pub use status::{LaneStatus, Status};
+pub use status::{LaneStatus, SentRequest, Status};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -637,7 +637,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(store.schema_version().unwrap(), 5);
         let letters = store.open_dead_letters(&Filter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].category, "retries-exhausted");
@@ -733,6 +733,48 @@ mod tests {
         assert_eq!(inbox(&store), Vec::<String>::new());
         store.intake(&delivery("a"), &[], &[], 0).unwrap();
         assert_eq!(inbox(&store), ["a"]);
+    }
+
+    /// Issue 14: lag is read back per request accepted, newest first, and the newest
+    /// delivery's time is known without a scan.
+    #[test]
+    fn sent_requests_carry_their_lag_and_the_newest_delivery_is_known() {
+        let mut store = Store::in_memory().unwrap();
+        assert_eq!(store.status(0).unwrap().last_delivery, None);
+        let request = |unique: &str| NewRequest {
+            mapping: "placed-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: "{}".into(),
+            once_key: None,
+            unique_id: Some(unique.into()),
+            waits_for: None,
+            coalesce_key: None,
+            version: None,
+        };
+        let delivery = |id: &'static str| DeliveryRecord {
+            marketplace: "m",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        };
+        store
+            .intake(&delivery("d1"), &[request("u1")], &[], 1_000)
+            .unwrap();
+        store
+            .intake(&delivery("d2"), &[request("u2")], &[], 2_000)
+            .unwrap();
+        assert_eq!(store.status(0).unwrap().last_delivery, Some(2_000));
+        let due = store.due_except("transaction", 10_000, 10, &[]).unwrap();
+        store.mark_sent(&[due[0].id], 202, 1_500).unwrap();
+        store.mark_sent(&[due[1].id], 202, 9_000).unwrap();
+        let sent = store.sent_since(0, 10).unwrap();
+        let lags: Vec<(i64, i64)> = sent.iter().map(|s| (s.sent_at, s.lag_ms)).collect();
+        assert_eq!(lags, [(9_000, 7_000), (1_500, 500)]);
+        assert_eq!(sent[0].mapping, "placed-order");
+        assert_eq!(sent[0].lane, "transaction");
+        assert_eq!(store.sent_since(2_000, 10).unwrap().len(), 1);
+        assert_eq!(store.sent_since(0, 1).unwrap()[0].sent_at, 9_000);
     }
 
     #[test]

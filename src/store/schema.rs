@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -183,6 +183,12 @@ CREATE TABLE warning (
 CREATE INDEX warning_created ON warning (created_at);
 "#;
 
+/// Version 5: how late requests reached Klaviyo is read by when they were accepted (the
+/// status page's last hour, the lag alert's last minutes), so the ledger is indexed by it.
+const V5: &str = r#"
+CREATE INDEX ledger_sent_at ON ledger (sent_at);
+"#;
+
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
 /// version inside its own write transaction, so two processes opening one new file do not
 /// both run a step.
@@ -304,7 +310,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 4 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 5 })
         ));
     }
 }

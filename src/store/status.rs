@@ -1,6 +1,7 @@
 //! The figures `marketsync status` shows, read in one snapshot.
 
 use super::{Store, StoreError, count_at};
+use rusqlite::OptionalExtension;
 use std::collections::BTreeMap;
 
 /// The store at a glance.
@@ -14,6 +15,24 @@ pub struct Status {
     pub last_success: BTreeMap<String, i64>,
     /// Open exceptions: flagged requests not yet resolved.
     pub exceptions: usize,
+    /// Open exceptions by kind (their category); the counts add up to `exceptions`.
+    pub exceptions_by_category: BTreeMap<String, usize>,
+    /// When the newest delivery was stored (unix ms); `None` for an empty store.
+    pub last_delivery: Option<i64>,
+}
+
+/// One request Klaviyo accepted, and how long it waited for that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRequest {
+    pub lane: String,
+    pub mapping: String,
+    /// The endpoint it was queued for.
+    pub endpoint: String,
+    /// When Klaviyo accepted it (unix ms).
+    pub sent_at: i64,
+    /// From queued (its delivery stored) to accepted, in ms. A coalesced profile update
+    /// counts from the oldest update it replaced: how long that profile waited.
+    pub lag_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,11 +69,42 @@ impl Store {
             let (endpoint, at) = row?;
             status.last_success.insert(endpoint, at);
         }
-        status.exceptions = tx.query_row(
-            "SELECT count(*) FROM exception WHERE resolved_at IS NULL",
-            [],
-            |r| count_at(r, 0),
+        let mut exceptions = tx.prepare(
+            "SELECT kind, count(*) FROM exception WHERE resolved_at IS NULL GROUP BY kind",
         )?;
+        for row in exceptions.query_map([], |r| Ok((r.get(0)?, count_at(r, 1)?)))? {
+            let (kind, count) = row?;
+            status.exceptions += count;
+            status.exceptions_by_category.insert(kind, count);
+        }
+        // Ids grow with time: the newest row is found without a scan.
+        status.last_delivery = tx
+            .query_row(
+                "SELECT received_at FROM inbox ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(status)
+    }
+
+    /// The requests Klaviyo accepted at or after `since` (unix ms), newest first, at most
+    /// `limit` of them (a busy hour holds millions; the newest are what a lag figure needs).
+    pub fn sent_since(&self, since: i64, limit: usize) -> Result<Vec<SentRequest>, StoreError> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT o.lane, o.mapping, o.endpoint, l.sent_at, l.sent_at - o.created_at
+             FROM ledger l JOIN outbox o ON o.id = l.outbox_id
+             WHERE l.sent_at >= ?1 ORDER BY l.sent_at DESC LIMIT ?2",
+        )?;
+        let rows = query.query_map(rusqlite::params![since, limit as i64], |r| {
+            Ok(SentRequest {
+                lane: r.get(0)?,
+                mapping: r.get(1)?,
+                endpoint: r.get(2)?,
+                sent_at: r.get(3)?,
+                lag_ms: r.get::<_, i64>(4)?.max(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
