@@ -87,6 +87,8 @@ pub struct Counters {
     pub bad_signature: AtomicU64,
     /// The store failed, the deadline passed, or too many were in flight.
     pub unavailable: AtomicU64,
+    /// Of those, the store failed or the deadline passed: what the intake alert watches.
+    pub intake_failed: AtomicU64,
     pub shutting_down: AtomicU64,
 }
 
@@ -255,10 +257,12 @@ impl Receiver {
             }
             Ok(Err(err)) => {
                 eprintln!("serve: webhook not kept: {err}; answered 503");
+                Counters::add(&self.counters.intake_failed);
                 self.unavailable(&self.counters.unavailable, "store unavailable")
             }
             Err(_) => {
                 eprintln!("serve: webhook not kept: intake failed; answered 503");
+                Counters::add(&self.counters.intake_failed);
                 self.unavailable(&self.counters.unavailable, "store unavailable")
             }
         }
@@ -285,6 +289,7 @@ async fn webhook_handler(
         Ok(response) => response,
         Err(_) => {
             eprintln!("serve: webhook not kept: deadline reached; answered 503");
+            Counters::add(&receiver.counters.intake_failed);
             receiver.unavailable(&receiver.counters.unavailable, "deadline reached")
         }
     }

@@ -2,9 +2,11 @@
 
 use super::run::{SinkArgs, sink_setup};
 use super::{EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs};
+use marketsync::alerts::{Alerts, Facts, Notifier};
 use marketsync::serve::{self, Receiver, ServeConfig};
-use marketsync::sink::{Sink, SinkError};
+use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +118,16 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     };
+    let alerts = match &engine.settings().alerts {
+        Some(settings) => match Notifier::new(settings, |name| std::env::var(name).ok()) {
+            Ok(notifier) => Some(Alerts::new(settings.clone(), notifier, now_ms())),
+            Err(problem) => {
+                eprintln!("error: {problem}");
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
     let (sink_config, redactor) = match sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
         Err(code) => return code,
@@ -170,6 +182,7 @@ pub fn execute(args: Args) -> u8 {
             },
         );
         let sink = Sink::new(sink_config, Arc::clone(&store));
+        let alerts_store = Arc::clone(&store);
         let receiver = Receiver::new(
             Arc::new(engine),
             store,
@@ -177,6 +190,23 @@ pub fn execute(args: Args) -> u8 {
             Some(Arc::clone(&sink)),
             config,
         );
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        if let Some(alerts) = alerts {
+            let (receiver, sink) = (Arc::clone(&receiver), Arc::clone(&sink));
+            let facts = move || Facts {
+                intake_failures: receiver.counters.intake_failed.load(Ordering::Relaxed),
+                key_refused: sink.refused().is_some(),
+            };
+            let mut stopped = stopped.clone();
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(alerts.run(alerts_store, facts, stopped));
+        }
+        let stop = async move {
+            stop.await;
+            let _ = stopping.send(true);
+        };
         match serve::serve(receiver, sink, listener, admin, stop).await {
             Ok(Ok(())) => {
                 eprintln!("serve: stopped");
