@@ -71,9 +71,16 @@ impl Alert {
         }
     }
 
-    /// Where docs/operations.md says what to do.
+    /// Where docs/operations.md says what to do (section 11.5, a heading per alert).
     pub fn runbook(self) -> &'static str {
-        "docs/operations.md, section 13 (built-in alerts)"
+        match self {
+            Alert::PlacedOrderLag => "docs/operations.md#placed-order-lag",
+            Alert::OrderQueueAge => "docs/operations.md#order-queue-age",
+            Alert::DeadLetters => "docs/operations.md#dead-letters",
+            Alert::NoDelivery => "docs/operations.md#no-delivery",
+            Alert::IntakeFailures => "docs/operations.md#intake-failures",
+            Alert::KeyRefused => "docs/operations.md#key-refused",
+        }
     }
 
     /// The first thing to do, in a sentence.

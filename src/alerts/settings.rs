@@ -168,8 +168,27 @@ impl std::fmt::Display for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Span::parse(&text).map_err(serde::de::Error::custom)
+        struct SpanVisitor;
+        impl serde::de::Visitor<'_> for SpanVisitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a length of time such as 90s, 10m, 4h or 1d")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Span, E> {
+                Span::parse(text).map_err(E::custom)
+            }
+            // A bare number is the usual slip: say what is missing, not that it is a number.
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Span, E> {
+                Span::parse(&n.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Span, E> {
+                Span::parse(&n.to_string()).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Span, E> {
+                Span::parse(&n.to_string()).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SpanVisitor)
     }
 }
 
