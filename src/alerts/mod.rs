@@ -283,7 +283,7 @@ impl Evaluator {
             holds.insert(
                 Alert::IntakeFailures,
                 format!(
-                    "Webhooks cannot be stored: {failed} were answered 503 in the last {} because the state file did not take the write; nothing new reaches Klaviyo meanwhile",
+                    "Webhooks cannot be stored: {failed} answered 503 in the last {} because the state file did not take the write; nothing new reaches Klaviyo meanwhile",
                     settings.intake_failures
                 ),
             );
@@ -539,7 +539,7 @@ mod tests {
         let fired = alerts.check(&store, facts(3), 2 * MINUTE).unwrap();
         assert_eq!(fired.len(), 1);
         assert!(
-            fired[0].text.contains("3 were answered 503"),
+            fired[0].text.contains("3 answered 503"),
             "{}",
             fired[0].text
         );
