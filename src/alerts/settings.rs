@@ -160,7 +160,7 @@ impl std::fmt::Display for Span {
         let seconds = self.0.as_secs();
         let (n, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
             .into_iter()
-            .find(|(size, _)| seconds % size == 0 && seconds >= *size)
+            .find(|(size, _)| seconds.is_multiple_of(*size) && seconds >= *size)
             .map_or((seconds, "s"), |(size, unit)| (seconds / size, unit));
         write!(f, "{n}{unit}")
     }
