@@ -285,6 +285,13 @@ async fn a_stuck_order_queue_fires_once_repeats_at_the_interval_and_resolves_on_
     );
     assert!(firing[0].1.contains("docs/operations.md"), "{all:#?}");
     // The command got the same messages on stdin, with its variables.
+    // The command runs beside the Slack post, so it may finish a moment later.
+    until(
+        "the command to be told it resolved",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("order-queue-age resolved")),
+    )
+    .await;
     let written = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         written
@@ -314,6 +321,12 @@ async fn a_stuck_order_queue_fires_once_repeats_at_the_interval_and_resolves_on_
     assert!(!output.contains(SLACK_SECRET), "{output}");
     assert!(
         output.contains("alerts: order-queue-age firing"),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "serve: alerts checked every 1s, sent to Slack (the URL in {SLACK_ENV}) and command `sh`"
+        )),
         "{output}"
     );
     klaviyo.shutdown().await;

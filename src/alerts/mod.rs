@@ -527,6 +527,31 @@ mod tests {
     }
 
     #[test]
+    fn silence_counts_from_the_last_delivery_or_else_from_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut alerts = evaluator(Span::minutes(60));
+        let hour = 60 * MINUTE;
+        assert!(
+            alerts
+                .check(&store, Facts::default(), 4 * hour)
+                .unwrap()
+                .is_empty()
+        );
+        let fired = alerts
+            .check(&store, Facts::default(), 4 * hour + MINUTE)
+            .unwrap();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].alert, Alert::NoDelivery);
+        assert!(
+            fired[0].text.contains("none since serve started 4.0 h ago"),
+            "{}",
+            fired[0].text
+        );
+        assert_eq!(alerts.firing()[0].owner, "e-commerce");
+    }
+
+    #[test]
     fn intake_failures_count_within_their_window_and_then_clear() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();

@@ -51,6 +51,12 @@ Environment (read, never printed):
                                          taken when its signature or its token is right
   MARKETPLACER_WEBHOOK_TOKEN_PREVIOUS    the previous token, also accepted during a rotation
   MARKETSYNC_MAPPINGS                    the mapping folder when --mappings is left out
+  (the variable client.yaml's `alerts: slack_webhook_env` names)  a Slack incoming-webhook URL
+
+Alerts: with `alerts:` in client.yaml, serve checks for late or stuck order events, dead
+letters of orders or consent, no webhook for hours, webhooks it could not store and a refused
+key, and tells Slack and/or a command once when each starts, at most every `repeat` while it
+lasts, and when it ends (docs/clients.md, docs/operations.md 11.5).
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
 address cannot be bound or the state file cannot be opened or is held by another writer, 5
@@ -120,7 +126,20 @@ pub fn execute(args: Args) -> u8 {
     };
     let alerts = match &engine.settings().alerts {
         Some(settings) => match Notifier::new(settings, |name| std::env::var(name).ok()) {
-            Ok(notifier) => Some(Alerts::new(settings.clone(), notifier, now_ms())),
+            Ok(notifier) => {
+                let mut to: Vec<String> = settings
+                    .slack_webhook_env
+                    .iter()
+                    .map(|variable| format!("Slack (the URL in {variable})"))
+                    .collect();
+                to.extend(settings.command.first().map(|c| format!("command `{c}`")));
+                eprintln!(
+                    "serve: alerts checked every {}, sent to {}",
+                    settings.check_every,
+                    to.join(" and ")
+                );
+                Some(Alerts::new(settings.clone(), notifier, now_ms()))
+            }
             Err(problem) => {
                 eprintln!("error: {problem}");
                 return EXIT_USAGE;
