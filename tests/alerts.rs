@@ -574,3 +574,42 @@ async fn webhooks_the_store_cannot_take_fire_the_intake_alert_with_their_count_t
     drop(serve);
     klaviyo.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placed_orders_sent_slowly_fire_the_lag_alert_until_they_leave_its_window() {
+    let klaviyo = StandIn::start(Config {
+        faults: Faults {
+            slow_rate: 1.0,
+            slow: Duration::from_secs(3),
+            ..Faults::none()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let (slack, slack_url) = Slack::start(StatusCode::OK).await;
+    let yaml = format!(
+        "alerts:\n  slack_webhook_env: {SLACK_ENV}\n  check_every: 1s\n  placed_order_lag: {{ p99: 2s, window: 6s }}\n"
+    );
+    let serve = Serve::start(&yaml, &klaviyo, DEFAULT_API_KEY, &[(SLACK_ENV, &slack_url)]);
+    assert_eq!(serve.post_order().await, 200);
+    until("the lag alert to resolve", Duration::from_secs(60), || {
+        slack
+            .texts()
+            .iter()
+            .any(|(_, t)| t.contains("RESOLVED placed-order-lag"))
+    })
+    .await;
+    let texts: Vec<String> = slack.texts().into_iter().map(|(_, t)| t).collect();
+    let fired: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.starts_with("[marketsync] FIRING placed-order-lag"))
+        .collect();
+    assert_eq!(fired.len(), 1, "{texts:#?}");
+    assert!(
+        fired[0].contains("1 of the 1 orders sent in the last 6s took over 2s"),
+        "{texts:#?}"
+    );
+    drop(serve);
+    klaviyo.shutdown().await;
+}
