@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+pub mod alerts;
 pub mod diagnostic;
 pub mod engine;
 mod group_commit;

@@ -106,6 +106,8 @@ pub struct Counters {
     pub bad_signature: AtomicU64,
     /// The store failed, the deadline passed, or too many were in flight.
     pub unavailable: AtomicU64,
+    /// Of those, the store failed or the deadline passed: what the intake alert watches.
+    pub intake_failed: AtomicU64,
     pub shutting_down: AtomicU64,
 }
 
@@ -314,6 +316,7 @@ impl Receiver {
 
     /// A 503 because the store did not take the write; `problem` is logged, not answered.
     fn store_failed(&self, problem: String) -> Response {
+        Counters::add(&self.counters.intake_failed);
         let answered = Answered {
             outcome: Outcome::Unavailable,
             reason: Some(problem),
@@ -487,7 +490,10 @@ async fn answer(
     let deadline = receiver.config.deadline;
     match tokio::time::timeout(deadline, receiver.take(headers, body, seen)).await {
         Ok(response) => response,
-        Err(_) => receiver.unavailable(Outcome::Unavailable, "deadline reached"),
+        Err(_) => {
+            Counters::add(&receiver.counters.intake_failed);
+            receiver.unavailable(Outcome::Unavailable, "deadline reached")
+        }
     }
 }
 

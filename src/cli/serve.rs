@@ -9,10 +9,12 @@ use super::run::{SinkArgs, try_sink_setup};
 use super::{
     EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs,
 };
+use marketsync::alerts::{Alerts, Facts, Notifier};
 use marketsync::serve::{self, Receiver, ServeConfig};
-use marketsync::sink::{Sink, SinkError};
+use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
 use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -85,6 +87,12 @@ Environment (read, never printed):
 Logs: one event per webhook answered (outcome, status, marketplace, idempotency key, sequence,
 delivery type, size, duration), and for start-up, shutdown, Klaviyo retries, dead letters,
 outages and a refused key; never a secret, a body, an email or a phone. See docs/serve.md.
+  (the variable client.yaml's `alerts: slack_webhook_env` names)  a Slack incoming-webhook URL
+
+Alerts: with `alerts:` in client.yaml, serve checks for late or stuck order events, dead
+letters of orders or consent, no webhook for hours, webhooks it could not store and a refused
+key, and tells Slack and/or a command once when each starts, at most every `repeat` while it
+lasts, and when it ends (docs/clients.md, docs/operations.md 11.5).
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
 address cannot be bound or the state file cannot be opened or is held by another writer, 5
@@ -209,6 +217,29 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_USAGE;
     };
+    let alerts = match &engine.settings().alerts {
+        Some(settings) => match Notifier::new(settings, |name| std::env::var(name).ok()) {
+            Ok(notifier) => {
+                let mut to: Vec<String> = settings
+                    .slack_webhook_env
+                    .iter()
+                    .map(|variable| format!("Slack (the URL in {variable})"))
+                    .collect();
+                to.extend(settings.command.first().map(|c| format!("command `{c}`")));
+                info!(
+                    check_every = %settings.check_every,
+                    to = to.join(" and "),
+                    "alerts on"
+                );
+                Some(Alerts::new(settings.clone(), notifier, now_ms()))
+            }
+            Err(problem) => {
+                error!("{problem}");
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
     let (sink_config, redactor) = match try_sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
         Err(message) => {
@@ -282,6 +313,7 @@ pub fn execute(args: Args) -> u8 {
             "listening"
         );
         let sink = Sink::new(sink_config, Arc::clone(&store));
+        let alerts_store = Arc::clone(&store);
         let receiver = Receiver::new(
             Arc::new(engine),
             store,
@@ -289,6 +321,23 @@ pub fn execute(args: Args) -> u8 {
             Some(Arc::clone(&sink)),
             config,
         );
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        if let Some(alerts) = alerts {
+            let (receiver, sink) = (Arc::clone(&receiver), Arc::clone(&sink));
+            let facts = move || Facts {
+                intake_failures: receiver.counters.intake_failed.load(Ordering::Relaxed),
+                key_refused: sink.refused().is_some(),
+            };
+            let mut stopped = stopped.clone();
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(alerts.run(alerts_store, facts, stopped));
+        }
+        let stop = async move {
+            stop.await;
+            let _ = stopping.send(true);
+        };
         match serve::serve(receiver, sink, listener, admin, stop).await {
             Ok(Ok(())) => {
                 info!(exit = EXIT_OK, "stopped");

@@ -383,6 +383,9 @@ pub struct ClientConfig {
     /// Per-endpoint rate limits, replacing the base's one by one.
     #[serde(default)]
     pub rate_limits: IndexMap<String, RateLimitSettings>,
+    /// Built-in alerts `serve` sends, for teams without Prometheus.
+    #[serde(default)]
+    pub alerts: Option<crate::alerts::AlertSettings>,
 }
 
 fn default_profile_mapping() -> Spanned<String> {
@@ -422,6 +425,9 @@ impl ClientConfig {
         }
         for (path, limit) in &self.rate_limits {
             settings.rate_limits.insert(path.clone(), *limit);
+        }
+        if let Some(alerts) = &self.alerts {
+            settings.alerts = Some(alerts.clone());
         }
     }
 

@@ -252,6 +252,34 @@ pub(super) fn check(
             }
         }
     }
+    if let Some(alerts) = top.get("alerts")
+        && let BodyNode::Map(fields) = &alerts.value
+    {
+        if let Some(value) = fields.get("slack_webhook_env") {
+            pattern(
+                value,
+                "alerts.slack_webhook_env",
+                is_identifier,
+                "an environment variable name: letters, digits and `_`, not starting with a digit (the webhook URL itself never goes in a file)",
+                &mut error,
+            );
+        }
+        let command = fields.get("command");
+        if let Some(value) = command
+            && matches!(&value.value, BodyNode::List(items) if items.is_empty())
+        {
+            error(
+                value.at,
+                "alerts.command is empty: give the program and its arguments, such as [/usr/local/bin/page-ops, --team, ecommerce]".into(),
+            );
+        }
+        if command.is_none() && !fields.contains_key("slack_webhook_env") {
+            error(
+                key_at("alerts", alerts),
+                "alerts: no notifier, so no alert would ever be sent: give `slack_webhook_env` (a variable holding a Slack incoming-webhook URL), `command`, or both".into(),
+            );
+        }
+    }
     out
 }
 

@@ -40,6 +40,10 @@ pub struct Settings {
     /// "Placed Order" and "Ordered Product" itself, so ours must be named differently.
     #[serde(default)]
     pub marketplacer_klaviyo_integration: Option<Spanned<bool>>,
+    /// The client's built-in alerts (`alerts:` in client.yaml only: where alerts go is the
+    /// client's, not the base's).
+    #[serde(skip)]
+    pub alerts: Option<crate::alerts::AlertSettings>,
 }
 
 /// One marketplace (Marketplacer vertical) of a client.

@@ -115,6 +115,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Open dead letters by mapping (those of no mapping, such as unreadable lines, left
+    /// out): how many orders or opt-ins an alert on a mapping touches.
+    pub fn open_dead_letter_counts_by_mapping(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT mapping, count(*) FROM dead_letter
+             WHERE resolved_at IS NULL AND mapping IS NOT NULL GROUP BY mapping",
+        )?;
+        let rows = statement.query_map([], |r| Ok((r.get(0)?, super::count_at(r, 1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One dead letter, open or closed.
     pub fn find_dead_letter(&self, id: i64) -> Result<DeadLetter, StoreError> {
         self.conn
