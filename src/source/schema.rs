@@ -79,6 +79,14 @@ pub struct TypeEntry {
     /// Enums: their values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Fields that take arguments: field name to argument name to its type as written, with
+    /// `!` only where the argument must be given (non-null and no default). Webhook queries
+    /// are checked against these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, BTreeMap<String, String>>,
+    /// Deprecated fields and the schema's reason: a query selecting one is warned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deprecated: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
