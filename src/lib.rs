@@ -25,6 +25,7 @@ pub mod diagnostic;
 pub mod engine;
 pub mod klaviyo;
 mod pipeline;
+pub mod queries;
 pub mod replay;
 pub mod run;
 pub mod serve;
