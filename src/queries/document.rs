@@ -102,14 +102,15 @@ struct Reader<'t> {
 }
 
 impl Reader<'_> {
-    /// Whether the line above `offset` is a `# deprecated: why` comment.
+    /// Whether the comment block right above `offset` has a `# deprecated: why` line.
     fn deprecation_noted(&self, offset: usize) -> bool {
         let line_start = self.text[..offset].rfind('\n').unwrap_or(0);
-        let above = self.text[..line_start]
+        self.text[..line_start]
             .lines()
-            .next_back()
-            .unwrap_or_default();
-        above.trim_start().starts_with("# deprecated:")
+            .rev()
+            .map(str::trim_start)
+            .take_while(|line| line.starts_with('#'))
+            .any(|line| line.starts_with("# deprecated:"))
     }
 
     /// Adds the selections of `set` to `into`; `spreading` holds the fragments being inlined,

@@ -463,3 +463,4 @@ fn read_folder(dir: &Path) -> Result<Vec<(String, String)>, String> {
     files.sort();
     Ok(files)
 }
+
