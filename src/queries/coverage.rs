@@ -13,7 +13,8 @@
 //! Every field a path reaches is remembered, so [`Coverage::unread`] can list what the query
 //! selects that no mapping reads: each costs Marketplacer work on every event.
 
-use super::{QuerySet, SelectionSet};
+use super::{Field, QuerySet, SelectionSet, line_column};
+use crate::diagnostic::SourceFile;
 use crate::source::schema::{MarketplacerSchema, Shape, locate};
 use indexmap::IndexMap;
 use jsonpath_rust::parser::model::{
@@ -23,11 +24,13 @@ use jsonpath_rust::parser::model::{
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// What each webhook type's record holds, by type: the selection of its query's `node`.
 #[derive(Debug)]
 pub struct Records {
     by_type: IndexMap<String, (SelectionSet, String)>,
+    files: Vec<Arc<SourceFile>>,
 }
 
 impl QuerySet {
@@ -41,7 +44,10 @@ impl QuerySet {
                 (type_name.clone(), (query.record(), file))
             })
             .collect();
-        Records { by_type }
+        Records {
+            by_type,
+            files: self.files.clone(),
+        }
     }
 }
 
@@ -82,7 +88,10 @@ impl std::error::Error for NotSelected {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unread {
     pub type_name: String,
-    pub query_file: String,
+    /// The file the field is selected in, and where.
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
     /// Response keys from the record down, `order.externalIds`.
     pub keys: Vec<String>,
 }
@@ -91,8 +100,10 @@ impl fmt::Display for Unread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} selects `{}`, which no mapping reads",
-            self.query_file,
+            "{}:{}:{}: the {} query selects `{}`, which no mapping reads",
+            self.file,
+            self.line,
+            self.column,
             self.type_name,
             self.keys.join(".")
         )
@@ -204,13 +215,17 @@ impl<'a> Coverage<'a> {
         let reads = self.reads.borrow();
         let empty = Reads::default();
         let mut found = Vec::new();
-        for (type_name, (set, file)) in &self.records.by_type {
+        for (type_name, (set, _)) in &self.records.by_type {
             let reads = reads.get(type_name).unwrap_or(&empty);
             let mut keys = Vec::new();
-            unread_in(set, reads, &mut keys, &mut |keys| {
+            unread_in(set, reads, &mut keys, &mut |keys, field| {
+                let file = &self.records.files[field.at.file];
+                let at = line_column(&file.text, field.at.offset);
                 found.push(Unread {
                     type_name: type_name.clone(),
-                    query_file: file.clone(),
+                    file: file.name.clone(),
+                    line: at.line,
+                    column: at.column,
                     keys,
                 });
             });
@@ -223,7 +238,7 @@ fn unread_in(
     set: &SelectionSet,
     reads: &Reads,
     keys: &mut Vec<String>,
-    report: &mut dyn FnMut(Vec<String>),
+    report: &mut dyn FnMut(Vec<String>, &Field),
 ) {
     if (0..=keys.len()).any(|n| reads.whole.contains(&keys[..n])) {
         return;
@@ -236,7 +251,7 @@ fn unread_in(
         if reads.reached.contains(keys.as_slice()) {
             unread_in(&field.selection, reads, keys, report);
         } else if !reads.whole.contains(keys.as_slice()) {
-            report(keys.clone());
+            report(keys.clone(), field);
         }
         keys.pop();
     }

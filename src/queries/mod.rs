@@ -15,6 +15,7 @@
 pub mod check;
 pub mod coverage;
 mod document;
+pub mod live;
 
 use crate::diagnostic::{Diagnostic, Position, Severity, SourceFile};
 use include_dir::{Dir, include_dir};
@@ -463,4 +464,3 @@ fn read_folder(dir: &Path) -> Result<Vec<(String, String)>, String> {
     files.sort();
     Ok(files)
 }
-
