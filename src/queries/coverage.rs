@@ -423,3 +423,128 @@ impl<'a> Walk<'_, 'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonpath_rust::parser::parse_json_path;
+
+    const QUERY: &str = r#"
+        query InvoiceWebhook($id: ID!) {
+          node(id: $id) {
+            __typename
+            ... on Invoice {
+              legacyId
+              email: buyerEmailAddress
+              statusFlags
+              lineItems { ...Line }
+              order {
+                metadata { key value }
+                invoices { edges { node { legacyId } } }
+                lineItems { nodes { ...Line } }
+                paymentGatewayDetails
+              }
+            }
+          }
+        }
+        fragment Line on LineItem {
+          quantity
+          variant { advert { ... on Advert { taxon { treeName } } } }
+        }
+    "#;
+
+    fn records() -> Records {
+        let mut set = QuerySet::default();
+        let problems = set.add(
+            vec![("queries/invoice.graphql".into(), QUERY.into())],
+            false,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        set.records()
+    }
+
+    fn check<'a>(coverage: &Coverage<'a>, path: &str) -> Result<Cursor<'a>, NotSelected> {
+        let query = parse_json_path(path).unwrap();
+        let root = coverage.root("Invoice").unwrap();
+        coverage.check("Invoice", &root, &query, path)
+    }
+
+    #[test]
+    fn paths_follow_aliases_fragments_connections_lists_and_filters() {
+        let records = records();
+        let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
+        for path in [
+            "$.legacyId",
+            "$.email",
+            "$.statusFlags[?@ == 'PAID']",
+            "$.lineItems[*].quantity",
+            "$.lineItems[0].variant.advert.taxon.treeName",
+            "$.lineItems[?@.quantity > 1].variant",
+            "$.order.metadata[?@.key == 'vip'].value",
+            "$.order.invoices.edges[*].node.legacyId",
+            "$.order.lineItems.nodes[*].variant.advert.taxon",
+            // Anything below a JSON scalar, and what descends or wildcards over an object.
+            "$.order.paymentGatewayDetails.gateway.reference",
+            "$.order..anything",
+            "$.order.*.anything",
+        ] {
+            assert!(check(&coverage, path).is_ok(), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_path_the_query_cannot_produce_names_the_field_and_where_to_add_it() {
+        let records = records();
+        let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
+        let err = check(&coverage, "$.order.phone").unwrap_err();
+        assert_eq!((err.field.as_str(), err.column), ("phone", 9));
+        assert_eq!(
+            err.to_string(),
+            r#"$.order.phone is not selected by queries/invoice.graphql; add "phone" under "order""#
+        );
+        // The schema's name is not the record's when the query aliases it.
+        let err = check(&coverage, "$.buyerEmailAddress").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"$.buyerEmailAddress is not selected by queries/invoice.graphql; add "buyerEmailAddress" under "... on Invoice""#
+        );
+        // Inside connections, fragments and filters.
+        let err = check(&coverage, "$.order.lineItems.nodes[*].variantSku").unwrap_err();
+        assert_eq!(err.parent, ["order", "lineItems", "nodes"]);
+        let err = check(&coverage, "$.order.invoices.edges[*].node.paidAt").unwrap_err();
+        assert_eq!(err.parent, ["order", "invoices", "edges", "node"]);
+        let err = check(&coverage, "$.lineItems[?@.sku == 'A'].quantity").unwrap_err();
+        assert_eq!((err.field.as_str(), err.column), ("sku", 16));
+        let err = check(
+            &coverage,
+            "$.lineItems[?@.quantity > $.order.total].quantity",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.parent.as_slice()),
+            ("total", &["order".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn what_no_path_reads_is_listed_once_at_its_highest_field() {
+        let records = records();
+        let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
+        for path in ["$.legacyId", "$.order.metadata", "$.lineItems[*]"] {
+            check(&coverage, path).unwrap();
+        }
+        let unread: Vec<String> = coverage.unread().iter().map(|u| u.keys.join(".")).collect();
+        assert_eq!(
+            unread,
+            [
+                "email",
+                "statusFlags",
+                "order.invoices",
+                "order.lineItems",
+                "order.paymentGatewayDetails"
+            ]
+        );
+        let first = &coverage.unread()[0];
+        assert_eq!((first.line, first.column), (7, 15));
+    }
+}

@@ -21,6 +21,12 @@ pub struct Operation {
 
 /// The operations of one document, and what was wrong in it.
 pub fn parse(file: usize, text: &str) -> (Vec<Operation>, Vec<QueryProblem>) {
+    // A file of comments only (a client's example, not yet used) adds nothing; GraphQL itself
+    // calls an empty document an error.
+    let blank = |line: &str| line.trim().is_empty() || line.trim_start().starts_with('#');
+    if text.lines().all(blank) {
+        return (Vec::new(), Vec::new());
+    }
     let tree = Parser::new(text).parse();
     let mut problems: Vec<QueryProblem> = tree
         .errors()

@@ -464,3 +464,150 @@ fn read_folder(dir: &Path) -> Result<Vec<(String, String)>, String> {
     files.sort();
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::schema::MarketplacerSchema;
+
+    fn load(files: &[(&str, &str)]) -> (QuerySet, Vec<QueryProblem>) {
+        let mut set = QuerySet::default();
+        let files = files
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        let problems = set.add(files, false);
+        (set, problems)
+    }
+
+    fn rendered(set: &QuerySet, problems: &[QueryProblem]) -> Vec<String> {
+        problems
+            .iter()
+            .map(|p| set.diagnostic(p).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_builtin_queries_are_valid_and_read_the_three_webhook_types() {
+        let (set, problems) = QuerySet::builtin();
+        assert!(problems.is_empty(), "{problems:?}");
+        let types: Vec<&str> = set.queries.keys().map(String::as_str).collect();
+        assert_eq!(types, ["Invoice", "RefundRequest", "Shipment"]);
+        for query in set.queries.values() {
+            let problems = check::check(query, MarketplacerSchema::builtin());
+            assert!(problems.is_empty(), "{:?}", rendered(&set, &problems));
+        }
+    }
+
+    #[test]
+    fn schema_problems_are_at_their_line_and_column() {
+        let text = "query($id: ID!) {\n  node(id: $id) {\n    ... on Invoice {\n      legacyID\n      order { lineItems(frist: 2) { nodes { id } } }\n      seller\n      paidAt { day }\n      lineItems { treeName: variantName }\n    }\n  }\n}\n";
+        let (set, problems) = load(&[("q.graphql", text)]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let problems = check::check(&set.queries["Invoice"], MarketplacerSchema::builtin());
+        assert_eq!(
+            rendered(&set, &problems),
+            [
+                "q.graphql:4:7: error: `Invoice` has no field `legacyID` (did you mean `legacyId`?)",
+                "q.graphql:5:15: error: `Order.lineItems` has no argument `frist` (it takes after, before, first, last)",
+                "q.graphql:6:7: error: `seller` is a `Seller`: select its fields in braces",
+                "q.graphql:7:7: error: `paidAt` is a `ISO8601DateTime`, which has no fields to select",
+            ]
+        );
+        let missing = "query { node { ... on Invoice { id } } }";
+        let (set, _) = load(&[("q.graphql", missing)]);
+        let problems = check::check(&set.queries["Invoice"], MarketplacerSchema::builtin());
+        assert_eq!(
+            rendered(&set, &problems),
+            ["q.graphql:1:9: error: `Query.node` needs argument `id: ID!`"]
+        );
+    }
+
+    #[test]
+    fn a_deprecated_field_warns_unless_a_comment_says_why_it_is_kept() {
+        let text = "query($id: ID!) {\n  node(id: $id) {\n    ... on Invoice {\n      lineItems { variant { id } }\n      # deprecated: no copied value has it\n      lineItems { advert { id } }\n    }\n  }\n}\n";
+        let (set, _) = load(&[("q.graphql", text)]);
+        let problems = check::check(&set.queries["Invoice"], MarketplacerSchema::builtin());
+        let rendered = rendered(&set, &problems);
+        assert_eq!(rendered.len(), 1, "{rendered:?}");
+        assert!(
+            rendered[0].starts_with("q.graphql:4:19: warning: `LineItem.variant` is deprecated: "),
+            "{rendered:?}"
+        );
+    }
+
+    #[test]
+    fn documents_that_are_not_one_webhook_query_are_refused() {
+        let (set, problems) = load(&[
+            (
+                "a.graphql",
+                "query { node(id: $id) { ... on Invoice { id } } }",
+            ),
+            (
+                "b.graphql",
+                "query { node(id: $id) { ... on Invoice { id } } }",
+            ),
+            ("c.graphql", "query { updatedOrders { nodes { id } } }"),
+            ("d.graphql", "query { node(id: $id) { ...F } }"),
+            (
+                "e.graphql",
+                "query { node(id: $id) { ... on Invoice { id: legacyId id } } ",
+            ),
+        ]);
+        assert_eq!(
+            rendered(&set, &problems),
+            [
+                "b.graphql:1:1: error: Invoice already has its query in a.graphql: one query per webhook type",
+                "c.graphql:1:1: error: a webhook query reads one record: `query($id: ID!) { node(id: $id) { __typename ... on TYPE { … } } }`",
+                "d.graphql:1:25: error: no fragment `F` is defined in this file",
+                "d.graphql:1:1: error: a webhook query reads one record: `query($id: ID!) { node(id: $id) { __typename ... on TYPE { … } } }`",
+                "e.graphql:1:62: error: expected R_CURLY, got EOF",
+            ]
+        );
+        let (set, problems) = load(&[(
+            "f.graphql",
+            "query { node(id: $id) { ... on Invoice { id: legacyId id } } }",
+        )]);
+        assert_eq!(
+            rendered(&set, &problems),
+            [
+                "f.graphql:1:55: error: `id` is selected as `id: legacyId` and as `id`: give one of them another alias"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_query_merges_into_the_base_and_prints_ready_to_paste() {
+        let (mut set, _) = load(&[(
+            "base.graphql",
+            "query W($id: ID!) { node(id: $id) { __typename ... on Invoice { legacyId order { id } } } }",
+        )]);
+        let problems = set.add(
+            vec![(
+                "client.graphql".into(),
+                "query { node(id: $id) { ... on Invoice { order { companyName id } } } }".into(),
+            )],
+            true,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            set.queries["Invoice"].render(),
+            "query W($id: ID!) {\n  node(id: $id) {\n    __typename\n    ... on Invoice {\n      legacyId\n      order {\n        id\n        companyName\n      }\n    }\n  }\n}\n"
+        );
+        let record = set.queries["Invoice"].record();
+        let company = record
+            .find("order")
+            .unwrap()
+            .selection
+            .find("companyName")
+            .unwrap();
+        assert_eq!(set.files[company.at.file].name, "client.graphql");
+    }
+
+    #[test]
+    fn a_comment_only_document_adds_nothing() {
+        let (set, problems) = load(&[("c.graphql", "# nothing yet\n# query { }\n")]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(set.queries.is_empty());
+    }
+}
