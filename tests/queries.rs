@@ -4,6 +4,7 @@
 
 mod common;
 
+use marketsync::diagnostic::Severity;
 use marketsync::queries::QuerySet;
 use marketsync::source::schema::MarketplacerSchema;
 use predicates::prelude::*;
@@ -199,8 +200,14 @@ fn queries_for_a_client_print_the_merged_queries_each_valid_against_the_schema()
         .queries;
     assert_eq!(set.queries.len(), 3);
     for query in set.queries.values() {
+        // Errors none; the deprecations the query files note as kept on purpose come back as
+        // warnings, since the printed query carries no comments.
         let problems = marketsync::queries::check::check(query, MarketplacerSchema::builtin());
-        assert!(problems.is_empty(), "{:?}", problems);
+        let errors: Vec<_> = problems
+            .iter()
+            .filter(|p| p.severity() == Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
     }
     let invoice = set.queries["Invoice"].record();
     let order = &invoice.find("order").unwrap().selection;
