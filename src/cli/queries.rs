@@ -3,6 +3,7 @@
 
 use super::{EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_OK, EXIT_REJECTED, MappingArgs};
 use marketsync::diagnostic::Diagnostic;
+use marketsync::queries::backfill::backfill_query;
 use marketsync::queries::{QuerySet, live};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
   marketsync queries --client acme         # with clients/acme/queries/ merged in
   marketsync queries --type Invoice        # one webhook's query
   marketsync queries --check-live live.graphql   # what a registered query lacks
+  marketsync queries --backfill            # the backfill query, from the same selections
 
 The queries are queries/ beside the mapping folder (chosen as for validate: --mappings,
 $MARKETSYNC_MAPPINGS, ./mappings, else the built-in set), else the built-in queries; a client's
@@ -29,8 +31,12 @@ pub struct Args {
     #[arg(long = "type", value_name = "TYPE")]
     record_type: Option<String>,
     /// A live query (GraphQL, or a JSON export of webhooks with `query` fields) to compare with.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "backfill")]
     check_live: Option<PathBuf>,
+    /// Print the backfill query instead: `updatedOrders` selecting, on each order, invoice,
+    /// shipment and refund request, what the webhook queries select there.
+    #[arg(long, conflicts_with = "record_type")]
+    backfill: bool,
 }
 
 pub fn execute(args: Args) -> u8 {
@@ -55,6 +61,19 @@ pub fn execute(args: Args) -> u8 {
             known.join(", ")
         );
         return EXIT_REJECTED;
+    }
+    if args.backfill {
+        let (query, conflicts) = backfill_query(queries);
+        for conflict in &conflicts {
+            eprintln!("{:#}\n", queries.diagnostic(conflict));
+        }
+        if !conflicts.is_empty() {
+            eprintln!("failed: the webhook queries select one key as different fields");
+            return EXIT_BAD_MAPPINGS;
+        }
+        println!("# The backfill: POST it to Marketplacer's GraphQL API, page by page.");
+        print!("{}", query.render());
+        return EXIT_OK;
     }
     match &args.check_live {
         Some(file) => check_live(queries, file, args.record_type.as_deref()),

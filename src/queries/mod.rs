@@ -12,12 +12,14 @@
 //! fixes to the base still reach it. What `marketsync queries` prints is the merged query,
 //! ready to paste into Marketplacer.
 
+pub mod backfill;
 pub mod check;
 pub mod coverage;
 mod document;
 pub mod live;
 
 use crate::diagnostic::{Diagnostic, Position, Severity, SourceFile};
+use crate::source::schema::{MarketplacerSchema, Shape};
 use include_dir::{Dir, include_dir};
 use indexmap::IndexMap;
 use std::fmt;
@@ -410,6 +412,30 @@ impl QuerySet {
         problems
     }
 
+    /// Writes a fragment on a field's own type (`shippingAddress { ...AddressFields }`) as the
+    /// field's plain selection, so the printed query has a type condition only where the value
+    /// can be of several types.
+    pub fn simplify(&mut self, schema: &MarketplacerSchema) {
+        fn simplify_set(set: &mut SelectionSet, on_type: &str, schema: &MarketplacerSchema) {
+            for field in set.fields.values_mut() {
+                let Shape::Typed { name, .. } = schema.field_shape(on_type, &field.name) else {
+                    continue;
+                };
+                if let Some(own) = field.selection.conditions.shift_remove(&name) {
+                    // Merging what merged once already cannot conflict.
+                    let _ = field.selection.merge(own);
+                }
+                simplify_set(&mut field.selection, &name, schema);
+            }
+            for (type_name, part) in set.conditions.iter_mut() {
+                simplify_set(part, type_name, schema);
+            }
+        }
+        for query in self.queries.values_mut() {
+            simplify_set(&mut query.selection, "Query", schema);
+        }
+    }
+
     /// The query of a record type.
     pub fn query(&self, type_name: &str) -> Option<&Query> {
         self.queries.get(type_name)
@@ -468,7 +494,6 @@ fn read_folder(dir: &Path) -> Result<Vec<(String, String)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::schema::MarketplacerSchema;
 
     fn load(files: &[(&str, &str)]) -> (QuerySet, Vec<QueryProblem>) {
         let mut set = QuerySet::default();

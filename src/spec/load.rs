@@ -244,6 +244,7 @@ fn load_queries(set: &mut MappingSet, origin: &Origin<'_>) {
 /// Every query, a client's additions merged in, against Marketplacer's schema.
 fn check_queries(set: &mut MappingSet) {
     let schema = MarketplacerSchema::builtin();
+    set.queries.simplify(schema);
     for query in set.queries.queries.values() {
         for problem in crate::queries::check::check(query, schema) {
             set.diagnostics.push(set.queries.diagnostic(&problem));

@@ -51,10 +51,10 @@ pub const SOURCE: SourceCopy = SourceCopy {
 /// webhook is common. Everything they reach is extracted with them.
 pub const ROOTS: &[&str] = &["Invoice", "Order", "RefundRequest", "Seller", "Shipment"];
 
-/// The fields of `Query` a webhook or backfill query starts from (`node(id:)` and
-/// `updatedOrders`); `Query` is extracted with these alone, since the whole of it reaches
+/// The fields of `Query` a webhook or backfill query starts from (`node(id:)`, `siteConfig`
+/// and `updatedOrders`); `Query` is extracted with these alone, since the whole of it reaches
 /// every type of the SDL.
-pub const QUERY_FIELDS: &[&str] = &["node", "updatedOrders"];
+pub const QUERY_FIELDS: &[&str] = &["node", "siteConfig", "updatedOrders"];
 
 /// Scalars whose values are arbitrary JSON, so any path below them may match.
 const JSON_SCALARS: &[&str] = &["JSON"];
