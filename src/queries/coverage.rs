@@ -78,7 +78,15 @@ impl fmt::Display for NotSelected {
             f,
             "{} is not selected by {}; add \"{}\" under \"{parent}\"",
             self.path, self.query_file, self.field
-        )
+        )?;
+        if self.query_file.starts_with("<builtin>/") {
+            // Built into the binary: the fix goes in a file the consultant owns.
+            write!(
+                f,
+                " (in clients/NAME/queries/, or in a copy of the built-in queries in queries/ beside the mapping folder)"
+            )?;
+        }
+        Ok(())
     }
 }
 
