@@ -535,6 +535,18 @@ mod tests {
     }
 
     #[test]
+    fn a_field_missing_from_a_builtin_query_says_where_the_fix_can_go() {
+        let (set, _) = QuerySet::builtin();
+        let records = set.records();
+        let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
+        let err = check(&coverage, "$.order.companyName").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "$.order.companyName is not selected by <builtin>/queries/invoice.graphql; add \"companyName\" under \"order\" (in clients/NAME/queries/, or in a copy of the built-in queries in queries/ beside the mapping folder)"
+        );
+    }
+
+    #[test]
     fn what_no_path_reads_is_listed_once_at_its_highest_field() {
         let records = records();
         let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
