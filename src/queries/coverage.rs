@@ -192,7 +192,7 @@ impl<'a> Coverage<'a> {
         start: &Cursor<'a>,
         query: &JpQuery,
         text: &str,
-    ) -> Result<Cursor<'a>, NotSelected> {
+    ) -> Result<Cursor<'a>, Box<NotSelected>> {
         let Some(root) = self.root(type_name) else {
             return Ok(Cursor::Anything);
         };
@@ -203,13 +203,15 @@ impl<'a> Coverage<'a> {
         };
         let mut cursor = start.clone();
         for (index, segment) in query.segments.iter().enumerate() {
-            cursor = walk.segment(&cursor, segment).map_err(|miss| NotSelected {
-                path: text.to_owned(),
-                column: locate::column(text, index, &miss.field),
-                field: miss.field,
-                parent: miss.parent,
-                type_name: type_name.to_owned(),
-                query_file: self.records.by_type[type_name].1.clone(),
+            cursor = walk.segment(&cursor, segment).map_err(|miss| {
+                Box::new(NotSelected {
+                    path: text.to_owned(),
+                    column: locate::column(text, index, &miss.field),
+                    field: miss.field,
+                    parent: miss.parent,
+                    type_name: type_name.to_owned(),
+                    query_file: self.records.by_type[type_name].1.clone(),
+                })
             })?;
         }
         // A path that ends at an object hands all of it on (to templates, to `from:`).
@@ -471,7 +473,7 @@ mod tests {
         set.records()
     }
 
-    fn check<'a>(coverage: &Coverage<'a>, path: &str) -> Result<Cursor<'a>, NotSelected> {
+    fn check<'a>(coverage: &Coverage<'a>, path: &str) -> Result<Cursor<'a>, Box<NotSelected>> {
         let query = parse_json_path(path).unwrap();
         let root = coverage.root("Invoice").unwrap();
         coverage.check("Invoice", &root, &query, path)
