@@ -781,21 +781,23 @@ fn schema_check(spec: &MappingSpec, selections: &[Selection], reporter: &mut Rep
             _ => shape,
         });
     }
-    fn conditions<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
-        for c in list {
-            out.extend(c.value.path.as_ref());
-            if let Some(any) = &c.value.any {
-                conditions(any, out);
-            }
-        }
-    }
     let mut paths = Vec::new();
-    conditions(&spec.matcher.conditions, &mut paths);
+    condition_paths(&spec.matcher.conditions, &mut paths);
     for text in paths {
         if let Ok(path) = Path::parse(&text.value)
             && let Err(mismatch) = fit(&roots, &path)
         {
             reporter.warning(text.at, format!("condition: {mismatch}"));
+        }
+    }
+}
+
+/// Every path a mapping's conditions test, `any` alternatives included.
+fn condition_paths<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
+    for condition in list {
+        out.extend(condition.value.path.as_ref());
+        if let Some(any) = &condition.value.any {
+            condition_paths(any, out);
         }
     }
 }
@@ -858,16 +860,8 @@ fn query_check(
                 _ => (cursor, shape),
             });
         }
-        fn conditions<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
-            for c in list {
-                out.extend(c.value.path.as_ref());
-                if let Some(any) = &c.value.any {
-                    conditions(any, out);
-                }
-            }
-        }
         let mut paths = Vec::new();
-        conditions(&spec.matcher.conditions, &mut paths);
+        condition_paths(&spec.matcher.conditions, &mut paths);
         for text in paths {
             let Ok(path) = Path::parse(&text.value) else {
                 continue;
