@@ -30,6 +30,7 @@ pub mod lag;
 pub mod metrics;
 pub mod page;
 mod pipeline;
+pub mod queries;
 pub mod replay;
 pub mod run;
 pub mod serve;

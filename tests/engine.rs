@@ -13,8 +13,27 @@ fn map_with(spec: &str, node: Value) -> Mapped {
 }
 
 fn compile(spec: &str) -> Result<Engine, marketsync::diagnostic::Diagnostics> {
-    let dir = common::mapping_folder(&[("test.yaml", spec)]);
-    Engine::load_dir(dir.path()).map(|(engine, _)| engine)
+    let root = tempfile::tempdir().unwrap();
+    let mappings = root.path().join("mappings");
+    std::fs::create_dir(&mappings).unwrap();
+    std::fs::copy(
+        common::repo("mappings/settings.yaml"),
+        mappings.join("settings.yaml"),
+    )
+    .unwrap();
+    std::fs::write(mappings.join("test.yaml"), spec).unwrap();
+    // The webhook query beside the mappings is the default one, with the invoice's own
+    // `metadata` that `invoice()` carries (its other made-up fields the schema check warns of).
+    let query = std::fs::read_to_string(common::repo("queries/invoice.graphql"))
+        .unwrap()
+        .replacen(
+            "    ... on Invoice {\n",
+            "    ... on Invoice {\n      metadata { key value }\n",
+            1,
+        );
+    std::fs::create_dir(root.path().join("queries")).unwrap();
+    std::fs::write(root.path().join("queries/invoice.graphql"), query).unwrap();
+    Engine::load_dir(&mappings).map(|(engine, _)| engine)
 }
 
 fn map(engine: &Engine, node: Value) -> Mapped {

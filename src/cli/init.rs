@@ -9,15 +9,17 @@ use marketsync::spec::MappingSet;
 use marketsync::testing::{cases, fixtures};
 use std::path::{Path, PathBuf};
 
-/// Create a client folder: settings, an overlay example, a fixture, a test, and its snapshot.
+/// Create a client folder: settings, an overlay example, a query example, a fixture, a test,
+/// and its snapshot.
 #[derive(clap::Args)]
 #[command(after_help = "Example:
   marketsync init acme --marketplace acme-pets --currency NZD
   marketsync validate --client acme && marketsync test --client acme
 
 Creates clients/NAME/client.yaml, clients/NAME/mappings/placed-order.yaml (an overlay with a
-test), clients/NAME/fixtures/sample-order.json and its snapshot under snapshots/NAME/. Refuses
-to overwrite an existing client folder.")]
+test), clients/NAME/queries/invoice.graphql (a commented example of adding fields to the
+Invoice webhook's query), clients/NAME/fixtures/sample-order.json and its snapshot under
+snapshots/NAME/. Refuses to overwrite an existing client folder.")]
 pub struct Args {
     /// The client's name: its folder under --clients.
     name: String,
@@ -81,7 +83,7 @@ pub fn execute(args: Args) -> u8 {
         }
     }
     println!(
-        "\nNext: edit {}, then run\n  marketsync validate --client {name}\n  marketsync test --client {name}\n  marketsync run --dry-run --client {name} {}",
+        "\nNext: edit {}, then run\n  marketsync validate --client {name}\n  marketsync test --client {name}\n  marketsync queries --client {name}   # paste into the client's Marketplacer webhooks\n  marketsync run --dry-run --client {name} {}",
         dir.join("client.yaml").display(),
         dir.join("fixtures/sample-order.json").display(),
         name = args.name
@@ -147,6 +149,10 @@ fn scaffold(
             client_yaml(&args.name, marketplace, &args.currency, &key_env),
         ),
         (dir.join("mappings/placed-order.yaml"), overlay(None)),
+        (
+            dir.join("queries/invoice.graphql"),
+            QUERY_EXAMPLE.to_owned(),
+        ),
         (
             dir.join("fixtures/sample-order.json"),
             serde_json::to_string_pretty(&sample).expect("JSON serialises") + "\n",
@@ -331,4 +337,23 @@ tests:
     expect:
       - data.attributes.properties.OrderId: "5001"
         data.attributes.properties.SalesChannel: Marketplace
+"#;
+
+/// The scaffold's query overlay: all comments, so the client starts with the base queries.
+const QUERY_EXAMPLE: &str = r#"# Fields this client's mappings read beyond the base webhook queries (queries/ beside the
+# base mappings, or the built-in ones). A query here is merged into the base query of the same
+# webhook type field by field, so fixes to the base still reach this client; write only what
+# you add. `marketsync validate --client NAME` checks the client's mappings against the merged
+# query, and `marketsync queries --client NAME` prints it, ready to paste into the client's
+# Invoice webhook in Marketplacer. See docs/clients.md, "Adding an attribute".
+#
+# For example, for a profile attribute `Company: $.order.companyName` in client.yaml:
+#
+# query InvoiceWebhook($id: ID!) {
+#   node(id: $id) {
+#     ... on Invoice {
+#       order { companyName }
+#     }
+#   }
+# }
 "#;

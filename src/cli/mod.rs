@@ -8,6 +8,7 @@ mod dead;
 mod exceptions;
 mod explain;
 mod init;
+mod queries;
 mod replay;
 mod report;
 mod retry;
@@ -75,6 +76,7 @@ enum Command {
     Run(run::Args),
     Serve(serve::Args),
     Explain(explain::Args),
+    Queries(queries::Args),
     Status(status::Args),
     Retry(retry::Args),
     Dead(dead::Args),
@@ -373,6 +375,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::execute(args),
         Command::Serve(args) => serve::execute(args),
         Command::Explain(args) => explain::execute(args),
+        Command::Queries(args) => queries::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),
         Command::Dead(args) => dead::execute(args),

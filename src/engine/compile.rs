@@ -12,6 +12,8 @@ use super::select::{Cardinality, Condition, Path, Selection};
 use super::{CONTEXT_NAMES, Compiled, Engine, Expr, Mapping, filters};
 use crate::diagnostic::{Diagnostics, Files, Position, SourceFile};
 use crate::klaviyo::{Endpoint, Schemas};
+use crate::queries::Coverage;
+use crate::queries::coverage::Cursor as QueryCursor;
 use crate::source;
 use crate::source::schema::{MarketplacerSchema, PathMismatch, Shape};
 use crate::spec::{
@@ -227,7 +229,10 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         client,
         mut diagnostics,
         disabled,
+        queries,
     } = set;
+    let records = queries.records();
+    let coverage = Coverage::new(&records, MarketplacerSchema::builtin());
     let Some(settings) = settings else {
         return Err(diagnostics);
     };
@@ -255,6 +260,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
             &mut env,
             &settings_value,
             settings_broken,
+            &coverage,
             &mut reporter,
         );
         {
@@ -345,6 +351,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         settings: Arc::new(settings.spec),
         settings_value,
         schemas: Schemas::builtin(),
+        unread_query_fields: coverage.unread(),
     };
     check_examples(&engine, &mappings, &files, &mut diagnostics);
     diagnostics.sort();
@@ -395,6 +402,7 @@ fn plan(
     env: &mut Environment<'static>,
     settings: &Value,
     settings_broken: bool,
+    coverage: &Coverage<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Plan {
     let spec = &file.spec;
@@ -509,6 +517,7 @@ fn plan(
     }
 
     schema_check(spec, &selections, reporter);
+    query_check(spec, &selections, coverage, reporter);
 
     let compute = spec
         .compute
@@ -772,21 +781,100 @@ fn schema_check(spec: &MappingSpec, selections: &[Selection], reporter: &mut Rep
             _ => shape,
         });
     }
-    fn conditions<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
-        for c in list {
-            out.extend(c.value.path.as_ref());
-            if let Some(any) = &c.value.any {
-                conditions(any, out);
-            }
-        }
-    }
     let mut paths = Vec::new();
-    conditions(&spec.matcher.conditions, &mut paths);
+    condition_paths(&spec.matcher.conditions, &mut paths);
     for text in paths {
         if let Ok(path) = Path::parse(&text.value)
             && let Err(mismatch) = fit(&roots, &path)
         {
             reporter.warning(text.at, format!("condition: {mismatch}"));
+        }
+    }
+}
+
+/// Every path a mapping's conditions test, `any` alternatives included.
+fn condition_paths<'c>(list: &'c [Spanned<ConditionSpec>], out: &mut Vec<&'c Spanned<String>>) {
+    for condition in list {
+        out.extend(condition.value.path.as_ref());
+        if let Some(any) = &condition.value.any {
+            condition_paths(any, out);
+        }
+    }
+}
+
+/// Paths the webhook query of the mapping's type does not select are errors at their selection
+/// or condition, naming the field to add and where: the record never carries them, so the value
+/// is missing on every delivery. A path the schema already rules out is left to
+/// [`schema_check`], and a type without a query (one no webhook of this set delivers) is not
+/// checked. A mapping of several types is checked against each of their queries.
+fn query_check(
+    spec: &MappingSpec,
+    selections: &[Selection],
+    coverage: &Coverage<'_>,
+    reporter: &mut Reporter<'_>,
+) {
+    let schema = MarketplacerSchema::builtin();
+    let types: Vec<&str> = spec
+        .matcher
+        .types
+        .value
+        .0
+        .iter()
+        .map(String::as_str)
+        .filter(|t| coverage.root(t).is_some())
+        .collect();
+    for type_name in types {
+        let root = coverage
+            .root(type_name)
+            .expect("filtered on having a query");
+        let schema_root = Shape::named(type_name);
+        let mut reached: Vec<(QueryCursor<'_>, Shape)> = Vec::new();
+        for selection in selections {
+            let (base, schema_base) = match selection.from {
+                Some(index) => reached[index].clone(),
+                None => (root.clone(), schema_root.clone()),
+            };
+            // A path the schema rules out is reported once, by the schema check.
+            let Ok(shape) =
+                schema.check(&schema_base, selection.path.query(), &selection.path.text)
+            else {
+                reached.push((QueryCursor::Anything, Shape::Unknown));
+                continue;
+            };
+            let cursor = match coverage.check(
+                type_name,
+                &base,
+                selection.path.query(),
+                &selection.path.text,
+            ) {
+                Ok(cursor) => cursor,
+                Err(missing) => {
+                    let written = spec.select.get(&selection.name);
+                    let at = written.map_or(spec.name.at, |s| s.at);
+                    reporter.error(at, missing.to_string());
+                    QueryCursor::Anything
+                }
+            };
+            reached.push(match selection.cardinality {
+                Cardinality::Many => (cursor.into_list(), shape.into_list()),
+                _ => (cursor, shape),
+            });
+        }
+        let mut paths = Vec::new();
+        condition_paths(&spec.matcher.conditions, &mut paths);
+        for text in paths {
+            let Ok(path) = Path::parse(&text.value) else {
+                continue;
+            };
+            if schema
+                .check(&schema_root, path.query(), &path.text)
+                .is_err()
+            {
+                continue;
+            }
+            if let Err(missing) = coverage.check(type_name, &root, path.query(), &path.text) {
+                reporter.error(text.at, missing.to_string());
+            }
         }
     }
 }

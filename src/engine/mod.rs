@@ -90,6 +90,8 @@ pub struct Engine {
     settings_value: Value,
     default_marketplace: String,
     schemas: &'static Schemas,
+    /// What the webhook queries select that no mapping reads (`validate --verbose`).
+    unread_query_fields: Vec<crate::queries::Unread>,
 }
 
 /// What one record gave.
@@ -184,6 +186,12 @@ impl Engine {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Fields the webhook queries select that no mapping's path reads: each costs
+    /// Marketplacer work on every event.
+    pub fn unread_query_fields(&self) -> &[crate::queries::Unread] {
+        &self.unread_query_fields
     }
 
     /// Mapping names in load order.

@@ -79,6 +79,14 @@ pub struct TypeEntry {
     /// Enums: their values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Fields that take arguments: field name to argument name to its type as written, with
+    /// `!` only where the argument must be given (non-null and no default). Webhook queries
+    /// are checked against these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, BTreeMap<String, String>>,
+    /// Deprecated fields and the schema's reason: a query selecting one is warned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deprecated: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +266,18 @@ struct TypeDef {
     kind: Kind,
     fields: BTreeMap<String, Shape>,
     possible: Vec<String>,
+    arguments: BTreeMap<String, BTreeMap<String, String>>,
+    deprecated: BTreeMap<String, String>,
+}
+
+/// What the schema says of one field of one type, for checking a GraphQL query.
+#[derive(Debug)]
+pub struct FieldDef<'a> {
+    pub shape: Shape,
+    /// Argument name to type as written; `!` marks one that must be given.
+    pub arguments: Option<&'a BTreeMap<String, String>>,
+    /// The deprecation reason, for a deprecated field.
+    pub deprecated: Option<&'a str>,
 }
 
 impl MarketplacerSchema {
@@ -290,6 +310,8 @@ impl MarketplacerSchema {
                     kind: entry.kind,
                     fields,
                     possible: entry.possible,
+                    arguments: entry.arguments,
+                    deprecated: entry.deprecated,
                 };
                 (name, def)
             })
@@ -313,6 +335,43 @@ impl MarketplacerSchema {
     /// Whether the schema knows the type (a mapping's `match.type` it can check paths for).
     pub fn has_type(&self, name: &str) -> bool {
         self.types.contains_key(name)
+    }
+
+    /// The kind of a type the schema knows.
+    pub fn kind(&self, type_name: &str) -> Option<Kind> {
+        self.types.get(type_name).map(|def| def.kind)
+    }
+
+    /// A field defined on the type itself (not on its possible types, as GraphQL requires of
+    /// a selection outside `... on`).
+    pub fn field_def(&self, type_name: &str, field: &str) -> Option<FieldDef<'_>> {
+        let def = self.types.get(type_name)?;
+        Some(FieldDef {
+            shape: def.fields.get(field)?.clone(),
+            arguments: def.arguments.get(field),
+            deprecated: def.deprecated.get(field).map(String::as_str),
+        })
+    }
+
+    /// The fields defined on the type itself, for suggestions.
+    pub fn field_names(&self, type_name: &str) -> impl Iterator<Item = &String> {
+        self.types
+            .get(type_name)
+            .into_iter()
+            .flat_map(|def| def.fields.keys())
+    }
+
+    /// A union's members, an interface's implementors; empty for anything else.
+    pub fn possible_types(&self, type_name: &str) -> &[String] {
+        self.types
+            .get(type_name)
+            .map_or(&[], |def| def.possible.as_slice())
+    }
+
+    /// The shape of `field` on a value of `type_name` (through its possible types), or
+    /// `Unknown` when the schema cannot say.
+    pub fn field_shape(&self, type_name: &str, field: &str) -> Shape {
+        self.field(type_name, field).unwrap_or(Shape::Unknown)
     }
 
     /// Checks a parsed JSONPath against the shape of the value it is evaluated on (the record,
@@ -494,7 +553,7 @@ fn same(shapes: Vec<Shape>) -> Shape {
 }
 
 /// The name closest to `field` (ignoring case), when close enough to be a likely typo.
-fn closest<'a>(field: &str, names: impl Iterator<Item = &'a String>) -> Option<String> {
+pub(crate) fn closest<'a>(field: &str, names: impl Iterator<Item = &'a String>) -> Option<String> {
     let wanted = field.to_lowercase();
     let limit = (field.chars().count() / 3).max(1);
     let names: BTreeSet<&String> = names.collect();
@@ -509,7 +568,7 @@ fn closest<'a>(field: &str, names: impl Iterator<Item = &'a String>) -> Option<S
 /// Where a field name is written in a JSONPath. The parsed query keeps no positions, so the
 /// text is scanned again: split into top-level segments, then the name is looked for, as a
 /// member name (`.name`, `['name']`), within the segment the walk failed in.
-mod locate {
+pub(crate) mod locate {
     use super::Range;
 
     /// 1-based character column of `field` in the top-level segment `segment` of `text`; the

@@ -10,6 +10,8 @@ use super::rules;
 use super::spanned::parsing;
 use super::{BodyNode, MappingSpec, Settings, TestSpec};
 use crate::diagnostic::{Diagnostic, Diagnostics, FileId, Files, Position, SourceFile};
+use crate::queries::{QUERIES_DIR, QuerySet};
+use crate::source::schema::MarketplacerSchema;
 use include_dir::{Dir, include_dir};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
@@ -85,6 +87,8 @@ pub struct MappingSet {
     pub diagnostics: Diagnostics,
     /// Base mappings a client's overlay turned off, and where its `disable: true` is.
     pub disabled: Vec<(String, Position)>,
+    /// The webhook queries the mappings' records come from, a client's merged in.
+    pub queries: QuerySet,
 }
 
 /// A file's text, or where and why it cannot be read.
@@ -189,6 +193,7 @@ pub fn count_specs(dir: Option<&Path>) -> usize {
 pub fn load_dir(dir: &Path) -> MappingSet {
     let mut set = load(&Origin::Folder(dir));
     check_settings(&mut set);
+    check_queries(&mut set);
     set
 }
 
@@ -196,7 +201,55 @@ pub fn load_dir(dir: &Path) -> MappingSet {
 pub fn load_embedded() -> MappingSet {
     let mut set = load(&Origin::Builtin);
     check_settings(&mut set);
+    check_queries(&mut set);
     set
+}
+
+/// The folder of webhook queries that goes with a mapping folder: `queries/` beside it.
+pub fn queries_beside(mappings: &Path) -> std::path::PathBuf {
+    match mappings.parent() {
+        Some(parent) => parent.join(QUERIES_DIR),
+        None => Path::new(QUERIES_DIR).to_path_buf(),
+    }
+}
+
+/// The queries of a base set: `queries/` beside a mapping folder when there is one, else the
+/// built-in queries (which the built-in mappings are written against).
+fn load_queries(set: &mut MappingSet, origin: &Origin<'_>) {
+    let beside = match origin {
+        Origin::Folder(dir) => Some(queries_beside(dir)).filter(|q| q.is_dir()),
+        Origin::Builtin => None,
+    };
+    let (queries, problems) = match beside {
+        Some(dir) => match QuerySet::load_dir(&dir) {
+            Ok(loaded) => loaded,
+            Err(message) => {
+                let file = Arc::new(SourceFile {
+                    name: dir.display().to_string(),
+                    text: String::new(),
+                });
+                set.diagnostics
+                    .push(Diagnostic::error(&file, Position::default(), message));
+                return;
+            }
+        },
+        None => QuerySet::builtin(),
+    };
+    for problem in &problems {
+        set.diagnostics.push(queries.diagnostic(problem));
+    }
+    set.queries = queries;
+}
+
+/// Every query, a client's additions merged in, against Marketplacer's schema.
+fn check_queries(set: &mut MappingSet) {
+    let schema = MarketplacerSchema::builtin();
+    set.queries.simplify(schema);
+    for query in set.queries.queries.values() {
+        for problem in crate::queries::check::check(query, schema) {
+            set.diagnostics.push(set.queries.diagnostic(&problem));
+        }
+    }
 }
 
 /// The file in a client folder that holds its settings.
@@ -211,6 +264,7 @@ pub fn load_client(base: Option<&Path>, client: &Path) -> MappingSet {
     });
     finish_client(&mut set, client);
     check_settings(&mut set);
+    check_queries(&mut set);
     set
 }
 
@@ -249,6 +303,24 @@ fn finish_client(set: &mut MappingSet, client: &Path) {
     let overlays = client.join("mappings");
     if overlays.is_dir() {
         add_files(set, &Origin::Folder(&overlays), Layer::Client);
+    }
+    let queries = client.join(QUERIES_DIR);
+    if queries.is_dir() {
+        match set.queries.add_client(&queries) {
+            Ok(problems) => {
+                for problem in &problems {
+                    set.diagnostics.push(set.queries.diagnostic(problem));
+                }
+            }
+            Err(message) => set.diagnostics.push(Diagnostic::error(
+                &Arc::new(SourceFile {
+                    name: queries.display().to_string(),
+                    text: String::new(),
+                }),
+                Position::default(),
+                message,
+            )),
+        }
     }
     if let Some(mut overlay) = set.client.as_ref().and_then(|c| c.spec.profile_overlay()) {
         let client = set.client.as_ref().expect("client loaded");
@@ -359,8 +431,10 @@ fn load(origin: &Origin<'_>) -> MappingSet {
         files: Files::default(),
         diagnostics: Diagnostics::default(),
         disabled: Vec::new(),
+        queries: QuerySet::default(),
     };
     add_files(&mut set, origin, Layer::Base);
+    load_queries(&mut set, origin);
     if set.settings.is_none() && !set.diagnostics.has_errors() {
         let file = Arc::new(SourceFile {
             name: match origin {

@@ -51,6 +51,11 @@ pub const SOURCE: SourceCopy = SourceCopy {
 /// webhook is common. Everything they reach is extracted with them.
 pub const ROOTS: &[&str] = &["Invoice", "Order", "RefundRequest", "Seller", "Shipment"];
 
+/// The fields of `Query` a webhook or backfill query starts from (`node(id:)`, `siteConfig`
+/// and `updatedOrders`); `Query` is extracted with these alone, since the whole of it reaches
+/// every type of the SDL.
+pub const QUERY_FIELDS: &[&str] = &["node", "siteConfig", "updatedOrders"];
+
 /// Scalars whose values are arbitrary JSON, so any path below them may match.
 const JSON_SCALARS: &[&str] = &["JSON"];
 
@@ -97,18 +102,41 @@ pub fn extract(sdl: &[u8]) -> Result<TypesFile, ExtractError> {
         licence: SOURCE.licence.into(),
     };
     let text = String::from_utf8_lossy(sdl);
-    extract_from(&text, provenance, ROOTS)
+    extract_from(&text, provenance, ROOTS, QUERY_FIELDS)
 }
 
-/// The types of `sdl` reachable from `roots`, with the given provenance.
+/// The types of `sdl` reachable from `roots` and from `query_fields` of `Query`, with the
+/// given provenance.
 fn extract_from(
     sdl: &str,
     provenance: Provenance,
     roots: &[&str],
+    query_fields: &[&str],
 ) -> Result<TypesFile, ExtractError> {
-    let defined = definitions(sdl)?;
+    let mut defined = definitions(sdl)?;
     let mut types = BTreeMap::new();
     let mut pending: Vec<String> = roots.iter().map(|r| (*r).to_owned()).collect();
+    if !query_fields.is_empty() {
+        let mut query = defined
+            .remove("Query")
+            .ok_or_else(|| ExtractError::MissingType("Query".into()))?;
+        for wanted in query_fields {
+            if !query.fields.contains_key(*wanted) {
+                return Err(ExtractError::MissingType(format!("Query.{wanted}")));
+            }
+        }
+        query
+            .fields
+            .retain(|name, _| query_fields.contains(&name.as_str()));
+        query
+            .arguments
+            .retain(|name, _| query_fields.contains(&name.as_str()));
+        query
+            .deprecated
+            .retain(|name, _| query_fields.contains(&name.as_str()));
+        pending.extend(query.fields.values().map(|t| element(t).to_owned()));
+        types.insert("Query".to_owned(), query);
+    }
     while let Some(name) = pending.pop() {
         if types.contains_key(&name) {
             continue;
@@ -156,22 +184,26 @@ fn definitions(sdl: &str) -> Result<BTreeMap<String, TypeEntry>, ExtractError> {
                 for interface in named_types(object.implements_interfaces()) {
                     implementations.push((interface, name.clone()));
                 }
-                let fields = fields(&name, object.fields_definition())?;
+                let (fields, arguments, deprecated) = fields(&name, object.fields_definition())?;
                 (
                     name,
                     TypeEntry {
                         fields,
+                        arguments,
+                        deprecated,
                         ..entry(Kind::Object)
                     },
                 )
             }
             cst::Definition::InterfaceTypeDefinition(interface) => {
                 let name = name_of(interface.name());
-                let fields = fields(&name, interface.fields_definition())?;
+                let (fields, arguments, deprecated) = fields(&name, interface.fields_definition())?;
                 (
                     name,
                     TypeEntry {
                         fields,
+                        arguments,
+                        deprecated,
                         ..entry(Kind::Interface)
                     },
                 )
@@ -249,6 +281,8 @@ fn entry(kind: Kind) -> TypeEntry {
         fields: BTreeMap::new(),
         possible: Vec::new(),
         values: Vec::new(),
+        arguments: BTreeMap::new(),
+        deprecated: BTreeMap::new(),
     }
 }
 
@@ -262,14 +296,48 @@ fn named_types(interfaces: Option<cst::ImplementsInterfaces>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Field name to field type, written `Name` or `[Name]` (non-null does not matter to a path).
+/// A type's fields, its fields' arguments, and its deprecated fields with their reasons.
+type Fields = (
+    BTreeMap<String, String>,
+    BTreeMap<String, BTreeMap<String, String>>,
+    BTreeMap<String, String>,
+);
+
+/// Field name to field type, written `Name` or `[Name]` (non-null does not matter to a path),
+/// with the arguments and deprecations a query is checked against.
 fn fields(
     on_type: &str,
     definition: Option<cst::FieldsDefinition>,
-) -> Result<BTreeMap<String, String>, ExtractError> {
+) -> Result<Fields, ExtractError> {
     let mut fields = BTreeMap::new();
+    let mut arguments = BTreeMap::new();
+    let mut deprecated = BTreeMap::new();
     for field in definition.iter().flat_map(|d| d.field_definitions()) {
         let name = name_of(field.name());
+        let args: BTreeMap<String, String> = field
+            .arguments_definition()
+            .iter()
+            .flat_map(|a| a.input_value_definitions())
+            .map(|arg| {
+                let written = arg
+                    .ty()
+                    .map(|t| t.syntax().text().to_string())
+                    .unwrap_or_default();
+                let written: String = written.split_whitespace().collect();
+                // A default makes a non-null argument optional to give.
+                let written = match arg.default_value() {
+                    Some(_) => written.trim_end_matches('!').to_owned(),
+                    None => written,
+                };
+                (name_of(arg.name()), written)
+            })
+            .collect();
+        if !args.is_empty() {
+            arguments.insert(name.clone(), args);
+        }
+        if let Some(reason) = deprecation(field.directives()) {
+            deprecated.insert(name.clone(), reason);
+        }
         let (element, lists) = unwrap(field.ty());
         let written = match lists {
             0 => element,
@@ -285,7 +353,24 @@ fn fields(
             return Err(ExtractError::Duplicate(format!("field `{on_type}.{name}`")));
         }
     }
-    Ok(fields)
+    Ok((fields, arguments, deprecated))
+}
+
+/// The reason of an `@deprecated` directive (GraphQL's default reason when none is given).
+fn deprecation(directives: Option<cst::Directives>) -> Option<String> {
+    let directive = directives?
+        .directives()
+        .find(|d| name_of(d.name()) == "deprecated")?;
+    let reason = directive
+        .arguments()
+        .iter()
+        .flat_map(|a| a.arguments())
+        .find(|a| name_of(a.name()) == "reason")
+        .and_then(|a| match a.value() {
+            Some(cst::Value::StringValue(s)) => Some(String::from(s)),
+            _ => None,
+        });
+    Some(reason.unwrap_or_else(|| "No longer supported".to_owned()))
 }
 
 /// The named type inside a field type, and how many lists wrap it.
@@ -369,7 +454,7 @@ mod tests {
             id: ID!
             status: StatusEnum!
             party: Party
-            lines(first: Int = 10): [Line!]! @deprecated(reason: "no")
+            lines(first: Int! = 10, after: String!): [Line!]! @deprecated(reason: "no")
             extra: JSON
             at: ISO8601DateTime
         }
@@ -382,7 +467,7 @@ mod tests {
 
     #[test]
     fn keeps_what_the_roots_reach_with_field_types_and_members() {
-        let file = extract_from(SDL, provenance(), &["Order"]).unwrap();
+        let file = extract_from(SDL, provenance(), &["Order"], &[]).unwrap();
         let names: Vec<&str> = file.types.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -406,29 +491,52 @@ mod tests {
         assert_eq!(file.types["Party"].possible, ["Company", "Person"]);
         assert_eq!(file.types["JSON"].kind, Kind::Json);
         assert_eq!(file.types["StatusEnum"].values, ["OPEN", "CLOSED"]);
+        // Arguments keep `!` only where they must be given; deprecations keep their reason.
+        assert_eq!(order.arguments["lines"]["first"], "Int");
+        assert_eq!(order.arguments["lines"]["after"], "String!");
+        assert_eq!(order.deprecated["lines"], "no");
+        assert!(!order.deprecated.contains_key("status"));
         // Reaching an interface reaches every implementor.
-        let file = extract_from(SDL, provenance(), &["Node"]).unwrap();
+        let file = extract_from(SDL, provenance(), &["Node"], &[]).unwrap();
         assert_eq!(file.types["Node"].possible, ["Line", "Order", "Unreached"]);
         assert!(file.types.contains_key("Unreached"));
     }
 
     #[test]
+    fn query_keeps_only_the_entry_fields_and_what_they_reach() {
+        let sdl = format!(
+            "{SDL} type Query {{ node(id: ID!): Node orders: [Order] other: Other }} type Other {{ x: String }}"
+        );
+        let file = extract_from(&sdl, provenance(), &[], &["node"]).unwrap();
+        let query = &file.types["Query"];
+        assert_eq!(query.fields.keys().collect::<Vec<_>>(), ["node"]);
+        assert_eq!(query.arguments["node"]["id"], "ID!");
+        assert!(file.types.contains_key("Order") && !file.types.contains_key("Other"));
+        let err = extract_from(&sdl, provenance(), &[], &["nodes"]).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::MissingType(ref t) if t == "Query.nodes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn rejects_what_it_cannot_express() {
-        let err = extract_from("type A { b: B }", provenance(), &["A"]).unwrap_err();
+        let err = extract_from("type A { b: B }", provenance(), &["A"], &[]).unwrap_err();
         assert!(
             matches!(err, ExtractError::MissingType(ref t) if t == "B"),
             "{err}"
         );
-        let err = extract_from("type A { b: [[String]] }", provenance(), &["A"]).unwrap_err();
+        let err = extract_from("type A { b: [[String]] }", provenance(), &["A"], &[]).unwrap_err();
         assert!(matches!(err, ExtractError::NestedList { .. }), "{err}");
         let err = extract_from(
             "type A { b: String } extend type A { c: Int }",
             provenance(),
             &["A"],
+            &[],
         )
         .unwrap_err();
         assert!(matches!(err, ExtractError::Extension(_)), "{err}");
-        let err = extract_from("type A { b: String", provenance(), &["A"]).unwrap_err();
+        let err = extract_from("type A { b: String", provenance(), &["A"], &[]).unwrap_err();
         assert!(matches!(err, ExtractError::Syntax(_)), "{err}");
         let err = extract(b"type A { b: String }").unwrap_err();
         assert!(matches!(err, ExtractError::UnknownCopy { .. }), "{err}");
