@@ -194,7 +194,10 @@ mod tests {
         )
         .await;
         assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
-        assert!(matches!(outcomes[1], Err(NotKept::Failed(_))), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[1], Err(NotKept::Failed(_))),
+            "{outcomes:?}"
+        );
         assert_eq!((commits, kept), (1, 2));
     }
 

@@ -23,8 +23,8 @@
 
 pub mod diagnostic;
 pub mod engine;
-pub mod klaviyo;
 mod group_commit;
+pub mod klaviyo;
 mod pipeline;
 pub mod replay;
 pub mod run;

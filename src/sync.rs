@@ -264,37 +264,44 @@ fn keep(
         };
         // Warnings are kept with the delivery (`marketsync warnings list`), not only reported.
         let warnings = &record.mapped.warnings;
-        let outcome = store.with(|store| -> Result<_, SyncError> {
-            match store.intake_with_warnings(
-                &delivery,
-                &record.requests,
-                &record.failures,
-                warnings,
-                now_ms(),
-            ) {
-                // A request the store cannot keep (a coalescing version that is not a
-                // timestamp) must not stop the run: the delivery is kept as a dead letter.
-                Err(StoreError::InvalidRequest { mapping, problem }) => {
-                    writeln!(
-                        report,
-                        "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
-                        record.delivery_id
-                    )?;
-                    *summary
-                        .rejected
-                        .entry("mapping:invalid-request".into())
-                        .or_default() += 1;
-                    let letter = NewDeadLetter {
-                        mapping: Some(mapping.clone()),
-                        category: "mapping:invalid-request".into(),
-                        reason: problem.clone(),
-                        details: serde_json::json!({}),
-                    };
-                    Ok(store.intake_with_warnings(&delivery, &[], &[letter], warnings, now_ms())?)
+        let outcome =
+            store.with(|store| -> Result<_, SyncError> {
+                match store.intake_with_warnings(
+                    &delivery,
+                    &record.requests,
+                    &record.failures,
+                    warnings,
+                    now_ms(),
+                ) {
+                    // A request the store cannot keep (a coalescing version that is not a
+                    // timestamp) must not stop the run: the delivery is kept as a dead letter.
+                    Err(StoreError::InvalidRequest { mapping, problem }) => {
+                        writeln!(
+                            report,
+                            "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                            record.delivery_id
+                        )?;
+                        *summary
+                            .rejected
+                            .entry("mapping:invalid-request".into())
+                            .or_default() += 1;
+                        let letter = NewDeadLetter {
+                            mapping: Some(mapping.clone()),
+                            category: "mapping:invalid-request".into(),
+                            reason: problem.clone(),
+                            details: serde_json::json!({}),
+                        };
+                        Ok(store.intake_with_warnings(
+                            &delivery,
+                            &[],
+                            &[letter],
+                            warnings,
+                            now_ms(),
+                        )?)
+                    }
+                    other => Ok(other?),
                 }
-                other => Ok(other?),
-            }
-        })?;
+            })?;
         if outcome.duplicate_delivery {
             summary.repeated += 1;
             continue;

@@ -655,7 +655,10 @@ async fn a_store_failure_writing_a_dead_letter_is_503_and_leaves_no_partial_row(
     assert_eq!(h.rows_of_deliveries(), nothing);
 
     h.sql("DROP TRIGGER injected");
-    assert_eq!(h.post(&borrowed(&headers), body.clone()).await.status(), 200);
+    assert_eq!(
+        h.post(&borrowed(&headers), body.clone()).await.status(),
+        200
+    );
     let letters = h.count("dead_letter");
     assert!(letters > 0, "the mappings refuse a delivery with no email");
     assert_eq!(h.count("inbox"), 1);
