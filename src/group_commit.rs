@@ -143,6 +143,9 @@ mod tests {
     /// Three deliveries' writes, queued while the store is busy, in one commit; `sql` sets up
     /// what goes wrong with the delivery `fail`. Returns each write's outcome, the commits and
     /// the inbox rows kept.
+    // The store is held busy on purpose while the writes queue; only the writer thread, which
+    // is not on this runtime, waits for it.
+    #[expect(clippy::await_holding_lock)]
     async fn three_writes_in_one_commit(sql: &str) -> (Vec<Result<(), NotKept>>, u64, i64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");

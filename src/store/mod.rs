@@ -4,7 +4,8 @@
 //!
 //! - **inbox and outbox**: a delivery and the requests its mappings produced are written in one
 //!   transaction ([`Store::intake`]), deduplicated by marketplace and delivery id. A crash keeps
-//!   both or neither.
+//!   both or neither. A receiver puts many deliveries in one commit ([`Store::in_one_commit`],
+//!   each in a savepoint), because each commit waits for the disk.
 //! - **ledger**: what Klaviyo accepted, written in the same transaction that marks the outbox
 //!   row sent ([`Store::mark_sent`]). A crash between sending and marking resends on restart,
 //!   which Klaviyo absorbs (events deduplicate by `unique_id`, profile imports are idempotent).
