@@ -94,6 +94,8 @@ type FileText = Result<String, (Position, String)>;
 enum Origin<'a> {
     Folder(&'a Path),
     Builtin,
+    /// (file name, text) pairs: [`load_texts`].
+    Texts(&'a [(&'a str, &'a str)]),
 }
 
 impl Origin<'_> {
@@ -137,6 +139,11 @@ impl Origin<'_> {
                     files.push((format!("<builtin>/{name}"), name, text));
                 }
             }
+            Origin::Texts(texts) => {
+                for (name, text) in texts.iter() {
+                    files.push((name.to_string(), name.to_string(), Ok(text.to_string())));
+                }
+            }
         }
         files.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         Ok(files)
@@ -148,7 +155,8 @@ impl Origin<'_> {
                 let path: PathBuf = dir.join(name);
                 std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
             }
-            Origin::Builtin => {
+            // The examples the default mappings name are the ones built in.
+            Origin::Builtin | Origin::Texts(_) => {
                 let (dir, path) = match name.strip_prefix("../examples/") {
                     Some(rest) => (&BUILTIN_EXAMPLES, rest),
                     None => (&BUILTIN, name),
@@ -195,6 +203,17 @@ pub fn load_dir(dir: &Path) -> MappingSet {
 /// Loads the default mapping set built into the binary.
 pub fn load_embedded() -> MappingSet {
     let mut set = load(&Origin::Builtin);
+    check_settings(&mut set);
+    set
+}
+
+/// Loads a mapping set from texts in memory, as (file name, text) pairs, exactly as
+/// [`load_dir`] loads a folder holding those files; an example that is not one of the
+/// built-in ones (`../examples/...`) cannot be read. The way in for the fuzz targets
+/// (`fuzz/`), which would otherwise write a folder for every input.
+#[doc(hidden)]
+pub fn load_texts(files: &[(&str, &str)]) -> MappingSet {
+    let mut set = load(&Origin::Texts(files));
     check_settings(&mut set);
     set
 }
@@ -366,6 +385,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
             name: match origin {
                 Origin::Folder(dir) => dir.join(SETTINGS_FILE).display().to_string(),
                 Origin::Builtin => format!("<builtin>/{SETTINGS_FILE}"),
+                Origin::Texts(_) => SETTINGS_FILE.to_owned(),
             },
             text: String::new(),
         });

@@ -1,0 +1,105 @@
+//! The fuzzers' findings, kept: every input of the committed corpus (`fuzz/corpus/TARGET/`) and
+//! every crash found (`fuzz/regressions/TARGET/`) goes through the very code its fuzz target
+//! runs (`fuzz/harness.rs`, included below), so a fixed crash cannot come back unnoticed and the
+//! corpus keeps exercising what the fuzzers reached, in every `cargo test`, without cargo-fuzz.
+
+#[allow(dead_code)]
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+type Target = fn(&[u8]);
+
+/// Each target's directory name and what it does with an input.
+const TARGETS: &[(&str, Target)] = &[
+    ("delivery", |input| {
+        harness::delivery(input);
+    }),
+    ("spec", |input| {
+        harness::spec(input);
+    }),
+    ("settings", |input| {
+        harness::settings(input);
+    }),
+    ("signature", |input| {
+        harness::signature(input);
+    }),
+];
+
+fn fuzz_dir(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(path)
+}
+
+/// The files of `fuzz/<kind>/<target>/`, sorted; none when the folder does not exist.
+fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(fuzz_dir(kind).join(target)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("a readable fuzz folder").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs every input of `kind` through its target and names those that panicked.
+fn panicking_inputs(kind: &str) -> (usize, Vec<String>) {
+    let mut ran = 0;
+    let mut panicked = Vec::new();
+    for (target, run) in TARGETS {
+        for path in inputs(kind, target) {
+            let input = std::fs::read(&path).expect("a readable fuzz input");
+            ran += 1;
+            if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
+                panicked.push(path.display().to_string());
+            }
+        }
+    }
+    (ran, panicked)
+}
+
+#[test]
+fn every_corpus_input_is_taken_without_a_panic() {
+    let (ran, panicked) = panicking_inputs("corpus");
+    assert!(
+        ran > 0,
+        "no corpus found under {}",
+        fuzz_dir("corpus").display()
+    );
+    assert!(
+        panicked.is_empty(),
+        "these corpus inputs panic:\n{}",
+        panicked.join("\n")
+    );
+}
+
+#[test]
+fn every_crash_found_is_taken_without_a_panic() {
+    let (_, panicked) = panicking_inputs("regressions");
+    assert!(
+        panicked.is_empty(),
+        "these crash inputs panic again:\n{}",
+        panicked.join("\n")
+    );
+}
+
+#[test]
+fn every_fuzz_folder_names_a_target() {
+    for kind in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir(kind)) else {
+            continue;
+        };
+        for entry in entries {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                TARGETS.iter().any(|(target, _)| *target == name),
+                "fuzz/{kind}/{name} is no fuzz target's folder: its inputs would never run"
+            );
+        }
+    }
+}
