@@ -47,30 +47,29 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Runs every input of `kind` through its target and names those that panicked.
-fn panicking_inputs(kind: &str) -> (usize, Vec<String>) {
+/// Runs every input of `fuzz/<kind>/<target>/` through the target and names those that
+/// panicked, with how many ran.
+fn panicking_inputs(kind: &str, target: &str) -> (usize, Vec<String>) {
+    let (_, run) = TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .expect("a fuzz target");
     let mut ran = 0;
     let mut panicked = Vec::new();
-    for (target, run) in TARGETS {
-        for path in inputs(kind, target) {
-            let input = std::fs::read(&path).expect("a readable fuzz input");
-            ran += 1;
-            if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
-                panicked.push(path.display().to_string());
-            }
+    for path in inputs(kind, target) {
+        let input = std::fs::read(&path).expect("a readable fuzz input");
+        ran += 1;
+        if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
+            panicked.push(path.display().to_string());
         }
     }
     (ran, panicked)
 }
 
-#[test]
-fn every_corpus_input_is_taken_without_a_panic() {
-    let (ran, panicked) = panicking_inputs("corpus");
-    assert!(
-        ran > 0,
-        "no corpus found under {}",
-        fuzz_dir("corpus").display()
-    );
+/// The corpus of one target, each a test of its own so that they run side by side.
+fn corpus_is_taken_without_a_panic(target: &str) {
+    let (ran, panicked) = panicking_inputs("corpus", target);
+    assert!(ran > 0, "no corpus in fuzz/corpus/{target}");
     assert!(
         panicked.is_empty(),
         "these corpus inputs panic:\n{}",
@@ -79,8 +78,31 @@ fn every_corpus_input_is_taken_without_a_panic() {
 }
 
 #[test]
+fn the_delivery_corpus_is_taken_without_a_panic() {
+    corpus_is_taken_without_a_panic("delivery");
+}
+
+#[test]
+fn the_spec_corpus_is_taken_without_a_panic() {
+    corpus_is_taken_without_a_panic("spec");
+}
+
+#[test]
+fn the_settings_corpus_is_taken_without_a_panic() {
+    corpus_is_taken_without_a_panic("settings");
+}
+
+#[test]
+fn the_signature_corpus_is_taken_without_a_panic() {
+    corpus_is_taken_without_a_panic("signature");
+}
+
+#[test]
 fn every_crash_found_is_taken_without_a_panic() {
-    let (_, panicked) = panicking_inputs("regressions");
+    let panicked: Vec<String> = TARGETS
+        .iter()
+        .flat_map(|(target, _)| panicking_inputs("regressions", target).1)
+        .collect();
     assert!(
         panicked.is_empty(),
         "these crash inputs panic again:\n{}",
