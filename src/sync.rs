@@ -153,10 +153,7 @@ pub fn prepare_delivery(
     text: &str,
     not_utf8_at: Option<usize>,
 ) -> Prepared {
-    let parsed = match not_utf8_at {
-        Some(at) => Err(source::RecordError::NotUtf8(at)),
-        None => source::parse_delivery(text),
-    };
+    let parsed = parse_received(text, not_utf8_at);
     prepare_parsed(engine, origin.to_owned(), parsed, text)
 }
 
@@ -172,6 +169,43 @@ pub fn keep_delivery(
     let mut summary = IntakeReport::default();
     keep(store, delivery, &mut summary, report)?;
     Ok(summary)
+}
+
+/// What [`keep_delivery`] would keep of one delivery, without a store: per record, the
+/// mapping failures it would keep as dead letters (`mapping `NAME`: REASON`), or why the
+/// delivery is unreadable. The way in for the fuzz targets (`fuzz/`), which must reach every
+/// step a received body goes through but cannot afford a store per input.
+#[doc(hidden)]
+pub fn dead_letters_of(
+    engine: &Engine,
+    text: &str,
+    not_utf8_at: Option<usize>,
+) -> Result<Vec<Vec<String>>, source::RecordError> {
+    let parsed = parse_received(text, not_utf8_at);
+    match prepare_parsed(engine, String::new(), parsed, text).outcome {
+        Ok(records) => Ok(records
+            .into_iter()
+            .map(|record| {
+                record
+                    .failures
+                    .into_iter()
+                    .map(|f| format!("mapping `{}`: {}", f.mapping.unwrap_or_default(), f.reason))
+                    .collect()
+            })
+            .collect()),
+        Err((err, _)) => Err(err),
+    }
+}
+
+/// A received delivery's records; bytes that were not UTF-8 reject it.
+fn parse_received(
+    text: &str,
+    not_utf8_at: Option<usize>,
+) -> Result<Vec<source::Record>, source::RecordError> {
+    match not_utf8_at {
+        Some(at) => Err(source::RecordError::NotUtf8(at)),
+        None => source::parse_delivery(text),
+    }
 }
 
 /// Reads every input into the store, parsing and mapping on `jobs` threads while this one

@@ -98,6 +98,8 @@ type FileText = Result<String, (Position, String)>;
 enum Origin<'a> {
     Folder(&'a Path),
     Builtin,
+    /// (file name, text) pairs: [`load_texts`].
+    Texts(&'a [(&'a str, &'a str)]),
 }
 
 impl Origin<'_> {
@@ -141,6 +143,11 @@ impl Origin<'_> {
                     files.push((format!("<builtin>/{name}"), name, text));
                 }
             }
+            Origin::Texts(texts) => {
+                for (name, text) in texts.iter() {
+                    files.push((name.to_string(), name.to_string(), Ok(text.to_string())));
+                }
+            }
         }
         files.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         Ok(files)
@@ -152,7 +159,8 @@ impl Origin<'_> {
                 let path: PathBuf = dir.join(name);
                 std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
             }
-            Origin::Builtin => {
+            // The examples the default mappings name are the ones built in.
+            Origin::Builtin | Origin::Texts(_) => {
                 let (dir, path) = match name.strip_prefix("../examples/") {
                     Some(rest) => (&BUILTIN_EXAMPLES, rest),
                     None => (&BUILTIN, name),
@@ -218,7 +226,7 @@ pub fn queries_beside(mappings: &Path) -> std::path::PathBuf {
 fn load_queries(set: &mut MappingSet, origin: &Origin<'_>) {
     let beside = match origin {
         Origin::Folder(dir) => Some(queries_beside(dir)).filter(|q| q.is_dir()),
-        Origin::Builtin => None,
+        Origin::Builtin | Origin::Texts(_) => None,
     };
     let (queries, problems) = match beside {
         Some(dir) => match QuerySet::load_dir(&dir) {
@@ -250,6 +258,17 @@ fn check_queries(set: &mut MappingSet) {
             set.diagnostics.push(set.queries.diagnostic(&problem));
         }
     }
+}
+
+/// Loads a mapping set from texts in memory, as (file name, text) pairs, exactly as
+/// [`load_dir`] loads a folder holding those files; an example that is not one of the
+/// built-in ones (`../examples/...`) cannot be read. The way in for the fuzz targets
+/// (`fuzz/`), which would otherwise write a folder for every input.
+#[doc(hidden)]
+pub fn load_texts(files: &[(&str, &str)]) -> MappingSet {
+    let mut set = load(&Origin::Texts(files));
+    check_settings(&mut set);
+    set
 }
 
 /// The file in a client folder that holds its settings.
@@ -440,6 +459,7 @@ fn load(origin: &Origin<'_>) -> MappingSet {
             name: match origin {
                 Origin::Folder(dir) => dir.join(SETTINGS_FILE).display().to_string(),
                 Origin::Builtin => format!("<builtin>/{SETTINGS_FILE}"),
+                Origin::Texts(_) => SETTINGS_FILE.to_owned(),
             },
             text: String::new(),
         });

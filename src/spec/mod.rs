@@ -13,7 +13,7 @@ mod spanned;
 
 pub use load::{
     CLIENT_FILE, Example, MappingSet, SpecFile, builtin_example, count_specs, load_client,
-    load_dir, load_embedded, parse_mapping, queries_beside,
+    load_dir, load_embedded, load_texts, parse_mapping, queries_beside,
 };
 pub use overlay::{ClientConfig, OverlaySpec, Removed, RemovedKind};
 pub(crate) use rules::{did_you_mean, key_position};
