@@ -24,6 +24,7 @@
 pub mod diagnostic;
 pub mod engine;
 pub mod klaviyo;
+mod group_commit;
 mod pipeline;
 pub mod replay;
 pub mod run;

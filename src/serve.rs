@@ -1,8 +1,10 @@
 //! The always-on webhook receiver behind `marketsync serve`.
 //!
 //! Marketplacer POSTs each event to `/webhooks/marketplacer`. A delivery is answered 200 only
-//! once it is committed to the store (its inbox row, its requests and its dead letters, by the
-//! same [`crate::sync::intake_delivery`] a batch `run` uses), and the sender is woken to send it.
+//! once it is committed to the store (its inbox row, its requests and its dead letters, written
+//! as a batch `run` writes them, by [`crate::sync::keep_delivery`]), and the sender is woken to
+//! send it. Deliveries are mapped side by side; their writes share commits
+//! ([`crate::group_commit`]), so the disk's flush rate does not cap the webhooks answered.
 //! The one sender is the [`Sink`] a batch run uses, its lanes running until shutdown.
 //!
 //! What this module must never do: answer 3xx or 4xx (any 4xx but 429 disables Marketplacer's
@@ -14,11 +16,12 @@
 //! request is never logged.
 
 use crate::engine::Engine;
+use crate::group_commit::{GroupCommit, Work};
 use crate::sink::{Sink, SinkError, now_ms};
 use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets};
 use crate::spec::Lane;
 use crate::store::Store;
-use crate::sync;
+use crate::sync::{self, IntakeReport};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -96,10 +99,18 @@ impl Counters {
     }
 }
 
-/// The receiver's shared state: one engine, one store, and the sender to wake.
+/// What one webhook's writes left in the store: the delivery's summary (`None` for a body
+/// over the limit), and its report lines to log.
+struct Kept {
+    summary: Option<IntakeReport>,
+    report: Vec<u8>,
+}
+
+/// The receiver's shared state: one engine, one store and its writer, and the sender to wake.
 pub struct Receiver {
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
+    writer: GroupCommit<Kept>,
     secrets: Secrets,
     sink: Option<Arc<Sink>>,
     config: ServeConfig,
@@ -119,6 +130,7 @@ impl Receiver {
     ) -> Arc<Receiver> {
         Arc::new(Receiver {
             engine,
+            writer: GroupCommit::start(Arc::clone(&store)),
             store,
             secrets,
             sink,
@@ -127,6 +139,17 @@ impl Receiver {
             draining: AtomicBool::new(false),
             counters: Counters::default(),
         })
+    }
+
+    /// Commits of webhooks' writes since start: fewer than the webhooks kept when they arrive
+    /// together.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    /// Webhooks read, mapped and waiting for the next commit.
+    pub fn waiting_to_commit(&self) -> usize {
+        self.writer.waiting()
     }
 
     /// From now on webhooks and `/readyz` are answered 503.
@@ -188,23 +211,22 @@ impl Receiver {
             None => "webhook".to_owned(),
         };
         let engine = Arc::clone(&self.engine);
-        let store = Arc::clone(&self.store);
         let oversize = size > limit as u64;
-        // SQLite is blocking work; the deadline around this call still answers in time if the
-        // store is stuck (the commit may then land, and the resend is a duplicate).
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut report: Vec<u8> = Vec::new();
-            let result = if oversize {
-                let text = webhook::oversize_capture(kept_headers, size, &kept);
-                let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
-                eprintln!("serve: {origin}: rejected: {reason}");
-                store
-                    .lock()
-                    .expect("store lock")
-                    .record_unreadable(&origin, &text, &reason, now_ms())
-                    .map(|_| None)
-                    .map_err(sync::SyncError::from)
-            } else {
+        let work: Work<Kept> = if oversize {
+            let text = webhook::oversize_capture(kept_headers, size, &kept);
+            let reason = format!("body of {size} bytes is over the limit of {limit} bytes");
+            eprintln!("serve: {origin}: rejected: {reason}");
+            Box::new(move |store| {
+                store.record_unreadable(&origin, &text, &reason, now_ms())?;
+                Ok(Kept {
+                    summary: None,
+                    report: Vec::new(),
+                })
+            })
+        } else {
+            // Parsing and mapping are CPU work: done on a blocking thread, beside other
+            // webhooks; only the writes wait for the store's one writer.
+            let prepared = tokio::task::spawn_blocking(move || {
                 let (text, not_utf8_at) = match String::from_utf8(kept) {
                     Ok(text) => (text, None),
                     Err(err) => {
@@ -216,17 +238,32 @@ impl Receiver {
                     }
                 };
                 let capture = webhook::capture(kept_headers, &text);
-                sync::intake_delivery(&engine, &store, &origin, &capture, not_utf8_at, &mut report)
-                    .map(Some)
+                sync::prepare_delivery(&engine, &origin, &capture, not_utf8_at)
+            })
+            .await;
+            let Ok(prepared) = prepared else {
+                eprintln!("serve: webhook not kept: intake failed; answered 503");
+                return self.unavailable(&self.counters.unavailable, "store unavailable");
             };
-            if !report.is_empty() {
-                eprint!("serve: {}", String::from_utf8_lossy(&report));
-            }
-            result
-        })
-        .await;
-        match stored {
-            Ok(Ok(None)) => {
+            Box::new(move |store| {
+                let mut report = Vec::new();
+                let summary = sync::keep_delivery(store, prepared, &mut report)?;
+                Ok(Kept {
+                    summary: Some(summary),
+                    report,
+                })
+            })
+        };
+        // The deadline around this call still answers in time if the store is stuck (the commit
+        // may then land, and the resend is a duplicate).
+        let stored = self.writer.commit(work).await;
+        if let Ok(Kept { report, .. }) = &stored
+            && !report.is_empty()
+        {
+            eprint!("serve: {}", String::from_utf8_lossy(report));
+        }
+        match stored.map(|kept| kept.summary) {
+            Ok(None) => {
                 Counters::add(&self.counters.too_large);
                 Counters::add(&self.counters.dead_lettered);
                 (
@@ -235,7 +272,7 @@ impl Receiver {
                 )
                     .into_response()
             }
-            Ok(Ok(Some(summary))) => {
+            Ok(Some(summary)) => {
                 if summary.repeated > 0 && summary.repeated == summary.records {
                     Counters::add(&self.counters.duplicate);
                     return (StatusCode::OK, "duplicate: already received\n").into_response();
@@ -251,12 +288,8 @@ impl Receiver {
                 }
                 (StatusCode::OK, "received\n").into_response()
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 eprintln!("serve: webhook not kept: {err}; answered 503");
-                self.unavailable(&self.counters.unavailable, "store unavailable")
-            }
-            Err(_) => {
-                eprintln!("serve: webhook not kept: intake failed; answered 503");
                 self.unavailable(&self.counters.unavailable, "store unavailable")
             }
         }

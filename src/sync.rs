@@ -78,7 +78,7 @@ pub fn queued(request: &Request) -> NewRequest {
 }
 
 /// One delivery made ready for the store, on any thread: everything but the store's verdict.
-struct Prepared {
+pub struct Prepared {
     origin: String,
     /// The records, or why the delivery cannot be read (with its text, for the dead letter).
     outcome: Result<Vec<PreparedRecord>, (source::RecordError, String)>,
@@ -141,31 +141,34 @@ fn prepare_parsed(
     Prepared { origin, outcome }
 }
 
-/// Takes one delivery in on its own, as a webhook receiver does: parsed, mapped and written
-/// to the store exactly as [`intake`] writes a line (a delivery that cannot be read, or that a
-/// mapping refuses, is kept as a dead letter; one already stored writes nothing). `text` is the
-/// delivery (any shape [`source::parse_delivery`] reads); `not_utf8_at` says where its bytes
-/// stopped being UTF-8, if they did. Returns once everything is committed; an error means
-/// the store failed and nothing of this delivery may be taken as kept.
-pub fn intake_delivery(
+/// Takes one delivery in on its own, as a webhook receiver does, first half: parsed and
+/// mapped, off the store (any thread). `text` is the delivery (any shape
+/// [`source::parse_delivery`] reads); `not_utf8_at` says where its bytes stopped being UTF-8,
+/// if they did. [`keep_delivery`] writes it.
+pub fn prepare_delivery(
     engine: &Engine,
-    store: &Mutex<Store>,
     origin: &str,
     text: &str,
     not_utf8_at: Option<usize>,
-    report: &mut dyn Write,
-) -> Result<IntakeReport, SyncError> {
+) -> Prepared {
     let parsed = match not_utf8_at {
         Some(at) => Err(source::RecordError::NotUtf8(at)),
         None => source::parse_delivery(text),
     };
+    prepare_parsed(engine, origin.to_owned(), parsed, text)
+}
+
+/// Second half: writes a [`prepare_delivery`] to the store exactly as [`intake`] writes a
+/// line (a delivery that cannot be read, or that a mapping refuses, is kept as a dead letter;
+/// one already stored writes nothing). Inside [`Store::in_one_commit`] all of it is one
+/// savepoint: an error means nothing of this delivery may be taken as kept.
+pub fn keep_delivery(
+    store: &mut Store,
+    delivery: Prepared,
+    report: &mut dyn Write,
+) -> Result<IntakeReport, SyncError> {
     let mut summary = IntakeReport::default();
-    keep(
-        store,
-        prepare_parsed(engine, origin.to_owned(), parsed, text),
-        &mut summary,
-        report,
-    )?;
+    keep(store, delivery, &mut summary, report)?;
     Ok(summary)
 }
 
@@ -211,9 +214,29 @@ pub fn intake(
     Ok(summary)
 }
 
-/// Writes one prepared delivery to the store, one transaction per record, and counts it.
+/// How [`keep`] reaches the store. A batch run locks the shared store for each record, so the
+/// sender beside it is never held up for long; a receiver's writer already holds it for the
+/// whole of a commit.
+trait StoreAccess {
+    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R;
+}
+
+impl StoreAccess for &Mutex<Store> {
+    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R {
+        write(&mut self.lock().expect("store lock"))
+    }
+}
+
+impl StoreAccess for &mut Store {
+    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R {
+        write(self)
+    }
+}
+
+/// Writes one prepared delivery to the store, one transaction (or savepoint) per record, and
+/// counts it.
 fn keep(
-    store: &Mutex<Store>,
+    mut store: impl StoreAccess,
     delivery: Prepared,
     summary: &mut IntakeReport,
     report: &mut dyn Write,
@@ -224,12 +247,9 @@ fn keep(
         Ok(records) => records,
         Err((err, text)) => {
             writeln!(report, "{origin}: rejected: {err}")?;
-            store.lock().expect("store lock").record_unreadable(
-                &origin,
-                &text,
-                &err.to_string(),
-                now_ms(),
-            )?;
+            store.with(|store| {
+                store.record_unreadable(&origin, &text, &err.to_string(), now_ms())
+            })?;
             *summary.rejected.entry("unreadable".into()).or_default() += 1;
             return Ok(());
         }
@@ -242,39 +262,39 @@ fn keep(
             origin: &origin,
             text: &record.text,
         };
-        let mut store = store.lock().expect("store lock");
         // Warnings are kept with the delivery (`marketsync warnings list`), not only reported.
         let warnings = &record.mapped.warnings;
-        let outcome = match store.intake_with_warnings(
-            &delivery,
-            &record.requests,
-            &record.failures,
-            warnings,
-            now_ms(),
-        ) {
-            // A request the store cannot keep (a coalescing version that is not a timestamp)
-            // must not stop the run: the delivery is kept as a dead letter.
-            Err(StoreError::InvalidRequest { mapping, problem }) => {
-                writeln!(
-                    report,
-                    "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
-                    record.delivery_id
-                )?;
-                *summary
-                    .rejected
-                    .entry("mapping:invalid-request".into())
-                    .or_default() += 1;
-                let letter = NewDeadLetter {
-                    mapping: Some(mapping.clone()),
-                    category: "mapping:invalid-request".into(),
-                    reason: problem.clone(),
-                    details: serde_json::json!({}),
-                };
-                store.intake_with_warnings(&delivery, &[], &[letter], warnings, now_ms())?
+        let outcome = store.with(|store| -> Result<_, SyncError> {
+            match store.intake_with_warnings(
+                &delivery,
+                &record.requests,
+                &record.failures,
+                warnings,
+                now_ms(),
+            ) {
+                // A request the store cannot keep (a coalescing version that is not a
+                // timestamp) must not stop the run: the delivery is kept as a dead letter.
+                Err(StoreError::InvalidRequest { mapping, problem }) => {
+                    writeln!(
+                        report,
+                        "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                        record.delivery_id
+                    )?;
+                    *summary
+                        .rejected
+                        .entry("mapping:invalid-request".into())
+                        .or_default() += 1;
+                    let letter = NewDeadLetter {
+                        mapping: Some(mapping.clone()),
+                        category: "mapping:invalid-request".into(),
+                        reason: problem.clone(),
+                        details: serde_json::json!({}),
+                    };
+                    Ok(store.intake_with_warnings(&delivery, &[], &[letter], warnings, now_ms())?)
+                }
+                other => Ok(other?),
             }
-            other => other?,
-        };
-        drop(store);
+        })?;
         if outcome.duplicate_delivery {
             summary.repeated += 1;
             continue;

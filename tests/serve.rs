@@ -10,6 +10,7 @@ use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
 use marketsync::store::Store;
 use serde_json::Value as Json;
 use std::io::BufRead;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -92,6 +93,18 @@ impl Harness {
             .unwrap()
     }
 
+    /// Runs SQL on the state file beside the receiver: how a test injects a store failure.
+    fn sql(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(&self.state).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    /// Rows of every table a delivery writes to at intake, or that its sending writes to.
+    fn rows_of_deliveries(&self) -> [(&'static str, i64); 5] {
+        ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, self.count(t)))
+    }
+
     fn dead_letters(&self) -> Vec<marketsync::store::DeadLetter> {
         Store::open(&self.state)
             .unwrap()
@@ -138,6 +151,22 @@ fn first_order() -> (Vec<(String, String)>, String) {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
         .collect();
     (headers, capture["body"].to_string())
+}
+
+/// Captures of NDJSON text (as [`common::synthetic_orders`] writes): headers and body as sent.
+fn captures(text: &str) -> Vec<(Vec<(String, String)>, String)> {
+    text.lines()
+        .map(|line| {
+            let capture: Json = serde_json::from_str(line).unwrap();
+            let headers = capture["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (headers, capture["body"].to_string())
+        })
+        .collect()
 }
 
 fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -571,4 +600,205 @@ async fn replay_drives_serve_as_marketplacer_would() {
     assert_eq!(h.count("outbox"), queued);
     assert!(h.placed_orders_within(Duration::from_secs(10)).await > 0);
     h.stop().await;
+}
+
+/// Issue 13: a store failure in the middle of a delivery's intake (its inbox row written, its
+/// first request refused by the database) is answered 503 and leaves no row of it; once the
+/// store takes writes again, the resend is kept and queued exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_after_the_inbox_row_is_503_and_leaves_no_partial_row() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    h.sql(
+        "CREATE TRIGGER injected BEFORE INSERT ON outbox
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    );
+    let (headers, body) = first_order();
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let nothing = ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, 0));
+    assert_eq!(h.rows_of_deliveries(), nothing);
+
+    h.sql("DROP TRIGGER injected");
+    let response = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "received\n");
+    assert_eq!(h.count("inbox"), 1);
+    let queued = h.count("outbox");
+    assert!(queued > 0);
+    let again = h.post(&borrowed(&headers), body).await;
+    assert_eq!(again.text().await.unwrap(), "duplicate: already received\n");
+    assert_eq!((h.count("inbox"), h.count("outbox")), (1, queued));
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    h.stop().await;
+}
+
+/// Issue 13: the same when the failure hits a dead letter: a delivery its mappings refuse (no
+/// email), and a body that is not JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_writing_a_dead_letter_is_503_and_leaves_no_partial_row() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    h.sql(
+        "CREATE TRIGGER injected BEFORE INSERT ON dead_letter
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    );
+    let orders = common::synthetic_orders(1).replace("\"buyer0@example.com\"", "null");
+    let (headers, body) = captures(&orders).remove(0);
+    let refused = h.post(&borrowed(&headers), body.clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let not_json = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], "{not json")
+        .await;
+    assert_eq!(not_json.status(), 503);
+    let nothing = ["inbox", "outbox", "dead_letter", "warning", "ledger"].map(|t| (t, 0));
+    assert_eq!(h.rows_of_deliveries(), nothing);
+
+    h.sql("DROP TRIGGER injected");
+    assert_eq!(h.post(&borrowed(&headers), body.clone()).await.status(), 200);
+    let letters = h.count("dead_letter");
+    assert!(letters > 0, "the mappings refuse a delivery with no email");
+    assert_eq!(h.count("inbox"), 1);
+    let again = h.post(&borrowed(&headers), body).await;
+    assert_eq!(again.text().await.unwrap(), "duplicate: already received\n");
+    assert_eq!((h.count("inbox"), h.count("dead_letter")), (1, letters));
+    let not_json = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], "{not json")
+        .await;
+    assert_eq!(not_json.status(), 200);
+    assert_eq!(h.count("dead_letter"), letters + 1);
+    h.stop().await;
+}
+
+/// Issue 13: webhooks arriving together share commits. 200 deliveries over 32 connections are
+/// all answered 200 and stored once each, in fewer commits than deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_arriving_together_are_each_kept_once_in_fewer_commits() {
+    let h = Arc::new(start(Secrets::default(), ServeConfig::default()).await);
+    let deliveries = captures(&common::synthetic_orders(200));
+    let queue = Arc::new(Mutex::new(deliveries));
+    let connections: Vec<_> = (0..32)
+        .map(|_| {
+            let (h, queue) = (Arc::clone(&h), Arc::clone(&queue));
+            tokio::spawn(async move {
+                // One client, so one connection, each.
+                let client = reqwest::Client::new();
+                let mut statuses = Vec::new();
+                loop {
+                    let Some((headers, body)) = queue.lock().unwrap().pop() else {
+                        return statuses;
+                    };
+                    let mut request = client.post(format!("{}{WEBHOOK_PATH}", h.url)).body(body);
+                    for (name, value) in headers {
+                        request = request.header(name, value);
+                    }
+                    statuses.push(request.send().await.unwrap().status().as_u16());
+                }
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for connection in connections {
+        statuses.extend(connection.await.unwrap());
+    }
+    assert_eq!(statuses, vec![200; 200]);
+    let accepted = h.receiver.counters.accepted.load(Ordering::Relaxed);
+    assert_eq!(accepted, 200);
+    let conn = rusqlite::Connection::open(&h.state).unwrap();
+    let (rows, deliveries): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT delivery_id) FROM inbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, deliveries), (200, 200));
+    // Every order's Placed Order is queued (or already sent) exactly once.
+    let placed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE mapping = 'placed-order'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(placed, 200);
+    let commits = h.receiver.commits();
+    assert!(commits > 0 && commits < 200, "{commits} commits");
+    eprintln!("200 webhooks over 32 connections: {commits} commits");
+    Arc::into_inner(h).unwrap().stop().await;
+}
+
+/// Issue 13: one delivery whose writes fail inside a shared commit is answered 503 and leaves
+/// no row, while the others of that commit are answered 200 and kept. The commit is made
+/// shared on purpose: a first webhook holds the writer (another connection holds SQLite's
+/// write lock) while the others queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failing_inside_a_shared_commit_fails_alone() {
+    // No sender: nothing but the writer uses the store while its lock is held.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let store = Arc::new(Mutex::new(Store::open(&state).unwrap()));
+    let receiver = Receiver::new(
+        Arc::new(common::engine()),
+        store,
+        Secrets::default(),
+        None,
+        ServeConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{WEBHOOK_PATH}", listener.local_addr().unwrap());
+    let app = serve::router(Arc::clone(&receiver));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sql = rusqlite::Connection::open(&state).unwrap();
+    // Fails the failing delivery's first request, after its inbox row is written.
+    sql.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON outbox
+         WHEN (SELECT delivery_id FROM inbox WHERE id = NEW.inbox_id) = 'synthetic-delivery-7'
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .unwrap();
+    let deliveries = captures(&common::synthetic_orders(20));
+    let post = |(headers, body): (Vec<(String, String)>, String)| {
+        let mut request = reqwest::Client::new().post(&url).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
+
+    sql.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut deliveries = deliveries.into_iter();
+    let first = post(deliveries.next().unwrap());
+    // The first webhook is mapped and its commit waits for the write lock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.waiting_to_commit(), 0);
+    let others: Vec<_> = deliveries.map(post).collect();
+    let until = Instant::now() + Duration::from_secs(3);
+    while receiver.waiting_to_commit() < 19 {
+        assert!(Instant::now() < until, "the webhooks never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sql.execute_batch("ROLLBACK").unwrap();
+
+    assert_eq!(first.await.unwrap(), 200);
+    let mut statuses = Vec::new();
+    for other in others {
+        statuses.push(other.await.unwrap());
+    }
+    // synthetic-delivery-7 is the eighth capture, the seventh of the others.
+    let mut expected = vec![200; 19];
+    expected[6] = 503;
+    assert_eq!(statuses, expected);
+    assert_eq!(receiver.commits(), 2, "the first alone, then the other 19");
+    let count = |sql_text: &str| -> i64 { sql.query_row(sql_text, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM inbox"), 19);
+    assert_eq!(
+        count("SELECT count(*) FROM inbox WHERE delivery_id = 'synthetic-delivery-7'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT inbox_id) FROM outbox WHERE mapping = 'placed-order'"),
+        19
+    );
+    assert_eq!(count("SELECT count(*) FROM dead_letter"), 0);
 }

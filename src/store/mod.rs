@@ -338,10 +338,85 @@ impl Store {
         Ok(())
     }
 
-    fn write(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// Runs `each` on every item in one transaction, each item in a savepoint of its own, and
+    /// commits once: one flush to disk for the lot. An item whose `each` fails is undone alone
+    /// (its `Err` is its outcome, the other items are kept); the outcomes are in item order.
+    /// `Err` when the transaction could not be begun or committed: then nothing is kept.
+    ///
+    /// Every write `each` makes through the store's methods nests in the item's savepoint.
+    pub fn in_one_commit<I, T, E>(
+        &mut self,
+        items: impl IntoIterator<Item = I>,
+        mut each: impl FnMut(&mut Store, I) -> Result<T, E>,
+    ) -> Result<Vec<Result<T, E>>, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let kept = || -> Result<_, StoreError> {
+            let mut outcomes = Vec::new();
+            for item in items {
+                self.conn.execute_batch("SAVEPOINT item")?;
+                let outcome = each(self, item);
+                if outcome.is_err() {
+                    self.conn.execute_batch("ROLLBACK TO item")?;
+                }
+                self.conn.execute_batch("RELEASE item")?;
+                outcomes.push(outcome);
+            }
+            self.conn.execute_batch("COMMIT")?;
+            Ok(outcomes)
+        };
+        let outcomes = kept();
+        if outcomes.is_err() && !self.conn.is_autocommit() {
+            // The error is what the caller needs; a failed rollback leaves nothing committed.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        outcomes
+    }
+
+    /// A write of its own (taking the write lock up front), or a savepoint when it is part of
+    /// [`Store::in_one_commit`].
+    fn write(&mut self) -> Result<Write<'_>, StoreError> {
+        Ok(if self.conn.is_autocommit() {
+            Write::Alone(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?,
+            )
+        } else {
+            Write::Nested(self.conn.savepoint()?)
+        })
+    }
+}
+
+/// A write that is committed, or rolled back when dropped uncommitted.
+enum Write<'a> {
+    Alone(rusqlite::Transaction<'a>),
+    Nested(rusqlite::Savepoint<'a>),
+}
+
+impl Write<'_> {
+    fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            Write::Alone(tx) => tx.commit(),
+            Write::Nested(savepoint) => savepoint.commit(),
+        }
+    }
+
+    fn rollback(self) -> rusqlite::Result<()> {
+        match self {
+            Write::Alone(tx) => tx.rollback(),
+            // Rolled back and released.
+            Write::Nested(savepoint) => savepoint.finish(),
+        }
+    }
+}
+
+impl std::ops::Deref for Write<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Write::Alone(tx) => tx,
+            Write::Nested(savepoint) => savepoint,
+        }
     }
 }
 
@@ -573,6 +648,91 @@ mod tests {
         assert_eq!(store.warnings(None).unwrap(), []);
         store.discard(&[letters[0].id], "old outage", 20).unwrap();
         assert_eq!(store.status(30).unwrap().dead_letters.len(), 0);
+    }
+
+    fn delivery(id: &str) -> DeliveryRecord<'_> {
+        DeliveryRecord {
+            marketplace: "m",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        }
+    }
+
+    fn inbox(store: &Store) -> Vec<String> {
+        let mut query = store
+            .conn
+            .prepare("SELECT delivery_id FROM inbox ORDER BY id")
+            .unwrap();
+        query
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Issue 13: one commit for many items keeps those that succeed and undoes one that fails,
+    /// its own earlier writes included, alone.
+    #[test]
+    fn one_commit_undoes_a_failing_item_alone() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER injected BEFORE INSERT ON inbox WHEN NEW.delivery_id = 'bad'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            )
+            .unwrap();
+        let items = [vec!["a"], vec!["b", "bad"], vec!["c"]];
+        let outcomes = store
+            .in_one_commit(items, |store, ids| {
+                for id in ids {
+                    store.intake(&delivery(id), &[], &[], 0)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [false, true, false]);
+        assert!(store.conn.is_autocommit(), "committed");
+        assert_eq!(inbox(&store), ["a", "c"]);
+        // An item sees the items before it: a repeat inside one commit is a duplicate.
+        let outcomes = store
+            .in_one_commit(["d", "d"], |store, id| {
+                store.intake(&delivery(id), &[], &[], 0)
+            })
+            .unwrap();
+        let duplicates: Vec<bool> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap().duplicate_delivery)
+            .collect();
+        assert_eq!(duplicates, [false, true]);
+    }
+
+    /// Issue 13: when the commit itself fails, no item of it is kept, and the store takes
+    /// writes again.
+    #[test]
+    fn a_failed_commit_keeps_no_item() {
+        let mut store = Store::in_memory().unwrap();
+        // A deferred foreign key is checked at COMMIT, not at the item's savepoint.
+        store
+            .conn
+            .execute_batch(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (parent_id REFERENCES parent (id)
+                                     DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TRIGGER orphan AFTER INSERT ON inbox WHEN NEW.delivery_id = 'orphan'
+                 BEGIN INSERT INTO child VALUES (42); END",
+            )
+            .unwrap();
+        let outcome = store.in_one_commit(["a", "orphan", "b"], |store, id| {
+            store.intake(&delivery(id), &[], &[], 0)
+        });
+        assert!(outcome.is_err());
+        assert!(store.conn.is_autocommit(), "rolled back");
+        assert_eq!(inbox(&store), Vec::<String>::new());
+        store.intake(&delivery("a"), &[], &[], 0).unwrap();
+        assert_eq!(inbox(&store), ["a"]);
     }
 
     #[test]
