@@ -301,6 +301,132 @@ fn a_503_is_retried_and_then_accepted() {
     }
 }
 
+/// The milliseconds after `label` in `answer times: N answers: p50 X ms, p95 ...`.
+fn answer_ms(stderr: &str, label: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("answer times: "))
+        .unwrap_or_else(|| panic!("no answer times in {stderr}"));
+    let after = line
+        .split_once(&format!("{label} "))
+        .unwrap_or_else(|| panic!("no {label} in {line}"))
+        .1;
+    after.split(" ms").next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_summary_gives_the_receivers_answer_times() {
+    let receiver = Receiver::start(Duration::from_millis(80), |_, before, _| {
+        if before == 0 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = replay(&receiver)
+        .args(["--concurrency", "2"])
+        .arg(envelopes(&dir, 3))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    // Every answer counts, the 503s too.
+    assert!(stderr.contains("answer times: 6 answers: p50 "), "{stderr}");
+    for label in ["p50", "p95", "p99", "max"] {
+        let ms = answer_ms(&stderr, label);
+        assert!((80.0..2000.0).contains(&ms), "{label} {ms} ms in {stderr}");
+    }
+    assert!(answer_ms(&stderr, "p50") <= answer_ms(&stderr, "max"));
+}
+
+#[test]
+fn a_report_says_when_each_delivery_was_accepted_and_how_it_ended() {
+    // E1 at once, E2 after a 500, E3 never (500 until out of attempts).
+    let receiver = Receiver::start(Duration::from_millis(40), |seen, before, _| {
+        match (seen.key().as_str(), before) {
+            ("E1", _) | ("E2", 1..) => (200, vec![]),
+            _ => (500, vec![]),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.jsonl");
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = unix_ms();
+    replay(&receiver)
+        .args(["--concurrency", "1", "--max-attempts", "2", "--report"])
+        .arg(&report)
+        .arg(envelopes(&dir, 3))
+        .assert()
+        .code(1);
+    let after = unix_ms();
+    let mut lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    lines.sort_by_key(|l| l["id"].as_str().unwrap().to_owned());
+    let ended: Vec<(&str, &str, Option<u64>, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap(),
+                l["idempotency_key"].as_str().unwrap(),
+                l["status"].as_u64(),
+                l["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            ("E1", "E1", Some(200), 1),
+            ("E2", "E2", Some(200), 2),
+            ("E3", "E3", Some(500), 2)
+        ]
+    );
+    assert!(
+        lines[0]["origin"]
+            .as_str()
+            .unwrap()
+            .ends_with("envelopes.ndjson:1")
+    );
+    for line in &lines[..2] {
+        let at = line["accepted_at_ms"].as_u64().unwrap();
+        assert!((before..=after).contains(&at), "{line}");
+    }
+    assert!(lines[2]["accepted_at_ms"].is_null(), "{}", lines[2]);
+    // The 200 that accepted E2 came after its 503 and E1's 200 (one at a time).
+    assert!(
+        lines[1]["accepted_at_ms"].as_u64()
+            >= Some(lines[0]["accepted_at_ms"].as_u64().unwrap() + 80),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let answer_ms = line["answer_ms"].as_f64().unwrap();
+        assert!((40.0..2000.0).contains(&answer_ms), "{line}");
+    }
+}
+
+#[test]
+fn a_report_that_cannot_be_created_stops_before_sending() {
+    let receiver = Receiver::accepting();
+    let dir = tempfile::tempdir().unwrap();
+    replay(&receiver)
+        .args(["--report"])
+        .arg(dir.path().join("no-such-folder").join("report.jsonl"))
+        .arg(envelopes(&dir, 1))
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("error: --report "));
+    assert!(receiver.seen().is_empty());
+}
+
 #[test]
 fn a_429_waits_for_retry_after_and_lowers_the_concurrency() {
     let receiver = Receiver::start(Duration::ZERO, |_, before, _| {

@@ -551,6 +551,88 @@ async fn an_event_is_202_and_a_duplicate_is_not_recorded_twice() {
 }
 
 #[tokio::test]
+async fn every_accepted_event_is_listed_with_the_time_it_arrived() {
+    let api = Api::start(config()).await;
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = unix_ms();
+    let sent = [
+        event("ann@b.co", "Placed Order", "order-1"),
+        event("ann@b.co", "Placed Order", "order-1"),
+        event("bob@b.co", "Ordered Product", "order-2:line-1"),
+    ];
+    for (n, body) in sent.iter().enumerate() {
+        if n == 2 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(
+            api.post(Endpoint::CreateEvent, body).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    // Refused requests have no effect, so they are not listed.
+    let no_profile = event_with(json!({}), "Placed Order", Some("order-3"));
+    assert_eq!(
+        api.post(Endpoint::CreateEvent, &no_profile).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let after = unix_ms();
+    // Outside Klaviyo's API: no key needed, so a script can read it with curl.
+    let response = api
+        .bare(Method::GET, "/standin/submissions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "content-type"),
+        Some("application/x-ndjson")
+    );
+    let lines: Vec<Json> = response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let listed: Vec<(&str, &str, bool, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["metric"].as_str().unwrap(),
+                l["unique_id"].as_str().unwrap(),
+                l["kept"].as_bool().unwrap(),
+                l["request"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("Placed Order", "order-1", true, 1),
+            ("Placed Order", "order-1", false, 2),
+            ("Ordered Product", "order-2:line-1", true, 3),
+        ]
+    );
+    let times: Vec<u64> = lines
+        .iter()
+        .map(|l| l["accepted_at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.iter().all(|t| (before..=after).contains(t)),
+        "{times:?} not within {before}..={after}"
+    );
+    assert!(
+        times[2] >= times[1] + 30,
+        "{times:?}: the pause is not seen"
+    );
+}
+
+#[tokio::test]
 async fn without_unique_id_events_are_deduplicated_by_the_second() {
     let api = Api::start(config()).await;
     let at = |time: &str| {

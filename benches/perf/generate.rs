@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example generate-deliveries -- --seed 42 --size 100MB --out FILE
 //! cargo run --release --example generate-deliveries -- --seed 42 --count 1000 > FILE
+//! cargo run --release --example generate-deliveries -- --count 120000 --paid-invoices-only > FILE
 //! ```
 //!
 //! Each line is a capture as a receiver stores it (`{"received_at", "headers", "body"}`, the
@@ -22,6 +23,10 @@
 //! 5 to 7 KB (one NDJSON line), as real ones are. Names are non-ASCII where people's are
 //! (Zoë Ångström, Łukasz, 王芳); titles carry emoji and the characters JSON must escape.
 //! Emails are ASCII but arrive in mixed case and with stray spaces, as checkout forms send them.
+//!
+//! With `--paid-invoices-only` every delivery is a new paid invoice (each order's invoices in
+//! turn, unpaid orders left out): every one is a distinct delivery that queues work, as the
+//! receiver's benchmark (`benches/serve/run.sh`) needs to count "each stored once".
 //!
 //! Every order is rebuilt from `(seed, order number)` alone, so shipments and refunds of earlier
 //! orders need no memory of them: the output is streamed with constant memory whatever its size.
@@ -56,6 +61,9 @@ struct Args {
     /// The marketplace (vertical) named in every capture's `Marketplacer-Vertical` header.
     #[arg(long, default_value = "petmarket")]
     marketplace: String,
+    /// Only new paid invoices: no unpaid orders, updates, redeliveries, shipments or refunds.
+    #[arg(long)]
+    paid_invoices_only: bool,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -100,7 +108,11 @@ fn main() -> io::Result<()> {
     while limit_bytes.is_none_or(|limit| out.bytes < limit)
         && args.count.is_none_or(|count| deliveries < count)
     {
-        let (kind, delivery) = generator.next_delivery();
+        let (kind, delivery) = if args.paid_invoices_only {
+            generator.next_paid_invoice()
+        } else {
+            generator.next_delivery()
+        };
         serde_json::to_writer(&mut out, &delivery)?;
         out.write_all(b"\n")?;
         kinds[kind as usize] += 1;
@@ -206,6 +218,18 @@ impl Generator {
             (Kind::Shipment, self.shipment(earlier))
         } else {
             (Kind::Refund, self.refund(earlier))
+        }
+    }
+
+    /// The next invoice of a paid order, on the same clock and sequence as every delivery.
+    fn next_paid_invoice(&mut self) -> (Kind, Value) {
+        loop {
+            self.clock += Duration::milliseconds(self.rng.random_range(2_000..40_000));
+            self.sequence += 1;
+            let (kind, delivery) = self.next_invoice();
+            if let Kind::PaidInvoice = kind {
+                return (kind, delivery);
+            }
         }
     }
 
@@ -727,7 +751,9 @@ impl Line {
         let image = |i: usize| {
             format!(
                 "https://marketplacer.imgix.net/petmarket/{slug}-{i}.jpg?auto=format&fm=pjpg&fit=max&w=1200&h=1200&s={:032x}",
-                legacy_id as u128 * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835 + i as u128
+                (legacy_id as u128)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+                    .wrapping_add(i as u128)
             )
         };
         // Only what the modelled query selects of the advert (`LineItemFields`).

@@ -1,11 +1,14 @@
 //! `marketsync replay`: captured deliveries sent to a receiver as Marketplacer sends them.
 
 use super::{EXIT_DISABLED, EXIT_IO, EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
-use marketsync::replay::{self, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, Delivery, Options};
+use marketsync::replay::{
+    self, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, Delivery, Finished, Options,
+};
 use marketsync::source::webhook::{Defaults, outgoing};
 use marketsync::source::{Input, read_lines};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Send captured deliveries to a webhook receiver as Marketplacer does: its headers, an HMAC
@@ -33,12 +36,17 @@ the delivery and disables the webhook: sending stops at once. The defaults are M
 
 The secret is read from the variable --secret-env names, only, and never printed.
 
+The summary also gives the receiver's answer times (p50, p95, p99, max over every answer).
+--report FILE writes one JSON line per delivery as it ends, accepted or failed: its id,
+idempotency_key, origin, status (the last answer's), attempts, accepted_at_ms (Unix ms when the
+2xx was read; null if it failed) and answer_ms (the last attempt's answer time).
+
 Ctrl-C stops at once: requests in flight are abandoned, and the summary counts them as not
 delivered.
 
 Exit 0 when every delivery was accepted, 1 when a delivery failed after --max-attempts, a line
 was skipped or sending was interrupted, 2 on a usage error (a --secret-env variable that is not set, too), 4 when an input
-could not be opened or read, 7 when the webhook would have been disabled (a redirect or a 4xx
+could not be opened or read or the --report file could not be written, 7 when the webhook would have been disabled (a redirect or a 4xx
 other than 429).")]
 pub struct Args {
     /// The receiver's URL (http:// or https://).
@@ -74,6 +82,9 @@ pub struct Args {
     /// `NAME: VALUE`; may be repeated.
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// Write one JSON line per delivery that ended (accepted or failed) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
     /// Files to read; `-` or nothing for standard input.
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
@@ -166,6 +177,20 @@ pub fn execute(args: Args) -> u8 {
         secret,
         headers: args.headers,
     };
+    let report_file = match &args.report {
+        None => None,
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Some(Report {
+                path: path.clone(),
+                out: Mutex::new((std::io::BufWriter::new(file), None)),
+            }),
+            Err(err) => {
+                eprintln!("error: --report {}: {err}", path.display());
+                return EXIT_IO;
+            }
+        },
+    };
+    let report_file = Arc::new(report_file);
     let inputs: Vec<Input> = if args.inputs.is_empty() {
         vec![Input::Stdin]
     } else {
@@ -191,7 +216,22 @@ pub fn execute(args: Args) -> u8 {
             std::future::pending::<()>().await;
         }
     };
-    let summary = runtime.block_on(replay::replay(url, options, rx, report, interrupt));
+    let on_finished = {
+        let report_file = Arc::clone(&report_file);
+        move |finished: &Finished| {
+            if let Some(report_file) = report_file.as_ref() {
+                report_file.write(finished);
+            }
+        }
+    };
+    let summary = runtime.block_on(replay::replay(
+        url,
+        options,
+        rx,
+        report,
+        on_finished,
+        interrupt,
+    ));
     // A replay that stopped early leaves the reader where it is: it may be waiting on a quiet
     // standard input, and ends with the process. Otherwise it has finished.
     if !summary.interrupted && summary.disabled_at.is_none() {
@@ -203,6 +243,13 @@ pub fn execute(args: Args) -> u8 {
         text.push_str(&format!(", {} lines skipped", read.skipped));
     }
     eprintln!("summary: {text}");
+    if let Some(times) = &summary.answer_times {
+        eprintln!("answer times: {}", times.describe());
+    }
+    let report_failed = report_file.as_ref().as_ref().and_then(Report::finish);
+    if let Some(err) = &report_failed {
+        eprintln!("error: {err}");
+    }
     if let Some(at) = &summary.disabled_at {
         eprintln!(
             "webhook would be disabled at delivery {} ({}, status {}); Marketplacer sends nothing \
@@ -213,12 +260,54 @@ pub fn execute(args: Args) -> u8 {
         );
         return EXIT_DISABLED;
     }
-    if read.unreadable_inputs > 0 {
+    if read.unreadable_inputs > 0 || report_failed.is_some() {
         EXIT_IO
     } else if !summary.failed.is_empty() || summary.unsent > 0 || read.skipped > 0 {
         EXIT_REJECTED
     } else {
         EXIT_OK
+    }
+}
+
+/// The per-delivery report (`--report`): JSON lines, and the first error writing them.
+struct Report {
+    path: std::path::PathBuf,
+    out: Mutex<(std::io::BufWriter<std::fs::File>, Option<std::io::Error>)>,
+}
+
+impl Report {
+    fn write(&self, finished: &Finished) {
+        let unix_ms = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        let line = serde_json::json!({
+            "id": finished.id,
+            "idempotency_key": finished.idempotency_key,
+            "origin": finished.origin,
+            "status": finished.status,
+            "attempts": finished.attempts,
+            "accepted_at_ms": finished.accepted_at.map(unix_ms),
+            "answer_ms": finished.answer_time.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+        });
+        let mut out = self.out.lock().expect("not poisoned");
+        let (file, failed) = &mut *out;
+        if failed.is_none()
+            && let Err(err) = writeln!(file, "{line}")
+        {
+            *failed = Some(err);
+        }
+    }
+
+    /// Flushes; says what went wrong writing, if anything did.
+    fn finish(&self) -> Option<String> {
+        let mut out = self.out.lock().expect("not poisoned");
+        let (file, failed) = &mut *out;
+        let failed = failed.take().or_else(|| file.flush().err())?;
+        Some(format!(
+            "--report {}: not written in full: {failed}",
+            self.path.display()
+        ))
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
   KLAVIYO_API_KEY=pk_standin KLAVIYO_BASE_URL=http://127.0.0.1:8765 \\
     marketsync run --state demo.db examples/*.json examples/*.ndjson
 
-It accepts the key `pk_standin` and stops on Ctrl-C.")]
+It accepts the key `pk_standin` and stops on Ctrl-C. GET /standin/submissions lists every event
+it accepted, duplicates included, one JSON line each: metric, unique_id, kept, request and
+accepted_at_ms (Unix milliseconds), to see when each arrived.")]
 pub struct Args {
     /// Port on 127.0.0.1.
     #[arg(long, default_value_t = 8765)]

@@ -18,7 +18,9 @@
 //! - **Invent success.** A request that is rejected, throttled, failed or dropped has no effect.
 //! - **Talk to anything but loopback.** It binds 127.0.0.1 only and calls nothing.
 //! - **Hide what it did.** Everything accepted is recorded, duplicates left out as Klaviyo
-//!   leaves them out, so a test can tell "sent twice" from "recorded twice".
+//!   leaves them out, so a test can tell "sent twice" from "recorded twice". A process outside
+//!   (`marketsync standin` under a benchmark) reads every event accepted, with the time it
+//!   arrived, at `GET /standin/submissions`.
 //!
 //! Time can run faster than real time ([`Config::time_scale`]), so that minute windows and job
 //! delays take a fraction of a second in tests; every number of seconds the stand-in reports

@@ -304,7 +304,8 @@ async fn handle(
 }
 
 /// The routes: every endpoint marketsync sends to (with or without a trailing slash), the bulk
-/// import job and its errors; anything else is a JSON:API 404 or 405.
+/// import job and its errors, and the stand-in's own [`SUBMISSIONS_PATH`]; anything else is a
+/// JSON:API 404 or 405.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let mut router = Router::new();
     for endpoint in Endpoint::ALL {
@@ -351,6 +352,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     };
     let jobs = Endpoint::BulkImportProfiles.path();
     router
+        .route(SUBMISSIONS_PATH, get(submissions))
         .route(&format!("{jobs}/{{id}}"), get(job))
         .route(&format!("{jobs}/{{id}}/"), get(job))
         .route(&format!("{jobs}/{{id}}/import-errors"), get(job_errors))
@@ -366,6 +368,34 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         // Bodies over Klaviyo's limits must reach the size check, to be answered as Klaviyo does.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app)
+}
+
+/// Every event accepted so far, duplicates included, as JSON lines: `metric`, `unique_id`,
+/// `kept`, `request` and `accepted_at_ms` (Unix milliseconds, wall clock). Not Klaviyo's: it
+/// lets a process outside the stand-in (a benchmark, a demo) see when each event arrived. Open
+/// to any caller, like the rest of the stand-in it listens on loopback only; never limited.
+pub(crate) const SUBMISSIONS_PATH: &str = "/standin/submissions";
+
+async fn submissions(State(app): State<Arc<App>>) -> Response {
+    let inner = app.lock();
+    let mut lines = String::new();
+    for submission in inner.store.submissions() {
+        let accepted_at_ms = submission
+            .accepted_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let line = serde_json::json!({
+            "metric": submission.metric,
+            "unique_id": submission.unique_id,
+            "kept": submission.kept,
+            "request": submission.request,
+            "accepted_at_ms": accepted_at_ms,
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    drop(inner);
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
 }
 
 /// Accepts connections that a handler can close without answering.

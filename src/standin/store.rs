@@ -82,6 +82,9 @@ pub struct EventSubmission {
     pub unique_id: Option<String>,
     /// False when it was a duplicate of an event already kept.
     pub kept: bool,
+    /// When its request was accepted, by the wall clock (never scaled): to measure how long an
+    /// event took to reach Klaviyo from outside the process (`GET /standin/submissions`).
+    pub accepted_at: std::time::SystemTime,
 }
 
 /// A profile as it stands.
@@ -208,6 +211,10 @@ impl Store {
         }
     }
 
+    pub(crate) fn submissions(&self) -> &[EventSubmission] {
+        &self.submissions
+    }
+
     pub(crate) fn profile(&self, index: usize) -> &Profile {
         &self.profiles[index]
     }
@@ -227,6 +234,7 @@ impl Store {
             metric: event.metric.clone(),
             unique_id: event.unique_id.clone(),
             kept,
+            accepted_at: std::time::SystemTime::now(),
         });
         if kept {
             self.events.push(event);
