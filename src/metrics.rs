@@ -46,10 +46,12 @@ pub enum WebhookOutcome {
     ShuttingDown,
     /// Another path or method: 503 (a misconfigured URL).
     WrongPath,
+    /// The sender broke off the body: 503.
+    BodyNotRead,
 }
 
 impl WebhookOutcome {
-    pub const ALL: [WebhookOutcome; 10] = [
+    pub const ALL: [WebhookOutcome; 11] = [
         WebhookOutcome::Accepted,
         WebhookOutcome::Duplicate,
         WebhookOutcome::DeadLettered,
@@ -60,6 +62,7 @@ impl WebhookOutcome {
         WebhookOutcome::Overloaded,
         WebhookOutcome::ShuttingDown,
         WebhookOutcome::WrongPath,
+        WebhookOutcome::BodyNotRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +77,7 @@ impl WebhookOutcome {
             WebhookOutcome::Overloaded => "overloaded",
             WebhookOutcome::ShuttingDown => "shutting_down",
             WebhookOutcome::WrongPath => "wrong_path",
+            WebhookOutcome::BodyNotRead => "body_not_read",
         }
     }
 }

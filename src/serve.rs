@@ -22,6 +22,7 @@
 
 use crate::engine::Engine;
 use crate::group_commit::{GroupCommit, Work};
+use crate::metrics::{Metrics, WebhookOutcome};
 use crate::page::{self, FiringAlert};
 use crate::sink::{Sink, SinkError, now_ms};
 use crate::source::webhook::{self, SIGNATURE_HEADER, Secrets, TOKEN_HEADER};
@@ -128,7 +129,7 @@ pub enum Outcome {
     TooLarge,
     BadSignature,
     /// The store failed, the deadline passed, too many were in flight, or not a webhook.
-    Unavailable,
+    Unavailable(Unavailable),
     ShuttingDown,
 }
 
@@ -140,10 +141,41 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::TooLarge => "too_large",
             Outcome::BadSignature => "bad_signature",
-            Outcome::Unavailable => "unavailable",
+            Outcome::Unavailable(_) => "unavailable",
             Outcome::ShuttingDown => "shutting_down",
         }
     }
+
+    /// The series `/metrics` counts it under: finer than the log's outcome, so that an alert
+    /// can tell a store failure from a burst.
+    pub fn metric(self) -> WebhookOutcome {
+        match self {
+            Outcome::Accepted => WebhookOutcome::Accepted,
+            Outcome::Duplicate => WebhookOutcome::Duplicate,
+            Outcome::DeadLettered => WebhookOutcome::DeadLettered,
+            Outcome::TooLarge => WebhookOutcome::TooLarge,
+            Outcome::BadSignature => WebhookOutcome::BadSignature,
+            Outcome::ShuttingDown => WebhookOutcome::ShuttingDown,
+            Outcome::Unavailable(why) => match why {
+                Unavailable::Store => WebhookOutcome::StoreUnavailable,
+                Unavailable::Deadline => WebhookOutcome::Deadline,
+                Unavailable::Overloaded => WebhookOutcome::Overloaded,
+                Unavailable::WrongPath => WebhookOutcome::WrongPath,
+                Unavailable::BodyNotRead => WebhookOutcome::BodyNotRead,
+            },
+        }
+    }
+}
+
+/// Why a webhook was answered 503 other than for its signature or a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    Store,
+    Deadline,
+    Overloaded,
+    /// Another path, or a method other than POST.
+    WrongPath,
+    BodyNotRead,
 }
 
 /// What a response's log event says beyond its status, carried in its extensions from where
@@ -239,6 +271,8 @@ pub struct Receiver {
     draining: AtomicBool,
     in_flight: Semaphore,
     pub counters: Counters,
+    /// The sender's metrics (a fresh set without one), where webhooks are counted too.
+    metrics: Arc<Metrics>,
 }
 
 impl Receiver {
@@ -250,7 +284,21 @@ impl Receiver {
         sink: Option<Arc<Sink>>,
         config: ServeConfig,
     ) -> Arc<Receiver> {
+        let metrics = sink
+            .as_ref()
+            .map_or_else(Arc::default, |sink| Arc::clone(sink.metrics()));
+        if let Ok(status) = store.lock().expect("store lock").status(now_ms()) {
+            // "Last done" series start from the store, not from zero: a restart must not look
+            // like hours without a webhook.
+            if let Some(at) = status.last_delivery {
+                metrics.webhook_accepted_at(at);
+            }
+            for (endpoint, at) in &status.last_success {
+                metrics.succeeded(endpoint, *at);
+            }
+        }
         Arc::new(Receiver {
+            metrics,
             engine,
             writer: GroupCommit::start(Arc::clone(&store)),
             store,
@@ -294,6 +342,15 @@ impl Receiver {
             .collect()
     }
 
+    /// Counts an answered webhook in `/metrics`, by its outcome.
+    fn count(&self, response: &Response, took: Duration) {
+        let outcome = response
+            .extensions()
+            .get::<Answered>()
+            .map_or(WebhookOutcome::StoreUnavailable, |a| a.outcome.metric());
+        self.metrics.webhook(outcome, took);
+    }
+
     /// From now on webhooks and `/readyz` are answered 503.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -318,7 +375,7 @@ impl Receiver {
     fn store_failed(&self, problem: String) -> Response {
         Counters::add(&self.counters.intake_failed);
         let answered = Answered {
-            outcome: Outcome::Unavailable,
+            outcome: Outcome::Unavailable(Unavailable::Store),
             reason: Some(problem),
             store_failed: true,
         };
@@ -345,7 +402,10 @@ impl Receiver {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 // The sender went away or broke the body: it sends it again.
-                return self.unavailable(Outcome::Unavailable, "body not read");
+                return self.unavailable(
+                    Outcome::Unavailable(Unavailable::BodyNotRead),
+                    "body not read",
+                );
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -421,6 +481,8 @@ impl Receiver {
             Ok(None) => {
                 Counters::add(&self.counters.too_large);
                 Counters::add(&self.counters.dead_lettered);
+                self.metrics.webhook_accepted_at(now_ms());
+                self.metrics.dead_lettered("", "unreadable");
                 let reason = format!("body over the limit of {limit} bytes");
                 answered_200(
                     Outcome::TooLarge,
@@ -436,6 +498,12 @@ impl Receiver {
                     return answered_200(Outcome::Duplicate, "duplicate: already received\n", None);
                 }
                 Counters::add(&self.counters.accepted);
+                self.metrics.webhook_accepted_at(now_ms());
+                for ((mapping, category), count) in &summary.rejected_by_mapping {
+                    for _ in 0..*count {
+                        self.metrics.dead_lettered(mapping, category);
+                    }
+                }
                 if !summary.rejected.is_empty() {
                     Counters::add(&self.counters.dead_lettered);
                 }
@@ -466,6 +534,7 @@ async fn webhook_handler(
     let started = Instant::now();
     let mut seen = Seen::default();
     let response = answer(&receiver, method, headers.clone(), body, &mut seen).await;
+    receiver.count(&response, started.elapsed());
     log_answer(&headers, &response, &seen, started.elapsed());
     response
 }
@@ -479,20 +548,29 @@ async fn answer(
 ) -> Response {
     if method != Method::POST {
         // Not a 405: any 4xx could disable the webhook if Marketplacer ever met it.
-        return receiver.unavailable(Outcome::Unavailable, "POST webhooks here");
+        return receiver.unavailable(
+            Outcome::Unavailable(Unavailable::WrongPath),
+            "POST webhooks here",
+        );
     }
     if receiver.draining.load(Ordering::SeqCst) {
         return receiver.unavailable(Outcome::ShuttingDown, "shutting down");
     }
     let Ok(_permit) = receiver.in_flight.try_acquire() else {
-        return receiver.unavailable(Outcome::Unavailable, "too many in flight");
+        return receiver.unavailable(
+            Outcome::Unavailable(Unavailable::Overloaded),
+            "too many in flight",
+        );
     };
     let deadline = receiver.config.deadline;
     match tokio::time::timeout(deadline, receiver.take(headers, body, seen)).await {
         Ok(response) => response,
         Err(_) => {
             Counters::add(&receiver.counters.intake_failed);
-            receiver.unavailable(Outcome::Unavailable, "deadline reached")
+            receiver.unavailable(
+                Outcome::Unavailable(Unavailable::Deadline),
+                "deadline reached",
+            )
         }
     }
 }
@@ -505,11 +583,36 @@ async fn elsewhere(
     // A misconfigured webhook URL must not get the webhook disabled: 503, and it retries.
     let started = Instant::now();
     let response = receiver.unavailable(
-        Outcome::Unavailable,
+        Outcome::Unavailable(Unavailable::WrongPath),
         &format!("no such path: {}", uri.path()),
     );
+    receiver.count(&response, started.elapsed());
     log_answer(&headers, &response, &Seen::default(), started.elapsed());
     response
+}
+
+/// The Prometheus exposition. The queue's depth and age are read from the store now, so they
+/// are what is really queued (both lanes, 0 when empty).
+async fn metrics(State(receiver): State<Arc<Receiver>>) -> Response {
+    let store = Arc::clone(&receiver.store);
+    let status =
+        tokio::task::spawn_blocking(move || store.lock().expect("store lock").status(now_ms()))
+            .await;
+    if let Ok(Ok(status)) = status {
+        for lane in [Lane::Transaction, Lane::Profile] {
+            let queued = status.lanes.get(lane.as_str()).copied().unwrap_or_default();
+            receiver.metrics.queue(
+                lane.as_str(),
+                queued.depth as u64,
+                Duration::from_millis(queued.oldest_age.max(0) as u64),
+            );
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
+        receiver.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn livez() -> &'static str {
@@ -579,6 +682,7 @@ pub fn admin_router(receiver: Arc<Receiver>) -> Router {
         .route("/alerts", get(alerts))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(receiver)
 }
 

@@ -36,6 +36,8 @@ pub struct IntakeReport {
     pub skipped: BTreeMap<String, usize>,
     /// Dead letters written at intake (unreadable deliveries, failed mappings), by category.
     pub rejected: BTreeMap<String, usize>,
+    /// The same, by (mapping, category); an unreadable delivery has no mapping (`""`).
+    pub rejected_by_mapping: BTreeMap<(String, String), usize>,
     pub warnings: usize,
     /// Inputs that could not be opened, or read to their end.
     pub input_errors: usize,
@@ -287,6 +289,10 @@ fn keep(
                 store.record_unreadable(&origin, &text, &err.to_string(), now_ms())
             })?;
             *summary.rejected.entry("unreadable".into()).or_default() += 1;
+            *summary
+                .rejected_by_mapping
+                .entry((String::new(), "unreadable".into()))
+                .or_default() += 1;
             return Ok(());
         }
     };
@@ -322,6 +328,10 @@ fn keep(
                             .rejected
                             .entry("mapping:invalid-request".into())
                             .or_default() += 1;
+                        *summary
+                            .rejected_by_mapping
+                            .entry((mapping.clone(), "mapping:invalid-request".into()))
+                            .or_default() += 1;
                         let letter = NewDeadLetter {
                             mapping: Some(mapping.clone()),
                             category: "mapping:invalid-request".into(),
@@ -348,10 +358,12 @@ fn keep(
         report_mapped(report, &origin, &record.delivery_id, mapped)?;
         summary.warnings += mapped.warnings.len();
         for error in &mapped.errors {
+            let category = format!("mapping:{}", error.kind.as_str());
             *summary
-                .rejected
-                .entry(format!("mapping:{}", error.kind.as_str()))
+                .rejected_by_mapping
+                .entry((error.mapping.to_string(), category.clone()))
                 .or_default() += 1;
+            *summary.rejected.entry(category).or_default() += 1;
         }
         if !mapped.matched {
             *summary.skipped.entry(record.typename).or_default() += 1;

@@ -889,3 +889,114 @@ async fn a_delivery_failing_inside_a_shared_commit_fails_alone() {
     );
     assert_eq!(count("SELECT count(*) FROM dead_letter"), 0);
 }
+
+/// The value of one series in a Prometheus exposition (name and labels as rendered).
+fn series(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{exposition}"))
+        .parse()
+        .unwrap()
+}
+
+/// Issue 14: `/metrics` has every webhook outcome and both lanes from the start, and each
+/// moves as webhooks are accepted, repeated, refused for their signature and refused by a
+/// failing store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_accepted_duplicate_refused_and_failing_store_webhooks() {
+    let h = start(
+        Secrets::new(Some("s3cret"), None).unwrap(),
+        ServeConfig::default(),
+    )
+    .await;
+    let scrape = || async {
+        let response = reqwest::get(format!("{}/metrics", h.url)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+        response.text().await.unwrap()
+    };
+    let outcome = |text: &str, outcome: &str| {
+        series(
+            text,
+            &format!("marketsync_webhook_requests_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    let start = scrape().await;
+    for name in [
+        "accepted",
+        "duplicate",
+        "bad_signature",
+        "store_unavailable",
+    ] {
+        assert_eq!(outcome(&start, name), 0.0, "{name}");
+    }
+    assert_eq!(
+        series(&start, r#"marketsync_queue_requests{lane="profile"}"#),
+        0.0
+    );
+    assert_eq!(
+        series(&start, "marketsync_webhook_last_accepted_timestamp_seconds"),
+        0.0
+    );
+
+    let mut orders = captures(&common::synthetic_orders(2)).into_iter();
+    let (headers, body) = orders.next().unwrap();
+    let mut headers = borrowed(&headers);
+    assert_eq!(h.post(&headers, body.clone()).await.status(), 503);
+    let signature = sign("s3cret", body.as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &signature));
+    assert_eq!(h.post(&headers, body.clone()).await.status(), 200);
+    assert_eq!(h.post(&headers, body).await.status(), 200);
+
+    h.sql(
+        "CREATE TRIGGER injected BEFORE INSERT ON outbox
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    );
+    let (headers, body) = orders.next().unwrap();
+    let mut headers = borrowed(&headers);
+    let signature = sign("s3cret", body.as_bytes());
+    headers.push(("Marketplacer-Hmac-256", &signature));
+    assert_eq!(h.post(&headers, body).await.status(), 503);
+
+    let text = scrape().await;
+    assert_eq!(outcome(&text, "accepted"), 1.0);
+    assert_eq!(outcome(&text, "duplicate"), 1.0);
+    assert_eq!(outcome(&text, "bad_signature"), 1.0);
+    assert_eq!(outcome(&text, "store_unavailable"), 1.0);
+    assert_eq!(
+        series(
+            &text,
+            r#"marketsync_webhook_request_duration_seconds_count{outcome="accepted"}"#
+        ),
+        1.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = series(&text, "marketsync_webhook_last_accepted_timestamp_seconds");
+    assert!(now - last < 60.0, "{last} vs {now}");
+    // The Placed Order reaches the stand-in: sent, with its lag observed.
+    assert_eq!(h.placed_orders_within(Duration::from_secs(10)).await, 1);
+    let text = scrape().await;
+    assert_eq!(
+        series(
+            &text,
+            r#"marketsync_klaviyo_requests_total{endpoint="/api/events",mapping="placed-order",outcome="sent"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"marketsync_delivery_lag_seconds_count{lane="transaction",mapping="placed-order"}"#
+        ),
+        1.0
+    );
+    h.stop().await;
+}

@@ -240,13 +240,15 @@ pub fn execute(args: Args) -> u8 {
         },
         None => None,
     };
-    let (sink_config, redactor) = match try_sink_setup(&args.sink, &engine, "") {
+    let (mut sink_config, redactor) = match try_sink_setup(&args.sink, &engine, "") {
         Ok(setup) => setup,
         Err(message) => {
             error!("{message}");
             return EXIT_USAGE;
         }
     };
+    // Every mapping's series exist from start-up, at 0 (`/metrics`).
+    sink_config.metrics = Arc::new(marketsync::metrics::Metrics::for_engine(&engine));
     let config = ServeConfig {
         body_limit: args.max_body,
         deadline,

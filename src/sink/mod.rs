@@ -285,6 +285,11 @@ impl Sink {
         SinkError::KeyRefused { status, detail }
     }
 
+    /// Where this sink counts what it does; a receiver counts its webhooks there too.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.config.metrics
+    }
+
     pub fn report(&self) -> DeliveryReport {
         self.report.lock().expect("report lock").clone()
     }
