@@ -273,6 +273,8 @@ pub struct Receiver {
     pub counters: Counters,
     /// The sender's metrics (a fresh set without one), where webhooks are counted too.
     metrics: Arc<Metrics>,
+    /// The built-in alerts, when `alerts:` is configured: what the status page shows firing.
+    alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
 }
 
 impl Receiver {
@@ -299,6 +301,7 @@ impl Receiver {
         }
         Arc::new(Receiver {
             metrics,
+            alerts: std::sync::OnceLock::new(),
             engine,
             writer: GroupCommit::start(Arc::clone(&store)),
             store,
@@ -322,9 +325,25 @@ impl Receiver {
         self.writer.waiting()
     }
 
-    /// The alerts firing now, for the status page. Until the built-in alerts exist, the one
-    /// condition the receiver knows first-hand: Klaviyo refused the API key.
+    /// The status page shows what these built-in alerts have firing.
+    pub fn show_alerts(&self, alerts: Arc<crate::alerts::Alerts>) {
+        let _ = self.alerts.set(alerts);
+    }
+
+    /// The alerts firing now, for the status page: the built-in alerts' when configured, else
+    /// the one condition the receiver knows first-hand: Klaviyo refused the API key.
     pub fn firing_alerts(&self) -> Vec<FiringAlert> {
+        if let Some(alerts) = self.alerts.get() {
+            return alerts
+                .firing()
+                .into_iter()
+                .map(|firing| FiringAlert {
+                    name: firing.alert.name().to_owned(),
+                    since: firing.since,
+                    message: firing.message,
+                })
+                .collect();
+        }
         let Some(sink) = &self.sink else {
             return Vec::new();
         };

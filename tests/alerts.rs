@@ -242,6 +242,18 @@ async fn a_stuck_order_queue_fires_once_repeats_at_the_interval_and_resolves_on_
     );
     let serve = Serve::start(&yaml, &klaviyo, DEFAULT_API_KEY, &[(SLACK_ENV, &slack_url)]);
     assert_eq!(serve.post_order().await, 200);
+    until("the alert to fire", Duration::from_secs(30), || {
+        slack.texts().iter().any(|(_, t)| t.contains("FIRING"))
+    })
+    .await;
+    // While it fires, the status page's alert list (`/alerts`) shows it.
+    let shown: serde_json::Value = reqwest::get(format!("{}/alerts", serve.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["alerts"][0]["name"], "order-queue-age", "{shown}");
     until("the alert to resolve", Duration::from_secs(90), || {
         slack.texts().iter().any(|(_, t)| t.contains("RESOLVED"))
     })

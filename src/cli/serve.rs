@@ -325,6 +325,7 @@ pub fn execute(args: Args) -> u8 {
         );
         let (stopping, stopped) = tokio::sync::watch::channel(false);
         if let Some(alerts) = alerts {
+            receiver.show_alerts(Arc::clone(&alerts));
             let (receiver, sink) = (Arc::clone(&receiver), Arc::clone(&sink));
             let facts = move || Facts {
                 intake_failures: receiver.counters.intake_failed.load(Ordering::Relaxed),
