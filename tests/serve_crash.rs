@@ -141,7 +141,16 @@ fn serve_killed_during_a_replay_keeps_every_200_and_delivers_everything_once_in_
             .submissions_by_unique_id()
             .into_keys()
             .collect();
-        if arrived == expected_ids || Instant::now() > until {
+        // Profiles and consent too: the profile lane may finish after the last event.
+        let pending: i64 = rusqlite::Connection::open(&state)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if (arrived == expected_ids && pending == 0) || Instant::now() > until {
             break arrived;
         }
         std::thread::sleep(Duration::from_millis(50));
