@@ -428,6 +428,96 @@ async fn sustained_delivery_uses_the_rate_ceiling_without_a_429() {
     standin.shutdown().await;
 }
 
+/// Issue 13: events that keep coming faster than the single-event endpoint's minute allows,
+/// though never a burst's worth at once, keep going once that allowance is spent: in bulk jobs,
+/// at the bulk endpoint's steady rate. None waits for the minute to pass (a lane used to start
+/// them one by one anyway, each waiting for the next minute with its concurrency slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_keep_going_in_bulk_once_the_single_endpoints_minute_is_spent() {
+    let mut limits = marketsync::standin::Limit::klaviyo_all();
+    limits.insert(
+        Endpoint::CreateEvent,
+        marketsync::standin::Limit {
+            burst_per_second: 20,
+            steady_per_minute: 60,
+        },
+    );
+    let standin = StandIn::start(Config {
+        limits,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
+    config
+        .limits
+        .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(20, 60));
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lane = tokio::spawn(
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done)),
+    );
+    let started = std::time::Instant::now();
+    // 5 events every 100 ms for 4 s: 50 a second, 200 in all.
+    for wave in 0..40 {
+        let id = format!("wave-{wave}");
+        let requests: Vec<marketsync::store::NewRequest> = (0..5)
+            .map(|n| {
+                let body = serde_json::json!({"data": {"type": "event", "attributes": {
+                    "properties": {"n": n}, "unique_id": format!("{id}-{n}"),
+                    "metric": {"data": {"type": "metric", "attributes": {"name": "Placed Order"}}},
+                    "profile": {"data": {"type": "profile",
+                                         "attributes": {"email": format!("{id}-{n}@example.com")}}}}}});
+                marketsync::store::NewRequest {
+                    mapping: "placed-order".into(),
+                    endpoint: Endpoint::CreateEvent.path().into(),
+                    lane: "transaction".into(),
+                    body: body.to_string(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let delivery = marketsync::store::DeliveryRecord {
+            marketplace: "m",
+            delivery_id: &id,
+            origin: "test",
+            text: "{}",
+        };
+        let now = marketsync::sink::now_ms();
+        store
+            .lock()
+            .unwrap()
+            .intake(&delivery, &requests, &[], now)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let arrived = standin.accepted().events_named("Placed Order").count();
+        if arrived == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{arrived} of 200 events arrived in 10 s: the rest waited for the minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lane.await.unwrap().unwrap();
+    let stats = standin.stats();
+    let single = stats.endpoint(Endpoint::CreateEvent);
+    let bulk = stats.endpoint(Endpoint::BulkCreateEvents);
+    assert!(single.accepted <= 60, "{single:?}");
+    assert!(bulk.accepted >= 1, "{bulk:?}");
+    assert_eq!(
+        (single.throttled, bulk.throttled),
+        (0, 0),
+        "{single:?} {bulk:?}"
+    );
+    standin.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fulfilment_waits_for_its_placed_order() {
     let standin = StandIn::start(Config::default()).await.unwrap();

@@ -16,6 +16,16 @@ pub const MAX_ITEMS: usize = 1_000;
 /// At most this many bytes in one bulk request (Klaviyo's 5 MB, read as decimal megabytes).
 pub const MAX_BYTES: usize = 5_000_000;
 
+/// Where requests queued for `endpoint` go when they go in bulk: events as event bulk jobs,
+/// profiles as profile import jobs; subscriptions already go to a bulk endpoint, merged.
+pub fn endpoint_for(endpoint: Endpoint) -> Endpoint {
+    match endpoint {
+        Endpoint::CreateEvent => Endpoint::BulkCreateEvents,
+        Endpoint::CreateOrUpdateProfile => Endpoint::BulkImportProfiles,
+        other => other,
+    }
+}
+
 /// Queued requests sent together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

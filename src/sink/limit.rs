@@ -61,6 +61,10 @@ pub struct Limiter {
     /// request sent at t may be admitted well after t; leaving this much more room keeps the
     /// next window's first requests from landing inside the last one's.
     latencies: VecDeque<(Instant, Duration)>,
+    /// Requests started that have not taken their slot yet (see [`Limiter::book`]).
+    booked: usize,
+    /// When the last booking was made.
+    last_booked: Option<Instant>,
 }
 
 impl Limiter {
@@ -71,6 +75,8 @@ impl Limiter {
             sent: VecDeque::with_capacity(limit.steady as usize),
             blocked_until: None,
             latencies: VecDeque::new(),
+            booked: 0,
+            last_booked: None,
         }
     }
 
@@ -112,6 +118,68 @@ impl Limiter {
     /// [`Limiter::next_slot`]).
     pub fn record(&mut self, at: Instant) {
         self.sent.push_back(at);
+    }
+
+    /// Books a slot for a request about to start, if it would get one within `within` of
+    /// `now` behind the requests booked before it: a sender that starts only what it could
+    /// book never has requests sitting for the rest of a minute, holding their place in its
+    /// concurrency and their bodies in memory, once the steady window is spent. The booking
+    /// ends when the request takes its slot ([`Limiter::record_booked`]) or is given up
+    /// ([`Limiter::unbook`]).
+    pub fn book(&mut self, now: Instant, within: Duration) -> bool {
+        let free = self.can_book(now, within);
+        if free {
+            self.booked += 1;
+            self.last_booked = Some(now);
+        }
+        free
+    }
+
+    /// [`Limiter::book`] for a request that could wait to carry more (a bulk request that is
+    /// not full): it also goes no sooner than the steady rate (the steady window's allowance
+    /// spread over the window) after the last request sent or booked. Sent as fast as the
+    /// burst allows, such requests would spend a window's allowance in its first seconds and
+    /// leave the rest of it with nothing: 150 event bulk jobs a minute, 10 a second, are gone
+    /// in 15 s, and whatever is queued then waits 45 s.
+    pub fn book_steady(&mut self, now: Instant, within: Duration) -> bool {
+        self.can_book_steady(now, within) && self.book(now, within)
+    }
+
+    /// Whether [`Limiter::book_steady`] would book a slot now.
+    pub fn can_book_steady(&mut self, now: Instant, within: Duration) -> bool {
+        let interval = self.limit.steady_window / self.limit.steady.max(1);
+        let last = self.sent.back().copied().max(self.last_booked);
+        last.is_none_or(|last| now >= last + interval) && self.can_book(now, within)
+    }
+
+    /// Whether [`Limiter::book`] would book a slot now.
+    pub fn can_book(&mut self, now: Instant, within: Duration) -> bool {
+        self.nth_slot(now, self.booked + 1) <= now + within
+    }
+
+    /// A booked request was sent at `at`: it takes its slot and its booking ends.
+    pub fn record_booked(&mut self, at: Instant) {
+        self.record(at);
+        self.unbook();
+    }
+
+    /// A booked request ends without being sent.
+    pub fn unbook(&mut self) {
+        self.booked = self.booked.saturating_sub(1);
+    }
+
+    /// When the `n`th request from `now` could go (1: the next), were the ones before it
+    /// sent as soon as they may.
+    fn nth_slot(&mut self, now: Instant, n: usize) -> Instant {
+        // Drops what has left the windows as of `now`, so only the requests below are added.
+        let mut slot = self.next_slot(now);
+        let kept = self.sent.len();
+        for _ in 1..n {
+            self.sent.push_back(slot);
+            slot = self.next_slot(now);
+        }
+        self.sent.truncate(kept);
+        slot
     }
 
     /// How long a request answered at `now` took from sending to its answer.
@@ -193,6 +261,50 @@ mod tests {
         assert!(sent.len() <= 450 && sent.len() >= 440, "{}", sent.len());
         // The first burst goes at once.
         assert!(sent[9].duration_since(start) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_booking_is_only_had_for_a_slot_within_reach() {
+        let mut limiter = Limiter::new(Limit::per_second_and_minute(3, 5));
+        let start = Instant::now();
+        let soon = Duration::from_millis(100);
+        // A burst of three goes at once; the fourth would wait a second.
+        assert!((0..3).all(|_| limiter.book(start, soon)));
+        assert!(!limiter.book(start, soon));
+        assert!(limiter.can_book(start, Duration::from_secs(2)));
+        // Given up, a booking leaves its slot to the next request.
+        limiter.unbook();
+        assert!(limiter.book(start, soon));
+        for _ in 0..3 {
+            limiter.record_booked(start);
+        }
+        assert!(!limiter.can_book(start, soon));
+        // Two more fit in the minute, a second later; then none until the minute is over.
+        let later = start + Duration::from_secs(2);
+        assert!(limiter.book(later, soon) && limiter.book(later, soon));
+        assert!(!limiter.book(later, Duration::from_secs(30)));
+        limiter.record_booked(later);
+        limiter.record_booked(later);
+        assert!(!limiter.can_book(later, Duration::from_secs(30)));
+        assert!(limiter.can_book(later, Duration::from_secs(61)));
+        // Asking never changes what was recorded.
+        assert_eq!(limiter.sent.len(), 5);
+    }
+
+    #[test]
+    fn a_steady_booking_waits_for_the_steady_rate() {
+        // 150 a minute: one every 400 ms.
+        let mut limiter = Limiter::new(Limit::per_second_and_minute(10, 150));
+        let start = Instant::now();
+        let soon = Duration::from_millis(100);
+        assert!(limiter.book_steady(start, soon));
+        assert!(!limiter.book_steady(start + Duration::from_millis(399), soon));
+        // A request that cannot wait still has the burst.
+        assert!(limiter.book(start + Duration::from_millis(10), soon));
+        limiter.record_booked(start + Duration::from_millis(20));
+        limiter.record_booked(start + Duration::from_millis(30));
+        assert!(!limiter.can_book_steady(start + Duration::from_millis(420), soon));
+        assert!(limiter.book_steady(start + Duration::from_millis(430), soon));
     }
 
     #[test]

@@ -370,12 +370,18 @@ impl Sink {
                 } else {
                     &[]
                 };
+                let now = Instant::now();
                 for &endpoint in bulk_endpoints {
                     if unavailable.contains(&endpoint) {
                         continue;
                     }
+                    // A backlog deeper than a burst goes in bulk; so does any backlog once the
+                    // endpoint's own limit is spent (3,500 events a minute go in 35 s at 100 a
+                    // second, and the rest of the minute would wait).
                     let threshold = self.bulk_threshold(endpoint);
-                    if store.pending_reaches(lane.as_str(), endpoint.path(), threshold)? {
+                    if !self.can_book_single(endpoint, now)
+                        || store.pending_reaches(lane.as_str(), endpoint.path(), threshold)?
+                    {
                         bulk.push(endpoint);
                     }
                 }
@@ -403,6 +409,19 @@ impl Sink {
                     continue;
                 }
                 let endpoint = Endpoint::parse(&row.endpoint);
+                let batched =
+                    endpoint.filter(|e| bulk.contains(e) && !single_only.contains(&row.id));
+                // A request goes alone only when its endpoint has a slot for it soon; it
+                // stays queued otherwise (in the store, not in memory).
+                let booking = match endpoint {
+                    Some(endpoint) if batched.is_none() => {
+                        match self.book_single(endpoint, Instant::now()) {
+                            Some(booking) => Some(booking),
+                            None => continue,
+                        }
+                    }
+                    _ => None,
+                };
                 if let Some(endpoint) = endpoint.filter(|e| unavailable.contains(e))
                     && !self.health().take_probe(endpoint, Instant::now())
                 {
@@ -411,9 +430,7 @@ impl Sink {
                 if !self.may_go(&row)? {
                     continue;
                 }
-                if let Some(endpoint) =
-                    endpoint.filter(|e| bulk.contains(e) && !single_only.contains(&row.id))
-                {
+                if let Some(endpoint) = batched {
                     taken.extend(coalescing);
                     batchable.push((endpoint, row));
                     continue;
@@ -424,15 +441,28 @@ impl Sink {
                 let sink = Arc::clone(&self);
                 tasks.spawn(async move {
                     let id = row.id;
-                    (vec![id], sink.send(row).await.map(|()| Vec::new()))
+                    (vec![id], sink.send(row, booking).await.map(|()| Vec::new()))
                 });
             }
             for endpoint in bulk {
-                let rows: Vec<Pending> = batchable
-                    .iter()
-                    .filter(|(e, _)| *e == endpoint)
-                    .map(|(_, r)| r.clone())
-                    .collect();
+                let (rows, rest): (Vec<_>, Vec<_>) =
+                    batchable.into_iter().partition(|(e, _)| *e == endpoint);
+                batchable = rest;
+                let rows: Vec<Pending> = rows.into_iter().map(|(_, row)| row).collect();
+                // Batches are built only when one can go soon: a batch waiting for its slot
+                // holds a thousand bodies in memory. One that cannot be full goes no faster
+                // than the steady rate (see `Limiter::book_steady`).
+                let via = bulk::endpoint_for(endpoint);
+                let may_fill = rows.len() >= bulk::MAX_ITEMS;
+                let now = Instant::now();
+                let ready = if may_fill {
+                    self.can_book(via, now)
+                } else {
+                    self.can_book_steady(via, now)
+                };
+                if !ready {
+                    continue;
+                }
                 let mut bodies: Vec<(i64, Json)> = Vec::with_capacity(rows.len());
                 for row in &rows {
                     match serde_json::from_str(&row.body) {
@@ -447,17 +477,38 @@ impl Sink {
                     Endpoint::CreateOrUpdateProfile => bulk::profile_batches(&bodies),
                     _ => bulk::subscription_batches(&bodies),
                 };
+                drop(bodies);
                 let (batches, invalid) = bulk::valid(batches, self.schemas);
                 single_only.extend(left);
                 single_only.extend(invalid);
-                for batch in batches {
+                let mut rows: HashMap<i64, Pending> =
+                    rows.into_iter().map(|row| (row.id, row)).collect();
+                let last = batches.len().saturating_sub(1);
+                for (i, batch) in batches.into_iter().enumerate() {
                     if started == room {
                         break;
                     }
-                    let members: Vec<Pending> = rows
+                    // Every batch but the last was closed by a limit of the bulk endpoint.
+                    let full = i < last || batch.ids.len() >= bulk::MAX_ITEMS;
+                    let now = Instant::now();
+                    let booking = if full {
+                        self.book(batch.endpoint, now)
+                    } else {
+                        self.book_steady(batch.endpoint, now)
+                    };
+                    let Some(booking) = booking else {
+                        break;
+                    };
+                    // The batch carries the bodies; the rows are kept for what becomes of
+                    // them, for as long as the job takes.
+                    let members: Vec<Pending> = batch
+                        .ids
                         .iter()
-                        .filter(|r| batch.ids.contains(&r.id))
-                        .cloned()
+                        .filter_map(|id| rows.remove(id))
+                        .map(|row| Pending {
+                            body: String::new(),
+                            ..row
+                        })
                         .collect();
                     // A job holds its profiles' keys until Klaviyo completed it: an update
                     // sent alone meanwhile would be applied first and then overwritten.
@@ -469,7 +520,7 @@ impl Sink {
                     let sink = Arc::clone(&self);
                     tasks.spawn(async move {
                         let ids = batch.ids.clone();
-                        (ids, sink.send_batch(batch, members).await)
+                        (ids, sink.send_batch(batch, members, booking).await)
                     });
                 }
             }
@@ -523,8 +574,11 @@ impl Sink {
         self: Arc<Self>,
         batch: bulk::Batch,
         rows: Vec<Pending>,
+        booking: Booking,
     ) -> Result<Vec<i64>, SinkError> {
-        let outcome = self.paced(batch.endpoint, Call::Post(&batch.body)).await;
+        let outcome = self
+            .paced(batch.endpoint, Call::Post(&batch.body), Some(booking))
+            .await;
         let now = now_ms();
         // Health is the queue's endpoint's (a bulk job of events is news about `/api/events`).
         let queued_to = rows
@@ -661,7 +715,11 @@ impl Sink {
         Ok(false)
     }
 
-    async fn send(self: Arc<Self>, row: Pending) -> Result<(), SinkError> {
+    async fn send(
+        self: Arc<Self>,
+        row: Pending,
+        booking: Option<Booking>,
+    ) -> Result<(), SinkError> {
         let Some(endpoint) = Endpoint::parse(&row.endpoint) else {
             let reason = format!("no such endpoint {}", row.endpoint);
             return self.bury(&row, "unknown-endpoint", reason, json!({}));
@@ -670,7 +728,7 @@ impl Sink {
             Ok(body) => body,
             Err(e) => return self.bury_corrupt(&row, &e),
         };
-        let outcome = self.paced(endpoint, Call::Post(&body)).await;
+        let outcome = self.paced(endpoint, Call::Post(&body), booking).await;
         let now = now_ms();
         let failing_for = self.observe(endpoint, &outcome);
         match outcome {
@@ -778,7 +836,7 @@ impl Sink {
             wait = (wait * 2).min(Duration::from_secs(10));
             let path = format!("{}/{job}", Endpoint::BulkImportProfiles.path());
             match self
-                .paced(Endpoint::BulkImportProfiles, Call::Get(&path))
+                .paced(Endpoint::BulkImportProfiles, Call::Get(&path), None)
                 .await
             {
                 Outcome::Accepted { body, .. } => {
@@ -814,7 +872,7 @@ impl Sink {
             let Outcome::Accepted {
                 body: Some(page), ..
             } = self
-                .paced(Endpoint::BulkImportProfiles, Call::Get(&path))
+                .paced(Endpoint::BulkImportProfiles, Call::Get(&path), None)
                 .await
             else {
                 return Ok(None);
@@ -926,10 +984,80 @@ impl Sink {
         self.limiters[&endpoint].lock().expect("limiter lock")
     }
 
+    /// How soon a request must be able to go for a lane to start it: a burst window.
+    fn slot_horizon(&self) -> Duration {
+        Duration::from_secs(1).div_f64(self.config.time_scale)
+    }
+
+    /// A slot on `endpoint` for a request about to start, if one is free within
+    /// [`Sink::slot_horizon`] behind those already booked ([`Limiter::book`]).
+    fn book(&self, endpoint: Endpoint, now: Instant) -> Option<Booking> {
+        let limiter = &self.limiters[&endpoint];
+        let booked = limiter
+            .lock()
+            .expect("limiter lock")
+            .book(now, self.slot_horizon());
+        booked.then(|| Booking {
+            limiter: Arc::clone(limiter),
+            used: false,
+        })
+    }
+
+    /// Whether a request to `endpoint` could be booked now.
+    fn can_book(&self, endpoint: Endpoint, now: Instant) -> bool {
+        self.limiter(endpoint).can_book(now, self.slot_horizon())
+    }
+
+    /// [`Sink::book`] for a bulk request that is not full ([`Limiter::book_steady`]).
+    fn book_steady(&self, endpoint: Endpoint, now: Instant) -> Option<Booking> {
+        let limiter = &self.limiters[&endpoint];
+        let booked = limiter
+            .lock()
+            .expect("limiter lock")
+            .book_steady(now, self.slot_horizon());
+        booked.then(|| Booking {
+            limiter: Arc::clone(limiter),
+            used: false,
+        })
+    }
+
+    /// A slot for a request sent alone. Where the bulk endpoint is the request's own
+    /// (subscriptions, merged into one job), the two share one allowance: a request that could
+    /// have been merged then waits for the steady rate, or requests sent one by one at the
+    /// burst rate would spend the minute's allowance and leave none for the merged jobs.
+    fn book_single(&self, endpoint: Endpoint, now: Instant) -> Option<Booking> {
+        if self.shares_allowance(endpoint) {
+            self.book_steady(endpoint, now)
+        } else {
+            self.book(endpoint, now)
+        }
+    }
+
+    /// Whether [`Sink::book_single`] would book a slot now.
+    fn can_book_single(&self, endpoint: Endpoint, now: Instant) -> bool {
+        if self.shares_allowance(endpoint) {
+            self.can_book_steady(endpoint, now)
+        } else {
+            self.can_book(endpoint, now)
+        }
+    }
+
+    /// Whether requests to `endpoint` sent alone and in bulk count against one allowance.
+    fn shares_allowance(&self, endpoint: Endpoint) -> bool {
+        self.config.bulk && bulk::endpoint_for(endpoint) == endpoint
+    }
+
+    /// Whether a bulk request that is not full could be booked now.
+    fn can_book_steady(&self, endpoint: Endpoint, now: Instant) -> bool {
+        self.limiter(endpoint)
+            .can_book_steady(now, self.slot_horizon())
+    }
+
     /// One request under `endpoint`'s limits: waits for a slot, sends, and lets the answer's
-    /// timing and `RateLimit-*` headers adjust the limiter.
-    async fn paced(&self, endpoint: Endpoint, call: Call<'_>) -> Outcome {
-        self.wait_for_slot(endpoint).await;
+    /// timing and `RateLimit-*` headers adjust the limiter. A request the lane started with a
+    /// [`Booking`] ends it as it takes its slot.
+    async fn paced(&self, endpoint: Endpoint, call: Call<'_>, booking: Option<Booking>) -> Outcome {
+        self.wait_for_slot(endpoint, booking).await;
         let sent_at = Instant::now();
         let scale = self.config.time_scale;
         let (outcome, rate) = match call {
@@ -953,7 +1081,7 @@ impl Sink {
     /// Waits until the endpoint has a free slot, then takes it. The slot is recorded at the
     /// moment of sending, not when it was first computed: a task that wakes late must not
     /// leave a gap in the log that lets the next requests crowd into one window.
-    async fn wait_for_slot(&self, endpoint: Endpoint) {
+    async fn wait_for_slot(&self, endpoint: Endpoint, mut booking: Option<Booking>) {
         let started = Instant::now();
         loop {
             let now = Instant::now();
@@ -961,7 +1089,13 @@ impl Sink {
                 let mut limiter = self.limiter(endpoint);
                 let slot = limiter.next_slot(now);
                 if slot <= now {
-                    limiter.record(now);
+                    match booking.as_mut() {
+                        Some(booking) => {
+                            limiter.record_booked(now);
+                            booking.used = true;
+                        }
+                        None => limiter.record(now),
+                    }
                 }
                 slot
             };
@@ -1060,6 +1194,22 @@ struct Failure<'a> {
 }
 
 type Sent = (Vec<i64>, Result<Vec<i64>, SinkError>);
+
+/// A slot booked on an endpoint's limiter ([`Limiter::book`]) for a request a lane starts;
+/// given back if the request ends without being sent.
+struct Booking {
+    limiter: Arc<Mutex<Limiter>>,
+    /// The request took its slot, which ended the booking.
+    used: bool,
+}
+
+impl Drop for Booking {
+    fn drop(&mut self) {
+        if !self.used {
+            self.limiter.lock().expect("limiter lock").unbook();
+        }
+    }
+}
 
 /// What [`Sink::paced`] sends: a body to the endpoint's own path, or a read of a path under it.
 enum Call<'a> {
