@@ -185,6 +185,9 @@ pub struct Sink {
     winding_down: AtomicBool,
 }
 
+/// The shortest time between two reads of a lane's due requests.
+const SCAN_GAP: Duration = Duration::from_millis(5);
+
 /// Unix milliseconds, the store's clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -331,7 +334,16 @@ impl Sink {
         let mut single_only: HashSet<i64> = HashSet::new();
         let mut tasks: JoinSet<Sent> = JoinSet::new();
         let poll = Duration::from_millis(10);
+        let mut last_scan: Option<Instant> = None;
         loop {
+            // However often the lane is woken (a receiver wakes it after every webhook), it
+            // reads the store at most once every SCAN_GAP: one read finds all that was queued
+            // meanwhile, and the store stays free for intake between reads.
+            if let Some(since) = last_scan.map(|at| at.elapsed())
+                && since < SCAN_GAP
+            {
+                tokio::time::sleep(SCAN_GAP - since).await;
+            }
             while let Some(joined) = tasks.try_join_next() {
                 settle(joined, &mut in_flight, &mut single_only)?;
             }
@@ -360,6 +372,7 @@ impl Sink {
             let due = if room == 0 {
                 Vec::new()
             } else {
+                last_scan = Some(Instant::now());
                 let store = self.store.lock().expect("store lock");
                 let bulk_endpoints: &[Endpoint] = if self.config.bulk {
                     &[
