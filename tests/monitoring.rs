@@ -666,3 +666,175 @@ fn the_alert_rules_pass_their_promtool_tests() {
         Err(err) => panic!("promtool is needed in CI: {err}"),
     }
 }
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to hyphens, other punctuation
+/// dropped (`### 11.5 Built-in alerts` is `#115-built-in-alerts`).
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            '-' | '_' => Some(c),
+            c if c.is_alphanumeric() => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// docs/operations.md's sections by anchor, each with its text up to the next heading.
+fn runbook() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(common::repo("docs/operations.md")).unwrap();
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        let heading = (!in_code)
+            .then(|| line.strip_prefix('#'))
+            .flatten()
+            .map(|rest| rest.trim_start_matches('#'))
+            .filter(|rest| rest.starts_with(' '));
+        if let Some(heading) = heading {
+            let id = anchor(heading);
+            assert!(
+                !sections.contains_key(&id),
+                "two headings make the anchor #{id}: links to the second would need #{id}-1"
+            );
+            sections.insert(id.clone(), String::new());
+            current = Some(id);
+        } else if let Some(id) = &current {
+            let section = sections.get_mut(id).unwrap();
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    sections
+}
+
+/// One alerting rule of `deploy/prometheus/marketsync.rules.yml`, as far as the runbook is
+/// concerned.
+#[derive(serde::Deserialize)]
+struct Rule {
+    alert: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleGroup {
+    rules: Vec<Rule>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
+}
+
+/// Checks one alert's runbook entry: it exists where `link` points, and says what the alert
+/// means, who owns it, what to do and when it is over.
+fn check_entry(runbook: &BTreeMap<String, String>, alert: &str, link: &str, owner: &str) {
+    let id = link.strip_prefix("docs/operations.md#").unwrap_or_else(|| {
+        panic!("{alert}: its runbook link {link} is not into docs/operations.md")
+    });
+    let entry = runbook.get(id).unwrap_or_else(|| {
+        panic!("{alert}: docs/operations.md has no heading for #{id} (its runbook link)")
+    });
+    for part in ["**Means:**", "**Owner:**", "**Do:**", "**Over when:**"] {
+        assert!(
+            entry.contains(part),
+            "{alert}: its runbook entry says nothing under {part}:\n{entry}"
+        );
+    }
+    assert!(
+        entry.contains(&format!("**Owner:** {owner}")),
+        "{alert}: the runbook's owner is not `{owner}`, as the alert says:\n{entry}"
+    );
+}
+
+/// Issue 14: docs/operations.md is the runbook. Every Prometheus alert and every built-in
+/// alert has an entry under its own name, each alert's link points at it, and the entry names
+/// the owner the alert itself names; every link into docs/operations.md from the docs leads to
+/// a heading.
+#[test]
+fn every_alert_has_a_runbook_entry_its_link_finds() {
+    let runbook = runbook();
+    let rules =
+        std::fs::read_to_string(common::repo("deploy/prometheus/marketsync.rules.yml")).unwrap();
+    let rules: RuleFile = serde_saphyr::from_str(&rules).unwrap();
+    let alerts: Vec<&Rule> = rules
+        .groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .filter(|r| r.alert.is_some())
+        .collect();
+    assert!(alerts.len() >= 7, "the rules of issue 14");
+    for rule in alerts {
+        let name = rule.alert.as_deref().unwrap();
+        let link = rule
+            .annotations
+            .get("runbook")
+            .unwrap_or_else(|| panic!("{name} has no runbook annotation"));
+        assert_eq!(
+            *link,
+            format!("docs/operations.md#{}", anchor(name)),
+            "{name}: its entry is the heading of its exact name"
+        );
+        let owner = rule
+            .labels
+            .get("owner")
+            .unwrap_or_else(|| panic!("{name} has no owner label"));
+        check_entry(&runbook, name, link, owner);
+    }
+    for alert in marketsync::alerts::Alert::ALL {
+        assert_eq!(
+            alert.runbook(),
+            format!("docs/operations.md#{}", anchor(alert.name())),
+            "{}: its entry is the heading of its exact name",
+            alert.name()
+        );
+        check_entry(&runbook, alert.name(), alert.runbook(), alert.owner());
+    }
+
+    // Links from the other docs, and the runbook's links within itself.
+    for doc in [
+        "README.md",
+        "docs/serve.md",
+        "docs/clients.md",
+        "docs/operations.md",
+    ] {
+        let text = std::fs::read_to_string(common::repo(doc)).unwrap();
+        for id in links_into_the_runbook(&text, doc == "docs/operations.md") {
+            assert!(
+                runbook.contains_key(&id),
+                "{doc} links to docs/operations.md#{id}, which is no heading there"
+            );
+        }
+    }
+}
+
+/// The anchors of the links into operations.md in `text` (`operations.md#ID`, and `](#ID)`
+/// when `text` is operations.md itself).
+fn links_into_the_runbook(text: &str, own: bool) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut patterns = vec!["operations.md#"];
+    if own {
+        patterns.push("](#");
+    }
+    for pattern in patterns {
+        for (at, _) in text.match_indices(pattern) {
+            let rest = &text[at + pattern.len()..];
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            ids.push(id);
+        }
+    }
+    ids
+}
