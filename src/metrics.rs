@@ -266,7 +266,7 @@ impl Metrics {
         );
         registry.register(
             "klaviyo_last_success_timestamp_seconds",
-            "When Klaviyo last accepted a request, by queued endpoint (Unix time; from the store at start-up)",
+            "When Klaviyo last accepted a request, by queued endpoint (Unix time; from the store at start-up, 0 before the first)",
             metrics.last_success.clone(),
         );
         registry.register(
@@ -309,6 +309,11 @@ impl Metrics {
             let _ = metrics.rate_limit_wait.get_or_create(&label);
         }
         for route in routes {
+            // 0 until Klaviyo first accepts something for it (the store's last success, once
+            // there is one): an alert on its age must see the series before the first success.
+            let _ = metrics.last_success.get_or_create(&EndpointLabel {
+                endpoint: route.endpoint.path().to_owned(),
+            });
             let _ = metrics.delivery_lag.get_or_create(&LaneMappingLabels {
                 lane: route.lane.as_str().to_owned(),
                 mapping: route.mapping.clone(),
@@ -497,10 +502,21 @@ mod tests {
             r#"marketsync_queue_oldest_age_seconds{lane="transaction"}"#,
             r#"marketsync_klaviyo_requests_total{endpoint="/api/events",mapping="placed-order",outcome="dead_lettered"}"#,
             r#"marketsync_klaviyo_rate_limited_total{endpoint="/api/events"}"#,
+            r#"marketsync_klaviyo_rate_limit_wait_seconds_total{endpoint="/api/events"}"#,
+            r#"marketsync_klaviyo_last_success_timestamp_seconds{endpoint="/api/events"}"#,
             "marketsync_klaviyo_key_refused",
         ] {
             assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
         }
+        // Only the endpoints a mapping queues for: a bulk endpoint never "last succeeds" by
+        // that name, and a series stuck at 0 would look like an endpoint never answering.
+        assert_eq!(
+            sample(
+                &text,
+                r#"marketsync_klaviyo_last_success_timestamp_seconds{endpoint="/api/event-bulk-create-jobs"}"#
+            ),
+            None
+        );
         assert_eq!(
             sample(&text, r#"marketsync_build_info{version="0.1.0"}"#),
             Some(1.0)
