@@ -1,0 +1,3 @@
+//! A local stand-in for Marketplacer's GraphQL API.
+
+mod schema;
