@@ -466,7 +466,7 @@ pub fn serve_forever(config: Config, port: u16) -> Result<(), StartError> {
     runtime.block_on(async {
         let standin = StandIn::start_on(config, port).await?;
         eprintln!(
-            "Marketplacer stand-in listening on {} (POST /graphql); Ctrl-C stops it",
+            "Marketplacer stand-in listening on {}; Ctrl-C stops it",
             standin.graphql_url()
         );
         tokio::signal::ctrl_c().await?;
