@@ -2,6 +2,8 @@
 //! seven queries of `notes/reconciliation.md` §4, paging, window edges, the errors a client's
 //! mistakes get, rate limits, faults, auth, webhooks, and loading data.
 
+mod common;
+
 use base64::Engine as _;
 use marketsync::standin::marketplacer::{Config, Data, Faults, Injected, LineProblem, StandIn};
 use reqwest::{Client, Response, StatusCode};
@@ -1059,4 +1061,128 @@ async fn anything_but_a_graphql_post_is_refused() {
     assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
     let stats = api.standin.stats();
     assert_eq!((stats.bad_requests, stats.other), (1, 1));
+}
+
+#[tokio::test]
+async fn a_capture_stored_by_serve_loads_with_its_raw_body() {
+    // `serve` keeps the body as the text it received (source::webhook::capture).
+    let envelope = invoice_capture(
+        7,
+        "2026-11-30T10:00:00+11:00",
+        Some("2026-11-30T10:00:01+11:00"),
+        "2026-11-30T10:00:02+11:00",
+    )["body"]
+        .to_string();
+    let capture = json!({"headers": {"Marketplacer-Vertical": "petmarket"}, "body": envelope});
+    let api = Api::start(config(data_of(&[capture]))).await;
+    let data = api
+        .data("{ webhookEvents { nodes { eventName invoice { legacyId } } } siteConfig { verticalCode } }", json!({}))
+        .await;
+    assert_eq!(
+        data["webhookEvents"]["nodes"],
+        json!([{"eventName": "create", "invoice": {"legacyId": 7}}])
+    );
+    assert_eq!(data["siteConfig"]["verticalCode"], "petmarket");
+}
+
+/// `marketsync standin marketplacer` as a user runs it: what it loaded and left out on stderr,
+/// then a working endpoint on the port it names.
+#[tokio::test]
+async fn the_command_reports_what_it_loaded_and_serves_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.ndjson");
+    std::fs::write(&broken, "{\"headers\": {}, \"body\": \n").unwrap();
+    let mut child = common::marketsync_command()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--api-key",
+            "mp_secret_given",
+            "--data",
+            "examples/orders.ndjson",
+        ])
+        .arg("--data")
+        .arg(&broken)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the stand-in says where it listens")
+            .unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("Marketplacer stand-in listening on ") {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
+    let text = seen.join("\n");
+    assert!(
+        text.contains("examples/orders.ndjson: 5 deliveries loaded"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}:1: not JSON", broken.display())),
+        "{text}"
+    );
+    assert!(text.contains("3 Order, 4 Invoice"), "{text}");
+    assert!(
+        !text.contains("mp_secret_given"),
+        "the key is never printed: {text}"
+    );
+    let answer: Json = Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(&url)
+        .header("MARKETPLACER-API-KEY", "mp_secret_given")
+        .json(&json!({"query": "{ invoices { totalCount } }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(answer, json!({"data": {"invoices": {"totalCount": 4}}}));
+}
+
+#[test]
+fn the_command_refuses_an_unknown_webhook_and_a_missing_file() {
+    common::marketsync()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--disable-webhook",
+            "ORDER",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "no webhook of type \"ORDER\": the stand-in holds INVOICE, REFUND_REQUEST, SHIPMENT",
+        ));
+    common::marketsync()
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--data",
+            "/nonexistent/day.ndjson",
+        ])
+        .assert()
+        .code(4)
+        .stderr(predicates::str::contains(
+            "cannot open /nonexistent/day.ndjson",
+        ));
 }
