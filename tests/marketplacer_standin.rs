@@ -1186,3 +1186,115 @@ fn the_command_refuses_an_unknown_webhook_and_a_missing_file() {
             "cannot open /nonexistent/day.ndjson",
         ));
 }
+
+/// The generator's example binary, which `cargo test` builds beside the tests.
+fn generator() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("generate-deliveries");
+    assert!(path.exists(), "{} is built by `cargo test`", path.display());
+    path
+}
+
+/// A generated day is served whole: every time it carries is inside the window, so a sweep
+/// over exactly that window finds every paid invoice, shipment and refund in the file.
+#[tokio::test]
+async fn a_generated_day_is_served_whole_for_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("day.ndjson");
+    let status = std::process::Command::new(generator())
+        .args([
+            "--seed",
+            "7",
+            "--count",
+            "600",
+            "--start",
+            "2026-11-30T00:00:00+11:00",
+            "--span",
+            "6h",
+            "--out",
+        ])
+        .arg(&day)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (from, to) = ("2026-11-30T00:00:00+11:00", "2026-11-30T06:00:00+11:00");
+    let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let mut paid = std::collections::BTreeSet::new();
+    let mut shipments = std::collections::BTreeSet::new();
+    let mut refunded = std::collections::BTreeSet::new();
+    for line in std::fs::read_to_string(&day).unwrap().lines() {
+        let capture: Json = serde_json::from_str(line).unwrap();
+        let node = &capture["body"]["payload"]["data"]["node"];
+        for field in [
+            "createdAt",
+            "updatedAt",
+            "paidAt",
+            "dispatchedAt",
+            "refundedAt",
+        ] {
+            if let Some(at) = node[field].as_str() {
+                assert!(
+                    (instant(from)..instant(to)).contains(&instant(at)),
+                    "{field} {at}"
+                );
+            }
+        }
+        match node["__typename"].as_str().unwrap() {
+            "Invoice" if node["paidAt"].is_string() => {
+                paid.insert(node["legacyId"].as_u64().unwrap());
+            }
+            "Shipment" => {
+                shipments.insert(node["legacyId"].as_u64().unwrap());
+            }
+            "RefundRequest" if node["status"] == "REFUNDED" => {
+                refunded.insert(node["legacyId"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
+    let mut data = Data::new();
+    let summary = data.load_file(&day).unwrap();
+    assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+    assert_eq!(summary.loaded, 600);
+    let api = Api::start(config(data)).await;
+    let window = |after: Json| json!({"from": from, "to": to, "after": after});
+    // Every page of a sweep, as a client walks it.
+    let sweep = async |query: &str, root: &str| -> Vec<Json> {
+        let mut nodes = Vec::new();
+        let mut after = Json::Null;
+        loop {
+            let data = api.data(query, window(after)).await;
+            nodes.extend(data[root]["nodes"].as_array().unwrap().iter().cloned());
+            if data[root]["pageInfo"]["hasNextPage"] == false {
+                return nodes;
+            }
+            after = data[root]["pageInfo"]["endCursor"].clone();
+        }
+    };
+    let found: std::collections::BTreeSet<u64> =
+        legacy_ids(&Json::Array(sweep(RECON_PAID_INVOICES, "invoices").await))
+            .into_iter()
+            .collect();
+    assert_eq!(found, paid);
+    let served: std::collections::BTreeSet<u64> = sweep(RECON_SHIPMENTS, "invoices")
+        .await
+        .iter()
+        .flat_map(|i| legacy_ids(&i["shipments"]))
+        .collect();
+    assert_eq!(served, shipments);
+    let data = api.data(RECON_REFUNDS, window(Json::Null)).await;
+    let served: std::collections::BTreeSet<u64> = legacy_ids(&data["refundRequests"]["nodes"])
+        .into_iter()
+        .collect();
+    assert_eq!(served, refunded);
+    assert_eq!(
+        api.data("{ siteConfig { verticalCode } }", json!({})).await["siteConfig"]["verticalCode"],
+        "petmarket"
+    );
+}
