@@ -154,6 +154,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, body: &[u8]) -> Answer {
         _ => JsonMap::new(),
     };
     let execution = match Execution::new(schema(), &executable)
+        .implementers_map(super::schema::implementers())
         .operation_name(operation.name.as_ref().map(|n| n.as_str()))
     {
         Ok(execution) => execution,

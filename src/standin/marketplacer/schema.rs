@@ -5,8 +5,10 @@
 //! of any type. The copy is `schemas/marketplacer/marketplacer.graphqls` (provenance in the
 //! README beside it), compiled into the binary.
 
-use apollo_compiler::Schema;
+use apollo_compiler::collections::HashMap;
+use apollo_compiler::schema::Implementers;
 use apollo_compiler::validation::Valid;
+use apollo_compiler::{Name, Schema};
 use std::sync::OnceLock;
 
 /// The SDL, as copied (see `schemas/marketplacer/README.md`).
@@ -19,6 +21,12 @@ pub(crate) fn schema() -> &'static Valid<Schema> {
         Schema::parse_and_validate(SDL, "marketplacer.graphqls")
             .expect("the committed Marketplacer SDL is a valid schema (tested)")
     })
+}
+
+/// Which object types implement each interface: computed once, not per request.
+pub(crate) fn implementers() -> &'static HashMap<Name, Implementers> {
+    static IMPLEMENTERS: OnceLock<HashMap<Name, Implementers>> = OnceLock::new();
+    IMPLEMENTERS.get_or_init(|| schema().implementers_map())
 }
 
 #[cfg(test)]

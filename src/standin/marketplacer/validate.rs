@@ -246,8 +246,7 @@ impl<'d> Walker<'d> {
         let possible = |t: &str| -> BTreeSet<String> {
             match schema().types.get(t) {
                 Some(ExtendedType::Object(_)) => [t.to_owned()].into(),
-                Some(ExtendedType::Interface(_)) => schema()
-                    .implementers_map()
+                Some(ExtendedType::Interface(_)) => super::schema::implementers()
                     .get(t)
                     .map(|i| i.objects.iter().map(|o| o.to_string()).collect())
                     .unwrap_or_default(),
