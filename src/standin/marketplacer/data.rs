@@ -423,7 +423,7 @@ impl Data {
                             type_name: type_name.clone(),
                             id: id.to_owned(),
                             message: format!(
-                                "this id is already a {known}: a global id names one object"
+                                "this id already names an object of type {known}: a global id names one object"
                             ),
                         });
                     }
@@ -598,7 +598,7 @@ impl Data {
                     type_name: type_name.to_owned(),
                     id: id.to_owned(),
                     message: format!(
-                        "this id is already a {existing} in the data: global ids name one object"
+                        "this id already names an object of type {existing}: a global id names one object"
                     ),
                 });
             }
@@ -956,4 +956,106 @@ fn webhook_envelope(value: &Json) -> Option<Envelope> {
         event_name,
         received_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(id: &str, node: Json) -> String {
+        json!({"id": id, "event_name": "update", "payload": {"data": {"node": node}}}).to_string()
+    }
+
+    fn leaf_of<'d>(data: &'d Data, id: &str, field: &str) -> Option<&'d JsonValue> {
+        data.objects[data.by_id(id).unwrap()].leaf(field)
+    }
+
+    #[test]
+    fn an_older_view_read_later_changes_nothing() {
+        let mut data = Data::new();
+        let newer = json!({"__typename": "RefundRequest", "id": "R1", "status": "REFUNDED", "updatedAt": "2026-03-20T11:30:02+11:00"});
+        let older = json!({"__typename": "RefundRequest", "id": "R1", "status": "AWAITING", "updatedAt": "2026-03-19T09:12:45+11:00", "reason": "x"});
+        let summary = data.load_text(
+            "a.ndjson",
+            &format!("{}\n{}\n", envelope("E1", newer), envelope("E2", older)),
+        );
+        assert_eq!(summary.loaded, 2);
+        assert_eq!(
+            leaf_of(&data, "R1", "status").unwrap().as_str(),
+            Some("REFUNDED")
+        );
+        // What only the older view had is still added: a partial view adds, it does not erase.
+        assert_eq!(
+            leaf_of(&data, "R1", "updatedAt").unwrap().as_str(),
+            Some("2026-03-20T11:30:02+11:00")
+        );
+    }
+
+    #[test]
+    fn a_nested_view_without_id_updates_the_object_the_field_points_at() {
+        let mut data = Data::new();
+        let invoice = json!({"__typename": "Invoice", "id": "I1", "updatedAt": "2026-03-14T10:00:00+11:00",
+            "seller": {"id": "S1", "legacyId": 11, "businessName": "Old name"}});
+        let shipment = json!({"__typename": "Shipment", "id": "H1", "updatedAt": "2026-03-15T10:00:00+11:00",
+            "invoice": {"id": "I1", "seller": {"businessName": "New name"}}});
+        data.load_text(
+            "a.ndjson",
+            &format!(
+                "{}\n{}\n",
+                envelope("E1", invoice),
+                envelope("E2", shipment)
+            ),
+        );
+        let invoice = &data.objects[data.by_id("I1").unwrap()];
+        assert_eq!(
+            invoice.reference("seller"),
+            data.by_id("S1"),
+            "still the seller object"
+        );
+        assert_eq!(
+            leaf_of(&data, "S1", "businessName").unwrap().as_str(),
+            Some("New name")
+        );
+        assert_eq!(leaf_of(&data, "S1", "legacyId").unwrap().as_i64(), Some(11));
+    }
+
+    #[test]
+    fn a_line_naming_an_id_as_two_types_is_left_out_whole() {
+        let mut data = Data::new();
+        let first = json!({"__typename": "Invoice", "id": "X1", "legacyId": 1});
+        let clash = json!({"__typename": "Shipment", "id": "H9", "legacyId": 9, "invoice": {"id": "I9"},
+            "shippedItems": [{"id": "X1", "quantity": 1}]});
+        let summary = data.load_text(
+            "a.ndjson",
+            &format!("{}\n{}\n", envelope("E1", first), envelope("E2", clash)),
+        );
+        assert_eq!(summary.loaded, 1);
+        assert_eq!(summary.problems[0].line, 2);
+        assert!(
+            summary.problems[0]
+                .to_string()
+                .contains("already names an object of type Invoice"),
+            "{}",
+            summary.problems[0]
+        );
+        assert!(
+            data.by_id("H9").is_none() && data.by_id("I9").is_none(),
+            "nothing of the line merged"
+        );
+    }
+
+    #[test]
+    fn connections_are_stored_as_lists_of_their_nodes() {
+        let mut data = Data::new();
+        let invoice = json!({"__typename": "Invoice", "id": "I1", "order": {"id": "O1",
+            "invoices": {"edges": [{"node": {"id": "I1"}}, {"node": {"id": "I2", "legacyId": 2}}]},
+            "lineItems": {"nodes": [{"id": "L1", "legacyId": 10}]}}});
+        data.load_text("a.ndjson", &envelope("E1", invoice));
+        data.finish();
+        let order = &data.objects[data.by_id("O1").unwrap()];
+        assert_eq!(order.references("invoices").len(), 2);
+        assert_eq!(order.references("lineItems"), [data.by_id("L1").unwrap()]);
+        assert_eq!(data.objects[data.by_id("I2").unwrap()].type_name, "Invoice");
+    }
 }
