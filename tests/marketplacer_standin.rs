@@ -684,6 +684,20 @@ async fn any_selection_is_answered_from_the_data() {
     );
     assert_eq!(data["nodes"], json!([{"legacyId": 1001}, null]));
 
+    // Introspection works, as on Marketplacer (its docs point at GraphQL Voyager).
+    let data = api
+        .data(
+            "{ __type(name: \"WebhookKlassEnum\") { enumValues { name } } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        data["__type"]["enumValues"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "SHIPMENT"}))
+    );
+
     // A non-null field no capture selected is an error naming it, not an invented value.
     let answer = api
         .query(

@@ -12,12 +12,12 @@
 //! - `POST /graphql` with `{"query", "variables", "operationName"}`; the key in
 //!   `MARKETPLACER-API-KEY`, or `Authorization: Bearer` (S11, S10).
 //! - Every query is validated against Marketplacer's SDL (S17) and rejected as Marketplacer's
-//!   graphql-ruby server rejects it ([`validate`]); deprecated fields work.
+//!   graphql-ruby server rejects it (`validate.rs`); deprecated fields work.
 //! - The root fields a sync reads (`invoices`, `refundRequests`, `updatedRefundRequests`,
 //!   `updatedOrders`, `invoiceAmendments`, `webhooks`, `webhookEvents`, `node`, `nodes`,
 //!   `order`, `siteConfig`, `klaviyoSettings`) with their documented filters and sorts (S3,
 //!   S16, S14), as Relay connections: default page 50, maximum 500 (S12), forward only.
-//!   Any selection is answered from the data by one general executor ([`execute`]).
+//!   Any selection is answered from the data by one general executor (`execute.rs`).
 //! - Rate limits (S13): 600 requests per 10 s per source IP and 750 per 10 s per key (a test's
 //!   client is one IP, so the first binds); windows slide, so a client that passes here passes
 //!   Marketplacer's windows wherever they start. Over a limit: 429, with `Retry-After` unless
