@@ -1312,3 +1312,28 @@ async fn a_generated_day_is_served_whole_for_its_window() {
         "petmarket"
     );
 }
+
+#[tokio::test]
+async fn without_a_vertical_site_config_says_so_rather_than_invent_one() {
+    // Bare envelopes carry no Marketplacer-Vertical header.
+    let mut data = Data::new();
+    let summary = data
+        .load_file(&examples_dir().join("invoice-unpaid.json"))
+        .unwrap();
+    assert!(summary.problems.is_empty());
+    assert_eq!(data.vertical(), None);
+    let api = Api::start(config(data)).await;
+    let answer = api
+        .query("{ siteConfig { siteName verticalCode } }", json!({}))
+        .await;
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SiteConfig.verticalCode")
+    );
+    assert_eq!(
+        answer["errors"][0]["path"],
+        json!(["siteConfig", "verticalCode"])
+    );
+}

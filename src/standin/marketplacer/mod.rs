@@ -118,16 +118,18 @@ impl Site {
                 ("taxInclusive".into(), leaf(self.tax_inclusive)),
             ]),
         };
+        let mut fields = HashMap::from([
+            ("siteName".into(), leaf(self.site_name.clone())),
+            ("country".into(), Value::Object(Box::new(country))),
+        ]);
+        // Without a vertical from the data or the config, `verticalCode` is an error rather
+        // than an invented name a client would key its records with.
+        if let Some(vertical) = &self.vertical {
+            fields.insert("verticalCode".into(), leaf(vertical.clone()));
+        }
         Embedded {
             type_name: Some("SiteConfig".into()),
-            fields: HashMap::from([
-                (
-                    "verticalCode".into(),
-                    leaf(self.vertical.clone().unwrap_or_default()),
-                ),
-                ("siteName".into(), leaf(self.site_name.clone())),
-                ("country".into(), Value::Object(Box::new(country))),
-            ]),
+            fields,
         }
     }
 }
