@@ -1170,6 +1170,15 @@ async fn the_command_reports_what_it_loaded_and_serves_it() {
 
 #[test]
 fn the_command_refuses_an_unknown_webhook_and_a_missing_file() {
+    // `standin` alone, and `standin klaviyo`, are still the Klaviyo stand-in.
+    for args in [&["standin"][..], &["standin", "klaviyo"][..]] {
+        common::marketsync()
+            .args(args)
+            .args(["--time-scale", "0"])
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("--time-scale must be positive"));
+    }
     common::marketsync()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
