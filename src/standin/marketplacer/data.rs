@@ -330,18 +330,20 @@ impl Data {
             .and_then(instant);
         let envelope = webhook_envelope(&value);
         let records = source::records_of(value)?;
+        // Everything checked before anything is merged: a line loads whole or not at all.
+        let selections = self.selections();
+        let mut ids = HashMap::new();
         for record in &records {
-            if let Some(found) = &record.marketplace {
-                match &self.vertical {
-                    Some(expected) if expected != found => {
-                        return Err(LineProblem::OtherVertical {
-                            expected: expected.clone(),
-                            found: found.clone(),
-                        });
-                    }
-                    _ => {}
-                }
+            if let (Some(expected), Some(found)) = (&self.vertical, &record.marketplace)
+                && expected != found
+            {
+                return Err(LineProblem::OtherVertical {
+                    expected: expected.clone(),
+                    found: found.clone(),
+                });
             }
+            let selection = selections.get(&record.typename);
+            self.collect_ids(&record.node, Some(&record.typename), selection, &mut ids)?;
         }
         for record in records {
             if let Some(found) = record.marketplace.clone() {
@@ -356,12 +358,10 @@ impl Data {
                 .and_then(instant)
                 .or(received_at);
             let seen = Seen { at, order };
-            let selections = self.selections();
             let selection = selections.get(&record.typename);
-            self.check_types(&record.node, Some(&record.typename), selection)?;
             let node = self.merge_object(&record.node, Some(&record.typename), selection, seen)?;
             if let (Some(envelope), Value::Ref(index)) = (&envelope, &node) {
-                self.add_event(envelope, &record, *index, received_at, seen);
+                self.add_event(envelope, &record, *index, seen);
             }
         }
         Ok(())
@@ -382,18 +382,8 @@ impl Data {
         Arc::clone(selections)
     }
 
-    /// Refuses a node holding an id that the graph (or the node itself) already has as
-    /// another type, before anything of it is merged: a line is loaded whole or not at all.
-    fn check_types(
-        &self,
-        json: &Json,
-        expected: Option<&str>,
-        selection: Option<&SelectionSet>,
-    ) -> Result<(), LineProblem> {
-        let mut ids = HashMap::new();
-        self.collect_ids(json, expected, selection, &mut ids)
-    }
-
+    /// Refuses a node holding an id that the graph (or the line itself) already has as
+    /// another type, collecting the line's ids in `ids`.
     fn collect_ids<'j>(
         &self,
         json: &'j Json,
@@ -654,14 +644,7 @@ impl Data {
     }
 
     /// Records the webhook event a capture (or envelope) was.
-    fn add_event(
-        &mut self,
-        envelope: &Envelope,
-        record: &source::Record,
-        node: usize,
-        received_at: Option<i64>,
-        seen: Seen,
-    ) {
+    fn add_event(&mut self, envelope: &Envelope, record: &source::Record, node: usize, seen: Seen) {
         let Ok(index) = self.upsert(&envelope.id, "WebhookEvent") else {
             return;
         };
@@ -697,7 +680,6 @@ impl Data {
         if let Some(link) = link {
             fields.push((link, Value::Ref(node)));
         }
-        let _ = received_at;
         for (name, value) in fields {
             self.set_field(index, name.to_owned(), value, seen);
         }

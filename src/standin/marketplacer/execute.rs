@@ -506,13 +506,12 @@ fn query_field<'b>(
         }
         "invoiceAmendments" => {
             let windows = parse_windows(object_argument(arguments, "filters"), &AMENDMENT_WINDOWS)?;
-            let found: Vec<usize> = data
+            let mut found: Vec<usize> = data
                 .of_type("InvoiceAmendment")
                 .iter()
                 .copied()
                 .filter(|&i| in_windows(&data.objects[i], &windows))
                 .collect();
-            let mut found = found;
             sort(
                 data,
                 &mut found,
