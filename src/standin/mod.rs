@@ -35,6 +35,7 @@ mod endpoints;
 mod errors;
 mod faults;
 mod limits;
+pub mod marketplacer;
 mod server;
 mod store;
 
