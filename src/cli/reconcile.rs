@@ -99,7 +99,7 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let (client, page_size) = match client(&args, &engine) {
+    let (client, page_size) = match marketplacer_client(args.marketplacer_url.as_ref(), &engine) {
         Ok(client) => client,
         Err(problem) => {
             eprintln!("error: {problem}");
@@ -256,10 +256,13 @@ fn ask(args: &Args, settings: &ReconcileSettings) -> Result<Ask, String> {
     })
 }
 
-/// The Marketplacer client, from client.yaml's `marketplacer:` (or --marketplacer-url) and the
-/// key's variable; and the page size.
-fn client(args: &Args, engine: &Engine) -> Result<(Client, u32), String> {
-    let settings = match (&args.marketplacer_url, &engine.settings().marketplacer) {
+/// The Marketplacer client, from client.yaml's `marketplacer:` (or `url`, --marketplacer-url)
+/// and the key's variable; and the page size. Shared with `serve`'s schedule.
+pub(super) fn marketplacer_client(
+    url: Option<&String>,
+    engine: &Engine,
+) -> Result<(Client, u32), String> {
+    let settings = match (url, &engine.settings().marketplacer) {
         (Some(url), Some(settings)) => MarketplacerSettings {
             url: url.clone(),
             ..settings.clone()
@@ -340,7 +343,9 @@ fn human_report(report: &Report, sent: Option<&DeliveryReport>) -> String {
     let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<30} {value}\n"));
     line(
         "marketplace",
-        f.marketplace.clone().unwrap_or_else(|| "(not named)".into()),
+        f.marketplace
+            .clone()
+            .unwrap_or_else(|| "(not named)".into()),
     );
     if f.webhooks.is_empty() {
         line("webhooks", "every webhook type read is enabled".into());

@@ -3,7 +3,7 @@
 
 use super::window::{self, Ask, Window};
 use super::{DeadLettersMet, Findings, ReconcileError, Report, WebhookFinding};
-use crate::engine::Engine;
+use crate::engine::{Engine, Mapped};
 use crate::marketplacer::Client;
 use crate::queries::reconcile::{Step, reconcile_queries};
 use crate::source::Record;
@@ -146,8 +146,17 @@ impl Reconciler {
             let store = Arc::clone(&self.store);
             let next_checkpoint = next.clone();
             findings = tokio::task::spawn_blocking(move || {
+                // Mapping is the slow part, and needs no store: done before the store is
+                // taken, so that webhooks `serve` receives meanwhile are not held up.
+                let objects = keep.prepare(&page, findings.marketplace.as_deref())?;
                 let mut store = store.lock().expect("store lock");
-                keep.page(&mut store, page, findings, next_checkpoint.as_ref())
+                keep.page(
+                    &mut store,
+                    page,
+                    objects,
+                    findings,
+                    next_checkpoint.as_ref(),
+                )
             })
             .await
             .expect("a page is kept without panicking")?;
@@ -325,6 +334,16 @@ impl Page {
     }
 }
 
+/// One object read, mapped.
+struct Object {
+    fact: Fact,
+    /// A child of an invoice that did not change inside the window: not checked.
+    outside: bool,
+    mapped: Mapped,
+    /// `mapped`'s requests as the store keeps them.
+    requests: Vec<NewRequest>,
+}
+
 /// What keeping a page needs, owned (it runs on a blocking thread).
 struct Keep {
     engine: Arc<Engine>,
@@ -336,6 +355,64 @@ struct Keep {
 }
 
 impl Keep {
+    /// The page's objects as records, each mapped: what needs no store. Shipments and refund
+    /// requests read with their invoice that did not change inside the window are marked so.
+    fn prepare(
+        &self,
+        page: &Page,
+        marketplace: Option<&str>,
+    ) -> Result<Vec<Object>, ReconcileError> {
+        let operation = page.step.operation();
+        let queries = self.engine.queries();
+        let mut facts = Vec::new();
+        match page.step {
+            Step::UpdatedInvoices | Step::PaidInvoices => {
+                for node in &page.nodes {
+                    let read = invoice_facts(node, queries, marketplace)
+                        .map_err(|e| ReconcileError::from((operation, e)))?;
+                    for (index, fact) in read.into_iter().enumerate() {
+                        // The invoice is in the window by the query's filter; its children
+                        // only if they changed inside it.
+                        let child = index > 0 || fact.record.typename != "Invoice";
+                        let outside = child && !fact.times.iter().any(|t| self.window.holds(t));
+                        facts.push((fact, outside));
+                    }
+                }
+            }
+            Step::RefundedRequests => {
+                for node in &page.nodes {
+                    if let Some(fact) = refund_fact(node, queries, marketplace)
+                        .map_err(|e| ReconcileError::from((operation, e)))?
+                    {
+                        facts.push((fact, false));
+                    }
+                }
+            }
+            Step::Webhooks | Step::Amendments => {}
+        }
+        Ok(facts
+            .into_iter()
+            .map(|(fact, outside)| {
+                if outside {
+                    return Object {
+                        fact,
+                        outside,
+                        mapped: Mapped::default(),
+                        requests: Vec::new(),
+                    };
+                }
+                let mapped = self.engine.map(&fact.record);
+                let requests = mapped.requests.iter().map(queued).collect();
+                Object {
+                    fact,
+                    outside,
+                    mapped,
+                    requests,
+                }
+            })
+            .collect())
+    }
+
     /// The page's objects and requests, classified (and repairs queued), and the checkpoint
     /// moved to `next` (`None`: the last page), in one transaction. Returns the findings so
     /// far; on an error nothing of the page is kept.
@@ -343,12 +420,12 @@ impl Keep {
         &self,
         store: &mut Store,
         page: Page,
+        objects: Vec<Object>,
         findings: Findings,
         next: Option<&(Step, Option<String>)>,
     ) -> Result<Findings, ReconcileError> {
         store.in_transaction(|store| {
             let mut findings = findings;
-            let operation = page.step.operation();
             match page.step {
                 Step::Webhooks => {
                     if findings.marketplace.is_none() {
@@ -360,37 +437,13 @@ impl Keep {
                         &mut findings,
                     );
                 }
-                Step::UpdatedInvoices | Step::PaidInvoices => {
-                    for node in &page.nodes {
-                        let facts = invoice_facts(
-                            node,
-                            self.engine.queries(),
-                            findings.marketplace.as_deref(),
-                        )
-                        .map_err(|e| ReconcileError::from((operation, e)))?;
-                        for (index, fact) in facts.into_iter().enumerate() {
-                            // The invoice is in the window by the query's filter; its children
-                            // only if they changed inside it.
-                            let child = index > 0 || fact.record.typename != "Invoice";
-                            if child && !fact.times.iter().any(|t| self.window.holds(t)) {
-                                findings.outside_window += 1;
-                                continue;
-                            }
-                            self.fact(store, fact, &mut findings)?;
+                Step::UpdatedInvoices | Step::PaidInvoices | Step::RefundedRequests => {
+                    for object in objects {
+                        if object.outside {
+                            findings.outside_window += 1;
+                            continue;
                         }
-                    }
-                }
-                Step::RefundedRequests => {
-                    for node in &page.nodes {
-                        let fact = refund_fact(
-                            node,
-                            self.engine.queries(),
-                            findings.marketplace.as_deref(),
-                        )
-                        .map_err(|e| ReconcileError::from((operation, e)))?;
-                        if let Some(fact) = fact {
-                            self.fact(store, fact, &mut findings)?;
-                        }
+                        self.fact(store, object, &mut findings)?;
                     }
                 }
                 Step::Amendments => {
@@ -467,15 +520,20 @@ impl Keep {
     fn fact(
         &self,
         store: &mut Store,
-        fact: Fact,
+        object: Object,
         findings: &mut Findings,
     ) -> Result<(), ReconcileError> {
+        let Object {
+            fact,
+            mapped,
+            requests: mapped_requests,
+            ..
+        } = object;
         if !store.reconcile_seen(self.run_id, &format!("object:{}", fact.id))? {
             return Ok(());
         }
         let record = fact.record;
         *findings.read.entry(record.typename.clone()).or_default() += 1;
-        let mapped = self.engine.map(&record);
         let marketplace = self.engine.marketplace_of(&record).to_owned();
         let letters: &[Letter] = self
             .letters
@@ -488,8 +546,7 @@ impl Keep {
 
         // Each request once per run: two invoices of one order imply one Placed Order.
         let mut requests: Vec<(NewRequest, Found)> = Vec::new();
-        for request in &mapped.requests {
-            let request = queued(request);
+        for request in mapped_requests {
             if let Some(key) = request_key(&request)
                 && !store.reconcile_seen(self.run_id, &key)?
             {

@@ -33,6 +33,7 @@
 //! ledger. Reading Klaviyo back (a 2xx is not proof) is the second half.
 
 pub mod job;
+pub mod schedule;
 pub mod settings;
 pub mod window;
 
