@@ -21,7 +21,11 @@ fn examples() -> Data {
         "refund.json",
     ] {
         let summary = data.load_file(&root.join(name)).unwrap();
-        assert!(summary.problems.is_empty(), "{name}: {:?}", summary.problems);
+        assert!(
+            summary.problems.is_empty(),
+            "{name}: {:?}",
+            summary.problems
+        );
     }
     data
 }
@@ -58,7 +62,9 @@ impl Api {
 
     /// The JSON answer to a query, which must be a 200.
     async fn query(&self, query: &str, variables: Json) -> Json {
-        let response = self.post(&json!({"query": query, "variables": variables})).await;
+        let response = self
+            .post(&json!({"query": query, "variables": variables}))
+            .await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
     }

@@ -88,7 +88,9 @@ fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
 
 fn parse_span(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: i64 = number
         .parse()

@@ -178,7 +178,10 @@ fn marketplacer(args: MarketplacerArgs) -> u8 {
         eprintln!("error: --time-scale must be positive");
         return EXIT_USAGE;
     }
-    for (flag, rate) in [("--throttle", args.throttle), ("--unavailable", args.unavailable)] {
+    for (flag, rate) in [
+        ("--throttle", args.throttle),
+        ("--unavailable", args.unavailable),
+    ] {
         if !(0.0..=1.0).contains(&rate) {
             eprintln!("error: {flag} is a share of requests, from 0 to 1");
             return EXIT_USAGE;
@@ -207,10 +210,16 @@ fn marketplacer(args: MarketplacerArgs) -> u8 {
             }
         }
     }
-    let counts: Vec<String> = ["Order", "Invoice", "Shipment", "RefundRequest", "WebhookEvent"]
-        .iter()
-        .map(|t| format!("{} {t}", data.count(t)))
-        .collect();
+    let counts: Vec<String> = [
+        "Order",
+        "Invoice",
+        "Shipment",
+        "RefundRequest",
+        "WebhookEvent",
+    ]
+    .iter()
+    .map(|t| format!("{} {t}", data.count(t)))
+    .collect();
     let key_note = match &args.api_key {
         Some(_) => "the key given with --api-key".to_owned(),
         None => format!("API key {}", marketplacer::DEFAULT_API_KEY),

@@ -30,12 +30,12 @@
 //! update their profile, subscriptions do not; `meta.patch_identifiers` is accepted but not
 //! modelled; a bulk event job is recorded as soon as it is accepted.
 
-pub mod marketplacer;
 mod checks;
 mod endpoints;
 mod errors;
 mod faults;
 mod limits;
+pub mod marketplacer;
 mod server;
 mod store;
 

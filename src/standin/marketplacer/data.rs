@@ -706,7 +706,10 @@ impl Data {
         for (name, value) in fields {
             self.set_field(index, name.to_owned(), value, seen);
         }
-        let events = self.events_by_type.entry(record.typename.clone()).or_default();
+        let events = self
+            .events_by_type
+            .entry(record.typename.clone())
+            .or_default();
         if !events.contains(&index) {
             events.push(index);
         }
@@ -765,9 +768,13 @@ impl Data {
                     .and_then(|invoice| self.objects[invoice].reference("order"));
                 if let Some(order) = order {
                     let seen = Seen { at: None, order: 0 };
-                    self.objects[index]
-                        .fields
-                        .insert("order".into(), Slot { value: Value::Ref(order), seen });
+                    self.objects[index].fields.insert(
+                        "order".into(),
+                        Slot {
+                            value: Value::Ref(order),
+                            seen,
+                        },
+                    );
                 }
             }
         }
@@ -807,8 +814,16 @@ impl Data {
         let mut unique = HashSet::new();
         objects.retain(|i| unique.insert(*i));
         objects.sort_by_key(|&i| (self.objects[i].legacy_id(), self.objects[i].id.clone()));
-        let in_place = held.into_iter().filter(|item| !matches!(item, Value::Ref(_)));
-        let value = Value::List(objects.into_iter().map(Value::Ref).chain(in_place).collect());
+        let in_place = held
+            .into_iter()
+            .filter(|item| !matches!(item, Value::Ref(_)));
+        let value = Value::List(
+            objects
+                .into_iter()
+                .map(Value::Ref)
+                .chain(in_place)
+                .collect(),
+        );
         self.objects[index].fields.insert(
             field.to_owned(),
             Slot {

@@ -18,8 +18,8 @@
 use super::data::{Data, Embedded, Object, Value, instant, is_connection};
 use super::{KlaviyoSettings, Site, WebhookState};
 use apollo_compiler::ast::Type;
-use apollo_compiler::response::{JsonMap, JsonValue};
 use apollo_compiler::resolvers::{FieldError, ObjectValue, ResolveInfo, ResolvedValue};
+use apollo_compiler::response::{JsonMap, JsonValue};
 use base64::Engine as _;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -144,7 +144,9 @@ impl<'a> ObjectValue for Obj<'a> {
             } => Ok(match info.field_name() {
                 "hasNextPage" => ResolvedValue::leaf(*has_next),
                 "hasPreviousPage" => ResolvedValue::leaf(*has_previous),
-                "startCursor" => ResolvedValue::leaf(start.clone().map_or(JsonValue::Null, Into::into)),
+                "startCursor" => {
+                    ResolvedValue::leaf(start.clone().map_or(JsonValue::Null, Into::into))
+                }
                 "endCursor" => ResolvedValue::leaf(end.clone().map_or(JsonValue::Null, Into::into)),
                 _ => return Err(self.unknown_field_error(info)),
             }),
@@ -230,15 +232,21 @@ fn resolve_value<'b>(
                     )));
                 }
             };
-            Ok(ResolvedValue::object(Obj::Embedded(ctx, type_name, embedded)))
+            Ok(ResolvedValue::object(Obj::Embedded(
+                ctx, type_name, embedded,
+            )))
         }
         Value::List(items) if ty.is_list() => {
             let item_type = ty.item_type();
             Ok(fallible_list(
-                items.iter().map(move |item| resolve_value(ctx, item_type, item)),
+                items
+                    .iter()
+                    .map(move |item| resolve_value(ctx, item_type, item)),
             ))
         }
-        Value::List(_) => Err(error("The Marketplacer stand-in holds a list where the schema has one value")),
+        Value::List(_) => Err(error(
+            "The Marketplacer stand-in holds a list where the schema has one value",
+        )),
         Value::Payload(node) => {
             let payload = serde_json::json!({"data": {"node": node.as_ref()}});
             Ok(ResolvedValue::leaf(JsonValue::from(payload)))
@@ -354,7 +362,11 @@ fn page_field<'b>(
             has_next: page.has_next,
             has_previous: page.has_previous,
             start: (!page.items.is_empty()).then(|| page.cursor(0)),
-            end: page.items.len().checked_sub(1).map(|last| page.cursor(last)),
+            end: page
+                .items
+                .len()
+                .checked_sub(1)
+                .map(|last| page.cursor(last)),
         })),
         "totalCount" => Ok(ResolvedValue::leaf(page.total as i64)),
         other => Err(error(format!(
@@ -427,7 +439,12 @@ fn query_field<'b>(
                     found.push(index);
                 }
             }
-            sort(data, &mut found, object_argument(arguments, "sort"), invoice_sort_key)?;
+            sort(
+                data,
+                &mut found,
+                object_argument(arguments, "sort"),
+                invoice_sort_key,
+            )?;
             page(stored(found))
         }
         "refundRequests" => {
@@ -445,15 +462,30 @@ fn query_field<'b>(
             page(stored(found))
         }
         "updatedOrders" | "updatedRefundRequests" => {
-            let type_name = if name == "updatedOrders" { "Order" } else { "RefundRequest" };
+            let type_name = if name == "updatedOrders" {
+                "Order"
+            } else {
+                "RefundRequest"
+            };
             let since = time_argument(arguments, "updatedSince")?;
             let mut found: Vec<usize> = data
                 .of_type(type_name)
                 .iter()
                 .copied()
-                .filter(|&i| since.is_none_or(|since| data.objects[i].time("updatedAt").is_some_and(|t| t >= since)))
+                .filter(|&i| {
+                    since.is_none_or(|since| {
+                        data.objects[i]
+                            .time("updatedAt")
+                            .is_some_and(|t| t >= since)
+                    })
+                })
                 .collect();
-            found.sort_by_key(|&i| (data.objects[i].time("updatedAt"), data.objects[i].legacy_id()));
+            found.sort_by_key(|&i| {
+                (
+                    data.objects[i].time("updatedAt"),
+                    data.objects[i].legacy_id(),
+                )
+            });
             page(stored(found))
         }
         "invoiceAmendments" => {
@@ -464,25 +496,30 @@ fn query_field<'b>(
                     found.push(index);
                 }
             }
-            sort(data, &mut found, object_argument(arguments, "sort"), amendment_sort_key)?;
+            sort(
+                data,
+                &mut found,
+                object_argument(arguments, "sort"),
+                amendment_sort_key,
+            )?;
             page(stored(found))
         }
         "webhooks" => page(ctx.webhooks.iter().map(Item::Webhook).collect()),
         "webhookEvents" => {
             let events: Vec<usize> = match arguments.get("webhookId").and_then(JsonValue::as_str) {
                 Some(id) => {
-                    let webhook = ctx
-                        .webhooks
-                        .iter()
-                        .find(|w| w.id == id)
-                        .ok_or_else(|| error(format!("Couldn't find Webhook with id {id:?}")))?;
+                    let webhook =
+                        ctx.webhooks.iter().find(|w| w.id == id).ok_or_else(|| {
+                            error(format!("Couldn't find Webhook with id {id:?}"))
+                        })?;
                     data.events_by_type
                         .get(&webhook.record_type)
                         .cloned()
                         .unwrap_or_default()
                 }
                 None => {
-                    let mut all: Vec<usize> = data.events_by_type.values().flatten().copied().collect();
+                    let mut all: Vec<usize> =
+                        data.events_by_type.values().flatten().copied().collect();
                     all.sort_by_key(|&i| (data.objects[i].time("createdAt"), i));
                     all
                 }
@@ -490,28 +527,44 @@ fn query_field<'b>(
             page(stored(events))
         }
         "node" => {
-            let id = arguments.get("id").and_then(JsonValue::as_str).unwrap_or_default();
+            let id = arguments
+                .get("id")
+                .and_then(JsonValue::as_str)
+                .unwrap_or_default();
             Ok(node(ctx, id).unwrap_or_else(ResolvedValue::null))
         }
         "nodes" => {
             let ids: Vec<String> = arguments
                 .get("ids")
                 .and_then(JsonValue::as_array)
-                .map(|ids| ids.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
-            Ok(ResolvedValue::list(
-                ids.into_iter()
-                    .map(move |id| node(ctx, &id).unwrap_or_else(ResolvedValue::null)),
-            ))
+            Ok(ResolvedValue::list(ids.into_iter().map(move |id| {
+                node(ctx, &id).unwrap_or_else(ResolvedValue::null)
+            })))
         }
         "order" => {
-            let id = arguments.get("orderId").and_then(JsonValue::as_str).unwrap_or_default();
-            match data.by_id(id).filter(|&i| data.objects[i].type_name == "Order") {
+            let id = arguments
+                .get("orderId")
+                .and_then(JsonValue::as_str)
+                .unwrap_or_default();
+            match data
+                .by_id(id)
+                .filter(|&i| data.objects[i].type_name == "Order")
+            {
                 Some(index) => Ok(ResolvedValue::object(Obj::Stored(ctx, index))),
                 None => Err(error(format!("Couldn't find Order with id {id:?}"))),
             }
         }
-        "siteConfig" => Ok(ResolvedValue::object(Obj::Made(ctx, "SiteConfig", ctx.site.config()))),
+        "siteConfig" => Ok(ResolvedValue::object(Obj::Made(
+            ctx,
+            "SiteConfig",
+            ctx.site.config(),
+        ))),
         "klaviyoSettings" => Ok(ResolvedValue::object(Obj::Made(
             ctx,
             "KlaviyoSettings",
@@ -608,12 +661,15 @@ fn bool_filter(filters: &JsonMap, name: &str) -> Option<bool> {
 }
 
 fn list_filter(filters: &JsonMap, name: &str) -> Option<Vec<String>> {
-    filters.get(name).and_then(JsonValue::as_array).map(|items| {
-        items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_owned))
-            .collect()
-    })
+    filters
+        .get(name)
+        .and_then(JsonValue::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
 }
 
 fn text(object: &Object, field: &str) -> Option<String> {
@@ -690,16 +746,20 @@ fn invoice_matches(
         return Ok(false);
     }
     if let Some(email) = string_filter(filters, "buyerEmailAddress")
-        && !text(invoice, "buyerEmailAddress").is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
+        && !text(invoice, "buyerEmailAddress")
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
     {
         return Ok(false);
     }
     if let Some(name) = string_filter(filters, "buyerName") {
-        let full = [text(invoice, "buyerFirstName"), text(invoice, "buyerSurname")]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let full = [
+            text(invoice, "buyerFirstName"),
+            text(invoice, "buyerSurname"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         if !contains_folded(Some(full), name) {
             return Ok(false);
         }
@@ -909,7 +969,11 @@ fn sort(
     let fields: Vec<String> = sort
         .get("fields")
         .and_then(JsonValue::as_array)
-        .map(|f| f.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_else(|| vec!["CREATED_AT".into()]);
     let descending = sort.get("ordering").and_then(JsonValue::as_str) == Some("DESCENDING");
     found.sort_by(|&a, &b| {

@@ -57,8 +57,8 @@ pub use data::{Data, LineProblem, LoadProblem, LoadSummary, OpenError};
 pub use request::Asked;
 
 use crate::queries::QuerySet;
-use data::{Embedded, Value};
 use apollo_compiler::response::JsonValue;
+use data::{Embedded, Value};
 use server::App;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -363,7 +363,10 @@ fn find_webhook<'w>(
     webhooks: &'w mut [WebhookState],
     name: &str,
 ) -> Result<&'w mut WebhookState, StartError> {
-    let wanted = name.trim().replace(['_', '-', ' '], "").to_ascii_lowercase();
+    let wanted = name
+        .trim()
+        .replace(['_', '-', ' '], "")
+        .to_ascii_lowercase();
     let known = webhooks
         .iter()
         .map(|w| w.klass.clone())
@@ -486,7 +489,13 @@ mod tests {
         let mut hooks = webhooks("http://x");
         let names: Vec<&str> = hooks.iter().map(|w| w.klass.as_str()).collect();
         assert_eq!(names, ["INVOICE", "REFUND_REQUEST", "SHIPMENT"]);
-        for name in ["INVOICE", "invoice", "Invoice", "refund_request", "RefundRequest"] {
+        for name in [
+            "INVOICE",
+            "invoice",
+            "Invoice",
+            "refund_request",
+            "RefundRequest",
+        ] {
             assert!(find_webhook(&mut hooks, name).is_ok(), "{name}");
         }
         let err = find_webhook(&mut hooks, "ORDER").unwrap_err().to_string();

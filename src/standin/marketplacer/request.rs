@@ -85,10 +85,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, body: &[u8]) -> Answer {
         Some(Json::String(text)) => match serde_json::from_str(text) {
             Ok(Json::Object(v)) => v,
             _ => {
-                return errors_only(
-                    vec![message("`variables` is not a JSON object")],
-                    asked,
-                );
+                return errors_only(vec![message("`variables` is not a JSON object")], asked);
             }
         },
         Some(_) => {

@@ -64,11 +64,17 @@ enum Gate {
 }
 
 fn plain(status: StatusCode, text: &str, retry_after: Option<u64>) -> Response {
-    let mut response = (status, [(header::CONTENT_TYPE, "text/plain")], text.to_owned()).into_response();
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "text/plain")],
+        text.to_owned(),
+    )
+        .into_response();
     if let Some(seconds) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, seconds.to_string().parse().expect("digits"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            seconds.to_string().parse().expect("digits"),
+        );
     }
     response
 }

@@ -22,10 +22,10 @@
 
 use super::data::instant;
 use super::schema::schema;
-use apollo_compiler::{Name, Node};
 use apollo_compiler::ast::{self, Document, OperationType, Selection, Type, Value};
 use apollo_compiler::parser::SourceSpan;
 use apollo_compiler::schema::ExtendedType;
+use apollo_compiler::{Name, Node};
 use serde_json::{Map, Value as Json, json};
 use std::collections::{BTreeSet, HashMap};
 
@@ -180,7 +180,9 @@ impl<'d> Walker<'d> {
             }
             Some(_) => {
                 self.error(
-                    format!("Invalid fragment on type {type_name} (must be Union, Interface or Object)"),
+                    format!(
+                        "Invalid fragment on type {type_name} (must be Union, Interface or Object)"
+                    ),
                     location,
                     json!({"code": "fragmentOnNonCompositeType", "typeName": type_name.as_str()}),
                 );
@@ -317,10 +319,7 @@ impl<'d> Walker<'d> {
                 .find(|a| a.name == argument.name)
             {
                 None => self.error(
-                    format!(
-                        "Field '{key}' doesn't accept argument '{}'",
-                        argument.name
-                    ),
+                    format!("Field '{key}' doesn't accept argument '{}'", argument.name),
                     argument.location(),
                     json!({
                         "code": "argumentNotAccepted",
@@ -439,9 +438,7 @@ impl<'d> Walker<'d> {
                 self.path.push(field_name.as_str().into());
                 match input.fields.get(field_name) {
                     None => self.error(
-                        format!(
-                            "InputObject '{named}' doesn't accept argument '{field_name}'"
-                        ),
+                        format!("InputObject '{named}' doesn't accept argument '{field_name}'"),
                         field_value.location(),
                         json!({
                             "code": "argumentNotAccepted",
@@ -516,7 +513,9 @@ impl<'d> Walker<'d> {
         let named = variable.ty.inner_named_type();
         let problem = match schema().types.get(named.as_str()) {
             None => "defined",
-            Some(ExtendedType::Scalar(_) | ExtendedType::Enum(_) | ExtendedType::InputObject(_)) => {
+            Some(
+                ExtendedType::Scalar(_) | ExtendedType::Enum(_) | ExtendedType::InputObject(_),
+            ) => {
                 return;
             }
             Some(_) => "valid",
@@ -539,10 +538,10 @@ impl<'d> Walker<'d> {
         uses: Uses,
         fragments: &HashMap<&Name, Uses>,
     ) {
-        let by = operation
-            .name
-            .as_ref()
-            .map_or_else(|| format!("anonymous {}", operation.operation_type), |n| n.to_string());
+        let by = operation.name.as_ref().map_or_else(
+            || format!("anonymous {}", operation.operation_type),
+            |n| n.to_string(),
+        );
         let mut usages: Vec<&Usage> = uses.variables.iter().collect();
         let mut pending: Vec<&Name> = uses.spreads.iter().collect();
         let mut visited = BTreeSet::new();
@@ -559,7 +558,10 @@ impl<'d> Walker<'d> {
         for declared in &operation.variables {
             if !usages.iter().any(|u| u.name == declared.name) {
                 self.error_at(
-                    format!("Variable ${} is declared by {by} but not used", declared.name),
+                    format!(
+                        "Variable ${} is declared by {by} but not used",
+                        declared.name
+                    ),
                     operation.location(),
                     vec![label.clone()],
                     json!({"code": "variableNotUsed", "variableName": declared.name.as_str()}),
@@ -582,7 +584,10 @@ impl<'d> Walker<'d> {
                 Some(declared) => {
                     if let Some(problem) = mismatch(
                         &declared.ty,
-                        declared.default_value.as_ref().is_some_and(|v| !matches!(**v, Value::Null)),
+                        declared
+                            .default_value
+                            .as_ref()
+                            .is_some_and(|v| !matches!(**v, Value::Null)),
                         &usage.expected,
                     ) {
                         self.error_at(
@@ -629,7 +634,11 @@ fn mismatch(variable: &Type, has_default: bool, expected: &Type) -> Option<&'sta
         return Some("Type mismatch");
     }
     fn depth(ty: &Type) -> usize {
-        if ty.is_list() { 1 + depth(ty.item_type()) } else { 0 }
+        if ty.is_list() {
+            1 + depth(ty.item_type())
+        } else {
+            0
+        }
     }
     if depth(variable) != depth(expected) {
         return Some("List dimension mismatch");
@@ -775,7 +784,12 @@ fn value_problems(value: &Json, ty: &Type, path: Vec<Json>) -> Vec<(Vec<Json>, S
         };
     }
     let named = ty.inner_named_type().as_str();
-    let could_not = || vec![(path.clone(), format!("Could not coerce value {value} to {named}"))];
+    let could_not = || {
+        vec![(
+            path.clone(),
+            format!("Could not coerce value {value} to {named}"),
+        )]
+    };
     match schema().types.get(named) {
         Some(ExtendedType::Enum(definition)) => match value.as_str() {
             Some(v) if definition.values.keys().any(|k| k.as_str() == v) => Vec::new(),
@@ -831,9 +845,11 @@ fn value_problems(value: &Json, ty: &Type, path: Vec<Json>) -> Vec<(Vec<Json>, S
                 ("ISO8601Date", Json::String(text)) => {
                     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_ok()
                 }
-                ("Int" | "Float" | "String" | "Boolean" | "ID" | "ISO8601DateTime" | "ISO8601Date", _) => {
-                    false
-                }
+                (
+                    "Int" | "Float" | "String" | "Boolean" | "ID" | "ISO8601DateTime"
+                    | "ISO8601Date",
+                    _,
+                ) => false,
                 _ => true,
             };
             if ok { Vec::new() } else { could_not() }

@@ -1,0 +1,342 @@
+//! `marketsync reconcile` against the stand-ins: the Marketplacer GraphQL stand-in serves the
+//! facts (from the same captures that are replayed as webhooks), the Klaviyo stand-in takes the
+//! repairs, and the store is the one `run` and `serve` keep.
+
+mod common;
+
+use marketsync::engine::Engine;
+use marketsync::marketplacer::{Client, MarketplacerError, Options};
+use marketsync::reconcile::{Ask, Findings, ReconcileError, Reconciler, Report, RunOptions};
+use marketsync::sink::http::ApiKey;
+use marketsync::standin::marketplacer::{self as mp, Data, Injected, StandIn};
+use marketsync::store::Store;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Captures as the Marketplacer stand-in loads them. A webhook's `variant { advert { ... on
+/// Advert { taxon } } }` carries no `__typename`, so the stand-in cannot tell which member of
+/// the `AllAdvert` union the advert is (Marketplacer itself knows): it is named here.
+fn typed_adverts(text: &str, whole: bool) -> String {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(object) => {
+                if let Some(serde_json::Value::Object(advert)) = object.get_mut("advert")
+                    && !advert.contains_key("__typename")
+                {
+                    advert.insert("__typename".into(), "Advert".into());
+                }
+                object.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let typed = |text: &str| {
+        let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
+        walk(&mut value);
+        value.to_string()
+    };
+    if whole {
+        return typed(text);
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| typed(l) + "\n")
+        .collect()
+}
+
+/// The examples as Marketplacer would hold them: every capture's objects.
+fn examples() -> Data {
+    let mut data = Data::new();
+    for name in [
+        "orders.ndjson",
+        "shipment.json",
+        "refund.json",
+        "cancellation.json",
+        "refund-pending.json",
+    ] {
+        let text = std::fs::read_to_string(common::repo("examples").join(name)).unwrap();
+        let text = typed_adverts(&text, name.ends_with(".json"));
+        let summary = data.load_text(name, &text);
+        assert!(
+            summary.problems.is_empty(),
+            "{name}: {:?}",
+            summary.problems
+        );
+    }
+    data
+}
+
+fn at(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// March 2026, where the examples happen, with no settle delay.
+fn march() -> Ask {
+    Ask {
+        since: Some(at("2026-03-01T00:00:00Z")),
+        until: Some(at("2026-04-01T00:00:00Z")),
+        length: chrono::Duration::hours(24),
+        length_asked: false,
+        settle: chrono::Duration::zero(),
+    }
+}
+
+fn options() -> Options {
+    Options {
+        rate_limit: 750,
+        rate_window: Duration::from_secs(10),
+        retry_wait: Duration::from_millis(200),
+        max_attempts: 4,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn client(standin: &StandIn, options: Options) -> Arc<Client> {
+    Arc::new(Client::new(&standin.url(), ApiKey::new(mp::DEFAULT_API_KEY), options).unwrap())
+}
+
+struct Setup {
+    engine: Arc<Engine>,
+    store: Arc<Mutex<Store>>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            engine: Arc::new(common::engine()),
+            store: Arc::new(Mutex::new(Store::in_memory().unwrap())),
+        }
+    }
+
+    fn reconciler(&self, client: Arc<Client>, page_size: u32) -> Reconciler {
+        Reconciler::new(
+            Arc::clone(&self.engine),
+            Arc::clone(&self.store),
+            client,
+            page_size,
+        )
+        .unwrap()
+    }
+
+    async fn run(
+        &self,
+        client: Arc<Client>,
+        page_size: u32,
+        repair: bool,
+    ) -> Result<Report, ReconcileError> {
+        let options = RunOptions {
+            ask: march(),
+            repair,
+        };
+        self.reconciler(client, page_size)
+            .run(&options, chrono::Utc::now(), &mut |_| {})
+            .await
+    }
+}
+
+/// The findings that say what the window holds (not how many requests this process made).
+fn facts(findings: &Findings) -> Findings {
+    Findings {
+        marketplacer_requests: 0,
+        waited_ms: 0,
+        ..findings.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_ledger_finds_every_request_of_the_window_missing_and_a_second_run_none() {
+    let standin = StandIn::start(mp::Config {
+        data: examples(),
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let first = setup
+        .run(client(&standin, options()), 500, true)
+        .await
+        .unwrap();
+    let f = &first.findings;
+    assert_eq!(f.marketplace.as_deref(), Some("petmarket"), "{f:#?}");
+    assert!(f.webhooks.is_empty(), "{f:#?}");
+    assert!(f.expected > 0, "{f:#?}");
+    assert_eq!(f.accepted + f.queued, 0, "{f:#?}");
+    assert_eq!(f.missing_total(), f.expected, "{f:#?}");
+    assert!(f.missing["placed-order"] >= 3, "{f:#?}");
+    // The repairs are queued: the same window again finds every one of them queued.
+    let second = setup
+        .run(client(&standin, options()), 500, true)
+        .await
+        .unwrap();
+    let g = &second.findings;
+    assert_eq!(g.missing_total(), 0, "{g:#?}");
+    assert_eq!(g.queued, f.expected, "{g:#?}");
+    assert_eq!(g.read, f.read);
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_of_one_read_every_object_once_and_find_what_one_page_finds() {
+    let standin = StandIn::start(mp::Config {
+        data: examples(),
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let whole = Setup::new()
+        .run(client(&standin, options()), 500, false)
+        .await
+        .unwrap();
+    let paged_client = client(&standin, options());
+    let paged = Setup::new()
+        .run(Arc::clone(&paged_client), 1, false)
+        .await
+        .unwrap();
+    assert_eq!(facts(&paged.findings), facts(&whole.findings));
+    assert!(
+        paged.findings.marketplacer_requests > whole.findings.marketplacer_requests + 3,
+        "{} requests paged, {} whole",
+        paged.findings.marketplacer_requests,
+        whole.findings.marketplacer_requests
+    );
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_is_waited_out_with_or_without_retry_after() {
+    let standin = StandIn::start(mp::Config {
+        data: examples(),
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let baseline = Setup::new()
+        .run(client(&standin, options()), 500, false)
+        .await
+        .unwrap();
+    for retry_after in [true, false] {
+        standin.set_faults(mp::Faults {
+            next: vec![Injected::Throttle, Injected::Unavailable],
+            retry_after,
+            injected_retry_after: 1,
+            ..mp::Faults::none()
+        });
+        let started = std::time::Instant::now();
+        let report = Setup::new()
+            .run(client(&standin, options()), 500, false)
+            .await
+            .unwrap();
+        assert_eq!(facts(&report.findings), facts(&baseline.findings));
+        assert_eq!(
+            report.findings.marketplacer_requests,
+            baseline.findings.marketplacer_requests + 2
+        );
+        // With Retry-After (1 s each) two seconds; without, the configured wait (0.2 s)
+        // doubled for the second refusal.
+        let waited = report.waited();
+        if retry_after {
+            assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+        } else {
+            assert!(
+                waited >= Duration::from_millis(590) && waited < Duration::from_millis(1500),
+                "{waited:?}"
+            );
+        }
+        assert!(started.elapsed() >= waited);
+    }
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graphql_error_names_the_query_and_the_path_and_keeps_the_checkpoint() {
+    let mut faults = mp::Faults::none();
+    faults.failing_fields.insert(
+        "refundRequests".into(),
+        "Internal error in the resolver".into(),
+    );
+    let standin = StandIn::start(mp::Config {
+        data: examples(),
+        faults,
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let err = setup
+        .run(client(&standin, options()), 500, false)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("Marketplacer answered ReconcileRefundedRequests with errors: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("Internal error in the resolver"),
+        "{message}"
+    );
+    assert!(message.contains("at refundRequests"), "{message}");
+    // The invoices were kept page by page: the run is where it stopped.
+    let open = setup
+        .store
+        .lock()
+        .unwrap()
+        .open_reconcile_run(&format!("{}/graphql report-only", standin.url()))
+        .unwrap()
+        .expect("an unfinished run");
+    assert_eq!(open.step, "refund-requests-refunded");
+    standin.set_faults(mp::Faults::none());
+    let resumed = setup
+        .run(client(&standin, options()), 500, false)
+        .await
+        .unwrap();
+    assert!(resumed.resumed);
+    let fresh = Setup::new()
+        .run(client(&standin, options()), 500, false)
+        .await
+        .unwrap();
+    assert_eq!(facts(&resumed.findings), facts(&fresh.findings));
+    standin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_instance_and_a_refused_key_are_said_plainly() {
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let unreachable = Arc::new(Client::new(&url, ApiKey::new("mp_secret_key"), options()).unwrap());
+    let err = Setup::new().run(unreachable, 500, false).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ReconcileError::Marketplacer(MarketplacerError::Unreachable { .. })
+        ),
+        "{message}"
+    );
+    assert!(
+        message.starts_with(&format!("cannot reach Marketplacer at {url}/graphql: ")),
+        "{message}"
+    );
+    assert!(!message.contains("mp_secret_key"));
+
+    let standin = StandIn::start(mp::Config::default()).await.unwrap();
+    let wrong = Arc::new(Client::new(&standin.url(), ApiKey::new("mp_wrong"), options()).unwrap());
+    let err = Setup::new().run(wrong, 500, false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReconcileError::Marketplacer(MarketplacerError::KeyRefused { status: 401 })
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("mp_wrong"));
+    standin.shutdown().await;
+}
