@@ -24,7 +24,8 @@
 //! - **Reverse relations are derived**, since no capture carries them whole: an invoice's
 //!   `shipments`, `refundRequests` and `amendments`, an order's `invoices`, `shipments` and
 //!   `lineItems` are what the data says plus every object pointing back at it; an amendment's
-//!   `order` is its invoice's.
+//!   `order` is its invoice's. So is one value: an invoice's `totalIncludingAdjustmentsCents`
+//!   is its `totalCents` when the data shows no adjustments.
 //!
 //! Every capture is also a `WebhookEvent` (its envelope id, event name, payload and the object
 //! it is about), and its `Marketplacer-Vertical` header is the instance's vertical: one
@@ -407,7 +408,7 @@ impl Data {
                 Ok(())
             }
             Json::Object(map) => {
-                let type_name = concrete_type(map, expected);
+                let type_name = concrete_type(map, expected, selection);
                 if let (Some(id), Some(type_name)) =
                     (map.get("id").and_then(Json::as_str), &type_name)
                 {
@@ -483,7 +484,7 @@ impl Data {
         let Json::Object(map) = json else {
             return Ok(Value::Leaf(JsonValue::from(json.clone())));
         };
-        let type_name = concrete_type(map, expected);
+        let type_name = concrete_type(map, expected, selection);
         let id = map.get("id").and_then(Json::as_str);
         let mut fields = Vec::new();
         for (key, value) in map {
@@ -778,6 +779,24 @@ impl Data {
                 }
             }
         }
+        // An invoice's total including adjustments is its total when it has none (no capture
+        // carries adjustments), so the non-null field answers what the data implies.
+        for object in &mut self.objects {
+            let adjusted = object.fields.contains_key("totalIncludingAdjustmentsCents");
+            let adjustments = matches!(
+                object.fields.get("adjustments").map(|s| &s.value),
+                Some(Value::List(items)) if !items.is_empty()
+            );
+            if object.type_name == "Invoice"
+                && !adjusted
+                && !adjustments
+                && let Some(total) = object.fields.get("totalCents").cloned()
+            {
+                object
+                    .fields
+                    .insert("totalIncludingAdjustmentsCents".into(), total);
+            }
+        }
         self.by_type.clear();
         for (index, object) in self.objects.iter().enumerate() {
             self.by_type
@@ -861,18 +880,31 @@ fn dedupe(items: Vec<Value>) -> Vec<Value> {
 }
 
 /// An object's concrete type: the expected one when it is an object type, else its
-/// `__typename` when that is one of the expected type's possible types.
-fn concrete_type(map: &serde_json::Map<String, Json>, expected: Option<&str>) -> Option<String> {
+/// `__typename` when that is one of the expected type's possible types, else the one type
+/// condition of the query that captured it (`advert { ... on Advert { … } }` without
+/// `__typename` can only have been an Advert, or it would be empty).
+fn concrete_type(
+    map: &serde_json::Map<String, Json>,
+    expected: Option<&str>,
+    selection: Option<&SelectionSet>,
+) -> Option<String> {
     let schema = schema();
     let typename = map.get("__typename").and_then(Json::as_str);
-    match expected {
-        Some(expected) if schema.get_object(expected).is_some() => Some(expected.to_owned()),
-        Some(expected) => typename
-            .filter(|t| schema.get_object(t).is_some() && schema.is_subtype(expected, t))
-            .map(str::to_owned),
-        None => typename
-            .filter(|t| schema.get_object(t).is_some())
-            .map(str::to_owned),
+    let possible = |t: &str| {
+        schema.get_object(t).is_some() && expected.is_none_or(|e| e == t || schema.is_subtype(e, t))
+    };
+    if let Some(expected) = expected
+        && schema.get_object(expected).is_some()
+    {
+        return Some(expected.to_owned());
+    }
+    if let Some(typename) = typename {
+        return possible(typename).then(|| typename.to_owned());
+    }
+    let conditions = selection.map(|s| &s.conditions)?;
+    match conditions.keys().collect::<Vec<_>>().as_slice() {
+        [only] if possible(only) && !map.is_empty() => Some((*only).clone()),
+        _ => None,
     }
 }
 

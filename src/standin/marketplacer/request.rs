@@ -170,7 +170,13 @@ pub(crate) fn answer(ctx: &Ctx<'_>, body: &[u8]) -> Answer {
         .enable_schema_introspection(true)
         .execute_sync(&root);
     match result {
-        Ok(response) => {
+        Ok(mut response) => {
+            // A resolver's message as it is, as graphql-ruby answers an ExecutionError.
+            for error in &mut response.errors {
+                if let Some(message) = error.message.strip_prefix("resolver error: ") {
+                    error.message = message.to_owned();
+                }
+            }
             let body = serde_json::to_value(&response).unwrap_or_else(|e| {
                 json!({"errors": [message(format!("the stand-in could not write its answer: {e}"))]})
             });
