@@ -473,3 +473,159 @@ async fn per_default_mapping_the_reconcile_path_gives_the_webhooks_requests() {
     }
     standin.shutdown().await;
 }
+
+/// `validate --client` over a client.yaml: exit code and stderr.
+fn validate(client_yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.yaml"), client_yaml).unwrap();
+    let output = common::marketsync()
+        .args(["validate", "--client"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn mistakes_in_the_reconcile_and_marketplacer_blocks_are_errors_at_their_line() {
+    let good = "marketplacer:\n  url: https://acme.marketplacer.com\n  page_size: 200\nreconcile:\n  schedule: '15 * * * *'\n  window: 26h\n  settle: 10m\n";
+    let (code, stderr) = validate(good);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (yaml, at, says) in [
+        (
+            "reconcile:\n  windw: 24h\n",
+            "client.yaml:2:3",
+            "did you mean `window`",
+        ),
+        (
+            "marketplacer:\n  url: https://a.marketplacer.com\nreconcile:\n  schedule: every hour\n",
+            "client.yaml:4:13",
+            "`every hour` is not a cron expression",
+        ),
+        (
+            "reconcile:\n  window: 24\n",
+            "client.yaml:2:11",
+            "`24` is not a length of time",
+        ),
+        (
+            "marketplacer:\n  url: https://a.marketplacer.com\n  api_key_evn: MP_KEY\n",
+            "client.yaml:3:3",
+            "did you mean `api_key_env`",
+        ),
+        (
+            "marketplacer:\n  url: http://acme.marketplacer.com\n",
+            "client.yaml:2:8",
+            "would carry the API key unencrypted",
+        ),
+        (
+            "marketplacer:\n  url: https://a.marketplacer.com\n  page_size: 1000\n",
+            "client.yaml:3:14",
+            "page_size must be 1 to 500",
+        ),
+        (
+            "reconcile:\n  schedule: '0 * * * *'\n",
+            "client.yaml:1:1",
+            "a schedule needs the instance to read",
+        ),
+    ] {
+        let (code, stderr) = validate(yaml);
+        assert_ne!(code, Some(0), "{yaml}");
+        assert!(stderr.contains(at), "{yaml}\n{stderr}");
+        assert!(stderr.contains(says), "{yaml}\n{stderr}");
+    }
+}
+
+#[test]
+fn the_command_says_what_is_wrong_with_its_window_instance_or_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let reconcile = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = common::marketsync();
+        command
+            .arg("reconcile")
+            .arg("--state")
+            .arg(&state)
+            .args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let url = ["--marketplacer-url", "https://acme.marketplacer.com"];
+    let key = [("MARKETPLACER_API_KEY", "mp_very_secret")];
+    let (code, stderr) = reconcile(
+        &[
+            &url[..],
+            &[
+                "--since",
+                "2026-11-29T00:00:00Z",
+                "--until",
+                "2026-11-28T00:00:00Z",
+            ],
+        ]
+        .concat(),
+        &key,
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--since 2026-11-29T00:00:00Z is not before --until 2026-11-28T00:00:00Z"),
+        "{stderr}"
+    );
+    let (code, stderr) = reconcile(&[&url[..], &["--since", "yesterday"]].concat(), &key);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("--since `yesterday` is not an RFC 3339 time"),
+        "{stderr}"
+    );
+    let (code, stderr) = reconcile(&[&url[..], &["--window", "24"]].concat(), &key);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("--window `24` is not a length of time"),
+        "{stderr}"
+    );
+    let (code, stderr) = reconcile(&["--report-only"], &key);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("no Marketplacer instance to read"),
+        "{stderr}"
+    );
+    let (code, stderr) = reconcile(&[&url[..], &["--report-only"]].concat(), &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("set MARKETPLACER_API_KEY"), "{stderr}");
+    // Sending the repairs needs Klaviyo's key too, asked for before anything is read.
+    let (code, stderr) = reconcile(&url, &key);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("KLAVIYO_API_KEY"), "{stderr}");
+    assert!(stderr.contains("--no-send or --report-only"), "{stderr}");
+    assert!(!state.exists(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_marketplacer_key_exits_5_without_printing_it() {
+    let standin = StandIn::start(mp::Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = common::marketsync()
+        .args(["reconcile", "--report-only", "--marketplacer-url"])
+        .arg(standin.url())
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .env("MARKETPLACER_API_KEY", "mp_not_this_one")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("Marketplacer refused the API key (HTTP 401)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the run's checkpoint is kept"), "{stderr}");
+    assert!(!stderr.contains("mp_not_this_one"));
+    standin.shutdown().await;
+}
