@@ -629,3 +629,93 @@ async fn a_refused_marketplacer_key_exits_5_without_printing_it() {
     assert!(!stderr.contains("mp_not_this_one"));
     standin.shutdown().await;
 }
+
+/// `reconcile: schedule` in client.yaml: serve reconciles on its own store, its sender sends
+/// the repairs, `/metrics` says when it last succeeded, and `status` shows the run.
+#[test]
+fn serve_reconciles_on_its_schedule_and_says_when_it_last_succeeded() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let marketplacer = runtime
+        .block_on(StandIn::start(mp::Config {
+            data: examples(),
+            ..mp::Config::default()
+        }))
+        .unwrap();
+    let klaviyo = runtime
+        .block_on(marketsync::standin::StandIn::start(
+            marketsync::standin::Config::default(),
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = dir.path().join("acme");
+    std::fs::create_dir_all(&client).unwrap();
+    // Every two seconds (a sixth, leading field is seconds), over the examples' March.
+    std::fs::write(
+        client.join("client.yaml"),
+        format!(
+            "marketplacer:\n  url: {}\n  retry_wait: 1s\nreconcile:\n  schedule: '*/2 * * * * *'\n  window: 400d\n  settle: 1s\n",
+            marketplacer.url()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state.db");
+    let started = chrono::Utc::now().timestamp() as f64;
+    let mut command = common::marketsync_command();
+    command
+        .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
+        .args(["--hold", "2", "--client"])
+        .arg(&client)
+        .arg("--state")
+        .arg(&state)
+        .env("KLAVIYO_API_KEY", marketsync::standin::DEFAULT_API_KEY)
+        .env("KLAVIYO_BASE_URL", klaviyo.url())
+        .env("MARKETPLACER_API_KEY", mp::DEFAULT_API_KEY);
+    let mut serve = common::ServeProcess::start(command);
+    let scheduled = serve.wait_for("the schedule", |e| {
+        e["message"] == "reconciliation scheduled (UTC)"
+    });
+    assert_eq!(scheduled["schedule"], "*/2 * * * * *");
+    let first = serve.wait_for("a reconciliation", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reconciliation finished"))
+    });
+    assert!(first["repairs"].as_u64().unwrap() > 0, "{first}");
+    // The repairs reach Klaviyo through serve's own sender.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while klaviyo.accepted().events_named("Placed Order").count() < 3 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the repairs were not sent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = runtime
+        .block_on(async {
+            reqwest::get(format!("http://{}/metrics", serve.address))
+                .await?
+                .text()
+                .await
+        })
+        .unwrap();
+    let last: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("marketsync_reconciliation_last_success_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no reconciliation series in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(last >= started, "{last} < {started}");
+    let status = common::marketsync()
+        .args(["status", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("last reconciliation: 20"), "{status}");
+    serve.signal(libc::SIGTERM);
+    assert_eq!(serve.child.wait().unwrap().code(), Some(0));
+    runtime.block_on(async {
+        marketplacer.shutdown().await;
+        klaviyo.shutdown().await;
+    });
+}
