@@ -2,6 +2,8 @@
 //! seven queries of `notes/reconciliation.md` §4, paging, window edges, the errors a client's
 //! mistakes get, rate limits, faults, auth, webhooks, and loading data.
 
+mod common;
+
 use base64::Engine as _;
 use marketsync::standin::marketplacer::{Config, Data, Faults, Injected, LineProblem, StandIn};
 use reqwest::{Client, Response, StatusCode};
@@ -1059,4 +1061,240 @@ async fn anything_but_a_graphql_post_is_refused() {
     assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
     let stats = api.standin.stats();
     assert_eq!((stats.bad_requests, stats.other), (1, 1));
+}
+
+#[tokio::test]
+async fn a_capture_stored_by_serve_loads_with_its_raw_body() {
+    // `serve` keeps the body as the text it received (source::webhook::capture).
+    let envelope = invoice_capture(
+        7,
+        "2026-11-30T10:00:00+11:00",
+        Some("2026-11-30T10:00:01+11:00"),
+        "2026-11-30T10:00:02+11:00",
+    )["body"]
+        .to_string();
+    let capture = json!({"headers": {"Marketplacer-Vertical": "petmarket"}, "body": envelope});
+    let api = Api::start(config(data_of(&[capture]))).await;
+    let data = api
+        .data("{ webhookEvents { nodes { eventName invoice { legacyId } } } siteConfig { verticalCode } }", json!({}))
+        .await;
+    assert_eq!(
+        data["webhookEvents"]["nodes"],
+        json!([{"eventName": "create", "invoice": {"legacyId": 7}}])
+    );
+    assert_eq!(data["siteConfig"]["verticalCode"], "petmarket");
+}
+
+/// `marketsync standin marketplacer` as a user runs it: what it loaded and left out on stderr,
+/// then a working endpoint on the port it names.
+#[tokio::test]
+async fn the_command_reports_what_it_loaded_and_serves_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.ndjson");
+    std::fs::write(&broken, "{\"headers\": {}, \"body\": \n").unwrap();
+    let mut child = common::marketsync_command()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--api-key",
+            "mp_secret_given",
+            "--data",
+            "examples/orders.ndjson",
+        ])
+        .arg("--data")
+        .arg(&broken)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the stand-in says where it listens")
+            .unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("Marketplacer stand-in listening on ") {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
+    let text = seen.join("\n");
+    assert!(
+        text.contains("examples/orders.ndjson: 5 deliveries loaded"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}:1: not JSON", broken.display())),
+        "{text}"
+    );
+    assert!(text.contains("3 Order, 4 Invoice"), "{text}");
+    assert!(
+        !text.contains("mp_secret_given"),
+        "the key is never printed: {text}"
+    );
+    let answer: Json = Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(&url)
+        .header("MARKETPLACER-API-KEY", "mp_secret_given")
+        .json(&json!({"query": "{ invoices { totalCount } }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(answer, json!({"data": {"invoices": {"totalCount": 4}}}));
+}
+
+#[test]
+fn the_command_refuses_an_unknown_webhook_and_a_missing_file() {
+    common::marketsync()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--disable-webhook",
+            "ORDER",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "no webhook of type \"ORDER\": the stand-in holds INVOICE, REFUND_REQUEST, SHIPMENT",
+        ));
+    common::marketsync()
+        .args([
+            "standin",
+            "marketplacer",
+            "--port",
+            "0",
+            "--data",
+            "/nonexistent/day.ndjson",
+        ])
+        .assert()
+        .code(4)
+        .stderr(predicates::str::contains(
+            "cannot open /nonexistent/day.ndjson",
+        ));
+}
+
+/// The generator's example binary, which `cargo test` builds beside the tests.
+fn generator() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("generate-deliveries");
+    assert!(path.exists(), "{} is built by `cargo test`", path.display());
+    path
+}
+
+/// A generated day is served whole: every time it carries is inside the window, so a sweep
+/// over exactly that window finds every paid invoice, shipment and refund in the file.
+#[tokio::test]
+async fn a_generated_day_is_served_whole_for_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("day.ndjson");
+    let status = std::process::Command::new(generator())
+        .args([
+            "--seed",
+            "7",
+            "--count",
+            "600",
+            "--start",
+            "2026-11-30T00:00:00+11:00",
+            "--span",
+            "6h",
+            "--out",
+        ])
+        .arg(&day)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (from, to) = ("2026-11-30T00:00:00+11:00", "2026-11-30T06:00:00+11:00");
+    let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let mut paid = std::collections::BTreeSet::new();
+    let mut shipments = std::collections::BTreeSet::new();
+    let mut refunded = std::collections::BTreeSet::new();
+    for line in std::fs::read_to_string(&day).unwrap().lines() {
+        let capture: Json = serde_json::from_str(line).unwrap();
+        let node = &capture["body"]["payload"]["data"]["node"];
+        for field in [
+            "createdAt",
+            "updatedAt",
+            "paidAt",
+            "dispatchedAt",
+            "refundedAt",
+        ] {
+            if let Some(at) = node[field].as_str() {
+                assert!(
+                    (instant(from)..instant(to)).contains(&instant(at)),
+                    "{field} {at}"
+                );
+            }
+        }
+        match node["__typename"].as_str().unwrap() {
+            "Invoice" if node["paidAt"].is_string() => {
+                paid.insert(node["legacyId"].as_u64().unwrap());
+            }
+            "Shipment" => {
+                shipments.insert(node["legacyId"].as_u64().unwrap());
+            }
+            "RefundRequest" if node["status"] == "REFUNDED" => {
+                refunded.insert(node["legacyId"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
+    let mut data = Data::new();
+    let summary = data.load_file(&day).unwrap();
+    assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+    assert_eq!(summary.loaded, 600);
+    let api = Api::start(config(data)).await;
+    let window = |after: Json| json!({"from": from, "to": to, "after": after});
+    // Every page of a sweep, as a client walks it.
+    let sweep = async |query: &str, root: &str| -> Vec<Json> {
+        let mut nodes = Vec::new();
+        let mut after = Json::Null;
+        loop {
+            let data = api.data(query, window(after)).await;
+            nodes.extend(data[root]["nodes"].as_array().unwrap().iter().cloned());
+            if data[root]["pageInfo"]["hasNextPage"] == false {
+                return nodes;
+            }
+            after = data[root]["pageInfo"]["endCursor"].clone();
+        }
+    };
+    let found: std::collections::BTreeSet<u64> =
+        legacy_ids(&Json::Array(sweep(RECON_PAID_INVOICES, "invoices").await))
+            .into_iter()
+            .collect();
+    assert_eq!(found, paid);
+    let served: std::collections::BTreeSet<u64> = sweep(RECON_SHIPMENTS, "invoices")
+        .await
+        .iter()
+        .flat_map(|i| legacy_ids(&i["shipments"]))
+        .collect();
+    assert_eq!(served, shipments);
+    let data = api.data(RECON_REFUNDS, window(Json::Null)).await;
+    let served: std::collections::BTreeSet<u64> = legacy_ids(&data["refundRequests"]["nodes"])
+        .into_iter()
+        .collect();
+    assert_eq!(served, refunded);
+    assert_eq!(
+        api.data("{ siteConfig { verticalCode } }", json!({})).await["siteConfig"]["verticalCode"],
+        "petmarket"
+    );
 }

@@ -54,9 +54,10 @@ pub(crate) enum Value {
     /// An object without an id of its own (an address, an `ExternalID`), held in place.
     Object(Box<Embedded>),
     List(Vec<Value>),
-    /// A webhook event's payload, `{"data": {"node": …}}` around the captured node, built when
-    /// asked for rather than copied for every event.
-    Payload(Arc<Json>),
+    /// A webhook event's payload: the captured node as compact JSON text, put in
+    /// `{"data": {"node": …}}` when asked for. Text, because a parsed node takes ten times its
+    /// size, and a day of captures would hold every one twice.
+    Payload(Arc<str>),
 }
 
 /// An object held in place. Its type is the field's when that is an object type, else the
@@ -616,8 +617,7 @@ impl Data {
 
     /// Sets a field from a view taken `seen`, by the rules in the module doc.
     fn set_field(&mut self, index: usize, name: String, value: Value, seen: Seen) {
-        let current = self.objects[index].fields.get(&name).cloned();
-        let Some(current) = current else {
+        let Some(current) = self.objects[index].fields.get_mut(&name) else {
             self.objects[index]
                 .fields
                 .insert(name, Slot { value, seen });
@@ -627,38 +627,29 @@ impl Data {
             // A partial view of the object the field already points at: merge into it.
             (Value::Ref(target), Value::Object(embedded)) => {
                 let target = *target;
+                current.seen = current.seen.latest(seen);
                 for (field, value) in embedded.fields {
                     self.set_field(target, field, value, seen);
                 }
-                self.touch(index, &name, seen);
             }
             // The field points at an object now; what was held in place is a view of it.
-            (Value::Object(embedded), Value::Ref(target)) => {
-                let embedded = embedded.clone();
+            (Value::Object(_), Value::Ref(target)) => {
+                let held_seen = current.seen;
+                current.seen = held_seen.latest(seen);
+                let Value::Object(embedded) =
+                    std::mem::replace(&mut current.value, Value::Ref(target))
+                else {
+                    unreachable!("matched above");
+                };
                 for (field, value) in embedded.fields {
-                    self.set_field(target, field, value, current.seen);
+                    self.set_field(target, field, value, held_seen);
                 }
-                self.objects[index].fields.insert(
-                    name,
-                    Slot {
-                        value: Value::Ref(target),
-                        seen: current.seen.latest(seen),
-                    },
-                );
             }
             (_, value) => {
                 if seen.newer_than(current.seen) {
-                    self.objects[index]
-                        .fields
-                        .insert(name, Slot { value, seen });
+                    *current = Slot { value, seen };
                 }
             }
-        }
-    }
-
-    fn touch(&mut self, index: usize, name: &str, seen: Seen) {
-        if let Some(slot) = self.objects[index].fields.get_mut(name) {
-            slot.seen = slot.seen.latest(seen);
         }
     }
 
@@ -688,7 +679,10 @@ impl Data {
             .or_else(|| envelope.received_at.clone());
         let mut fields: Vec<(&str, Value)> = vec![
             ("eventName", leaf(Json::from(envelope.event_name.clone()))),
-            ("payload", Value::Payload(Arc::clone(&record.node))),
+            (
+                "payload",
+                Value::Payload(record.node.to_string().into_boxed_str().into()),
+            ),
             ("status", leaf(Json::from("sent"))),
             ("skipped", leaf(Json::from(false))),
             ("retryAfter", leaf(Json::Null)),

@@ -248,7 +248,12 @@ fn resolve_value<'b>(
             "The Marketplacer stand-in holds a list where the schema has one value",
         )),
         Value::Payload(node) => {
-            let payload = serde_json::json!({"data": {"node": node.as_ref()}});
+            let node: serde_json::Value = serde_json::from_str(node).map_err(|e| {
+                error(format!(
+                    "The stand-in's copy of this payload is not JSON: {e}"
+                ))
+            })?;
+            let payload = serde_json::json!({"data": {"node": node}});
             Ok(ResolvedValue::leaf(JsonValue::from(payload)))
         }
     }
@@ -433,9 +438,18 @@ fn query_field<'b>(
     match name {
         "invoices" => {
             let filters = object_argument(arguments, "filters");
+            let windows = parse_windows(filters, &INVOICE_WINDOWS)?;
+            if let Some(filters) = filters {
+                unmodelled(
+                    filters,
+                    &["awaitingReturn", "withUnresolvedAnnotationsOfType"],
+                    "InvoiceFilters",
+                )?;
+            }
             let mut found = Vec::new();
             for &index in data.of_type("Invoice") {
-                if invoice_matches(data, &data.objects[index], filters)? {
+                let invoice = &data.objects[index];
+                if in_windows(invoice, &windows) && invoice_matches(data, invoice, filters) {
                     found.push(index);
                 }
             }
@@ -449,11 +463,13 @@ fn query_field<'b>(
         }
         "refundRequests" => {
             let filters = object_argument(arguments, "filters");
+            let windows = parse_windows(filters, &REFUND_WINDOWS)?;
             let seller = arguments.get("sellerId").and_then(JsonValue::as_str);
             let mut found = Vec::new();
             for &index in data.of_type("RefundRequest") {
                 let object = &data.objects[index];
-                if refund_matches(data, object, filters)?
+                if in_windows(object, &windows)
+                    && refund_matches(data, object, filters)
                     && seller.is_none_or(|seller| seller_id(data, object) == Some(seller))
                 {
                     found.push(index);
@@ -489,13 +505,14 @@ fn query_field<'b>(
             page(stored(found))
         }
         "invoiceAmendments" => {
-            let filters = object_argument(arguments, "filters");
-            let mut found = Vec::new();
-            for &index in data.of_type("InvoiceAmendment") {
-                if window_matches(&data.objects[index], filters, &AMENDMENT_WINDOWS)? {
-                    found.push(index);
-                }
-            }
+            let windows = parse_windows(object_argument(arguments, "filters"), &AMENDMENT_WINDOWS)?;
+            let found: Vec<usize> = data
+                .of_type("InvoiceAmendment")
+                .iter()
+                .copied()
+                .filter(|&i| in_windows(&data.objects[i], &windows))
+                .collect();
+            let mut found = found;
             sort(
                 data,
                 &mut found,
@@ -624,31 +641,32 @@ const AMENDMENT_WINDOWS: [(&str, &str, &str); 3] = [
     ("remittedSince", "remittedUntil", "remittedAt"),
 ];
 
-/// Whether an object's times fall in every window the filters give. Both ends are inclusive
-/// ("since this time", "until this time"); an object without the time is outside any window on
-/// it.
-fn window_matches(
-    object: &Object,
-    filters: Option<&JsonMap>,
-    windows: &Windows,
-) -> Result<bool, FieldError> {
-    let Some(filters) = filters else {
-        return Ok(true);
-    };
-    for (since, until, field) in windows {
-        let since = time_argument(filters, since)?;
-        let until = time_argument(filters, until)?;
-        if since.is_none() && until.is_none() {
-            continue;
-        }
-        let Some(at) = object.time(field) else {
-            return Ok(false);
-        };
-        if since.is_some_and(|s| at < s) || until.is_some_and(|u| at > u) {
-            return Ok(false);
+/// The windows a filter gives: `(field compared, since, until)`, each end an instant or open.
+type Parsed = Vec<(&'static str, Option<i64>, Option<i64>)>;
+
+/// Reads a filter's time windows once per request, not once per object.
+fn parse_windows(filters: Option<&JsonMap>, windows: &Windows) -> Result<Parsed, FieldError> {
+    let mut parsed = Vec::new();
+    if let Some(filters) = filters {
+        for (since, until, field) in windows {
+            let since = time_argument(filters, since)?;
+            let until = time_argument(filters, until)?;
+            if since.is_some() || until.is_some() {
+                parsed.push((*field, since, until));
+            }
         }
     }
-    Ok(true)
+    Ok(parsed)
+}
+
+/// Whether an object's times fall in every window. Both ends are inclusive ("since this
+/// time", "until this time"); an object without the time is outside any window on it.
+fn in_windows(object: &Object, windows: &Parsed) -> bool {
+    windows.iter().all(|(field, since, until)| {
+        object
+            .time(field)
+            .is_some_and(|at| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at <= u))
+    })
 }
 
 fn string_filter<'m>(filters: &'m JsonMap, name: &str) -> Option<&'m str> {
@@ -720,39 +738,27 @@ fn order_of<'d>(data: &'d Data, object: &Object) -> Option<&'d Object> {
     object.reference("order").map(|i| &data.objects[i])
 }
 
-/// `InvoiceFilters`, as its field descriptions say.
-fn invoice_matches(
-    data: &Data,
-    invoice: &Object,
-    filters: Option<&JsonMap>,
-) -> Result<bool, FieldError> {
-    if !window_matches(invoice, filters, &INVOICE_WINDOWS)? {
-        return Ok(false);
-    }
+/// `InvoiceFilters` other than the time windows, as its field descriptions say.
+fn invoice_matches(data: &Data, invoice: &Object, filters: Option<&JsonMap>) -> bool {
     let Some(filters) = filters else {
-        return Ok(true);
+        return true;
     };
-    unmodelled(
-        filters,
-        &["awaitingReturn", "withUnresolvedAnnotationsOfType"],
-        "InvoiceFilters",
-    )?;
     let order = order_of(data, invoice);
     if let Some(legacy_id) = int_filter(filters, "legacyId")
         && invoice.legacy_id() != Some(legacy_id)
     {
-        return Ok(false);
+        return false;
     }
     if let Some(order_id) = int_filter(filters, "orderId")
         && order.and_then(Object::legacy_id) != Some(order_id)
     {
-        return Ok(false);
+        return false;
     }
     if let Some(email) = string_filter(filters, "buyerEmailAddress")
         && !text(invoice, "buyerEmailAddress")
             .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
     {
-        return Ok(false);
+        return false;
     }
     if let Some(name) = string_filter(filters, "buyerName") {
         let full = [
@@ -764,28 +770,29 @@ fn invoice_matches(
         .collect::<Vec<_>>()
         .join(" ");
         if !contains_folded(Some(full), name) {
-            return Ok(false);
+            return false;
         }
     }
-    let flags = strings(invoice, "statusFlags");
+    let flags = || strings(invoice, "statusFlags");
     if let Some(statuses) = list_filter(filters, "statuses") {
+        let flags = flags();
         let status = text(invoice, "status");
         let hit = statuses
             .iter()
             .any(|s| flags.contains(s) || status.as_deref() == Some(s));
         if !hit {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(not_dispatched) = bool_filter(filters, "notDispatched")
-        && not_dispatched == flags.iter().any(|f| f == "SENT")
+        && not_dispatched == flags().iter().any(|f| f == "SENT")
     {
-        return Ok(false);
+        return false;
     }
     if let Some(awaiting) = bool_filter(filters, "awaitingCollection")
-        && awaiting != flags.iter().any(|f| f == "READY")
+        && awaiting != flags().iter().any(|f| f == "READY")
     {
-        return Ok(false);
+        return false;
     }
     let external = |matches: &dyn Fn(&str) -> bool| {
         order.is_some_and(|order| match order.field("externalIds") {
@@ -810,14 +817,14 @@ fn invoice_matches(
     if let Some(value) = string_filter(filters, "externalId")
         && !external(&|v| v == value)
     {
-        return Ok(false);
+        return false;
     }
     if let Some(prefix) = string_filter(filters, "partialExternalId")
         && !external(&|v| v.starts_with(prefix))
     {
-        return Ok(false);
+        return false;
     }
-    Ok(true)
+    true
 }
 
 fn invoice_of<'d>(data: &'d Data, object: &Object) -> Option<&'d Object> {
@@ -830,23 +837,16 @@ fn seller_id<'d>(data: &'d Data, refund: &Object) -> Option<&'d str> {
     Some(data.objects[seller].id.as_str())
 }
 
-/// `RefundRequestFilters`, as its field descriptions say.
-fn refund_matches(
-    data: &Data,
-    refund: &Object,
-    filters: Option<&JsonMap>,
-) -> Result<bool, FieldError> {
-    if !window_matches(refund, filters, &REFUND_WINDOWS)? {
-        return Ok(false);
-    }
+/// `RefundRequestFilters` other than the time windows, as its field descriptions say.
+fn refund_matches(data: &Data, refund: &Object, filters: Option<&JsonMap>) -> bool {
     let Some(filters) = filters else {
-        return Ok(true);
+        return true;
     };
     let invoice = invoice_of(data, refund);
     if let Some(statuses) = list_filter(filters, "statuses")
         && !text(refund, "status").is_some_and(|s| statuses.contains(&s))
     {
-        return Ok(false);
+        return false;
     }
     if let Some(statuses) = list_filter(filters, "lineItemStatuses") {
         let any = match refund.field("lineItems") {
@@ -864,18 +864,18 @@ fn refund_matches(
             _ => false,
         };
         if !any {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(legacy_id) = int_filter(filters, "legacyId")
         && refund.legacy_id() != Some(legacy_id)
     {
-        return Ok(false);
+        return false;
     }
     if let Some(legacy_id) = int_filter(filters, "invoiceLegacyId")
         && invoice.and_then(Object::legacy_id) != Some(legacy_id)
     {
-        return Ok(false);
+        return false;
     }
     let order = invoice.and_then(|i| order_of(data, i));
     if let Some(email) = string_filter(filters, "buyerEmailAddress") {
@@ -883,7 +883,7 @@ fn refund_matches(
             .and_then(|o| text(o, "emailAddress"))
             .or_else(|| invoice.and_then(|i| text(i, "buyerEmailAddress")));
         if !contains_folded(address, email) {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(name) = string_filter(filters, "buyerName") {
@@ -895,7 +895,7 @@ fn refund_matches(
                 .join(" ")
         });
         if !contains_folded(full, name) {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(business) = string_filter(filters, "businessName") {
@@ -908,7 +908,7 @@ fn refund_matches(
             _ => None,
         });
         if name.as_deref() != Some(business) {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(date) = string_filter(filters, "invoicePaidAt") {
@@ -917,15 +917,15 @@ fn refund_matches(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.date_naive().to_string());
         if paid.as_deref() != Some(date) {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(remitted) = bool_filter(filters, "remitted")
         && remitted != invoice.is_some_and(|i| i.time("remittedAt").is_some())
     {
-        return Ok(false);
+        return false;
     }
-    Ok(true)
+    true
 }
 
 /// A sort key part: a time, or text (the invoice's status).
@@ -979,11 +979,18 @@ fn sort(
         })
         .unwrap_or_else(|| vec!["CREATED_AT".into()]);
     let descending = sort.get("ordering").and_then(JsonValue::as_str) == Some("DESCENDING");
-    found.sort_by(|&a, &b| {
-        let (a, b) = (&data.objects[a], &data.objects[b]);
-        for field in &fields {
-            let order = match (key(a, field), key(b, field)) {
-                (Some(x), Some(y)) => x.cmp(&y),
+    // Keys read once per object, not once per comparison.
+    let mut keyed: Vec<(Vec<Option<Key>>, usize)> = found
+        .iter()
+        .map(|&i| {
+            let object = &data.objects[i];
+            (fields.iter().map(|f| key(object, f)).collect(), i)
+        })
+        .collect();
+    keyed.sort_by(|(a_keys, _), (b_keys, _)| {
+        for (x, y) in a_keys.iter().zip(b_keys) {
+            let order = match (x, y) {
+                (Some(x), Some(y)) => x.cmp(y),
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
@@ -993,7 +1000,11 @@ fn sort(
                 return order;
             }
         }
-        (a.legacy_id(), &a.id).cmp(&(b.legacy_id(), &b.id))
+        // `found` is in legacy id order already, and the sort is stable.
+        Ordering::Equal
     });
+    for (slot, (_, index)) in found.iter_mut().zip(keyed) {
+        *slot = index;
+    }
     Ok(())
 }
