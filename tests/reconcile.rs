@@ -13,38 +13,6 @@ use marketsync::store::Store;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Captures as the Marketplacer stand-in loads them. A webhook's `variant { advert { ... on
-/// Advert { taxon } } }` carries no `__typename`, so the stand-in cannot tell which member of
-/// the `AllAdvert` union the advert is (Marketplacer itself knows): it is named here.
-fn typed_adverts(text: &str, whole: bool) -> String {
-    fn walk(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(object) => {
-                if let Some(serde_json::Value::Object(advert)) = object.get_mut("advert")
-                    && !advert.contains_key("__typename")
-                {
-                    advert.insert("__typename".into(), "Advert".into());
-                }
-                object.values_mut().for_each(walk);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    let typed = |text: &str| {
-        let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
-        walk(&mut value);
-        value.to_string()
-    };
-    if whole {
-        return typed(text);
-    }
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| typed(l) + "\n")
-        .collect()
-}
-
 /// The examples as Marketplacer would hold them: every capture's objects.
 fn examples() -> Data {
     let mut data = Data::new();
@@ -56,7 +24,6 @@ fn examples() -> Data {
         "refund-pending.json",
     ] {
         let text = std::fs::read_to_string(common::repo("examples").join(name)).unwrap();
-        let text = typed_adverts(&text, name.ends_with(".json"));
         let summary = data.load_text(name, &text);
         assert!(
             summary.problems.is_empty(),

@@ -151,33 +151,6 @@ fn day() -> Vec<Value> {
     out
 }
 
-/// The day as the Marketplacer stand-in loads it: a webhook's `advert { ... on Advert }`
-/// carries no `__typename`, which Marketplacer itself knows; it is named here.
-fn typed(deliveries: &[Value]) -> String {
-    fn walk(value: &mut Value) {
-        match value {
-            Value::Object(object) => {
-                if let Some(Value::Object(advert)) = object.get_mut("advert") {
-                    advert
-                        .entry("__typename")
-                        .or_insert_with(|| "Advert".into());
-                }
-                object.values_mut().for_each(walk);
-            }
-            Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    deliveries
-        .iter()
-        .map(|d| {
-            let mut d = d.clone();
-            walk(&mut d);
-            d.to_string() + "\n"
-        })
-        .collect()
-}
-
 fn ndjson(deliveries: &[&Value]) -> String {
     deliveries.iter().map(|d| d.to_string() + "\n").collect()
 }
@@ -216,7 +189,7 @@ impl Day {
         clients(dir.path(), page_size, rate);
         let all = day();
         let mut data = mp::Data::new();
-        let summary = data.load_text("day.ndjson", &typed(&all));
+        let summary = data.load_text("day.ndjson", &ndjson(&all.iter().collect::<Vec<_>>()));
         assert!(summary.problems.is_empty(), "{:?}", summary.problems);
         let marketplacer = runtime
             .block_on(mp::StandIn::start(mp::Config {
