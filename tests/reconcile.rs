@@ -109,6 +109,7 @@ fn facts(findings: &Findings) -> Findings {
     Findings {
         marketplacer_requests: 0,
         waited_ms: 0,
+        answering_ms: 0,
         ..findings.clone()
     }
 }

@@ -436,6 +436,7 @@ fn facts(report: &Value) -> Value {
     let mut findings = report["findings"].clone();
     findings["marketplacer_requests"] = Value::Null;
     findings["waited_ms"] = Value::Null;
+    findings["answering_ms"] = Value::Null;
     findings
 }
 

@@ -426,11 +426,13 @@ fn human_report(report: &Report, sent: Option<&DeliveryReport>) -> String {
     line(
         "Marketplacer",
         format!(
-            "{} requests, {:.1}s waiting on its limits",
+            "{} requests, {:.1}s waiting for its answers, {:.1}s waiting on its limits",
             f.marketplacer_requests,
+            f.answering_ms as f64 / 1000.0,
             report.waited().as_secs_f64()
         ),
     );
+    line("took", format!("{:.1}s", report.elapsed.as_secs_f64()));
     if let Some(sent) = sent {
         let total: usize = sent.sent.values().sum();
         line("sent to Klaviyo", total.to_string());
@@ -454,6 +456,7 @@ fn json_report(report: &Report, sent: Option<&DeliveryReport>) -> serde_json::Va
         "findings": report.findings,
         "missing": report.findings.missing_total(),
         "anything_wrong": report.findings.anything_wrong(),
+        "elapsed_seconds": report.elapsed.as_secs_f64(),
     });
     if let Some(sent) = sent {
         out["sent"] = json!({

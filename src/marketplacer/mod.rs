@@ -103,6 +103,7 @@ pub struct Client {
     options: Options,
     requests: AtomicU64,
     waited_ms: AtomicU64,
+    answering_ms: AtomicU64,
 }
 
 /// The GraphQL endpoint of an instance's address: `/graphql` there, unless the address
@@ -153,6 +154,7 @@ impl Client {
             options,
             requests: AtomicU64::new(0),
             waited_ms: AtomicU64::new(0),
+            answering_ms: AtomicU64::new(0),
         })
     }
 
@@ -170,6 +172,12 @@ impl Client {
     /// 5xx or timeout.
     pub fn waited(&self) -> Duration {
         Duration::from_millis(self.waited_ms.load(Ordering::Relaxed))
+    }
+
+    /// Time spent waiting for Marketplacer's answers so far (from sending a request to its
+    /// whole body received), tries included.
+    pub fn answering(&self) -> Duration {
+        Duration::from_millis(self.answering_ms.load(Ordering::Relaxed))
     }
 
     fn wait_counted(&self, wait: Duration) {
@@ -191,6 +199,7 @@ impl Client {
             attempts += 1;
             self.pace().await;
             self.requests.fetch_add(1, Ordering::Relaxed);
+            let asked = Instant::now();
             let sent = self
                 .http
                 .post(self.endpoint.clone())
@@ -210,6 +219,8 @@ impl Client {
                     let status = response.status();
                     let retry_after = retry_after(response.headers());
                     let text = response.text().await.unwrap_or_default();
+                    self.answering_ms
+                        .fetch_add(asked.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match status {
                         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                             return Err(MarketplacerError::KeyRefused {

@@ -101,8 +101,17 @@ impl Reconciler {
         let (run, window, resumed, notes) = self.start(&scope, options, now).await?;
         let mut findings: Findings = serde_json::from_str(&run.counts).unwrap_or_default();
         let letters = Arc::new(self.letters().await?);
-        let (requests_before, waited_before) = (self.client.requests(), self.client.waited());
-        let (base_requests, base_waited) = (findings.marketplacer_requests, findings.waited_ms);
+        let started = std::time::Instant::now();
+        let (requests_before, waited_before, answering_before) = (
+            self.client.requests(),
+            self.client.waited(),
+            self.client.answering(),
+        );
+        let (base_requests, base_waited, base_answering) = (
+            findings.marketplacer_requests,
+            findings.waited_ms,
+            findings.answering_ms,
+        );
         let mut step = Step::from_name(&run.step).unwrap_or(Step::Webhooks);
         let mut cursor = run.cursor.clone();
         let mut pages = 0u64;
@@ -135,6 +144,8 @@ impl Reconciler {
                 base_requests + (self.client.requests() - requests_before);
             findings.waited_ms = base_waited
                 + (self.client.waited().saturating_sub(waited_before)).as_millis() as u64;
+            findings.answering_ms = base_answering
+                + (self.client.answering().saturating_sub(answering_before)).as_millis() as u64;
             let keep = Keep {
                 engine: Arc::clone(&self.engine),
                 letters: Arc::clone(&letters),
@@ -184,6 +195,7 @@ impl Reconciler {
             report_only: !options.repair,
             findings,
             notes,
+            elapsed: started.elapsed(),
         })
     }
 

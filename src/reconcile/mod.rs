@@ -134,6 +134,9 @@ pub struct Findings {
     /// Requests to Marketplacer and time waited on its limits, over every part of the run.
     pub marketplacer_requests: u64,
     pub waited_ms: u64,
+    /// Time spent waiting for Marketplacer's answers, over every part of the run.
+    #[serde(default)]
+    pub answering_ms: u64,
 }
 
 impl Findings {
@@ -163,6 +166,8 @@ pub struct Report {
     pub findings: Findings,
     /// What the user should know about how the window was chosen.
     pub notes: Vec<String>,
+    /// How long this process took over it (a resumed run: since it resumed).
+    pub elapsed: Duration,
 }
 
 impl Report {
