@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 /// The alerts marketsync raises itself.
 ///
 /// Hook: `ReconciliationStale` (no successful reconciliation for a day, as the Prometheus rule
-/// `MarketsyncReconciliationStale`) belongs here once reconciliation exists; until then there
-/// is nothing to read it from, so it is not checked.
+/// `MarketsyncReconciliationStale`) belongs here next: the store has when a run last finished
+/// ([`Store::last_reconcile_run`]), and serve knows whether one is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Alert {

@@ -30,9 +30,11 @@ mod exceptions;
 mod intake;
 pub mod lock;
 mod outbox;
+mod reconcile;
 mod schema;
 mod status;
 
+pub use reconcile::{Found, ReconcileRun};
 pub use status::{LaneStatus, SentRequest, Status};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -638,7 +640,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 5);
+        assert_eq!(store.schema_version().unwrap(), 6);
         let letters = store.open_dead_letters(&Filter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].category, "retries-exhausted");

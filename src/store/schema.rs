@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -189,6 +189,41 @@ const V5: &str = r#"
 CREATE INDEX ledger_sent_at ON ledger (sent_at);
 "#;
 
+/// Version 6: reconciliation. A run keeps its window and how far its sweep got (the query and
+/// the cursor reached, and what it found so far, as the caller's opaque JSON), so a run that is
+/// killed resumes where it stopped and ends with the report an uninterrupted run gives; and the
+/// objects it has read, so each is counted once however many of its queries return it. It asks
+/// the ledger and the outbox whether a request with a given `unique_id` was accepted or is
+/// queued, hence their indexes.
+const V6: &str = r#"
+CREATE TABLE reconcile_run (
+    id            INTEGER PRIMARY KEY,
+    scope         TEXT    NOT NULL,   -- what is read: the instance, and whether it repairs
+    since         TEXT    NOT NULL,   -- the window, RFC 3339 UTC, until excluded
+    until         TEXT    NOT NULL,
+    step          TEXT    NOT NULL,   -- the query reached
+    cursor        TEXT,               -- its `after`, NULL for its first page
+    counts        TEXT    NOT NULL,   -- what the run found so far (JSON)
+    started_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    finished_at   INTEGER,
+    abandoned_at  INTEGER             -- another window was asked for before it finished
+) STRICT;
+CREATE INDEX reconcile_run_open ON reconcile_run (scope)
+    WHERE finished_at IS NULL AND abandoned_at IS NULL;
+CREATE INDEX reconcile_run_finished ON reconcile_run (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE reconcile_seen (
+    run_id     INTEGER NOT NULL REFERENCES reconcile_run (id),
+    object_id  TEXT    NOT NULL,
+    PRIMARY KEY (run_id, object_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX ledger_unique_id ON ledger (endpoint, unique_id) WHERE unique_id IS NOT NULL;
+CREATE INDEX outbox_open_unique_id ON outbox (endpoint, unique_id)
+    WHERE state IN ('pending', 'superseded') AND unique_id IS NOT NULL;
+"#;
+
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
 /// version inside its own write transaction, so two processes opening one new file do not
 /// both run a step.
@@ -310,7 +345,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 5 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 6 })
         ));
     }
 }
