@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -189,6 +189,45 @@ const V5: &str = r#"
 CREATE INDEX ledger_sent_at ON ledger (sent_at);
 "#;
 
+/// Version 6: a person's history (`marketsync customer`). Which deliveries concerned whom is
+/// kept as opaque keys the caller derives (`email:…`, `phone:…`), so the store stays free of
+/// Klaviyo's payloads; requests dropped at intake (once per key, stale, coalesced) are kept as
+/// facts, because "why was nothing sent?" is the question a customer asks. The indexes let a
+/// person's deliveries, requests, letters and warnings be read without a scan.
+///
+/// Files of earlier versions hold requests whose people are not indexed yet: the highest such
+/// outbox id is noted in `person_backfill`, and [`super::Store::backfill_people`] works down
+/// from it with the caller's reader of bodies, then deletes the note.
+const V6: &str = r#"
+-- Which deliveries concerned which person: one row per (key, delivery).
+CREATE TABLE person (
+    key       TEXT    NOT NULL,
+    inbox_id  INTEGER NOT NULL REFERENCES inbox (id),
+    PRIMARY KEY (key, inbox_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX person_inbox ON person (inbox_id);
+
+-- Requests a mapping produced that intake did not queue, and why.
+CREATE TABLE dropped_request (
+    id          INTEGER PRIMARY KEY,
+    inbox_id    INTEGER NOT NULL REFERENCES inbox (id),
+    mapping     TEXT    NOT NULL,
+    endpoint    TEXT    NOT NULL,
+    reason      TEXT    NOT NULL CHECK (reason IN ('once', 'stale', 'coalesced')),
+    once_key    TEXT,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX dropped_request_inbox ON dropped_request (inbox_id);
+
+CREATE INDEX outbox_inbox ON outbox (inbox_id);
+CREATE INDEX dead_letter_inbox ON dead_letter (inbox_id) WHERE inbox_id IS NOT NULL;
+CREATE INDEX warning_inbox ON warning (inbox_id);
+
+-- Requests written before version 6, whose people are still to be indexed: ids up to this.
+CREATE TABLE person_backfill (through_outbox_id INTEGER NOT NULL) STRICT;
+INSERT INTO person_backfill SELECT max(id) FROM outbox WHERE id IS NOT NULL HAVING max(id) IS NOT NULL;
+"#;
+
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
 /// version inside its own write transaction, so two processes opening one new file do not
 /// both run a step.
@@ -310,7 +349,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         assert!(matches!(
             migrate(&mut conn, MIGRATIONS),
-            Err(StoreError::SchemaTooNew { found: 7, known: 5 })
+            Err(StoreError::SchemaTooNew { found: 7, known: 6 })
         ));
     }
 }
