@@ -153,12 +153,17 @@ pub async fn read(client: &Client, local: &CustomerView) -> Result<KlaviyoView, 
     Ok(view)
 }
 
-/// GETs a path and gives the document, or why not.
+/// GETs a path and gives the document, or why not. The reason never carries the query,
+/// which names the person (an HTTP error quotes the URL it failed on).
 async fn get(client: &Client, path: &str) -> Result<Json, ReadError> {
+    let unnamed = |reason: String| match path.split_once('?') {
+        Some((_, query)) => reason.replace(query, "…"),
+        None => reason,
+    };
     match client.get(path, 1.0).await.0 {
         Outcome::Accepted { body, .. } => Ok(body.unwrap_or(Json::Null)),
         Outcome::KeyRefused { status, detail } => Err(ReadError::KeyRefused { status, detail }),
-        Outcome::Retry { reason, .. } => Err(ReadError::Failed(reason)),
+        Outcome::Retry { reason, .. } => Err(ReadError::Failed(unnamed(reason))),
         Outcome::Refused { status, errors } => Err(ReadError::Failed(format!(
             "{status}: {}",
             errors
