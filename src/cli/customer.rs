@@ -271,7 +271,7 @@ fn human(view: &CustomerView, klaviyo: Option<&Result<KlaviyoView, String>>) -> 
                 "  {} order {}: {}{sent} {}; the order carried: {}",
                 evidence.marketplace,
                 evidence.order.as_deref().unwrap_or("?"),
-                evidence.outcome,
+                evidence.outcome.replace('-', " "),
                 evidence.why,
                 evidence.evidence
             );
