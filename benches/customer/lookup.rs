@@ -58,7 +58,11 @@ fn phone(person: usize) -> String {
 /// Delivery `n`: shopper `n % people`'s order `n`.
 fn delivery(n: usize, people: usize) -> (String, String, Vec<NewRequest>, Vec<String>) {
     let person = n % people;
-    let marketplace = if n % 3 == 0 { "toyworld" } else { "petmarket" };
+    let marketplace = if n.is_multiple_of(3) {
+        "toyworld"
+    } else {
+        "petmarket"
+    };
     let node = json!({
         "__typename": "Invoice",
         "statusFlags": ["PAID"],
@@ -68,7 +72,7 @@ fn delivery(n: usize, people: usize) -> (String, String, Vec<NewRequest>, Vec<St
             "phone": phone(person),
             "createdAt": "2026-03-14T10:15:30+11:00",
             "updatedAt": "2026-03-14T10:15:30+11:00",
-            "metadata": [{"key": "accepts_marketing", "value": if n % 2 == 0 { "yes" } else { "no" }}],
+            "metadata": [{"key": "accepts_marketing", "value": if n.is_multiple_of(2) { "yes" } else { "no" }}],
         },
     });
     let text = json!({
@@ -98,7 +102,10 @@ fn delivery(n: usize, people: usize) -> (String, String, Vec<NewRequest>, Vec<St
     };
     let requests = vec![
         event("Placed Order", format!("{marketplace}:placed-order:{n}")),
-        event("Ordered Product", format!("{marketplace}:ordered-product:{n}:1")),
+        event(
+            "Ordered Product",
+            format!("{marketplace}:ordered-product:{n}:1"),
+        ),
         NewRequest {
             mapping: "profile".into(),
             endpoint: "/api/profile-import".into(),
@@ -124,7 +131,10 @@ fn delivery(n: usize, people: usize) -> (String, String, Vec<NewRequest>, Vec<St
             ..NewRequest::default()
         },
     ];
-    let people = vec![format!("email:{}", email(person)), format!("phone:{}", phone(person))];
+    let people = vec![
+        format!("email:{}", email(person)),
+        format!("phone:{}", phone(person)),
+    ];
     (marketplace.to_owned(), text, requests, people)
 }
 
@@ -152,7 +162,7 @@ fn build(options: &Options) -> Result<(), StoreError> {
             let ids: Vec<i64> = due.iter().step_by(2).map(|p| p.id).collect();
             store.mark_sent(&ids, 202, last as i64)?;
         }
-        if last % 100_000 == 0 || last == options.deliveries {
+        if last.is_multiple_of(100_000) || last == options.deliveries {
             eprintln!(
                 "{last} deliveries written ({:.0}s)",
                 started.elapsed().as_secs_f64()
@@ -183,7 +193,7 @@ fn main() {
     let mut found = 0;
     for i in 0..options.lookups {
         let person = (rand::random::<u64>() as usize) % options.people;
-        let given = if i % 4 == 0 {
+        let given = if i.is_multiple_of(4) {
             // As a person would type it.
             format!("04{:08}", 10_000_000 + person)
         } else {
@@ -193,7 +203,8 @@ fn main() {
         let lookup = Lookup::parse(&given, "AU").expect("readable");
         let view = customer::read(&store, &engine, &lookup).expect("a lookup");
         timings.push(started.elapsed().as_secs_f64() * 1000.0);
-        found += usize::from(view.found && view.timeline.len() >= options.deliveries / options.people);
+        found +=
+            usize::from(view.found && view.timeline.len() >= options.deliveries / options.people);
     }
     timings.sort_by(f64::total_cmp);
     let at = |q: f64| timings[((timings.len() - 1) as f64 * q).round() as usize];

@@ -90,7 +90,7 @@ fn paging(
     query: &HashMap<String, String>,
     default: usize,
     max: usize,
-) -> Result<(usize, usize), ApiError> {
+) -> Result<(usize, usize), Box<ApiError>> {
     let size = match query.get("page[size]") {
         None => default,
         Some(text) => text
@@ -98,10 +98,10 @@ fn paging(
             .ok()
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| {
-                ApiError::invalid_parameter(
+                Box::new(ApiError::invalid_parameter(
                     "page[size]",
                     format!("page[size] must be an integer from 1 to {max}."),
-                )
+                ))
             })?,
     };
     let offset = match query.get("page[cursor]") {
@@ -146,21 +146,27 @@ fn links(
     links
 }
 
-fn filter_of(query: &HashMap<String, String>, allowed: &[&str]) -> Result<Vec<Equals>, ApiError> {
+fn filter_of(
+    query: &HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<Vec<Equals>, Box<ApiError>> {
     let Some(text) = query.get("filter") else {
         return Ok(Vec::new());
     };
     let terms = parse_filter(text).ok_or_else(|| {
-        ApiError::invalid_parameter("filter", format!("Invalid filter provided: {text}"))
+        Box::new(ApiError::invalid_parameter(
+            "filter",
+            format!("Invalid filter provided: {text}"),
+        ))
     })?;
     if let Some(term) = terms.iter().find(|t| !allowed.contains(&t.field.as_str())) {
-        return Err(ApiError::invalid_parameter(
+        return Err(Box::new(ApiError::invalid_parameter(
             "filter",
             format!(
                 "'{}' is not a valid field for the resource with operator 'equals'.",
                 term.field
             ),
-        ));
+        )));
     }
     Ok(terms)
 }
@@ -171,7 +177,7 @@ pub(crate) fn get_profiles(
     store: &Store,
     base_url: &str,
 ) -> Reply {
-    let answer = || -> Result<Json, ApiError> {
+    let answer = || -> Result<Json, Box<ApiError>> {
         let terms = filter_of(query, &["id", "email", "phone_number", "external_id"])?;
         let (size, offset) = paging(query, 20, 100)?;
         let subscriptions = query
@@ -204,7 +210,7 @@ pub(crate) fn get_profiles(
     };
     match answer() {
         Ok(document) => Reply::json(StatusCode::OK, document),
-        Err(error) => Reply::error(error),
+        Err(error) => Reply::error(*error),
     }
 }
 
@@ -306,17 +312,17 @@ fn subscriptions_of(profile: &Profile, store: &Store) -> Json {
 
 /// `GET /api/events`.
 pub(crate) fn get_events(query: &HashMap<String, String>, store: &Store, base_url: &str) -> Reply {
-    let answer = || -> Result<Json, ApiError> {
+    let answer = || -> Result<Json, Box<ApiError>> {
         let terms = filter_of(query, &["profile_id", "metric_id"])?;
         let (size, offset) = paging(query, 200, 1000)?;
         let descending = match query.get("sort").map(String::as_str) {
             None | Some("datetime") | Some("timestamp") => false,
             Some("-datetime") | Some("-timestamp") => true,
             Some(other) => {
-                return Err(ApiError::invalid_parameter(
+                return Err(Box::new(ApiError::invalid_parameter(
                     "sort",
                     format!("'{other}' is not a valid sort field."),
-                ));
+                )));
             }
         };
         let include_metric = match query.get("include") {
@@ -324,10 +330,10 @@ pub(crate) fn get_events(query: &HashMap<String, String>, store: &Store, base_ur
             Some(include) => {
                 for item in include.split(',') {
                     if !["attributions", "metric", "profile"].contains(&item.trim()) {
-                        return Err(ApiError::invalid_parameter(
+                        return Err(Box::new(ApiError::invalid_parameter(
                             "include",
                             format!("'{item}' is not a valid related resource."),
-                        ));
+                        )));
                     }
                 }
                 include.split(',').any(|i| i.trim() == "metric")
@@ -410,7 +416,7 @@ pub(crate) fn get_events(query: &HashMap<String, String>, store: &Store, base_ur
     };
     match answer() {
         Ok(document) => Reply::json(StatusCode::OK, document),
-        Err(error) => Reply::error(error),
+        Err(error) => Reply::error(*error),
     }
 }
 

@@ -396,7 +396,14 @@ mod tests {
         let zoe = vec!["email:zoe@example.com".to_owned()];
         let placed = request("placed-order", "5001", r#"{"who":"zoe@example.com"}"#);
         store
-            .intake_concerning(&delivery("d1"), &[placed.clone()], &[], &[], &zoe, 1_000)
+            .intake_concerning(
+                &delivery("d1"),
+                std::slice::from_ref(&placed),
+                &[],
+                &[],
+                &zoe,
+                1_000,
+            )
             .unwrap();
         // Someone else's delivery is not hers.
         store
