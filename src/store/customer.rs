@@ -530,6 +530,40 @@ mod tests {
         assert_eq!(ids, ["d5", "d4", "d3", "d1"]);
     }
 
+    /// A delivery whose mapping failed at intake named nobody; mapped again by `retry`, it is
+    /// noted under the people its requests name, and its letter shows as closed.
+    #[test]
+    fn a_retried_delivery_is_found_by_its_person() {
+        let mut store = Store::in_memory().unwrap();
+        let failure = super::super::NewDeadLetter {
+            mapping: Some("placed-order".into()),
+            category: "mapping:missing-field".into(),
+            reason: "`email` is missing".into(),
+            details: serde_json::json!({}),
+        };
+        store
+            .intake(&delivery("d1"), &[], std::slice::from_ref(&failure), 0)
+            .unwrap();
+        let zoe = vec!["email:zoe@example.com".to_owned()];
+        assert!(
+            store
+                .person_history(&zoe, 10)
+                .unwrap()
+                .deliveries
+                .is_empty()
+        );
+        let letter = store.dead_letters(None, None).unwrap()[0].id;
+        let placed = request("placed-order", "5001", "{}");
+        store
+            .requeue_concerning(letter, &[placed], &zoe, 5)
+            .unwrap();
+        let history = store.person_history(&zoe, 10).unwrap();
+        let delivery = &history.deliveries[0];
+        assert_eq!(delivery.requests.len(), 1);
+        assert_eq!(delivery.letters.len(), 1);
+        assert_eq!(delivery.letters[0].closed.as_ref().unwrap().at, 5);
+    }
+
     /// A new file has nothing to backfill.
     #[test]
     fn a_new_file_has_nothing_to_backfill() {
