@@ -22,6 +22,7 @@
 //! ```
 
 pub mod alerts;
+pub mod customer;
 pub mod diagnostic;
 pub mod engine;
 mod group_commit;

@@ -4,6 +4,7 @@
 //! constant here and the README lists them.
 
 mod config;
+mod customer;
 mod dead;
 mod exceptions;
 mod explain;
@@ -35,6 +36,7 @@ pub const EXIT_OK: u8 = 0;
 /// `reconcile`: something was missing (repairs queued) or wrong (a webhook disabled).
 /// `explain`: the mapping did not match, was rejected or produced no request. `dead`,
 /// `exceptions`: an id does not exist or is closed already (and nothing was changed).
+/// `customer`: no delivery concerned the person.
 pub const EXIT_REJECTED: u8 = 1;
 /// The command line was wrong (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
@@ -60,8 +62,8 @@ pub const EXIT_DISABLED: u8 = 7;
     version,
     about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
     after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate), no \
-                  request (explain), an unknown or closed id (dead, exceptions) or something \
-                  missing or wrong (reconcile), \
+                  request (explain), an unknown or closed id (dead, exceptions), an unknown person \
+                  (customer) or something missing or wrong (reconcile), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
                   5 Klaviyo (or Marketplacer) refused the API key, 6 Klaviyo unavailable (run; the \
                   queue is kept) or Marketplacer unreachable (reconcile; the checkpoint is kept), \
@@ -92,6 +94,7 @@ enum Command {
     Schemas(schemas::Args),
     Standin(standin::Args),
     Replay(replay::Args),
+    Customer(customer::Args),
 }
 
 /// Where mappings come from: a folder, or the default set built into the binary, with a
@@ -392,6 +395,7 @@ pub fn main() -> ExitCode {
         Command::Schemas(args) => schemas::execute(args),
         Command::Standin(args) => standin::execute(args),
         Command::Replay(args) => replay::execute(args),
+        Command::Customer(args) => customer::execute(args),
     };
     ExitCode::from(code)
 }

@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -222,6 +222,45 @@ CREATE TABLE reconcile_seen (
 CREATE INDEX ledger_unique_id ON ledger (endpoint, unique_id) WHERE unique_id IS NOT NULL;
 CREATE INDEX outbox_open_unique_id ON outbox (endpoint, unique_id)
     WHERE state IN ('pending', 'superseded') AND unique_id IS NOT NULL;
+"#;
+
+/// Version 7: a person's history (`marketsync customer`). Which deliveries concerned whom is
+/// kept as opaque keys the caller derives (`email:…`, `phone:…`), so the store stays free of
+/// Klaviyo's payloads; requests dropped at intake (once per key, stale, coalesced) are kept as
+/// facts, because "why was nothing sent?" is the question a customer asks. The indexes let a
+/// person's deliveries, requests, letters and warnings be read without a scan.
+///
+/// Files of earlier versions hold requests whose people are not indexed yet: the highest such
+/// outbox id is noted in `person_backfill`, and [`super::Store::backfill_people`] works down
+/// from it with the caller's reader of bodies, then deletes the note.
+const V7: &str = r#"
+-- Which deliveries concerned which person: one row per (key, delivery).
+CREATE TABLE person (
+    key       TEXT    NOT NULL,
+    inbox_id  INTEGER NOT NULL REFERENCES inbox (id),
+    PRIMARY KEY (key, inbox_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX person_inbox ON person (inbox_id);
+
+-- Requests a mapping produced that intake did not queue, and why.
+CREATE TABLE dropped_request (
+    id          INTEGER PRIMARY KEY,
+    inbox_id    INTEGER NOT NULL REFERENCES inbox (id),
+    mapping     TEXT    NOT NULL,
+    endpoint    TEXT    NOT NULL,
+    reason      TEXT    NOT NULL CHECK (reason IN ('once', 'stale', 'coalesced')),
+    once_key    TEXT,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX dropped_request_inbox ON dropped_request (inbox_id);
+
+CREATE INDEX outbox_inbox ON outbox (inbox_id);
+CREATE INDEX dead_letter_inbox ON dead_letter (inbox_id) WHERE inbox_id IS NOT NULL;
+CREATE INDEX warning_inbox ON warning (inbox_id);
+
+-- Requests written before version 7, whose people are still to be indexed: ids up to this.
+CREATE TABLE person_backfill (through_outbox_id INTEGER NOT NULL) STRICT;
+INSERT INTO person_backfill SELECT max(id) FROM outbox WHERE id IS NOT NULL HAVING max(id) IS NOT NULL;
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
