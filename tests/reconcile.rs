@@ -572,6 +572,10 @@ fn the_command_says_what_is_wrong_with_its_window_instance_or_keys() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("KLAVIYO_API_KEY"), "{stderr}");
     assert!(stderr.contains("--no-send or --report-only"), "{stderr}");
+    // A mistyped --state: against a new file everything would be missing, opt-ins included.
+    let (code, stderr) = reconcile(&[&url[..], &["--report-only"]].concat(), &key);
+    assert_eq!(code, Some(4));
+    assert!(stderr.contains("no such file"), "{stderr}");
     assert!(!state.exists(), "nothing was written");
 }
 
@@ -579,11 +583,13 @@ fn the_command_says_what_is_wrong_with_its_window_instance_or_keys() {
 async fn a_refused_marketplacer_key_exits_5_without_printing_it() {
     let standin = StandIn::start(mp::Config::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    drop(Store::open(&state).unwrap());
     let output = common::marketsync()
         .args(["reconcile", "--report-only", "--marketplacer-url"])
         .arg(standin.url())
         .arg("--state")
-        .arg(dir.path().join("state.db"))
+        .arg(&state)
         .env("MARKETPLACER_API_KEY", "mp_not_this_one")
         .output()
         .unwrap();

@@ -130,7 +130,8 @@ for scenario in a b; do
   [[ $ONLY == *$scenario* ]] || continue
   case $scenario in
     a) name="a. received and sent"; cp "$SENT_STATE" "$RUN/a.db"; state=$RUN/a.db ;;
-    b) name="b. empty state file"; state=$RUN/b.db ;;
+    b) name="b. empty state file"; state=$RUN/b.db
+       "$BIN" run --state "$state" </dev/null >/dev/null 2>&1 || die "no empty state file" ;;
   esac
   say "$name"
   reconcile "$scenario" "$state"

@@ -44,7 +44,8 @@ already queued, or missing. Missing ones are queued as repairs with the same key
 drops one that did arrive after all) and sent, as `run` sends, unless --no-send. With
 --report-only nothing is queued or sent.
 
-A run keeps a checkpoint in the state file: killed, it resumes on the next run (with no window
+The state file must exist (the one `run` or `serve` keeps): against a new one everything would
+be missing, opt-ins included. A run keeps a checkpoint in the state file: killed, it resumes on the next run (with no window
 given, or the same one) and ends with the same report. A second run over the same window finds
 nothing missing. One writer per state file: with `serve` running, use its `reconcile: schedule:`
 instead.
@@ -119,6 +120,12 @@ pub fn execute(args: Args) -> u8 {
     } else {
         None
     };
+    // Against a state file that does not exist, everything would be missing: every order of
+    // the window sent again and, worse, every opt-in (a new file has forgotten who was
+    // subscribed). A mistyped --state is an error, as for `status` and `retry`.
+    if let Err(code) = args.state.exists() {
+        return code;
+    }
     let _lock = match args.state.lock() {
         Ok(lock) => lock,
         Err(code) => return code,
@@ -302,7 +309,7 @@ fn reconcile_failed(err: &ReconcileError) -> u8 {
             MarketplacerError::Unreachable { .. } | MarketplacerError::Unavailable { .. },
         ) => EXIT_UNAVAILABLE,
         ReconcileError::Queries(_) => EXIT_BAD_MAPPINGS,
-        ReconcileError::Unreadable { operation, .. } if operation == "the window" => EXIT_USAGE,
+        ReconcileError::Window(_) => EXIT_USAGE,
         _ => EXIT_IO,
     };
     if matches!(code, EXIT_UNAVAILABLE | EXIT_IO | EXIT_KEY_REFUSED) {
@@ -457,6 +464,8 @@ fn json_report(report: &Report, sent: Option<&DeliveryReport>) -> serde_json::Va
         "missing": report.findings.missing_total(),
         "anything_wrong": report.findings.anything_wrong(),
         "elapsed_seconds": report.elapsed.as_secs_f64(),
+        "mapping_seconds": report.mapping.as_secs_f64(),
+        "state_file_seconds": report.storing.as_secs_f64(),
     });
     if let Some(sent) = sent {
         out["sent"] = json!({

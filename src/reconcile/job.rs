@@ -115,22 +115,15 @@ impl Reconciler {
         let mut step = Step::from_name(&run.step).unwrap_or(Step::Webhooks);
         let mut cursor = run.cursor.clone();
         let mut pages = 0u64;
+        let timings = Arc::new(Timings::default());
+        // The next page is asked for while this one is mapped and kept: Marketplacer's time
+        // and ours overlap. Only a kept page moves the checkpoint.
+        let mut prefetched: Option<Result<Json, ReconcileError>> = None;
         loop {
-            let query = &self
-                .queries
-                .iter()
-                .find(|(s, _)| *s == step)
-                .expect("a query per step")
-                .1;
-            let mut variables = json!({ "after": cursor });
-            if step.windowed() {
-                variables["since"] = json!(window.since_text());
-                variables["until"] = json!(window.until_text());
-            }
-            let data = self
-                .client
-                .query(step.operation(), query, variables)
-                .await?;
+            let data = match prefetched.take() {
+                Some(fetched) => fetched?,
+                None => self.fetch(step, cursor.as_deref(), &window).await?,
+            };
             let page = Page::read(step, data)?;
             let next = match (&page.has_next, &page.end_cursor) {
                 (true, Some(end)) => Some((step, Some(end.clone()))),
@@ -153,24 +146,39 @@ impl Reconciler {
                 window,
                 repair: options.repair,
                 origin: format!("reconcile {}..{}", window.since_text(), window.until_text()),
+                timings: Arc::clone(&timings),
             };
             let store = Arc::clone(&self.store);
             let next_checkpoint = next.clone();
-            findings = tokio::task::spawn_blocking(move || {
+            let kept = tokio::task::spawn_blocking(move || {
                 // Mapping is the slow part, and needs no store: done before the store is
                 // taken, so that webhooks `serve` receives meanwhile are not held up.
+                let mapping = std::time::Instant::now();
                 let objects = keep.prepare(&page, findings.marketplace.as_deref())?;
+                keep.timings.add(&keep.timings.mapping_ms, mapping);
+                let storing = std::time::Instant::now();
                 let mut store = store.lock().expect("store lock");
-                keep.page(
+                let kept = keep.page(
                     &mut store,
                     page,
                     objects,
                     findings,
                     next_checkpoint.as_ref(),
-                )
-            })
-            .await
-            .expect("a page is kept without panicking")?;
+                );
+                keep.timings.add(&keep.timings.storing_ms, storing);
+                kept
+            });
+            let fetch_next = async {
+                match &next {
+                    Some((step, cursor)) => {
+                        Some(self.fetch(*step, cursor.as_deref(), &window).await)
+                    }
+                    None => None,
+                }
+            };
+            let (kept, fetched) = tokio::join!(kept, fetch_next);
+            findings = kept.expect("a page is kept without panicking")?;
+            prefetched = fetched;
             pages += 1;
             on_page(&Progress {
                 step,
@@ -196,7 +204,33 @@ impl Reconciler {
             findings,
             notes,
             elapsed: started.elapsed(),
+            mapping: timings.get(&timings.mapping_ms),
+            storing: timings.get(&timings.storing_ms),
         })
+    }
+
+    /// One page of `step`'s query, from `cursor` on.
+    async fn fetch(
+        &self,
+        step: Step,
+        cursor: Option<&str>,
+        window: &Window,
+    ) -> Result<Json, ReconcileError> {
+        let query = &self
+            .queries
+            .iter()
+            .find(|(s, _)| *s == step)
+            .expect("a query per step")
+            .1;
+        let mut variables = json!({ "after": cursor });
+        if step.windowed() {
+            variables["since"] = json!(window.since_text());
+            variables["until"] = json!(window.until_text());
+        }
+        Ok(self
+            .client
+            .query(step.operation(), query, variables)
+            .await?)
     }
 
     /// The run to go on with: the unfinished one of this scope when it is the one asked for,
@@ -226,11 +260,7 @@ impl Reconciler {
                     None => {}
                 }
             }
-            let (window, note) =
-                window::window(&ask, now).map_err(|problem| ReconcileError::Unreadable {
-                    operation: "the window".into(),
-                    problem,
-                })?;
+            let (window, note) = window::window(&ask, now).map_err(ReconcileError::Window)?;
             notes.extend(note);
             let counts = serde_json::to_string(&Findings::default()).expect("findings serialise");
             let run = store.start_reconcile_run(
@@ -356,6 +386,26 @@ struct Object {
     requests: Vec<NewRequest>,
 }
 
+/// Where this process's time went, besides Marketplacer's answers.
+#[derive(Debug, Default)]
+struct Timings {
+    mapping_ms: std::sync::atomic::AtomicU64,
+    storing_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Timings {
+    fn add(&self, counter: &std::sync::atomic::AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(
+            since.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn get(&self, counter: &std::sync::atomic::AtomicU64) -> std::time::Duration {
+        std::time::Duration::from_millis(counter.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// What keeping a page needs, owned (it runs on a blocking thread).
 struct Keep {
     engine: Arc<Engine>,
@@ -364,6 +414,7 @@ struct Keep {
     window: Window,
     repair: bool,
     origin: String,
+    timings: Arc<Timings>,
 }
 
 impl Keep {

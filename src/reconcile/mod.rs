@@ -57,6 +57,9 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error("{operation}: {problem}")]
     Unreadable { operation: String, problem: String },
+    /// The window asked for is empty (or inside the settle delay).
+    #[error("{0}")]
+    Window(String),
     #[error(
         "the webhook queries cannot be put into the reconciliation queries: {0} (run `marketsync validate`)"
     )]
@@ -148,6 +151,7 @@ impl Findings {
     pub fn anything_wrong(&self) -> bool {
         self.missing_total() > 0
             || self.left_with_dead_letters > 0
+            || self.dead_letters.left_open > 0
             || !self.webhooks.is_empty()
             || !self.mapping_errors.is_empty()
     }
@@ -168,6 +172,10 @@ pub struct Report {
     pub notes: Vec<String>,
     /// How long this process took over it (a resumed run: since it resumed).
     pub elapsed: Duration,
+    /// Of that, mapping the records read, and classifying and keeping them in the state file
+    /// (each overlaps with waiting for Marketplacer's next page).
+    pub mapping: Duration,
+    pub storing: Duration,
 }
 
 impl Report {
