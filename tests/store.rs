@@ -396,6 +396,58 @@ fn a_superseded_row_in_flight_is_marked_without_losing_the_newer_one() {
 
 // ---- the sink's side ------------------------------------------------------------------------
 
+/// Issue 13: the sender asks for what is due beside what it has in flight: rows in flight are
+/// left out without counting toward the limit, the rest keep their order, and a skipped
+/// endpoint's rows are left out too.
+#[test]
+fn due_rows_beside_those_in_flight_keep_their_order() {
+    let mut store = Store::in_memory().unwrap();
+    for (n, order) in ["1", "2", "3", "4", "5"].into_iter().enumerate() {
+        let id = format!("D{order}");
+        store
+            .intake(&delivery(&id), &[placed_order(order)], &[], n as i64)
+            .unwrap();
+    }
+    let all = store.due("transaction", 10, 10).unwrap();
+    let ids: Vec<i64> = all.iter().map(|p| p.id).collect();
+    let in_flight = [ids[0], ids[2]];
+    let beside = store
+        .due_beside("transaction", 10, 2, &[], |id| in_flight.contains(&id))
+        .unwrap();
+    assert_eq!(
+        beside.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [ids[1], ids[3]]
+    );
+    assert_eq!(beside[0], all[1], "read whole, body and delivery included");
+    let beside = store
+        .due_beside("transaction", 10, 10, &["/api/events"], |_| false)
+        .unwrap();
+    assert!(beside.is_empty(), "a skipped endpoint's rows are left out");
+
+    assert!(
+        store
+            .pending_reaches("transaction", "/api/events", 5)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .pending_reaches("transaction", "/api/events", 6)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .pending_reaches("transaction", "/api/profile-import", 1)
+            .unwrap()
+    );
+    store.mark_sent(&[ids[4]], 202, 20).unwrap();
+    assert!(
+        !store
+            .pending_reaches("transaction", "/api/events", 5)
+            .unwrap(),
+        "a sent row is not pending"
+    );
+}
+
 #[test]
 fn due_rows_come_oldest_first_once_their_time_has_come() {
     let mut store = Store::in_memory().unwrap();
@@ -1018,13 +1070,13 @@ fn reopening_keeps_rows_and_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = file_store(dir.path());
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), 8);
         store
             .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
             .unwrap();
     }
     let mut store = file_store(dir.path());
-    assert_eq!(store.schema_version().unwrap(), 7);
+    assert_eq!(store.schema_version().unwrap(), 8);
     assert_eq!(store.pending_count("transaction", None).unwrap(), 1);
     assert!(
         store

@@ -374,17 +374,18 @@ impl Sink {
                     if unavailable.contains(&endpoint) {
                         continue;
                     }
-                    let backlog = store.pending_count(lane.as_str(), Some(endpoint.path()))?;
-                    if backlog >= self.bulk_threshold(endpoint) {
+                    let threshold = self.bulk_threshold(endpoint);
+                    if store.pending_reaches(lane.as_str(), endpoint.path(), threshold)? {
                         bulk.push(endpoint);
                     }
                 }
                 let extra = if bulk.is_empty() { 0 } else { bulk::MAX_ITEMS };
-                store.due_except(
+                store.due_beside(
                     lane.as_str(),
                     now_ms(),
-                    room + in_flight.len() + extra,
+                    room + extra,
                     &resting_paths,
+                    |id| in_flight.contains_key(&id),
                 )?
             };
             let mut started = 0;
@@ -394,7 +395,7 @@ impl Sink {
             let mut taken: HashSet<(String, String)> =
                 in_flight.values().flatten().cloned().collect();
             for row in due {
-                if started == room || in_flight.contains_key(&row.id) {
+                if started == room {
                     continue;
                 }
                 let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));

@@ -647,7 +647,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), 8);
         let letters = store.open_dead_letters(&Filter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].category, "retries-exhausted");

@@ -3,6 +3,14 @@
 use super::{Attempt, CONSENT_ENDPOINT, Pending, Store, StoreError, count_at, excerpt, ledger_key};
 use rusqlite::{Connection, OptionalExtension, params};
 
+/// A lane's due rows, oldest first (by when they were queued, then by id): the order of the
+/// `outbox_due` index, which also holds the columns filtered on, so the read never sorts and
+/// never reads a row.
+const DUE_IDS: &str = "SELECT id FROM outbox
+     WHERE state = 'pending' AND lane = ?1 AND next_attempt_at <= ?2
+       AND endpoint NOT IN (SELECT value FROM json_each(?3))
+     ORDER BY created_at, id";
+
 impl Store {
     /// Pending rows of a lane whose `next_attempt_at` has come, oldest first (by when they were
     /// queued; a row that superseded an older one has the older one's place).
@@ -25,19 +33,51 @@ impl Store {
         limit: usize,
         skipped: &[&str],
     ) -> Result<Vec<Pending>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.due_beside(lane, now, limit, skipped, |_| false)
+    }
+
+    /// [`Store::due_except`] without the rows `in_flight` says the caller is sending already:
+    /// up to `limit` due rows it is not sending yet.
+    ///
+    /// A sender with a backlog in flight (a bulk job of thousands of requests, waiting for
+    /// Klaviyo to finish it) asks many times a second for what else is due. The due order is
+    /// read from the index alone, and only the rows wanted are then read whole: their bodies,
+    /// kilobytes each, are never read for rows that are left out or already in flight.
+    pub fn due_beside(
+        &self,
+        lane: &str,
+        now: i64,
+        limit: usize,
+        skipped: &[&str],
+        in_flight: impl Fn(i64) -> bool,
+    ) -> Result<Vec<Pending>, StoreError> {
         let skipped = serde_json::to_string(skipped).expect("a list of strings serialises");
+        let mut ids: Vec<i64> = Vec::new();
+        // No LIMIT: rows are read as the index gives them, and the read stops once enough
+        // rows are not in flight.
+        let mut in_order = self.conn.prepare_cached(DUE_IDS)?;
+        let mut rows = in_order.query(params![lane, now, skipped])?;
+        while ids.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let id: i64 = row.get(0)?;
+            if !in_flight(id) {
+                ids.push(id);
+            }
+        }
+        drop(rows);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&ids).expect("a list of numbers serialises");
         let mut statement = self.conn.prepare_cached(
             "SELECT o.id, o.mapping, o.endpoint, o.lane, o.body, o.once_key, o.unique_id,
                     o.waits_for, o.coalesce_key, o.version, o.attempts, o.last_error,
                     o.created_at, i.marketplace, i.delivery_id
              FROM outbox o JOIN inbox i ON i.id = o.inbox_id
-             WHERE o.state = 'pending' AND o.lane = ?1 AND o.next_attempt_at <= ?2
-               AND o.endpoint NOT IN (SELECT value FROM json_each(?4))
-             ORDER BY o.created_at, o.id
-             LIMIT ?3",
+             WHERE o.id IN (SELECT value FROM json_each(?1))
+             ORDER BY o.created_at, o.id",
         )?;
-        let rows = statement.query_map(params![lane, now, limit, skipped], |r| {
+        let rows = statement.query_map([ids], |r| {
             Ok(Pending {
                 id: r.get(0)?,
                 mapping: r.get(1)?,
@@ -56,6 +96,25 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether at least `n` rows of a lane's endpoint are pending, due or not: counts no
+    /// further than `n`, so a deep backlog costs no more to ask about than a shallow one.
+    pub fn pending_reaches(
+        &self,
+        lane: &str,
+        endpoint: &str,
+        n: usize,
+    ) -> Result<bool, StoreError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let found: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM outbox
+                  WHERE state = 'pending' AND lane = ?1 AND endpoint = ?2 LIMIT ?3)",
+            )?
+            .query_row(params![lane, endpoint, n], |r| r.get(0))?;
+        Ok(found >= n)
     }
 
     /// Pending rows of a lane, of one endpoint or all, due or not.
@@ -298,5 +357,37 @@ fn unless_superseded(conn: &Connection, id: i64, changed: usize) -> Result<(), S
             id,
             state: state.to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite plans for a query, one line per step.
+    fn plan(store: &Store, sql: &str, params: impl rusqlite::Params) -> String {
+        let mut explain = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let steps = explain
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    /// Issue 13: the sender's read of due rows walks the index in due order and stops at what
+    /// it needs; a sort would read the whole pending lane on every call.
+    #[test]
+    fn the_due_order_is_read_from_the_index_without_a_sort() {
+        let store = Store::in_memory().unwrap();
+        let plan = plan(&store, DUE_IDS, params!["transaction", 0, "[]"]);
+        assert!(
+            plan.contains("USING COVERING INDEX outbox_due (lane=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 }

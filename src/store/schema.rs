@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -261,6 +261,18 @@ CREATE INDEX warning_inbox ON warning (inbox_id);
 -- Requests written before version 7, whose people are still to be indexed: ids up to this.
 CREATE TABLE person_backfill (through_outbox_id INTEGER NOT NULL) STRICT;
 INSERT INTO person_backfill SELECT max(id) FROM outbox WHERE id IS NOT NULL HAVING max(id) IS NOT NULL;
+"#;
+
+/// Version 8: the sender reads a lane's due requests oldest first (`created_at, id`), many
+/// times a second while webhooks arrive. The index of version 1 was on `next_attempt_at`, so
+/// every read sorted the whole pending lane, bodies included, under the store's lock that
+/// intake needs too (0.1 s with 3,000 requests pending). This one is in the order of the read,
+/// and holds what the read filters on (when due, the endpoint), so the read walks the index,
+/// leaves out what it does not want without touching the rows, and stops once it has enough.
+const V8: &str = r#"
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox (lane, created_at, id, next_attempt_at, endpoint)
+    WHERE state = 'pending';
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
