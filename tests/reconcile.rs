@@ -333,7 +333,7 @@ fn by_key<'r>(requests: impl IntoIterator<Item = &'r marketsync::klaviyo::Reques
 #[tokio::test(flavor = "multi_thread")]
 async fn per_default_mapping_the_reconcile_path_gives_the_webhooks_requests() {
     use marketsync::queries::reconcile::{Step, reconcile_queries};
-    use marketsync::source::reconcile::{invoice_facts, refund_fact};
+    use marketsync::source::reconcile::{Shapes, invoice_facts, refund_fact};
     let engine = common::engine();
     let files: Vec<String> = [
         "orders.ndjson",
@@ -365,6 +365,7 @@ async fn per_default_mapping_the_reconcile_path_gives_the_webhooks_requests() {
     .await
     .unwrap();
     let client = client(&standin, options());
+    let shapes = Shapes::of(engine.queries());
     let (queries, problems) = reconcile_queries(engine.queries(), 2);
     assert!(problems.is_empty(), "{problems:?}");
     let mut records = Vec::new();
@@ -387,13 +388,11 @@ async fn per_default_mapping_the_reconcile_path_gives_the_webhooks_requests() {
             let connection = &data[step.root()];
             for node in connection["nodes"].as_array().unwrap() {
                 let facts = match step {
-                    Step::RefundedRequests => {
-                        refund_fact(node, engine.queries(), Some("petmarket"))
-                            .unwrap()
-                            .into_iter()
-                            .collect()
-                    }
-                    _ => invoice_facts(node, engine.queries(), Some("petmarket")).unwrap(),
+                    Step::RefundedRequests => refund_fact(node, &shapes, Some("petmarket"))
+                        .unwrap()
+                        .into_iter()
+                        .collect(),
+                    _ => invoice_facts(node, &shapes, Some("petmarket")).unwrap(),
                 };
                 records.extend(facts.into_iter().map(|f| f.record));
             }

@@ -11,9 +11,10 @@
 #      each a `marketsync reconcile --report-only` over exactly the day, against a fresh
 #      Marketplacer stand-in serving the day, timed (wall, and peak RSS with /usr/bin/time);
 #   3. prints, per scenario: orders and records read, requests expected, Marketplacer requests,
-#      the run's wall time and how it splits: waiting for Marketplacer's answers (the stand-in
-#      executing each page, on the same 2 cores), waiting on the rate limit, and the rest
-#      (parsing the pages, mapping, asking the state file).
+#      the run's wall time and where it goes: waiting for Marketplacer's answers (the stand-in
+#      executing each page, on the same 2 cores), waiting on the rate limit, mapping the
+#      records, classifying them in the state file (the next page is asked for while a page is
+#      mapped and kept, so these overlap).
 #
 #   benches/reconcile/run.sh [--count N] [--page-size N] [--only a|b]
 #
@@ -124,8 +125,8 @@ reconcile() {
 }
 
 printf '\nA day of %s deliveries: %s orders (page size %s)\n' "$COUNT" "$ORDERS" "$PAGE_SIZE"
-printf '%-30s %8s %8s %9s %9s %9s %9s %9s %9s %8s\n' scenario records expected accepted missing \
-  requests wall_s answers_s limits_s rss_MB
+printf '%-24s %8s %8s %9s %8s %8s %7s %9s %8s %9s %8s %7s\n' scenario records expected accepted \
+  missing requests wall_s answers_s limits_s mapping_s state_s rss_MB
 for scenario in a b; do
   [[ $ONLY == *$scenario* ]] || continue
   case $scenario in
@@ -142,9 +143,10 @@ rss_kb = int(open(sys.argv[2]).read().split()[-1])
 f = report["findings"]
 records = sum(f["read"].values())
 missing = report["missing"]
-print(f'{sys.argv[3]:<30} {records:>8} {f["expected"]:>8} {f["accepted"]:>9} {missing:>9} '
-      f'{f["marketplacer_requests"]:>9} {report["elapsed_seconds"]:>9.1f} '
-      f'{f["answering_ms"] / 1000:>9.1f} {f["waited_ms"] / 1000:>9.1f} {rss_kb / 1024:>8.0f}')
+print(f'{sys.argv[3]:<24} {records:>8} {f["expected"]:>8} {f["accepted"]:>9} {missing:>8} '
+      f'{f["marketplacer_requests"]:>8} {report["elapsed_seconds"]:>7.1f} '
+      f'{f["answering_ms"] / 1000:>9.1f} {f["waited_ms"] / 1000:>8.1f} '
+      f'{report["mapping_seconds"]:>9.1f} {report["state_file_seconds"]:>8.1f} {rss_kb / 1024:>7.0f}')
 wrong = (sys.argv[4] == "a" and missing > 0) or (sys.argv[4] == "b" and f["accepted"] > 0)
 sys.exit(1 if wrong else 0)
 EOF

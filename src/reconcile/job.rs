@@ -7,7 +7,7 @@ use crate::engine::{Engine, Mapped};
 use crate::marketplacer::Client;
 use crate::queries::reconcile::{Step, reconcile_queries};
 use crate::source::Record;
-use crate::source::reconcile::{Fact, invoice_facts, refund_fact};
+use crate::source::reconcile::{Fact, Shapes, invoice_facts, refund_fact};
 use crate::store::{
     DeliveryRecord, Filter, Found, NewDeadLetter, NewRequest, ReconcileRun, Store, ledger_key,
 };
@@ -40,6 +40,7 @@ pub struct Reconciler {
     store: Arc<Mutex<Store>>,
     client: Arc<Client>,
     queries: Vec<(Step, String)>,
+    shapes: Arc<Shapes>,
 }
 
 /// Dead letters refused for good: the same body would be refused again.
@@ -75,11 +76,13 @@ impl Reconciler {
             .into_iter()
             .map(|(step, query)| (step, query.render()))
             .collect();
+        let shapes = Arc::new(Shapes::of(engine.queries()));
         Ok(Reconciler {
             engine,
             store,
             client,
             queries,
+            shapes,
         })
     }
 
@@ -147,6 +150,7 @@ impl Reconciler {
                 repair: options.repair,
                 origin: format!("reconcile {}..{}", window.since_text(), window.until_text()),
                 timings: Arc::clone(&timings),
+                shapes: Arc::clone(&self.shapes),
             };
             let store = Arc::clone(&self.store);
             let next_checkpoint = next.clone();
@@ -415,6 +419,7 @@ struct Keep {
     repair: bool,
     origin: String,
     timings: Arc<Timings>,
+    shapes: Arc<Shapes>,
 }
 
 impl Keep {
@@ -426,12 +431,12 @@ impl Keep {
         marketplace: Option<&str>,
     ) -> Result<Vec<Object>, ReconcileError> {
         let operation = page.step.operation();
-        let queries = self.engine.queries();
+        let shapes = &*self.shapes;
         let mut facts = Vec::new();
         match page.step {
             Step::UpdatedInvoices | Step::PaidInvoices => {
                 for node in &page.nodes {
-                    let read = invoice_facts(node, queries, marketplace)
+                    let read = invoice_facts(node, shapes, marketplace)
                         .map_err(|e| ReconcileError::from((operation, e)))?;
                     for (index, fact) in read.into_iter().enumerate() {
                         // The invoice is in the window by the query's filter; its children
@@ -444,7 +449,7 @@ impl Keep {
             }
             Step::RefundedRequests => {
                 for node in &page.nodes {
-                    if let Some(fact) = refund_fact(node, queries, marketplace)
+                    if let Some(fact) = refund_fact(node, shapes, marketplace)
                         .map_err(|e| ReconcileError::from((operation, e)))?
                     {
                         facts.push((fact, false));

@@ -14,7 +14,8 @@
 //! a client mapping that does sees what its webhook would have sent.
 
 use super::{Record, RecordError};
-use crate::queries::{Query, QuerySet, SelectionSet};
+use crate::queries::{QuerySet, SelectionSet};
+use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};
 use std::sync::Arc;
 
@@ -28,23 +29,44 @@ pub struct Fact {
     pub times: Vec<String>,
 }
 
+/// What a record of each webhook type holds (each query's [`crate::queries::Query::record`]),
+/// worked out once for a run rather than for every object read.
+#[derive(Debug, Clone, Default)]
+pub struct Shapes(IndexMap<String, SelectionSet>);
+
+impl Shapes {
+    pub fn of(queries: &QuerySet) -> Shapes {
+        Shapes(
+            queries
+                .queries
+                .iter()
+                .map(|(type_name, query)| (type_name.clone(), query.record()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, type_name: &str) -> Option<&SelectionSet> {
+        self.0.get(type_name)
+    }
+}
+
 /// An invoice node of the reconciliation's invoice queries: the invoice's record, then one for
 /// each of its shipments and refund requests (in that order), for the webhook types the
 /// queries hold.
 pub fn invoice_facts(
     node: &Json,
-    queries: &QuerySet,
+    shapes: &Shapes,
     marketplace: Option<&str>,
 ) -> Result<Vec<Fact>, RecordError> {
     let mut facts = Vec::new();
-    if let Some(query) = queries.query("Invoice") {
+    if let Some(query) = shapes.get("Invoice") {
         facts.push(fact("Invoice", node, &[], query, marketplace)?);
     }
     for (type_name, list) in [
         ("Shipment", "shipments"),
         ("RefundRequest", "refundRequests"),
     ] {
-        let Some(query) = queries.query(type_name) else {
+        let Some(query) = shapes.get(type_name) else {
             continue;
         };
         let children = match node.get(list) {
@@ -67,10 +89,10 @@ pub fn invoice_facts(
 /// A refund request node of the refunded-requests query, as its webhook's record.
 pub fn refund_fact(
     node: &Json,
-    queries: &QuerySet,
+    shapes: &Shapes,
     marketplace: Option<&str>,
 ) -> Result<Option<Fact>, RecordError> {
-    match queries.query("RefundRequest") {
+    match shapes.get("RefundRequest") {
         Some(query) => fact("RefundRequest", node, &[], query, marketplace).map(Some),
         None => Ok(None),
     }
@@ -80,7 +102,7 @@ fn fact(
     type_name: &str,
     node: &Json,
     parents: &[(&str, &Json)],
-    query: &Query,
+    record: &SelectionSet,
     marketplace: Option<&str>,
 ) -> Result<Fact, RecordError> {
     let Json::Object(object) = node else {
@@ -105,7 +127,7 @@ fn fact(
         (Some(created), Some(updated)) if same_instant(&created, &updated) => "create",
         _ => "update",
     };
-    let mut projected = project_object(object, &query.record(), parents);
+    let mut projected = project_object(object, record, parents);
     // Every webhook record names its type, whether or not the query selects `__typename`.
     if let Json::Object(fields) = &mut projected
         && !fields.contains_key("__typename")
@@ -193,10 +215,10 @@ mod tests {
     use crate::source::schema::MarketplacerSchema;
     use serde_json::json;
 
-    fn queries() -> QuerySet {
+    fn queries() -> Shapes {
         let (mut set, _) = QuerySet::builtin();
         set.simplify(MarketplacerSchema::builtin());
-        set
+        Shapes::of(&set)
     }
 
     /// The webhook's node of an example delivery.
@@ -268,7 +290,7 @@ mod tests {
         let node = json!({"__typename": "Invoice", "id": "I1", "total": 5, "totalCents": 5, "extra": 1,
             "lineItems": [{"variant": {"advert": {"__typename": "Advert", "taxon": {"id": "T", "x": 1}}}},
                           {"variant": {"advert": {"__typename": "Other", "taxon": {"id": "U"}}}}]});
-        let facts = invoice_facts(&node, &set, None).unwrap();
+        let facts = invoice_facts(&node, &Shapes::of(&set), None).unwrap();
         assert_eq!(
             *facts[0].record.node,
             json!({"__typename": "Invoice", "id": "I1", "total": 5,
