@@ -32,6 +32,7 @@
 //! This is the first half of the reconciliation the architecture describes: it trusts the
 //! ledger. Reading Klaviyo back (a 2xx is not proof) is the second half.
 
+pub mod impact;
 pub mod job;
 pub mod schedule;
 pub mod settings;
