@@ -145,17 +145,15 @@ impl Class {
         Class::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// Whether `reconcile` (not `--report-only`) repairs it by queuing requests with their
-    /// original keys. Consent is never repaired automatically; duplicates, drift and the
-    /// systemic classes need a person.
+    /// Whether `reconcile` (not `--report-only`) repairs it by queuing the missing requests
+    /// with their original keys. A wrong event is not among them: Klaviyo keeps the first
+    /// event of a (profile, metric, `unique_id`) and drops later ones with a 202, so sending it
+    /// again would look like a repair and change nothing. Consent is never repaired
+    /// automatically; duplicates, drift and the systemic classes need a person.
     pub fn repaired_automatically(self) -> bool {
         matches!(
             self,
-            Class::MissingPlacedOrder
-                | Class::WrongOrderValue
-                | Class::MissingFulfilledOrder
-                | Class::TrackingMissing
-                | Class::MissingRefund
+            Class::MissingPlacedOrder | Class::MissingFulfilledOrder | Class::MissingRefund
         )
     }
 }
@@ -248,6 +246,30 @@ impl RevenueDay {
     pub fn difference_cents(&self) -> i64 {
         self.klaviyo_cents - self.marketplacer_cents
     }
+}
+
+/// The reads one run made of one Klaviyo endpoint, against its published limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadBudget {
+    /// `GET /api/events`, `POST /api/metric-aggregates`, ...
+    pub endpoint: String,
+    pub requests: u64,
+    /// The endpoint's published steady limit (`x-klaviyo-ratelimit`), per minute.
+    pub per_minute: u32,
+    /// Time spent waiting on that limit (and on 429s' `Retry-After`).
+    pub waited_ms: u64,
+}
+
+/// What reading Klaviyo back gave one reconciliation run: what the store keeps, the report
+/// shows and the alerts count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadBack {
+    /// Ranked with [`rank`].
+    pub discrepancies: Vec<Discrepancy>,
+    pub revenue: Vec<RevenueDay>,
+    pub reads: Vec<ReadBudget>,
+    /// How long the reading and comparing took.
+    pub elapsed_ms: u64,
 }
 
 #[cfg(test)]
