@@ -22,15 +22,18 @@
 //! ```
 
 pub mod alerts;
+pub mod customer;
 pub mod diagnostic;
 pub mod engine;
 mod group_commit;
 pub mod klaviyo;
 pub mod lag;
+pub mod marketplacer;
 pub mod metrics;
 pub mod page;
 mod pipeline;
 pub mod queries;
+pub mod reconcile;
 pub mod replay;
 pub mod run;
 pub mod serve;

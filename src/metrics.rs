@@ -182,6 +182,9 @@ pub struct Metrics {
     last_success: Family<EndpointLabel, FloatGauge>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     key_refused: Gauge,
+    /// Registered only where reconciliation is scheduled ([`Metrics::with_reconciliation`]):
+    /// elsewhere the staleness rule must have no series to fire on.
+    reconciliation_last_success: FloatGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,6 +220,7 @@ impl Metrics {
             last_success: Family::default(),
             dead_letters: Family::default(),
             key_refused: Gauge::default(),
+            reconciliation_last_success: FloatGauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -266,7 +270,7 @@ impl Metrics {
         );
         registry.register(
             "klaviyo_last_success_timestamp_seconds",
-            "When Klaviyo last accepted a request, by queued endpoint (Unix time; from the store at start-up)",
+            "When Klaviyo last accepted a request, by queued endpoint (Unix time; from the store at start-up, 0 before the first)",
             metrics.last_success.clone(),
         );
         registry.register(
@@ -309,6 +313,11 @@ impl Metrics {
             let _ = metrics.rate_limit_wait.get_or_create(&label);
         }
         for route in routes {
+            // 0 until Klaviyo first accepts something for it (the store's last success, once
+            // there is one): an alert on its age must see the series before the first success.
+            let _ = metrics.last_success.get_or_create(&EndpointLabel {
+                endpoint: route.endpoint.path().to_owned(),
+            });
             let _ = metrics.delivery_lag.get_or_create(&LaneMappingLabels {
                 lane: route.lane.as_str().to_owned(),
                 mapping: route.mapping.clone(),
@@ -339,6 +348,24 @@ impl Metrics {
             })
             .collect();
         Metrics::new(&routes)
+    }
+
+    /// Exports when reconciliation last succeeded, starting at `since_ms`: the last success in
+    /// the store, else when the schedule started (a schedule that has never succeeded for a
+    /// day is as stale as one that stopped succeeding).
+    pub fn with_reconciliation(mut self, since_ms: i64) -> Metrics {
+        self.registry.register(
+            "reconciliation_last_success_timestamp_seconds",
+            "When a scheduled reconciliation last finished (Unix time; from the store at start-up, else the start of the schedule)",
+            self.reconciliation_last_success.clone(),
+        );
+        self.reconciled(since_ms);
+        self
+    }
+
+    /// A reconciliation finished at `at_ms`.
+    pub fn reconciled(&self, at_ms: i64) {
+        self.reconciliation_last_success.set(at_ms as f64 / 1000.0);
     }
 
     /// The exposition, as `GET /metrics` answers it.
@@ -497,10 +524,21 @@ mod tests {
             r#"marketsync_queue_oldest_age_seconds{lane="transaction"}"#,
             r#"marketsync_klaviyo_requests_total{endpoint="/api/events",mapping="placed-order",outcome="dead_lettered"}"#,
             r#"marketsync_klaviyo_rate_limited_total{endpoint="/api/events"}"#,
+            r#"marketsync_klaviyo_rate_limit_wait_seconds_total{endpoint="/api/events"}"#,
+            r#"marketsync_klaviyo_last_success_timestamp_seconds{endpoint="/api/events"}"#,
             "marketsync_klaviyo_key_refused",
         ] {
             assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
         }
+        // Only the endpoints a mapping queues for: a bulk endpoint never "last succeeds" by
+        // that name, and a series stuck at 0 would look like an endpoint never answering.
+        assert_eq!(
+            sample(
+                &text,
+                r#"marketsync_klaviyo_last_success_timestamp_seconds{endpoint="/api/event-bulk-create-jobs"}"#
+            ),
+            None
+        );
         assert_eq!(
             sample(&text, r#"marketsync_build_info{version="0.1.0"}"#),
             Some(1.0)
@@ -578,5 +616,17 @@ mod tests {
             0.25,
         );
         check("marketsync_klaviyo_key_refused", 1.0);
+    }
+
+    /// The series `MarketsyncReconciliationStale` (deploy/prometheus) watches exists only where
+    /// reconciliation is scheduled, and moves with each success.
+    #[test]
+    fn the_reconciliation_series_exists_only_where_it_is_scheduled() {
+        let series = "marketsync_reconciliation_last_success_timestamp_seconds";
+        assert_eq!(sample(&Metrics::new(&[]).render(), series), None);
+        let metrics = Metrics::new(&[]).with_reconciliation(1_700_000_000_000);
+        assert_eq!(sample(&metrics.render(), series), Some(1_700_000_000.0));
+        metrics.reconciled(1_700_003_600_000);
+        assert_eq!(sample(&metrics.render(), series), Some(1_700_003_600.0));
     }
 }

@@ -74,6 +74,8 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     // The `.html` name turns on HTML auto-escaping of every value.
     env.add_template("status.html", include_str!("page.html"))
         .expect("the status page template parses");
+    env.add_template("customer.html", include_str!("customer.html"))
+        .expect("the customer page template parses");
     env
 });
 
@@ -83,6 +85,71 @@ pub fn render(snapshot: &Snapshot) -> String {
         .get_template("status.html")
         .and_then(|template| template.render(minijinja::value::Serde(View::of(snapshot))))
         .expect("the status page renders")
+}
+
+/// The customer page (`GET /customer?q=…` on the admin address): a search box, and the
+/// person's history when one was asked for. `problem` is why the query could not be read.
+pub fn render_customer(
+    query: &str,
+    view: Option<&crate::customer::CustomerView>,
+    problem: Option<&str>,
+) -> String {
+    let context = match view {
+        None => minijinja::context! { query => query, problem => problem, found => false },
+        Some(view) => {
+            let join = |items: &[String]| {
+                if items.is_empty() {
+                    "none".to_owned()
+                } else {
+                    items.join(", ")
+                }
+            };
+            let timeline: Vec<serde_json::Value> = view
+                .timeline
+                .iter()
+                .map(|entry| {
+                    let mut value = serde_json::to_value(entry).expect("an entry serialises");
+                    for (i, request) in entry.requests.iter().enumerate() {
+                        value["requests"][i]["label"] = request.status.label().into();
+                    }
+                    value
+                })
+                .collect();
+            let consent: Vec<serde_json::Value> = view
+                .consent
+                .iter()
+                .map(|row| {
+                    let mut value = serde_json::to_value(row).expect("evidence serialises");
+                    value["outcome_label"] = row.outcome.replace('-', " ").into();
+                    value
+                })
+                .collect();
+            let attention: Vec<String> = view
+                .open_dead_letters
+                .iter()
+                .chain(&view.open_exceptions)
+                .cloned()
+                .collect();
+            minijinja::context! {
+                query => query,
+                problem => problem,
+                found => view.found,
+                person => view.lookup.value().to_owned(),
+                emails => join(&view.identity.emails),
+                phones => join(&view.identity.phones),
+                marketplaces => join(&view.identity.marketplaces),
+                timeline => minijinja::value::Serde(&timeline),
+                consent => minijinja::value::Serde(&consent),
+                attention => attention,
+                older_left_out => view.older_left_out,
+                index_incomplete => view.index_incomplete,
+            }
+        }
+    };
+    TEMPLATES
+        .get_template("customer.html")
+        .and_then(|template| template.render(context))
+        .expect("the customer page renders")
 }
 
 #[derive(Serialize)]

@@ -20,6 +20,7 @@
 //! its first bytes) or a mapping's messages (they quote emails and phones): those stay in the
 //! store, behind `marketsync dead show` and `warnings list`.
 
+use crate::customer;
 use crate::engine::Engine;
 use crate::group_commit::{GroupCommit, Work};
 use crate::metrics::{Metrics, WebhookOutcome};
@@ -727,6 +728,51 @@ async fn status_page(State(receiver): State<Arc<Receiver>>) -> Response {
     }
 }
 
+/// A customer's history (`?q=` an email or phone number), for customer service: the same
+/// view as `marketsync customer`, on the admin address only. Nothing about the person is
+/// logged; a query that cannot be read says why on the page.
+async fn customer_page(
+    State(receiver): State<Arc<Receiver>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let asked = query
+        .get("q")
+        .map(|q| q.trim().to_owned())
+        .unwrap_or_default();
+    if asked.is_empty() {
+        return Html(page::render_customer("", None, None)).into_response();
+    }
+    let lookup = match customer::Lookup::parse(&asked, &receiver.engine.settings().phone_region) {
+        Ok(lookup) => lookup,
+        Err(err) => {
+            let page = page::render_customer(&asked, None, Some(&err.to_string()));
+            return (StatusCode::BAD_REQUEST, Html(page)).into_response();
+        }
+    };
+    let (store, engine) = (Arc::clone(&receiver.store), Arc::clone(&receiver.engine));
+    let read = tokio::task::spawn_blocking(move || {
+        customer::read(&store.lock().expect("store lock"), &engine, &lookup)
+    });
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(Ok(view))) => {
+            let status = if view.found {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            (
+                status,
+                Html(page::render_customer(&asked, Some(&view), None)),
+            )
+                .into_response()
+        }
+        Ok(Ok(Err(err))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("store: {err}\n")).into_response()
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "store did not answer\n").into_response(),
+    }
+}
+
 /// The alerts firing, as JSON (`{"alerts": [{"name", "since" (unix ms), "message"}]}`), for
 /// `marketsync status --admin`.
 async fn alerts(State(receiver): State<Arc<Receiver>>) -> Response {
@@ -742,10 +788,11 @@ pub fn router(receiver: Arc<Receiver>) -> Router {
 }
 
 /// `/livez` (the process answers), `/readyz` (not draining, and the store takes a write), the
-/// status page at `/` and the alerts firing at `/alerts`.
+/// status page at `/`, a customer's history at `/customer` and the alerts firing at `/alerts`.
 pub fn admin_router(receiver: Arc<Receiver>) -> Router {
     Router::new()
         .route("/", get(status_page))
+        .route("/customer", get(customer_page))
         .route("/alerts", get(alerts))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -829,6 +876,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Result<(), SinkError>> {
     let config = receiver.config.clone();
+    // A state file from before the person index is indexed in the background, a batch per
+    // turn of the store's lock, so webhooks wait at most one batch.
+    let indexing = Arc::clone(&receiver.store);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let done = customer::backfill(&mut indexing.lock().expect("store lock"), 2_000);
+            match done {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => {
+                    warn!("indexing the state file for customer lookups stopped: {err}");
+                    break;
+                }
+            }
+        }
+    });
     // The lanes run until wound down: more work may come at any time.
     let never_done = Arc::new(AtomicBool::new(false));
     let lanes: Vec<_> = [Lane::Transaction, Lane::Profile]

@@ -81,6 +81,20 @@ pub fn queued(request: &Request) -> NewRequest {
     }
 }
 
+/// Every person the requests name, once each, in request order.
+fn people_of(requests: &[Request]) -> Vec<String> {
+    let mut people: Vec<String> = Vec::new();
+    for person in requests
+        .iter()
+        .flat_map(|r| crate::klaviyo::people_in(&r.body))
+    {
+        if !people.contains(&person) {
+            people.push(person);
+        }
+    }
+    people
+}
+
 /// One delivery made ready for the store, on any thread: everything but the store's verdict.
 pub struct Prepared {
     origin: String,
@@ -97,6 +111,9 @@ struct PreparedRecord {
     mapped: Mapped,
     requests: Vec<NewRequest>,
     failures: Vec<NewDeadLetter>,
+    /// The people its requests name (see [`crate::klaviyo::people_in`]), for the store's
+    /// person index: `marketsync customer` finds the delivery by them.
+    people: Vec<String>,
 }
 
 /// Parses and maps one delivery and serialises what the store will keep. Pure.
@@ -123,6 +140,7 @@ fn prepare_parsed(
                 PreparedRecord {
                     marketplace: engine.marketplace_of(&record).to_owned(),
                     text: serde_json::to_string(&record).expect("a record serialises"),
+                    people: people_of(&requests),
                     requests: requests.iter().map(queued).collect(),
                     failures: mapped
                         .errors
@@ -307,48 +325,49 @@ fn keep(
         };
         // Warnings are kept with the delivery (`marketsync warnings list`), not only reported.
         let warnings = &record.mapped.warnings;
-        let outcome =
-            store.with(|store| -> Result<_, SyncError> {
-                match store.intake_with_warnings(
-                    &delivery,
-                    &record.requests,
-                    &record.failures,
-                    warnings,
-                    now_ms(),
-                ) {
-                    // A request the store cannot keep (a coalescing version that is not a
-                    // timestamp) must not stop the run: the delivery is kept as a dead letter.
-                    Err(StoreError::InvalidRequest { mapping, problem }) => {
-                        writeln!(
-                            report,
-                            "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
-                            record.delivery_id
-                        )?;
-                        *summary
-                            .rejected
-                            .entry("mapping:invalid-request".into())
-                            .or_default() += 1;
-                        *summary
-                            .rejected_by_mapping
-                            .entry((mapping.clone(), "mapping:invalid-request".into()))
-                            .or_default() += 1;
-                        let letter = NewDeadLetter {
-                            mapping: Some(mapping.clone()),
-                            category: "mapping:invalid-request".into(),
-                            reason: problem.clone(),
-                            details: serde_json::json!({}),
-                        };
-                        Ok(store.intake_with_warnings(
-                            &delivery,
-                            &[],
-                            &[letter],
-                            warnings,
-                            now_ms(),
-                        )?)
-                    }
-                    other => Ok(other?),
+        let outcome = store.with(|store| -> Result<_, SyncError> {
+            match store.intake_concerning(
+                &delivery,
+                &record.requests,
+                &record.failures,
+                warnings,
+                &record.people,
+                now_ms(),
+            ) {
+                // A request the store cannot keep (a coalescing version that is not a
+                // timestamp) must not stop the run: the delivery is kept as a dead letter.
+                Err(StoreError::InvalidRequest { mapping, problem }) => {
+                    writeln!(
+                        report,
+                        "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                        record.delivery_id
+                    )?;
+                    *summary
+                        .rejected
+                        .entry("mapping:invalid-request".into())
+                        .or_default() += 1;
+                    *summary
+                        .rejected_by_mapping
+                        .entry((mapping.clone(), "mapping:invalid-request".into()))
+                        .or_default() += 1;
+                    let letter = NewDeadLetter {
+                        mapping: Some(mapping.clone()),
+                        category: "mapping:invalid-request".into(),
+                        reason: problem.clone(),
+                        details: serde_json::json!({}),
+                    };
+                    Ok(store.intake_concerning(
+                        &delivery,
+                        &[],
+                        &[letter],
+                        warnings,
+                        &record.people,
+                        now_ms(),
+                    )?)
                 }
-            })?;
+                other => Ok(other?),
+            }
+        })?;
         if outcome.duplicate_delivery {
             summary.repeated += 1;
             continue;

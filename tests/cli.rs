@@ -1396,6 +1396,40 @@ fn issue11_explain_json_prints_a_document_for_a_delivery_it_cannot_read() {
     assert_eq!(json["records"], serde_json::json!([]), "{json}");
 }
 
+/// A script reading `explain --format json` gets a document on stdout even when the input
+/// cannot be read at all or holds no such delivery, with the error and the usual exit code.
+#[test]
+fn explain_json_prints_a_document_when_the_input_cannot_be_read() {
+    let cases: [(&[&str], i32, &str); 2] = [
+        (&["no/such/file.json"], 4, "cannot open no/such/file.json"),
+        (
+            &["--delivery", "99", "examples/orders.ndjson"],
+            2,
+            "no delivery on line 99",
+        ),
+    ];
+    for (args, code, error) in cases {
+        let out = marketsync()
+            .args(["explain", "--mapping", "placed-order", "--format", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stdout is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(json["produced"], false, "{json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| e.contains(error)),
+            "{json}"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(error));
+    }
+}
+
 /// `status --state typo.db` answered with a new empty store ("all is well") and left the file
 /// behind; `retry` likewise. Commands that read state need one that exists.
 #[test]

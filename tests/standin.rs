@@ -1367,7 +1367,11 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     let response = api.get("/api/nope").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_error_shape(&error_list(response).await[0], 404, "not_found");
-    let response = api.get("/api/events").await;
+    let response = api
+        .request(Method::DELETE, "/api/events")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_error_shape(&error_list(response).await[0], 405, "method_not_allowed");
     // A trailing slash is the same endpoint.
@@ -1407,4 +1411,256 @@ async fn a_bad_time_scale_is_refused() {
     .err()
     .expect("refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+// ---- the read endpoints (GET /api/profiles, GET /api/events) ---------------------------------
+
+/// A GET with `params` percent-encoded, as a client builds it.
+async fn read(api: &Api, path: &str, params: &[(&str, &str)], key: &str) -> Response {
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}{path}", api.standin.url()), params).unwrap();
+    api.client
+        .get(url)
+        .header("Authorization", format!("Klaviyo-API-Key {key}"))
+        .header("revision", REVISION)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn profiles_are_found_by_email_or_phone_with_their_consent_and_suppressions() {
+    let api = Api::start(config()).await;
+    let imported = api
+        .post(
+            Endpoint::CreateOrUpdateProfile,
+            &profile(
+                json!({"email": "Zoe@Example.com", "phone_number": "+61412345678",
+                            "properties": {"Marketplacer Marketplace": "petmarket"}}),
+            ),
+        )
+        .await;
+    assert_eq!(imported.status(), StatusCode::CREATED);
+    api.post(
+        Endpoint::CreateOrUpdateProfile,
+        &profile(json!({"email": "sam@example.com"})),
+    )
+    .await;
+    let consent = json!({"email": "zoe@example.com", "subscriptions": {"email": {"marketing": {
+        "consent": "SUBSCRIBED", "consented_at": "2026-03-13T23:15:30+00:00"}}}});
+    assert_eq!(
+        api.post(
+            Endpoint::BulkSubscribeProfiles,
+            &subscription_job(vec![consent])
+        )
+        .await
+        .status(),
+        StatusCode::ACCEPTED
+    );
+
+    // By email, case-insensitively, with the subscriptions asked for; a read-only key reads.
+    let response = read(
+        &api,
+        "/api/profiles",
+        &[
+            ("filter", r#"equals(email,"zoe@example.com")"#),
+            ("additional-fields[profile]", "subscriptions"),
+        ],
+        READ_ONLY_KEY,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Json = response.json().await.unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{body:#}");
+    let zoe = &data[0];
+    assert_eq!(zoe["type"], "profile");
+    assert_eq!(zoe["attributes"]["email"], "Zoe@Example.com");
+    assert_eq!(
+        zoe["attributes"]["first_name"],
+        Json::Null,
+        "unset fields are null"
+    );
+    assert_eq!(
+        zoe["attributes"]["properties"]["Marketplacer Marketplace"],
+        "petmarket"
+    );
+    let marketing = &zoe["attributes"]["subscriptions"]["email"]["marketing"];
+    assert_eq!(marketing["consent"], "SUBSCRIBED");
+    assert_eq!(marketing["can_receive_email_marketing"], true);
+    assert_eq!(marketing["consent_timestamp"], "2026-03-13T23:15:30+00:00");
+    assert_eq!(marketing["custom_method_detail"], "marketsync");
+    assert_eq!(marketing["suppression"], json!([]));
+    assert!(body["links"]["self"].is_string() && body["links"].get("next").is_none());
+
+    // Without additional-fields there are no subscriptions; by phone finds the same profile.
+    let body: Json = read(
+        &api,
+        "/api/profiles",
+        &[("filter", "equals(phone_number,'+61412345678')")],
+        KEY,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["data"][0]["id"], zoe["id"]);
+    assert!(body["data"][0]["attributes"].get("subscriptions").is_none());
+
+    // An unsubscribe suppresses the address: consent and can_receive change.
+    api.standin.suppress("zoe@example.com", "UNSUBSCRIBE");
+    let body: Json = read(
+        &api,
+        "/api/profiles",
+        &[
+            ("filter", r#"equals(email,"zoe@example.com")"#),
+            ("additional-fields[profile]", "subscriptions"),
+        ],
+        KEY,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let marketing = &body["data"][0]["attributes"]["subscriptions"]["email"]["marketing"];
+    assert_eq!(marketing["consent"], "UNSUBSCRIBED");
+    assert_eq!(marketing["can_receive_email_marketing"], false);
+    assert_eq!(marketing["suppression"][0]["reason"], "UNSUBSCRIBE");
+
+    // Paging: one a page, then the next link.
+    let first: Json = read(&api, "/api/profiles", &[("page[size]", "1")], KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["data"].as_array().unwrap().len(), 1);
+    let next = first["links"]["next"].as_str().unwrap();
+    let second: Json = Client::new()
+        .get(next)
+        .header("Authorization", format!("Klaviyo-API-Key {KEY}"))
+        .header("revision", REVISION)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
+    assert!(second["links"].get("next").is_none());
+
+    // What Klaviyo refuses: a filter it cannot apply, a page too large, no key.
+    for (params, parameter) in [
+        (vec![("filter", r#"contains(email,"zoe")"#)], "filter"),
+        (vec![("filter", r#"equals(first_name,"Zoe")"#)], "filter"),
+        (vec![("page[size]", "101")], "page[size]"),
+    ] {
+        let response = read(&api, "/api/profiles", &params, KEY).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{params:?}");
+        let errors = error_list(response).await;
+        assert_eq!(errors[0]["source"]["parameter"], parameter, "{errors:?}");
+    }
+    let response = read(&api, "/api/profiles", &[], "pk_wrong").await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn events_are_listed_by_profile_with_their_metric() {
+    let api = Api::start(config()).await;
+    for (email, metric, unique, time) in [
+        (
+            "zoe@example.com",
+            "Placed Order",
+            "p1",
+            "2026-03-13T23:15:30+00:00",
+        ),
+        (
+            "zoe@example.com",
+            "Fulfilled Order",
+            "f1",
+            "2026-03-17T03:00:00+00:00",
+        ),
+        (
+            "sam@example.com",
+            "Placed Order",
+            "p2",
+            "2026-03-14T01:00:00+00:00",
+        ),
+    ] {
+        let mut body = event(email, metric, unique);
+        body["data"]["attributes"]["time"] = json!(time);
+        assert_eq!(
+            api.post(Endpoint::CreateEvent, &body).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let zoe = api
+        .standin
+        .accepted()
+        .profile_by_email("zoe@example.com")
+        .unwrap()
+        .id
+        .clone();
+    let filter = format!(r#"equals(profile_id,"{zoe}")"#);
+    let response = read(
+        &api,
+        "/api/events",
+        &[
+            ("filter", filter.as_str()),
+            ("include", "metric"),
+            ("sort", "-datetime"),
+        ],
+        READ_ONLY_KEY,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Json = response.json().await.unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "only Zoe's: {body:#}");
+    assert_eq!(data[0]["type"], "event");
+    assert_eq!(
+        data[0]["attributes"]["datetime"],
+        "2026-03-17T03:00:00+00:00"
+    );
+    assert_eq!(data[0]["attributes"]["timestamp"], 1_773_716_400);
+    assert_eq!(data[0]["attributes"]["event_properties"]["OrderId"], "5001");
+    assert_eq!(data[0]["relationships"]["profile"]["data"]["id"], zoe);
+    let metric_id = data[0]["relationships"]["metric"]["data"]["id"]
+        .as_str()
+        .unwrap();
+    let included = body["included"].as_array().unwrap();
+    let metric = included.iter().find(|i| i["id"] == metric_id).unwrap();
+    assert_eq!(metric["type"], "metric");
+    assert_eq!(metric["attributes"]["name"], "Fulfilled Order");
+    assert_eq!(included.len(), 2);
+
+    // By metric: the same id filters every profile's events of it.
+    let placed = included
+        .iter()
+        .find(|i| i["attributes"]["name"] == "Placed Order")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let filter = format!(r#"equals(metric_id,"{placed}")"#);
+    let body: Json = read(&api, "/api/events", &[("filter", filter.as_str())], KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert!(
+        body.get("included").is_none(),
+        "nothing included unless asked"
+    );
+
+    for params in [
+        vec![("filter", r#"equals(email,"zoe@example.com")"#)],
+        vec![("page[size]", "1001")],
+        vec![("sort", "value")],
+        vec![("include", "lists")],
+    ] {
+        let response = read(&api, "/api/events", &params, KEY).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{params:?}");
+    }
 }

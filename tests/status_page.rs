@@ -387,6 +387,8 @@ struct ServeProcess {
     child: std::process::Child,
     webhooks: String,
     admin: String,
+    /// Every line it logged.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServeProcess {
@@ -422,7 +424,13 @@ impl ServeProcess {
             }
         };
         // Keep reading its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         let admin = listening["status_page_and_health"]
             .as_str()
             .unwrap()
@@ -432,6 +440,7 @@ impl ServeProcess {
             child,
             webhooks: listening["webhooks"].as_str().unwrap().to_owned(),
             admin,
+            log,
         }
     }
 
@@ -569,22 +578,66 @@ async fn the_page_reads_right_in_a_real_browser() {
     }
 
     let (admin, state_arg) = (second.admin.clone(), state.clone());
-    let (status, dom, screenshot) = tokio::task::spawn_blocking(move || {
-        let (_, status) = status_json(&state_arg, Some(&admin));
-        let dom = chromium(&["--dump-dom", &format!("{admin}/")]).unwrap();
-        let screenshot = std::env::var_os("STATUS_PAGE_SCREENSHOT")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| state_arg.with_file_name("status-page.png"));
-        chromium(&[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,1000",
-            &format!("{admin}/"),
-        ])
+    let (status, dom, screenshot, customer_dom, customer_screenshot) =
+        tokio::task::spawn_blocking(move || {
+            let (_, status) = status_json(&state_arg, Some(&admin));
+            let dom = chromium(&["--dump-dom", &format!("{admin}/")]).unwrap();
+            let screenshot = std::env::var_os("STATUS_PAGE_SCREENSHOT")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| state_arg.with_file_name("status-page.png"));
+            chromium(&[
+                &format!("--screenshot={}", screenshot.display()),
+                "--window-size=1280,1000",
+                &format!("{admin}/"),
+            ])
+            .unwrap();
+            // What the search box opens, for a buyer written as a person would type them.
+            let person = format!("{admin}/customer?q=%20Buyer25%40Example.COM%20");
+            let customer_dom = chromium(&["--dump-dom", &person]).unwrap();
+            let customer_screenshot = std::env::var_os("CUSTOMER_PAGE_SCREENSHOT")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| state_arg.with_file_name("customer-page.png"));
+            chromium(&[
+                &format!("--screenshot={}", customer_screenshot.display()),
+                "--window-size=1280,1000",
+                &person,
+            ])
+            .unwrap();
+            (
+                status,
+                String::from_utf8(dom.stdout).unwrap(),
+                screenshot,
+                String::from_utf8(customer_dom.stdout).unwrap(),
+                customer_screenshot,
+            )
+        })
+        .await
         .unwrap();
-        (status, String::from_utf8(dom.stdout).unwrap(), screenshot)
-    })
-    .await
-    .unwrap();
+    let not_found = reqwest::get(format!("{}/customer?q=nobody%40example.com", second.admin))
+        .await
+        .unwrap();
+    assert_eq!(not_found.status(), 404);
+    assert!(
+        not_found
+            .text()
+            .await
+            .unwrap()
+            .contains("Nothing about <b>nobody@example.com</b>")
+    );
+    let unreadable = reqwest::get(format!("{}/customer?q=%3Cscript%3E", second.admin))
+        .await
+        .unwrap();
+    assert_eq!(unreadable.status(), 400);
+    let text = unreadable.text().await.unwrap();
+    assert!(
+        text.contains("&lt;script&gt;") && !text.contains("<script>"),
+        "{text}"
+    );
+    let log = second.log.lock().unwrap().join("\n");
+    assert!(
+        !log.contains("buyer25") && !log.contains("Buyer25") && !log.contains("nobody"),
+        "nothing about a person is logged: {log}"
+    );
     // Exit 5: Klaviyo refused the key (the webhooks were still kept).
     tokio::task::spawn_blocking(move || second.stop(5))
         .await
@@ -623,5 +676,41 @@ async fn the_page_reads_right_in_a_real_browser() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "{}",
         screenshot.display()
+    );
+
+    // The search box is on the page, and opens the person's timeline.
+    assert!(
+        dom.contains(
+            r#"<form class="search" id="customer-search" action="/customer" method="get""#
+        ),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"name="q""#), "{dom}");
+    assert!(
+        customer_dom.contains("<h2>buyer25@example.com</h2>"),
+        "{customer_dom}"
+    );
+    assert!(customer_dom.contains("+61412000025"), "{customer_dom}");
+    let timeline = &customer_dom[customer_dom.find(r#"id="timeline""#).unwrap()..];
+    assert!(
+        timeline.contains("petmarket · Invoice (create) · order 900025"),
+        "{timeline}"
+    );
+    // Sent with the revoked key: waiting, with Klaviyo's answer.
+    assert!(
+        timeline.contains(r#"<td class="status queued">queued</td>"#),
+        "{timeline}"
+    );
+    assert!(timeline.contains("Placed Order"), "{timeline}");
+    let consent = &customer_dom[customer_dom.find(r#"id="consent""#).unwrap()..];
+    assert!(
+        consent.contains(r#"accepts_marketing = "yes""#),
+        "{consent}"
+    );
+    let png = std::fs::read(&customer_screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        customer_screenshot.display()
     );
 }

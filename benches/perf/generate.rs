@@ -30,6 +30,13 @@
 //!
 //! Every order is rebuilt from `(seed, order number)` alone, so shipments and refunds of earlier
 //! orders need no memory of them: the output is streamed with constant memory whatever its size.
+//!
+//! With `--start T --span 24h --count N` the output is "a day": the N deliveries are spread
+//! evenly (with jitter) over the window, and every time they carry (placed, paid, updated,
+//! dispatched, refund requested and refunded, received) falls inside it, so a reconciliation
+//! over exactly that window expects every fact in the file. The same file feeds `serve` (as
+//! webhooks, `marketsync replay`) and the Marketplacer stand-in (as the API,
+//! `marketsync standin marketplacer --data`). Without `--span` the output is what it always was.
 
 // The invoice node is one large `json!` literal, deeper than the macro's default limit.
 #![recursion_limit = "256"]
@@ -64,6 +71,41 @@ struct Args {
     /// Only new paid invoices: no unpaid orders, updates, redeliveries, shipments or refunds.
     #[arg(long)]
     paid_invoices_only: bool,
+    /// Where the clock starts (RFC 3339, with its offset). Default 2026-03-01T00:00:00Z.
+    #[arg(long, value_parser = parse_start)]
+    start: Option<DateTime<Utc>>,
+    /// Spread the deliveries over this long from --start (24h, 90m, 3600s), every time they
+    /// carry inside the window. Needs --count.
+    #[arg(long, value_parser = parse_span, requires = "count")]
+    span: Option<Duration>,
+}
+
+fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time with an offset: {e}"))
+}
+
+fn parse_span(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a span (24h, 90m, 3600s)"))?;
+    let span = match unit {
+        "d" => Duration::days(number),
+        "h" => Duration::hours(number),
+        "m" => Duration::minutes(number),
+        "s" | "" => Duration::seconds(number),
+        other => return Err(format!("unknown span unit {other:?}: use d, h, m or s")),
+    };
+    if span <= Duration::zero() {
+        return Err("the span must be positive".into());
+    }
+    Ok(span)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -103,6 +145,16 @@ fn main() -> io::Result<()> {
         bytes: 0,
     };
     let mut generator = Generator::new(args.seed, args.marketplace);
+    if let Some(start) = args.start {
+        generator.clock = start;
+    }
+    if let (Some(span), Some(count)) = (args.span, args.count) {
+        generator.window = Some(Window {
+            start: generator.clock,
+            span,
+            count,
+        });
+    }
     let mut kinds = [0u64; 6];
     let mut deliveries = 0u64;
     while limit_bytes.is_none_or(|limit| out.bytes < limit)
@@ -169,8 +221,20 @@ struct Delivered {
 /// (a shipment follows its order within hours, not months).
 const RECENT: usize = 2048;
 
+/// The window a day's deliveries are spread over.
+#[derive(Clone, Copy)]
+struct Window {
+    start: DateTime<Utc>,
+    span: Duration,
+    count: u64,
+}
+
 struct Generator {
     seed: u64,
+    /// With a window, each delivery's time is drawn inside its own slice of it.
+    window: Option<Window>,
+    /// Deliveries so far, for the window's slices.
+    delivered: u64,
     marketplace: String,
     rng: Xoshiro256PlusPlus,
     clock: DateTime<Utc>,
@@ -187,6 +251,8 @@ impl Generator {
     fn new(seed: u64, marketplace: String) -> Generator {
         Generator {
             seed,
+            window: None,
+            delivered: 0,
             marketplace,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             clock: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
@@ -199,8 +265,31 @@ impl Generator {
         }
     }
 
+    /// Moves the clock to the next delivery: 2 to 40 seconds on, or inside the next slice of
+    /// the window (strictly increasing, never past its end).
+    fn tick(&mut self) {
+        match self.window {
+            None => self.clock += Duration::milliseconds(self.rng.random_range(2_000..40_000)),
+            Some(window) => {
+                let slice = window.span.num_milliseconds() as f64 / window.count as f64;
+                let at = (self.delivered as f64 + self.rng.random_range(0.0..1.0)) * slice;
+                let at = window.start + Duration::milliseconds(at as i64);
+                self.clock = at.max(self.clock + Duration::milliseconds(1));
+            }
+        }
+        self.delivered += 1;
+    }
+
+    /// `at`, or the window's start when it falls before it.
+    fn in_window(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        match self.window {
+            Some(window) => at.max(window.start),
+            None => at,
+        }
+    }
+
     fn next_delivery(&mut self) -> (Kind, Value) {
-        self.clock += Duration::milliseconds(self.rng.random_range(2_000..40_000));
+        self.tick();
         self.sequence += 1;
         let draw: f64 = self.rng.random();
         if self.recent.is_empty() || draw < 0.70 {
@@ -224,7 +313,7 @@ impl Generator {
     /// The next invoice of a paid order, on the same clock and sequence as every delivery.
     fn next_paid_invoice(&mut self) -> (Kind, Value) {
         loop {
-            self.clock += Duration::milliseconds(self.rng.random_range(2_000..40_000));
+            self.tick();
             self.sequence += 1;
             let (kind, delivery) = self.next_invoice();
             if let Kind::PaidInvoice = kind {
@@ -246,7 +335,8 @@ impl Generator {
                 self.next_order += 1;
                 let mut order = self.order(n);
                 // Orders are placed as they are delivered: the clock decides the time.
-                order.place_at(self.clock - Duration::seconds(self.rng.random_range(3..30)));
+                let placed = self.clock - Duration::seconds(self.rng.random_range(3..30));
+                order.place_at(self.in_window(placed));
                 (order, 0)
             }
         };
@@ -276,7 +366,13 @@ impl Generator {
     fn invoice_update(&mut self) -> Value {
         let earlier = self.recent[self.rng.random_range(0..self.recent.len())];
         let order = self.placed(earlier);
-        let node = order.invoice_node(earlier.invoice, true);
+        let mut node = order.invoice_node(earlier.invoice, true);
+        if self.window.is_some() {
+            // Updated when it is delivered at the latest, so inside the window.
+            let updated = (order.created_utc + Duration::hours(3)).min(self.clock);
+            node["updatedAt"] = order.local(updated).into();
+            node["order"]["updatedAt"] = order.local(updated).into();
+        }
         self.capture(self.sequence, self.clock, "update", node)
     }
 
@@ -420,7 +516,13 @@ impl Generator {
                 })
             })
             .collect();
-        let created = order.local(self.clock - Duration::hours(self.rng.random_range(1..48)));
+        let created = self.clock - Duration::hours(self.rng.random_range(1..48));
+        let created = match self.window {
+            // Inside the window, and never before the order.
+            Some(_) => self.in_window(created).max(order.created_utc),
+            None => created,
+        };
+        let created = order.local(created);
         let now = order.local(self.clock);
         let node = json!({
             "__typename": "RefundRequest",

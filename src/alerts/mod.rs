@@ -8,6 +8,11 @@
 //! state machine ([`Evaluator::step`]), separate from how its condition is read, which lets
 //! the status page and `marketsync status` show what is firing from the same state.
 //!
+//! There is no hold like a Prometheus rule's `for:`: an alert fires at the first check its
+//! condition holds. The thresholds already carry the patience (a queue 5 minutes old, 4 hours
+//! of silence), and a team without Prometheus is better told a few minutes early;
+//! docs/operations.md (11.5) says how quickly each fires beside its rule.
+//!
 //! Conditions come from the store (what any process sees) and from facts only the serving
 //! process knows ([`Facts`]): its webhooks answered 503 and whether Klaviyo refused its key.
 //! Notifying never holds up the sync: it runs in its own task, each notifier bounded by a
@@ -28,8 +33,8 @@ use std::sync::{Arc, Mutex};
 /// The alerts marketsync raises itself.
 ///
 /// Hook: `ReconciliationStale` (no successful reconciliation for a day, as the Prometheus rule
-/// `MarketsyncReconciliationStale`) belongs here once reconciliation exists; until then there
-/// is nothing to read it from, so it is not checked.
+/// `MarketsyncReconciliationStale`) belongs here next: the store has when a run last finished
+/// ([`Store::last_reconcile_run`]), and serve knows whether one is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Alert {

@@ -78,7 +78,25 @@ pub fn execute(args: Args) -> u8 {
     let input = Input::from_arg(&args.input);
     let picked = match pick(&input, args.delivery) {
         Ok(picked) => picked,
-        Err(code) => return code,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            if args.format == "json" {
+                // A script reading stdout gets a document even when there was nothing to read.
+                let document = json!({
+                    "mapping": args.mapping,
+                    "input": {"name": input.name()},
+                    "produced": false,
+                    "error": message,
+                    "records": [],
+                    "mapping_set": args.mappings.chosen().json(),
+                });
+                return write_out(
+                    serde_json::to_string_pretty(&document).expect("JSON serialises") + "\n",
+                    code,
+                );
+            }
+            return code;
+        }
     };
     if args.format == "json" && !picked.chosen && picked.deliveries > 1 {
         eprintln!(
@@ -159,20 +177,15 @@ fn write_out(text: String, code: u8) -> u8 {
     }
 }
 
-/// Reads the input up to the delivery wanted, counting them all.
-fn pick(input: &Input, wanted: Option<usize>) -> Result<Picked, u8> {
-    let lines = read_lines(input).map_err(|err| {
-        eprintln!("error: {err}");
-        EXIT_IO
-    })?;
+/// Reads the input up to the delivery wanted, counting them all. An input that gives no
+/// delivery to explain is the exit code and what to tell the user.
+fn pick(input: &Input, wanted: Option<usize>) -> Result<Picked, (u8, String)> {
+    let lines = read_lines(input).map_err(|err| (EXIT_IO, err.to_string()))?;
     let mut found = None;
     let mut deliveries = 0;
     let mut numbers = Vec::new();
     for line in lines {
-        let line = line.map_err(|err| {
-            eprintln!("error: {err}");
-            EXIT_IO
-        })?;
+        let line = line.map_err(|err| (EXIT_IO, err.to_string()))?;
         deliveries += 1;
         if numbers.len() < 10 {
             numbers.push(line.number.to_string());
@@ -191,22 +204,21 @@ fn pick(input: &Input, wanted: Option<usize>) -> Result<Picked, u8> {
             deliveries,
             chosen: wanted.is_some(),
         }),
-        (None, None) => {
-            eprintln!("error: {} holds no delivery", input.name());
-            Err(EXIT_IO)
-        }
+        (None, None) => Err((EXIT_IO, format!("{} holds no delivery", input.name()))),
         (None, Some(n)) => {
             let more = if deliveries > numbers.len() {
                 ", ..."
             } else {
                 ""
             };
-            eprintln!(
-                "error: {} has no delivery on line {n}; its deliveries are on lines {}{more}",
-                input.name(),
-                numbers.join(", ")
-            );
-            Err(EXIT_USAGE)
+            Err((
+                EXIT_USAGE,
+                format!(
+                    "{} has no delivery on line {n}; its deliveries are on lines {}{more}",
+                    input.name(),
+                    numbers.join(", ")
+                ),
+            ))
         }
     }
 }

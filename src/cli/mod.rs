@@ -4,11 +4,13 @@
 //! constant here and the README lists them.
 
 mod config;
+mod customer;
 mod dead;
 mod exceptions;
 mod explain;
 mod init;
 mod queries;
+mod reconcile;
 mod replay;
 mod report;
 mod retry;
@@ -31,8 +33,10 @@ use std::process::ExitCode;
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
 /// `run`: at least one delivery or mapping was rejected. `validate`: problems were found.
+/// `reconcile`: something was missing (repairs queued) or wrong (a webhook disabled).
 /// `explain`: the mapping did not match, was rejected or produced no request. `dead`,
 /// `exceptions`: an id does not exist or is closed already (and nothing was changed).
+/// `customer`: no delivery concerned the person.
 pub const EXIT_REJECTED: u8 = 1;
 /// The command line was wrong (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
@@ -41,10 +45,12 @@ pub const EXIT_BAD_MAPPINGS: u8 = 3;
 /// An input could not be opened or read (the others were still read), the output could not
 /// be written, or the state store failed.
 pub const EXIT_IO: u8 = 4;
-/// Klaviyo refused the API key (401/403): the run stopped at once, the queue is intact.
+/// Klaviyo (or, for `reconcile`, Marketplacer) refused the API key (401/403): the run stopped
+/// at once, the queue (and a reconciliation's checkpoint) is intact.
 pub const EXIT_KEY_REFUSED: u8 = 5;
 /// `run`: Klaviyo was unavailable (an endpoint answered nothing but timeouts, 5xx or 429 for
 /// the outage window); everything else was done, and the queue is kept for the next run.
+/// `reconcile`: Marketplacer could not be reached or kept refusing; the checkpoint is kept.
 pub const EXIT_UNAVAILABLE: u8 = 6;
 /// `replay`: the receiver answered a redirect or a 4xx other than 429, for which Marketplacer
 /// fails the delivery and disables the webhook; sending stopped there.
@@ -56,9 +62,11 @@ pub const EXIT_DISABLED: u8 = 7;
     version,
     about = "Keeps Klaviyo in step with Marketplacer through YAML mapping specs",
     after_help = "Exit codes: 0 ok, 1 records rejected (run), problems found (validate), no \
-                  request (explain) or an unknown or closed id (dead, exceptions), \
+                  request (explain), an unknown or closed id (dead, exceptions), an unknown person \
+                  (customer) or something missing or wrong (reconcile), \
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
-                  5 Klaviyo refused the API key, 6 Klaviyo unavailable (run; the queue is kept), \
+                  5 Klaviyo (or Marketplacer) refused the API key, 6 Klaviyo unavailable (run; the \
+                  queue is kept) or Marketplacer unreachable (reconcile; the checkpoint is kept), \
                   7 the receiver's answer would disable Marketplacer's webhook (replay)."
 )]
 struct Cli {
@@ -77,6 +85,7 @@ enum Command {
     Serve(serve::Args),
     Explain(explain::Args),
     Queries(queries::Args),
+    Reconcile(reconcile::Args),
     Status(status::Args),
     Retry(retry::Args),
     Dead(dead::Args),
@@ -85,6 +94,7 @@ enum Command {
     Schemas(schemas::Args),
     Standin(standin::Args),
     Replay(replay::Args),
+    Customer(customer::Args),
 }
 
 /// Where mappings come from: a folder, or the default set built into the binary, with a
@@ -376,6 +386,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::execute(args),
         Command::Explain(args) => explain::execute(args),
         Command::Queries(args) => queries::execute(args),
+        Command::Reconcile(args) => reconcile::execute(args),
         Command::Status(args) => status::execute(args),
         Command::Retry(args) => retry::execute(args),
         Command::Dead(args) => dead::execute(args),
@@ -384,6 +395,7 @@ pub fn main() -> ExitCode {
         Command::Schemas(args) => schemas::execute(args),
         Command::Standin(args) => standin::execute(args),
         Command::Replay(args) => replay::execute(args),
+        Command::Customer(args) => customer::execute(args),
     };
     ExitCode::from(code)
 }

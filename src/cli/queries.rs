@@ -4,6 +4,7 @@
 use super::{EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_OK, EXIT_REJECTED, MappingArgs};
 use marketsync::diagnostic::Diagnostic;
 use marketsync::queries::backfill::backfill_query;
+use marketsync::queries::reconcile::reconcile_queries;
 use marketsync::queries::{QuerySet, live};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
   marketsync queries --type Invoice        # one webhook's query
   marketsync queries --check-live live.graphql   # what a registered query lacks
   marketsync queries --backfill            # the backfill query, from the same selections
+  marketsync queries --reconcile           # the queries `reconcile` pages through
 
 The queries are queries/ beside the mapping folder (chosen as for validate: --mappings,
 $MARKETSYNC_MAPPINGS, ./mappings, else the built-in set), else the built-in queries; a client's
@@ -37,6 +39,11 @@ pub struct Args {
     /// shipment and refund request, what the webhook queries select there.
     #[arg(long, conflicts_with = "record_type")]
     backfill: bool,
+    /// Print the reconciliation queries instead: the operator's webhooks, invoices updated or
+    /// paid in a window (with their shipments and refund requests), refund requests refunded
+    /// and invoice amendments created in it, each selecting what the webhook queries select.
+    #[arg(long, conflicts_with_all = ["record_type", "backfill", "check_live"])]
+    reconcile: bool,
 }
 
 pub fn execute(args: Args) -> u8 {
@@ -73,6 +80,37 @@ pub fn execute(args: Args) -> u8 {
         }
         println!("# The backfill: POST it to Marketplacer's GraphQL API, page by page.");
         print!("{}", query.render());
+        return EXIT_OK;
+    }
+    if args.reconcile {
+        let page_size = set
+            .settings
+            .as_ref()
+            .and_then(|s| s.spec.marketplacer.as_ref())
+            .map_or(marketsync::marketplacer::MAX_PAGE_SIZE, |m| m.page_size);
+        let (queries, conflicts) = reconcile_queries(queries, page_size);
+        for conflict in &conflicts {
+            eprintln!("{:#}\n", set.queries.diagnostic(conflict));
+        }
+        if !conflicts.is_empty() {
+            eprintln!("failed: the webhook queries select one key as different fields");
+            return EXIT_BAD_MAPPINGS;
+        }
+        for (index, (step, query)) in queries.iter().enumerate() {
+            if index > 0 {
+                println!();
+            }
+            let window = if step.windowed() {
+                " ($since, $until: the window)"
+            } else {
+                ""
+            };
+            println!(
+                "# {}: `marketsync reconcile` pages through it{window}.",
+                step.name()
+            );
+            print!("{}", query.render());
+        }
         return EXIT_OK;
     }
     match &args.check_live {

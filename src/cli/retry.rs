@@ -76,7 +76,16 @@ pub fn execute(args: Args) -> u8 {
             .filter(|r| mine(&r.mapping))
             .map(queued)
             .collect();
-        match store.requeue(letter.id, &requests, now_ms()) {
+        let mut people: Vec<String> = Vec::new();
+        for person in requests
+            .iter()
+            .flat_map(|r| marketsync::klaviyo::people_in_text(&r.body))
+        {
+            if !people.contains(&person) {
+                people.push(person);
+            }
+        }
+        match store.requeue_concerning(letter.id, &requests, &people, now_ms()) {
             Ok(outcome) => {
                 requeued += 1;
                 eprintln!(

@@ -10,6 +10,8 @@ use super::{
     EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs,
 };
 use marketsync::alerts::{Alerts, Facts, Notifier};
+use marketsync::reconcile::schedule::Scheduled;
+use marketsync::reconcile::{Ask, Reconciler};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
@@ -247,8 +249,19 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_USAGE;
         }
     };
-    // Every mapping's series exist from start-up, at 0 (`/metrics`).
-    sink_config.metrics = Arc::new(marketsync::metrics::Metrics::for_engine(&engine));
+    // Reconciliation on a schedule needs the instance and its key now, not at the first run.
+    let scheduled = match &engine.settings().reconcile {
+        Some(settings) if settings.schedule.is_some() => {
+            match super::reconcile::marketplacer_client(None, &engine) {
+                Ok(client) => Some((settings.clone(), client)),
+                Err(problem) => {
+                    error!("reconcile: schedule: {problem}");
+                    return EXIT_USAGE;
+                }
+            }
+        }
+        _ => None,
+    };
     let config = ServeConfig {
         body_limit: args.max_body,
         deadline,
@@ -267,6 +280,22 @@ pub fn execute(args: Args) -> u8 {
             return EXIT_IO;
         }
     };
+    // Every mapping's series exist from start-up, at 0 (`/metrics`); reconciliation's when it
+    // is scheduled, from its last success in the store.
+    let mut metrics = marketsync::metrics::Metrics::for_engine(&engine);
+    if scheduled.is_some() {
+        let last = store.lock().expect("store lock").last_reconcile_run();
+        let since = match last {
+            Ok(run) => run.and_then(|r| r.finished_at).unwrap_or_else(now_ms),
+            Err(err) => {
+                error!("state database: {err}");
+                return EXIT_IO;
+            }
+        };
+        metrics = metrics.with_reconciliation(since);
+    }
+    sink_config.metrics = Arc::new(metrics);
+    let engine = Arc::new(engine);
     let state = args.state.path.display().to_string();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     runtime.block_on(async move {
@@ -316,8 +345,9 @@ pub fn execute(args: Args) -> u8 {
         );
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let alerts_store = Arc::clone(&store);
+        let reconcile_store = Arc::clone(&store);
         let receiver = Receiver::new(
-            Arc::new(engine),
+            Arc::clone(&engine),
             store,
             secrets,
             Some(Arc::clone(&sink)),
@@ -336,6 +366,52 @@ pub fn execute(args: Args) -> u8 {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
             tokio::spawn(alerts.run(alerts_store, facts, stopped));
+        }
+        if let Some((settings, (client, page_size))) = scheduled {
+            let reconciler = match Reconciler::new(
+                Arc::clone(&engine),
+                reconcile_store,
+                Arc::new(client),
+                page_size,
+            ) {
+                Ok(reconciler) => Arc::new(reconciler),
+                Err(err) => {
+                    error!("reconcile: {err}");
+                    return EXIT_BAD_MAPPINGS;
+                }
+            };
+            let schedule = settings.schedule.clone().expect("scheduled");
+            info!(
+                schedule = %schedule,
+                window = %settings.window,
+                settle = %settings.settle,
+                "reconciliation scheduled (UTC)"
+            );
+            let chrono =
+                |span: marketsync::alerts::Span| chrono::Duration::milliseconds(span.millis());
+            let (sink, metrics) = (Arc::clone(&sink), Arc::clone(sink.metrics()));
+            let scheduled = Scheduled {
+                reconciler,
+                schedule,
+                ask: Ask {
+                    since: None,
+                    until: None,
+                    length: chrono(settings.window),
+                    length_asked: false,
+                    settle: chrono(settings.settle),
+                },
+                on_success: Box::new(move |report| {
+                    metrics.reconciled(now_ms());
+                    if report.findings.missing_total() > 0 {
+                        sink.wake();
+                    }
+                }),
+            };
+            let mut stopped = stopped.clone();
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(scheduled.run(stopped));
         }
         let stop = async move {
             stop.await;

@@ -51,13 +51,18 @@ pub fn execute(args: Args) -> u8 {
         let sent = store.sent_since(hour_ago, page::LAG_SAMPLE_LIMIT)?;
         Ok((status, sent))
     });
-    let (status, sent) = match read {
+    let read = read.and_then(|(status, sent)| {
+        let reconciled = store.last_reconcile_run()?;
+        Ok((status, sent, reconciled))
+    });
+    let (status, sent, reconciled) = match read {
         Ok(read) => read,
         Err(err) => {
             eprintln!("error: {err}");
             return EXIT_IO;
         }
     };
+    let reconciled = reconciled.map(|run| last_reconciliation(&run));
     let last_hour = lag::by_lane(&sent, hour_ago);
     let recent = lag::by_lane(&sent, now - RECENT_MS);
     let overall = |lanes: &BTreeMap<String, lag::LaneLag>, lane: &str| {
@@ -95,6 +100,7 @@ pub fn execute(args: Args) -> u8 {
             "exceptions": status.exceptions,
             "exceptions_by_category": status.exceptions_by_category,
             "last_delivery": status.last_delivery.map(iso),
+            "last_reconciliation": reconciled,
         });
         match &alerts {
             Some(Ok(alerts)) => {
@@ -115,6 +121,7 @@ pub fn execute(args: Args) -> u8 {
         );
     } else {
         print_human(&status, &lanes, &last_hour, &recent, alerts.as_ref(), now);
+        print_reconciliation(reconciled.as_ref(), now);
     }
     match alerts {
         Some(Err(err)) => {
@@ -206,6 +213,44 @@ fn print_human(
             }
         }
     }
+}
+
+/// The last reconciliation that finished, as `status` shows it.
+fn last_reconciliation(run: &marketsync::store::ReconcileRun) -> serde_json::Value {
+    let findings: marketsync::reconcile::Findings =
+        serde_json::from_str(&run.counts).unwrap_or_default();
+    json!({
+        "finished": run.finished_at.map(iso),
+        "finished_ms": run.finished_at,
+        "window": {"since": run.since, "until": run.until},
+        "read": findings.read.values().sum::<u64>(),
+        "expected": findings.expected,
+        "missing": findings.missing_total(),
+        "webhooks": findings.webhooks,
+        "anything_wrong": findings.anything_wrong(),
+    })
+}
+
+fn print_reconciliation(reconciled: Option<&serde_json::Value>, now: i64) {
+    let Some(run) = reconciled else {
+        println!("last reconciliation: never");
+        return;
+    };
+    let finished = run["finished_ms"].as_i64().unwrap_or_default();
+    println!(
+        "last reconciliation: {} ({}), window {} .. {}: {} read, {} requests, {} missing{}",
+        iso(finished),
+        page::ago(finished, now),
+        run["window"]["since"].as_str().unwrap_or_default(),
+        run["window"]["until"].as_str().unwrap_or_default(),
+        run["read"],
+        run["expected"],
+        run["missing"],
+        match run["webhooks"].as_array().map(Vec::len) {
+            Some(n) if n > 0 => format!(", {n} webhook problem(s)"),
+            _ => String::new(),
+        }
+    );
 }
 
 /// "0.8s / 2.1s / 3.0s (120 sent)", or "nothing sent".

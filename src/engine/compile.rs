@@ -352,6 +352,7 @@ pub(super) fn compile(set: MappingSet) -> Result<(Engine, Diagnostics), Diagnost
         settings_value,
         schemas: Schemas::builtin(),
         unread_query_fields: coverage.unread(),
+        queries: Arc::new(queries),
     };
     check_examples(&engine, &mappings, &files, &mut diagnostics);
     diagnostics.sort();

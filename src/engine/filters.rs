@@ -118,6 +118,19 @@ fn email(value: Value) -> Value {
         warn(format!("email {value} is not text; left out"));
         return Value::from(());
     };
+    match normalise_email(raw) {
+        Some(normalised) => Value::from(normalised),
+        None => {
+            warn(format!("email {raw:?} is not a valid address; left out"));
+            Value::from(())
+        }
+    }
+}
+
+/// The `email` filter's normalisation, for matching outside a template (`marketsync
+/// customer`): trimmed (of spaces, `<>` and `mailto:`) and lowercased, or `None` when it is not
+/// plausibly one address.
+pub fn normalise_email(raw: &str) -> Option<String> {
     let trimmed = raw
         .trim_matches(|c: char| c.is_whitespace() || c == '<' || c == '>')
         .trim_start_matches("mailto:");
@@ -129,11 +142,7 @@ fn email(value: Value) -> Value {
             && !domain.ends_with('.')
             && !domain.contains('@')
     }) && !normalised.chars().any(char::is_whitespace);
-    if !plausible {
-        warn(format!("email {raw:?} is not a valid address; left out"));
-        return Value::from(());
-    }
-    Value::from(normalised)
+    plausible.then_some(normalised)
 }
 
 /// A phone number in E.164 (`+61412345678`), read with `region` when it has no country code.
@@ -146,21 +155,31 @@ fn e164(value: &Value, region: &str) -> Value {
     if raw.trim().is_empty() {
         return Value::from(());
     }
-    let country = region
-        .trim()
-        .to_ascii_uppercase()
-        .parse::<phonenumber::country::Id>()
-        .ok();
-    match phonenumber::parse(country, &raw) {
-        Ok(number) if phonenumber::is_valid(&number) => {
-            Value::from(number.format().mode(phonenumber::Mode::E164).to_string())
-        }
-        _ => {
+    match normalise_phone(&raw, region) {
+        Some(number) => Value::from(number),
+        None => {
             warn(format!(
                 "phone {raw:?} cannot be read as an E.164 number (region {region}); left out"
             ));
             Value::from(())
         }
+    }
+}
+
+/// The `e164` filter's normalisation, for matching outside a template: the number in E.164,
+/// read with `region` (an ISO country code, e.g. `AU`) when it has no country code; `None`
+/// when it is not a valid number.
+pub fn normalise_phone(raw: &str, region: &str) -> Option<String> {
+    let country = region
+        .trim()
+        .to_ascii_uppercase()
+        .parse::<phonenumber::country::Id>()
+        .ok();
+    match phonenumber::parse(country, raw) {
+        Ok(number) if phonenumber::is_valid(&number) => {
+            Some(number.format().mode(phonenumber::Mode::E164).to_string())
+        }
+        _ => None,
     }
 }
 

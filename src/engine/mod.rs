@@ -92,6 +92,9 @@ pub struct Engine {
     schemas: &'static Schemas,
     /// What the webhook queries select that no mapping reads (`validate --verbose`).
     unread_query_fields: Vec<crate::queries::Unread>,
+    /// The webhook queries the mappings were checked against: what a record of each type
+    /// holds, and so what a reconciliation must read to build the same records.
+    queries: Arc<crate::queries::QuerySet>,
 }
 
 /// What one record gave.
@@ -192,6 +195,11 @@ impl Engine {
     /// Marketplacer work on every event.
     pub fn unread_query_fields(&self) -> &[crate::queries::Unread] {
         &self.unread_query_fields
+    }
+
+    /// The webhook queries (a client's merged in) the mappings were checked against.
+    pub fn queries(&self) -> &crate::queries::QuerySet {
+        &self.queries
     }
 
     /// Mapping names in load order.

@@ -200,6 +200,63 @@ impl Request {
     }
 }
 
+/// The people a request body names, as the keys the store notes them under (`email:…`,
+/// `phone:…`): the identifiers of every profile resource in it (an event's profile, a profile
+/// import, each profile of a subscription or bulk job), in body order, once each. Emails are
+/// lowercased as Klaviyo compares them; phone numbers are E.164 as the mappings send them.
+pub fn people_in(body: &Json) -> Vec<String> {
+    let mut people = Vec::new();
+    collect_people(body, &mut people);
+    people
+}
+
+/// [`people_in`] for a body kept as text; text that is not JSON names nobody.
+pub fn people_in_text(body: &str) -> Vec<String> {
+    serde_json::from_str(body)
+        .map(|body| people_in(&body))
+        .unwrap_or_default()
+}
+
+/// The key a person is noted under for an email address (already normalised).
+pub fn email_key(email: &str) -> String {
+    format!("email:{}", email.trim().to_lowercase())
+}
+
+/// The key a person is noted under for an E.164 phone number.
+pub fn phone_key(phone: &str) -> String {
+    format!("phone:{}", phone.trim())
+}
+
+fn collect_people(value: &Json, people: &mut Vec<String>) {
+    match value {
+        Json::Object(map) => {
+            if map.get("type").and_then(Json::as_str) == Some("profile")
+                && let Some(attributes) = map.get("attributes")
+            {
+                let text = |name: &str| {
+                    attributes
+                        .get(name)
+                        .and_then(Json::as_str)
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                };
+                let keys = [
+                    text("email").map(email_key),
+                    text("phone_number").map(phone_key),
+                ];
+                for key in keys.into_iter().flatten() {
+                    if !people.contains(&key) {
+                        people.push(key);
+                    }
+                }
+            }
+            map.values().for_each(|v| collect_people(v, people));
+        }
+        Json::Array(items) => items.iter().for_each(|v| collect_people(v, people)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +289,26 @@ mod tests {
             body["data"]["attributes"][k] = v.clone();
         }
         body
+    }
+
+    #[test]
+    fn people_are_read_from_every_profile_a_body_names() {
+        let event = event(json!({}));
+        assert_eq!(people_in(&event), ["email:a@b.co"]);
+        let import = json!({"data": {"type": "profile", "attributes": {
+            "email": " Zoe@Example.com", "phone_number": "+61412345678"}}});
+        assert_eq!(
+            people_in(&import),
+            ["email:zoe@example.com", "phone:+61412345678"]
+        );
+        let job = json!({"data": {"type": "profile-subscription-bulk-create-job", "attributes": {
+            "profiles": {"data": [
+                {"type": "profile", "attributes": {"email": "a@b.co"}},
+                {"type": "profile", "attributes": {"email": "c@d.co"}},
+                {"type": "profile", "attributes": {"email": "A@B.co"}}]}}}});
+        assert_eq!(people_in(&job), ["email:a@b.co", "email:c@d.co"]);
+        assert!(people_in_text("not json").is_empty());
+        assert!(people_in(&json!({"data": {"type": "event", "attributes": {}}})).is_empty());
     }
 
     #[test]

@@ -108,9 +108,9 @@ pub fn backfill_query(set: &QuerySet) -> (Query, Vec<QueryProblem>) {
 }
 
 /// Fields made here, not read from a file; their problems are the webhook queries'.
-const SYNTHETIC: Span = Span { file: 0, offset: 0 };
+pub(super) const SYNTHETIC: Span = Span { file: 0, offset: 0 };
 
-fn field(name: &str, arguments: &[(&str, &str)], selection: SelectionSet) -> Field {
+pub(super) fn field(name: &str, arguments: &[(&str, &str)], selection: SelectionSet) -> Field {
     Field {
         name: name.to_owned(),
         alias: None,
@@ -125,11 +125,11 @@ fn field(name: &str, arguments: &[(&str, &str)], selection: SelectionSet) -> Fie
     }
 }
 
-fn field_set(field: Field) -> SelectionSet {
+pub(super) fn field_set(field: Field) -> SelectionSet {
     sets([field])
 }
 
-fn sets(fields: impl IntoIterator<Item = Field>) -> SelectionSet {
+pub(super) fn sets(fields: impl IntoIterator<Item = Field>) -> SelectionSet {
     let mut set = SelectionSet::default();
     for field in fields {
         set.fields.insert(field.key().to_owned(), field);
@@ -138,7 +138,7 @@ fn sets(fields: impl IntoIterator<Item = Field>) -> SelectionSet {
 }
 
 /// The selection without `key`, and what `key` selected.
-fn split(mut set: SelectionSet, key: &str) -> (SelectionSet, Option<SelectionSet>) {
+pub(super) fn split(mut set: SelectionSet, key: &str) -> (SelectionSet, Option<SelectionSet>) {
     let taken = set.fields.shift_remove(key).map(|f| f.selection);
     (set, taken)
 }

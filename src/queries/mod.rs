@@ -17,6 +17,7 @@ pub mod check;
 pub mod coverage;
 mod document;
 pub mod live;
+pub mod reconcile;
 
 use crate::diagnostic::{Diagnostic, Position, Severity, SourceFile};
 use crate::source::schema::{MarketplacerSchema, Shape};

@@ -31,6 +31,11 @@ impl ApiKey {
         Ok(ApiKey(key))
     }
 
+    /// The key itself, for the header that carries it; never for a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// `text` with the key, wherever it appears, replaced by `***`. Text from outside
     /// marketsync (Klaviyo's answers, a proxy's, a network error) goes through this before it
     /// is printed or stored: a proxy that echoes the `Authorization` header must not get the

@@ -12,9 +12,11 @@
 //!   refunded line's `lineItem` filled in from the invoice's line items.
 //!
 //! Whole subtrees are moved, not picked field by field, so fields a client adds to the backfill
-//! query reach the mappings too. What the backfill query does not carry (a shipment's
-//! `shippedItems`, an invoice's `shippingAddress`) is simply absent, and mappings treat it as
-//! optional.
+//! query reach the mappings too: a shipment's or refund's `invoice` is its whole invoice with
+//! the whole order, and an order's invoice summaries are whole invoices (without their
+//! children). A record may so carry more than its webhook did, never less of what the webhook
+//! query selects. What the backfill query does not carry (a shipment's `shippedItems`, an
+//! invoice's `shippingAddress`) is simply absent, and mappings treat it as optional.
 
 use super::{Record, RecordError};
 use serde_json::{Map, Value as Json, json};
@@ -84,14 +86,6 @@ fn take_list(object: &mut Map<String, Json>, key: &str) -> Vec<Json> {
     }
 }
 
-fn pick(object: &Map<String, Json>, keys: &[&str]) -> Json {
-    Json::Object(
-        keys.iter()
-            .filter_map(|k| object.get(*k).map(|v| ((*k).to_owned(), v.clone())))
-            .collect(),
-    )
-}
-
 /// One order node into (typename, webhook-shaped node) pairs.
 fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
     let invoices: Vec<Map<String, Json>> = take_list(&mut order, "invoices")
@@ -110,23 +104,17 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
                 .unwrap_or_default()
         })
         .collect();
-    let invoice_summaries: Vec<Json> = invoices
-        .iter()
-        .map(|i| pick(i, &["id", "legacyId", "seller"]))
-        .collect();
-    // What the Shipment and RefundRequest webhook queries select of the order.
-    let order_brief = pick(
-        &order,
-        &[
-            "id",
-            "legacyId",
-            "emailAddress",
-            "firstName",
-            "surname",
-            "phone",
-            "totalCents",
-        ],
-    );
+    // Whole subtrees, never a list of fields: whatever a client adds to the backfill query
+    // (on the order, an invoice, a shipment or a refund) reaches its records. An invoice as a
+    // summary or as a child's parent is the invoice without its children.
+    let summary = |invoice: &Map<String, Json>| {
+        let mut summary = invoice.clone();
+        for children in ["shipments", "refundRequests", "lineItems"] {
+            summary.remove(children);
+        }
+        Json::Object(summary)
+    };
+    let invoice_summaries: Vec<Json> = invoices.iter().map(summary).collect();
     let mut full_order = order;
     full_order.insert("lineItems".into(), json!({ "nodes": all_lines }));
     full_order.insert("invoices".into(), json!({ "nodes": invoice_summaries }));
@@ -138,8 +126,9 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
     for mut invoice in invoices {
         let shipments = take_list(&mut invoice, "shipments");
         let refunds = take_list(&mut invoice, "refundRequests");
-        let mut invoice_brief = pick(&invoice, &["id", "legacyId", "statusFlags", "seller"]);
-        invoice_brief["order"] = order_brief.clone();
+        let mut parent = invoice.clone();
+        parent.insert("order".into(), full_order.clone());
+        let parent = Json::Object(parent);
         let lines = invoice
             .get("lineItems")
             .and_then(Json::as_array)
@@ -149,7 +138,7 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
         for shipment in shipments {
             if let Json::Object(mut shipment) = shipment {
                 shipment.insert("__typename".into(), "Shipment".into());
-                shipment.insert("invoice".into(), invoice_brief.clone());
+                shipment.insert("invoice".into(), parent.clone());
                 shipment_records.push(("Shipment", Json::Object(shipment)));
             }
         }
@@ -161,11 +150,7 @@ fn reshape_order(mut order: Map<String, Json>) -> Vec<(&'static str, Json)> {
                     }
                 }
                 refund.insert("__typename".into(), "RefundRequest".into());
-                let mut brief = invoice_brief.clone();
-                if let Some(b) = brief.as_object_mut() {
-                    b.remove("statusFlags");
-                }
-                refund.insert("invoice".into(), brief);
+                refund.insert("invoice".into(), parent.clone());
                 refund_records.push(("RefundRequest", Json::Object(refund)));
             }
         }
@@ -260,7 +245,8 @@ mod tests {
         );
         assert_eq!(
             invoice["order"]["invoices"]["nodes"][1],
-            json!({"id": "I2", "legacyId": 12, "seller": {"legacyId": 8}})
+            json!({"id": "I2", "legacyId": 12, "statusFlags": ["PAID"], "seller": {"legacyId": 8}}),
+            "a summary is the whole invoice without its children"
         );
         assert!(invoice.get("shipments").is_none());
         let shipment = &records[2].node;
@@ -269,6 +255,24 @@ mod tests {
         let refund = &records[3].node;
         assert_eq!(refund["lineItems"][0]["lineItem"]["advertTitle"], "Toy");
         assert_eq!(refund["invoice"]["order"]["legacyId"], 1);
+    }
+
+    /// A field a client adds to the backfill query on an order or an invoice reaches the
+    /// shipment's and refund's records too (they used to carry a fixed list of fields).
+    #[test]
+    fn children_carry_their_whole_invoice_and_order() {
+        let mut page = Json::Object(page());
+        page["updatedOrders"]["nodes"][0]["companyName"] = json!("Acme Pty Ltd");
+        page["updatedOrders"]["nodes"][0]["invoices"]["nodes"][0]["buyerPhone"] = json!("0400");
+        let records = records(page.as_object().unwrap().clone()).unwrap();
+        for child in &records[2..] {
+            assert_eq!(
+                child.node["invoice"]["order"]["companyName"],
+                "Acme Pty Ltd"
+            );
+            assert_eq!(child.node["invoice"]["buyerPhone"], "0400");
+            assert!(child.node["invoice"].get("shipments").is_none());
+        }
     }
 
     #[test]
@@ -282,22 +286,16 @@ mod tests {
         };
         let before = ids(page());
         assert_eq!(ids(page()), before, "the same page again is all repeats");
-        // Invoice I1 is refunded since: it, its shipment and its refund changed; so did I2,
-        // whose record embeds the whole order.
+        // Invoice I1 is refunded since: every record of the order embeds it (whole subtrees),
+        // so each is mapped again, and once-per keys absorb what was sent before.
         let mut changed = Json::Object(page());
         changed["updatedOrders"]["nodes"][0]["invoices"]["nodes"][0]["statusFlags"] =
             json!(["PAID", "REFUNDED"]);
         let after = ids(changed.as_object().unwrap().clone());
         assert_ne!(after[0], before[0], "the changed invoice is mapped again");
-        assert_ne!(
-            after[2], before[2],
-            "so is its shipment, which carries its flags"
-        );
-        assert_eq!(
-            after[1], before[1],
-            "the other invoice embeds no flags of I1"
-        );
-        assert_eq!(after[3], before[3], "a refund carries no invoice flags");
+        for (index, (after, before)) in after.iter().zip(&before).enumerate() {
+            assert_ne!(after, before, "record {index} embeds the changed invoice");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod backfill;
 mod reader;
+pub mod reconcile;
 pub mod schema;
 pub mod webhook;
 

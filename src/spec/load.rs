@@ -258,6 +258,22 @@ fn check_queries(set: &mut MappingSet) {
             set.diagnostics.push(set.queries.diagnostic(&problem));
         }
     }
+    // `reconcile` puts every webhook query's selection into its own queries: a key two of
+    // them select as different fields cannot be put in one. Problems of the webhook queries
+    // themselves are reported above, once; the reconciliation's own fields are checked by
+    // their tests.
+    if set.queries.queries.is_empty() {
+        return;
+    }
+    let (_, conflicts) = crate::queries::reconcile::reconcile_queries(&set.queries, 500);
+    for conflict in &conflicts {
+        let mut diagnostic = set.queries.diagnostic(conflict);
+        diagnostic.message = format!(
+            "{} (the reconciliation queries merge every webhook query's selection)",
+            diagnostic.message
+        );
+        set.diagnostics.push(diagnostic);
+    }
 }
 
 /// Loads a mapping set from texts in memory, as (file name, text) pairs, exactly as

@@ -386,6 +386,12 @@ pub struct ClientConfig {
     /// Built-in alerts `serve` sends, for teams without Prometheus.
     #[serde(default)]
     pub alerts: Option<crate::alerts::AlertSettings>,
+    /// The Marketplacer instance `reconcile` reads (its GraphQL Operator API).
+    #[serde(default)]
+    pub marketplacer: Option<crate::marketplacer::MarketplacerSettings>,
+    /// When `serve` reconciles, and over which window.
+    #[serde(default)]
+    pub reconcile: Option<crate::reconcile::ReconcileSettings>,
 }
 
 fn default_profile_mapping() -> Spanned<String> {
@@ -428,6 +434,12 @@ impl ClientConfig {
         }
         if let Some(alerts) = &self.alerts {
             settings.alerts = Some(alerts.clone());
+        }
+        if let Some(marketplacer) = &self.marketplacer {
+            settings.marketplacer = Some(marketplacer.clone());
+        }
+        if let Some(reconcile) = &self.reconcile {
+            settings.reconcile = Some(reconcile.clone());
         }
     }
 

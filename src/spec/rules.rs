@@ -280,6 +280,69 @@ pub(super) fn check(
             );
         }
     }
+    if let Some(marketplacer) = top.get("marketplacer")
+        && let BodyNode::Map(fields) = &marketplacer.value
+    {
+        if let Some(value) = fields.get("url")
+            && let BodyNode::String(url) = &value.value
+            && let Err(problem) = crate::marketplacer::endpoint(url)
+        {
+            error(value.at, problem.to_string());
+        }
+        if let Some(value) = fields.get("api_key_env") {
+            pattern(
+                value,
+                "marketplacer.api_key_env",
+                is_identifier,
+                "an environment variable name: letters, digits and `_`, not starting with a digit (the key itself never goes in a file)",
+                &mut error,
+            );
+        }
+        let number = |value: &Spanned<BodyNode>| match &value.value {
+            BodyNode::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        if let Some(value) = fields.get("page_size")
+            && number(value)
+                .is_some_and(|n| n == 0 || n > u64::from(crate::marketplacer::MAX_PAGE_SIZE))
+        {
+            error(
+                value.at,
+                format!(
+                    "marketplacer.page_size must be 1 to {} (Marketplacer serves at most {0} nodes a page)",
+                    crate::marketplacer::MAX_PAGE_SIZE
+                ),
+            );
+        }
+        if let Some(value) = fields.get("max_attempts")
+            && number(value) == Some(0)
+        {
+            error(
+                value.at,
+                "marketplacer.max_attempts must be at least 1".into(),
+            );
+        }
+        if let Some(limit) = fields.get("rate_limit")
+            && let BodyNode::Map(limit) = &limit.value
+            && let Some(value) = limit.get("requests")
+            && number(value) == Some(0)
+        {
+            error(
+                value.at,
+                "marketplacer.rate_limit: `requests: 0` would never let a request through; give the requests allowed per window, at least 1".into(),
+            );
+        }
+    }
+    if let Some(reconcile) = top.get("reconcile")
+        && let BodyNode::Map(fields) = &reconcile.value
+        && fields.contains_key("schedule")
+        && !top.contains_key("marketplacer")
+    {
+        error(
+            key_at("reconcile", reconcile),
+            "reconcile: a schedule needs the instance to read: add `marketplacer: { url: https://… }`".into(),
+        );
+    }
     out
 }
 

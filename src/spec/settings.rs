@@ -44,6 +44,13 @@ pub struct Settings {
     /// client's, not the base's).
     #[serde(skip)]
     pub alerts: Option<crate::alerts::AlertSettings>,
+    /// The Marketplacer instance `reconcile` reads (`marketplacer:` in client.yaml only: the
+    /// instance and its key are the client's).
+    #[serde(skip)]
+    pub marketplacer: Option<crate::marketplacer::MarketplacerSettings>,
+    /// The scheduled reconciliation (`reconcile:` in client.yaml only).
+    #[serde(skip)]
+    pub reconcile: Option<crate::reconcile::ReconcileSettings>,
 }
 
 /// One marketplace (Marketplacer vertical) of a client.

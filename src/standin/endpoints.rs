@@ -182,7 +182,15 @@ fn record_event(
         &metric,
         &checks::event_instant(&attributes, received),
     );
+    let datetime = attributes
+        .get("time")
+        .and_then(Json::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(received, |t| t.with_timezone(&Utc));
     let event = AcceptedEvent {
+        id: super::store::new_id(),
+        profile_id: None,
+        datetime: Some(timestamp(datetime)),
         endpoint,
         metric,
         profile_key,
@@ -192,12 +200,15 @@ fn record_event(
     };
     if store.record_event(request, key, event) {
         let id = profile.get("id").and_then(Json::as_str);
-        let _ = store.upsert(
+        if let Ok((index, _)) = store.upsert(
             id,
             &object(&profile["attributes"]),
             profile.get("meta"),
             Nulls::Clear,
-        );
+        ) {
+            let profile_id = store.profile(index).id.clone();
+            store.link_last_event(profile_id);
+        }
     }
 }
 

@@ -45,13 +45,13 @@ impl Clock {
 /// The times (scaled seconds) of what happened in the last `span` seconds, oldest first. The
 /// window is half-open: something at `t` has left it at `t + span`.
 #[derive(Debug, Clone)]
-struct Window {
+pub(crate) struct Window {
     span: f64,
     times: VecDeque<f64>,
 }
 
 impl Window {
-    fn new(span: f64) -> Window {
+    pub(crate) fn new(span: f64) -> Window {
         Window {
             span,
             times: VecDeque::new(),
@@ -59,7 +59,7 @@ impl Window {
     }
 
     /// How many are in the window at `now`.
-    fn count(&mut self, now: f64) -> usize {
+    pub(crate) fn count(&mut self, now: f64) -> usize {
         while self.times.front().is_some_and(|&t| t + self.span <= now) {
             self.times.pop_front();
         }
@@ -67,13 +67,13 @@ impl Window {
     }
 
     /// Seconds until the oldest leaves the window (0 when it is empty).
-    fn frees_in(&self, now: f64) -> f64 {
+    pub(crate) fn frees_in(&self, now: f64) -> f64 {
         self.times
             .front()
             .map_or(0.0, |&t| (t + self.span - now).max(0.0))
     }
 
-    fn push(&mut self, now: f64) {
+    pub(crate) fn push(&mut self, now: f64) {
         self.times.push_back(now);
     }
 }

@@ -1,5 +1,6 @@
-//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, answered as
-//! Klaviyo documents, on loopback.
+//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, and the two it
+//! reads back (`GET /api/profiles`, `GET /api/events`), answered as Klaviyo documents, on
+//! loopback.
 //!
 //! Why it exists: tests must never call the real Klaviyo, yet the sender has to be tested against
 //! everything Klaviyo does to a client: validation errors with JSON pointers, upsert answers
@@ -35,6 +36,8 @@ mod endpoints;
 mod errors;
 mod faults;
 mod limits;
+pub mod marketplacer;
+mod reads;
 mod server;
 mod store;
 
@@ -251,6 +254,16 @@ impl StandIn {
     /// What it accepted so far (bulk import jobs that are due are run first).
     pub fn accepted(&self) -> Accepted {
         self.app.settled_store().store.accepted()
+    }
+
+    /// Suppresses an email address globally, as Klaviyo does when the shopper unsubscribes
+    /// (`UNSUBSCRIBE`), a mail hard-bounces (`HARD_BOUNCE`) or marks spam (`SPAM_COMPLAINT`):
+    /// what a test needs to make Klaviyo's consent differ from what was sent.
+    pub fn suppress(&self, email: &str, reason: &str) {
+        self.app
+            .lock()
+            .store
+            .suppress(email, reason, chrono::Utc::now());
     }
 
     /// What it saw so far.

@@ -11,6 +11,7 @@ use super::endpoints::{self, Ctx};
 use super::errors::{ApiError, Reply};
 use super::faults::{Fault, FaultPlan};
 use super::limits::{Clock, Limiter, Meter};
+use super::reads;
 use super::store::Store;
 use super::{Config, EndpointStats, Limit, Scope, Stats};
 use crate::klaviyo::Endpoint;
@@ -39,7 +40,23 @@ pub(crate) enum Route {
     Post(Endpoint),
     GetJob,
     GetJobErrors,
+    /// `GET /api/profiles` (see [`super::reads`]).
+    GetProfiles,
+    /// `GET /api/events`.
+    GetEvents,
 }
+
+/// `GET /api/profiles`: the spec's `x-klaviyo-ratelimit` (75/s, 750/m).
+const PROFILES_READ_LIMIT: Limit = Limit {
+    burst_per_second: 75,
+    steady_per_minute: 750,
+};
+
+/// `GET /api/events`: the spec's `x-klaviyo-ratelimit` (350/s, 3500/m).
+const EVENTS_READ_LIMIT: Limit = Limit {
+    burst_per_second: 350,
+    steady_per_minute: 3500,
+};
 
 /// Klaviyo's limits for reading a bulk import job and its errors (not configurable).
 const JOB_READ_LIMIT: Limit = Limit {
@@ -146,6 +163,8 @@ impl App {
                 .copied()
                 .unwrap_or_else(|| Limit::klaviyo(endpoint)),
             Route::GetJob | Route::GetJobErrors => JOB_READ_LIMIT,
+            Route::GetProfiles => PROFILES_READ_LIMIT,
+            Route::GetEvents => EVENTS_READ_LIMIT,
         }
     }
 
@@ -247,6 +266,8 @@ impl App {
             Route::GetJobErrors => {
                 endpoints::get_job_errors(&request.job_id, &request.query, &mut ctx)
             }
+            Route::GetProfiles => reads::get_profiles(&request.query, ctx.store, ctx.base_url),
+            Route::GetEvents => reads::get_events(&request.query, ctx.store, ctx.base_url),
         };
         reply.rate = Some(rate);
         reply
@@ -350,8 +371,26 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         };
         handle(app, connection, Route::GetJobErrors, request)
     };
+    let read = |route: Route| {
+        move |State(app): State<Arc<App>>,
+              ConnectInfo(connection): ConnectInfo<Connection>,
+              Query(query): Query<HashMap<String, String>>,
+              headers: HeaderMap| {
+            let request = Incoming {
+                headers,
+                body: Bytes::new(),
+                job_id: String::new(),
+                query,
+            };
+            handle(app, connection, route, request)
+        }
+    };
     let jobs = Endpoint::BulkImportProfiles.path();
     router
+        .route("/api/profiles", get(read(Route::GetProfiles)))
+        .route("/api/profiles/", get(read(Route::GetProfiles)))
+        .route("/api/events", get(read(Route::GetEvents)))
+        .route("/api/events/", get(read(Route::GetEvents)))
         .route(SUBMISSIONS_PATH, get(submissions))
         .route(&format!("{jobs}/{{id}}"), get(job))
         .route(&format!("{jobs}/{{id}}/"), get(job))

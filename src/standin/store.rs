@@ -56,6 +56,12 @@ impl Accepted {
 /// An event as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AcceptedEvent {
+    /// The id the stand-in gave it (what `GET /api/events` lists it by).
+    pub id: String,
+    /// The profile it was recorded against, when its profile could be created or updated.
+    pub profile_id: Option<String>,
+    /// When it happened (its `time`, else when it arrived), in Klaviyo's format.
+    pub datetime: Option<String>,
     /// [`Endpoint::CreateEvent`] or [`Endpoint::BulkCreateEvents`].
     pub endpoint: Endpoint,
     /// The metric's name.
@@ -197,6 +203,9 @@ pub(crate) struct Store {
     submissions: Vec<EventSubmission>,
     /// Event requests accepted so far (see [`EventSubmission::request`]).
     event_requests: u64,
+    /// Global email suppressions by lowercased email: (reason, since). Set by a test, as a
+    /// shopper's unsubscribe or a bounce sets them at Klaviyo.
+    suppressions: HashMap<String, (String, DateTime<Utc>)>,
     pub(crate) jobs: Vec<ImportJob>,
 }
 
@@ -217,6 +226,67 @@ impl Store {
 
     pub(crate) fn profile(&self, index: usize) -> &Profile {
         &self.profiles[index]
+    }
+
+    pub(crate) fn all_profiles(&self) -> &[Profile] {
+        &self.profiles
+    }
+
+    pub(crate) fn recorded_events(&self) -> &[AcceptedEvent] {
+        &self.events
+    }
+
+    /// The events recorded against a profile.
+    pub(crate) fn events_of<'a>(
+        &'a self,
+        profile_id: &'a str,
+    ) -> impl Iterator<Item = &'a AcceptedEvent> {
+        self.events
+            .iter()
+            .filter(move |e| e.profile_id.as_deref() == Some(profile_id))
+    }
+
+    /// The email-marketing consents accepted for a profile (by its id or its email), oldest
+    /// first: the parameters sent and the job's `custom_source`.
+    pub(crate) fn subscriptions_of(
+        &self,
+        profile_id: &str,
+        email: Option<&str>,
+    ) -> Vec<(Json, Option<String>)> {
+        self.subscriptions
+            .iter()
+            .filter(|s| {
+                s.profile_id.as_deref() == Some(profile_id)
+                    || email.is_some_and(|email| {
+                        s.email
+                            .as_deref()
+                            .is_some_and(|e| e.eq_ignore_ascii_case(email))
+                    })
+            })
+            .filter_map(|s| {
+                let parameters = s.consents.get("email.marketing")?;
+                Some((parameters.clone(), s.custom_source.clone()))
+            })
+            .collect()
+    }
+
+    /// The global email suppression of an address: (reason, since).
+    pub(crate) fn suppression_of(&self, email: &str) -> Option<(&String, &DateTime<Utc>)> {
+        self.suppressions
+            .get(&email.to_lowercase())
+            .map(|(reason, at)| (reason, at))
+    }
+
+    pub(crate) fn suppress(&mut self, email: &str, reason: &str, at: DateTime<Utc>) {
+        self.suppressions
+            .insert(email.to_lowercase(), (reason.to_owned(), at));
+    }
+
+    /// Records which profile the newest event was recorded against.
+    pub(crate) fn link_last_event(&mut self, profile_id: String) {
+        if let Some(event) = self.events.last_mut() {
+            event.profile_id = Some(profile_id);
+        }
     }
 
     /// Numbers an accepted request that carries events; its events are recorded under it.

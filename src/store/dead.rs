@@ -170,6 +170,19 @@ impl Store {
         requests: &[NewRequest],
         now: i64,
     ) -> Result<Intake, StoreError> {
+        self.requeue_concerning(dead_letter_id, requests, &[], now)
+    }
+
+    /// [`Store::requeue`], noting the people the requests name on the letter's delivery (see
+    /// [`Store::intake_concerning`]): a delivery whose mapping failed at intake named nobody
+    /// until it was mapped again.
+    pub fn requeue_concerning(
+        &mut self,
+        dead_letter_id: i64,
+        requests: &[NewRequest],
+        people: &[String],
+        now: i64,
+    ) -> Result<Intake, StoreError> {
         let versions = versions_of(requests)?;
         let tx = self.write()?;
         let inbox_id = open_letter(&tx, dead_letter_id)?
@@ -178,6 +191,10 @@ impl Store {
         let mut intake = Intake::default();
         for (request, version) in requests.iter().zip(&versions) {
             intake.count(queue(&tx, inbox_id, request, version.as_deref(), now)?);
+        }
+        for person in people {
+            tx.prepare_cached("INSERT OR IGNORE INTO person (key, inbox_id) VALUES (?1, ?2)")?
+                .execute(params![person, inbox_id])?;
         }
         tx.commit()?;
         Ok(intake)

@@ -35,6 +35,21 @@ impl Store {
         warnings: &[String],
         now: i64,
     ) -> Result<Intake, StoreError> {
+        self.intake_concerning(delivery, requests, failures, warnings, &[], now)
+    }
+
+    /// [`Store::intake_with_warnings`], noting in the same transaction which people the
+    /// delivery concerned: opaque keys (the caller's, e.g. `email:…`) that
+    /// [`Store::person_history`] finds it by. Keys are kept as given, once each.
+    pub fn intake_concerning(
+        &mut self,
+        delivery: &DeliveryRecord,
+        requests: &[NewRequest],
+        failures: &[NewDeadLetter],
+        warnings: &[String],
+        people: &[String],
+        now: i64,
+    ) -> Result<Intake, StoreError> {
         let versions = versions_of(requests)?;
         let tx = self.write()?;
         let inserted = tx.execute(
@@ -68,6 +83,10 @@ impl Store {
                 "INSERT INTO warning (inbox_id, message, created_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![inbox_id, warning, now])?;
+        }
+        for person in people {
+            tx.prepare_cached("INSERT OR IGNORE INTO person (key, inbox_id) VALUES (?1, ?2)")?
+                .execute(params![person, inbox_id])?;
         }
         tx.commit()?;
         Ok(intake)
@@ -144,6 +163,7 @@ pub(super) fn queue(
                 |r| r.get(0),
             )?;
         if seen {
+            note_dropped(tx, inbox_id, request, "once", now)?;
             return Ok(Queued::DroppedOnce);
         }
     }
@@ -156,6 +176,7 @@ pub(super) fn queue(
             )?
             .query_row(params![request.mapping, key, version], |r| r.get(0))?;
         if applied {
+            note_dropped(tx, inbox_id, request, "stale", now)?;
             return Ok(Queued::DroppedStale);
         }
         let older: Option<(i64, String, i64, i64)> = tx
@@ -169,6 +190,7 @@ pub(super) fn queue(
             .optional()?;
         if let Some((id, older_version, created_at, next_attempt_at)) = older {
             if older_version.as_str() >= version {
+                note_dropped(tx, inbox_id, request, "coalesced", now)?;
                 return Ok(Queued::Coalesced);
             }
             tx.execute("UPDATE outbox SET state = 'superseded' WHERE id = ?1", [id])?;
@@ -196,4 +218,29 @@ pub(super) fn queue(
         ":next_attempt_at": place.1,
     })?;
     Ok(outcome)
+}
+
+/// Keeps the fact that a request of this delivery was not queued, and why: `once` (its once
+/// key was accepted or is queued), `stale` (an as-new version was applied), `coalesced` (an
+/// as-new version is queued).
+fn note_dropped(
+    tx: &Connection,
+    inbox_id: i64,
+    request: &NewRequest,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO dropped_request (inbox_id, mapping, endpoint, reason, once_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        inbox_id,
+        request.mapping,
+        request.endpoint,
+        reason,
+        request.once_key,
+        now
+    ])?;
+    Ok(())
 }

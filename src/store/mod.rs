@@ -12,6 +12,9 @@
 //! - **once per key** across runs, **coalescing** of profile updates against a per-profile
 //!   **watermark**, **ordering holds** (`waits_for` is a ledger key), the **consent** ledger of
 //!   initial opt-ins, **dead letters** with the delivery they came from, and **exceptions**.
+//! - **people**: which deliveries concerned whom, under opaque keys the caller gives at intake,
+//!   and the requests intake dropped, so that a person's history is read without a scan
+//!   ([`Store::person_history`]).
 //!
 //! What it must never do: read the clock (every time is unix milliseconds passed in by the
 //! caller, so tests are deterministic and a replay is reproducible), talk to the network, or
@@ -25,14 +28,20 @@
 //! to *claim* rows with a lease (one SQLite writer does not), and that shape is better designed
 //! against the real second store than guessed now.
 
+mod customer;
 mod dead;
 mod exceptions;
 mod intake;
 pub mod lock;
 mod outbox;
+mod reconcile;
 mod schema;
 mod status;
 
+pub use customer::{
+    DroppedRequest, ExceptionSummary, LetterSummary, PersonDelivery, PersonHistory, PersonRequest,
+};
+pub use reconcile::{Found, ReconcileRun};
 pub use status::{LaneStatus, SentRequest, Status};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -638,7 +647,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.schema_version().unwrap(), 8);
         let letters = store.open_dead_letters(&Filter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].category, "retries-exhausted");

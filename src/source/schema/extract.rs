@@ -51,10 +51,19 @@ pub const SOURCE: SourceCopy = SourceCopy {
 /// webhook is common. Everything they reach is extracted with them.
 pub const ROOTS: &[&str] = &["Invoice", "Order", "RefundRequest", "Seller", "Shipment"];
 
-/// The fields of `Query` a webhook or backfill query starts from (`node(id:)`, `siteConfig`
-/// and `updatedOrders`); `Query` is extracted with these alone, since the whole of it reaches
-/// every type of the SDL.
-pub const QUERY_FIELDS: &[&str] = &["node", "siteConfig", "updatedOrders"];
+/// The fields of `Query` a webhook, backfill or reconciliation query starts from (`node(id:)`,
+/// `siteConfig`, `updatedOrders`, and the lists a reconciliation pages: `invoices`,
+/// `refundRequests`, `invoiceAmendments`, `webhooks`); `Query` is extracted with these alone,
+/// since the whole of it reaches every type of the SDL.
+pub const QUERY_FIELDS: &[&str] = &[
+    "node",
+    "siteConfig",
+    "updatedOrders",
+    "invoices",
+    "refundRequests",
+    "invoiceAmendments",
+    "webhooks",
+];
 
 /// Scalars whose values are arbitrary JSON, so any path below them may match.
 const JSON_SCALARS: &[&str] = &["JSON"];

@@ -1,0 +1,334 @@
+//! What a reconciliation asks of the store: where a run is (its checkpoint), which objects it
+//! has read, whether a request was accepted or is queued, and the repairs it queues.
+//!
+//! A run's findings are the caller's JSON and its scope an opaque name: the store knows no
+//! mapping and no Marketplacer query. A page of the sweep is written in one transaction (see
+//! [`Store::in_transaction`]): the objects read, the repairs, the letters closed and the new
+//! checkpoint together, so a run killed anywhere resumes at a page boundary with counts that
+//! match what was written.
+
+use super::intake::{queue, versions_of};
+use super::{
+    DeliveryRecord, Intake, NewDeadLetter, NewRequest, Store, StoreError, dead, ledger_key,
+    normalise_version,
+};
+use rusqlite::{OptionalExtension, params};
+
+/// A reconciliation run, as far as it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileRun {
+    pub id: i64,
+    pub scope: String,
+    /// The window, RFC 3339, `until` excluded.
+    pub since: String,
+    pub until: String,
+    /// The query reached and its cursor (`None`: its first page).
+    pub step: String,
+    pub cursor: Option<String>,
+    /// What it found so far, as the caller wrote it.
+    pub counts: String,
+    pub started_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// Where a request stands, as far as the store knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Klaviyo accepted it (its once key, or its `unique_id` at its endpoint, is in the
+    /// ledger), or a newer version of its profile.
+    Accepted,
+    /// A row for it is waiting in the outbox.
+    Queued,
+    /// Neither: it never reached Klaviyo.
+    Missing,
+    /// It has no once key, `unique_id` or coalesce key, so nothing tells whether it was sent.
+    Unknown,
+}
+
+const RUN_COLUMNS: &str = "id, scope, since, until, step, cursor, counts, started_at, \
+                           updated_at, finished_at";
+
+fn run_from(r: &rusqlite::Row) -> rusqlite::Result<ReconcileRun> {
+    Ok(ReconcileRun {
+        id: r.get(0)?,
+        scope: r.get(1)?,
+        since: r.get(2)?,
+        until: r.get(3)?,
+        step: r.get(4)?,
+        cursor: r.get(5)?,
+        counts: r.get(6)?,
+        started_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        finished_at: r.get(9)?,
+    })
+}
+
+impl Store {
+    /// Runs `work` in one transaction: every write it makes through the store's methods is
+    /// committed together when it returns `Ok`, and none is kept when it returns `Err`.
+    pub fn in_transaction<T, E: From<StoreError>>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from)?;
+        match work(self) {
+            Ok(done) => {
+                if let Err(err) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(StoreError::from(err).into());
+                }
+                Ok(done)
+            }
+            Err(err) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    /// The run of `scope` that has not finished (nor been abandoned), if there is one.
+    pub fn open_reconcile_run(&self, scope: &str) -> Result<Option<ReconcileRun>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM reconcile_run
+                     WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL
+                     ORDER BY id DESC LIMIT 1"
+                ),
+                [scope],
+                run_from,
+            )
+            .optional()?)
+    }
+
+    /// The run that finished last, of any scope.
+    pub fn last_reconcile_run(&self) -> Result<Option<ReconcileRun>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM reconcile_run WHERE finished_at IS NOT NULL
+                     ORDER BY finished_at DESC, id DESC LIMIT 1"
+                ),
+                [],
+                run_from,
+            )
+            .optional()?)
+    }
+
+    /// Starts a run of `scope` over `since..until` at its first `step`; an unfinished run of
+    /// the same scope is abandoned (kept, marked, its read objects forgotten).
+    pub fn start_reconcile_run(
+        &mut self,
+        scope: &str,
+        (since, until): (&str, &str),
+        step: &str,
+        counts: &str,
+        now: i64,
+    ) -> Result<ReconcileRun, StoreError> {
+        let tx = self.write()?;
+        tx.execute(
+            "DELETE FROM reconcile_seen WHERE run_id IN (SELECT id FROM reconcile_run
+               WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL)",
+            [scope],
+        )?;
+        tx.execute(
+            "UPDATE reconcile_run SET abandoned_at = ?2
+             WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL",
+            params![scope, now],
+        )?;
+        tx.execute(
+            "INSERT INTO reconcile_run (scope, since, until, step, counts, started_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![scope, since, until, step, counts, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        let run = tx.query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM reconcile_run WHERE id = ?1"),
+            [id],
+            run_from,
+        )?;
+        tx.commit()?;
+        Ok(run)
+    }
+
+    /// Notes that run `run_id` has read `object_id`; `false` when it had already.
+    pub fn reconcile_seen(&mut self, run_id: i64, object_id: &str) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let added = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reconcile_seen (run_id, object_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![run_id, object_id])?;
+        tx.commit()?;
+        Ok(added == 1)
+    }
+
+    /// Moves run `run_id`'s checkpoint: the query and cursor to go on from, and what it found.
+    pub fn reconcile_progress(
+        &mut self,
+        run_id: i64,
+        (step, cursor): (&str, Option<&str>),
+        counts: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        let changed = tx.execute(
+            "UPDATE reconcile_run SET step = ?2, cursor = ?3, counts = ?4, updated_at = ?5
+             WHERE id = ?1 AND finished_at IS NULL AND abandoned_at IS NULL",
+            params![run_id, step, cursor, counts, now],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                what: "unfinished reconciliation run",
+                id: run_id,
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Run `run_id` is done, with what it found; the objects it read are forgotten.
+    pub fn finish_reconcile_run(
+        &mut self,
+        run_id: i64,
+        counts: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        let changed = tx.execute(
+            "UPDATE reconcile_run SET counts = ?2, updated_at = ?3, finished_at = ?3,
+                                      cursor = NULL
+             WHERE id = ?1 AND finished_at IS NULL AND abandoned_at IS NULL",
+            params![run_id, counts, now],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound {
+                what: "unfinished reconciliation run",
+                id: run_id,
+            });
+        }
+        tx.execute("DELETE FROM reconcile_seen WHERE run_id = ?1", [run_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a request was accepted, is queued, or is missing: by its once key (scoped by
+    /// its mapping, as at intake), its `unique_id` at its endpoint, and its coalesce key's
+    /// watermark (a profile at or past its version was applied, if by a newer update).
+    pub fn request_found(&self, request: &NewRequest) -> Result<Found, StoreError> {
+        let version = match &request.version {
+            Some(version) => Some(normalise_version(&request.mapping, version)?),
+            None => None,
+        };
+        let exists = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<bool, StoreError> {
+            Ok(self
+                .conn
+                .prepare_cached(sql)?
+                .query_row(params, |r| r.get(0))?)
+        };
+        if let Some(once_key) = &request.once_key {
+            let key = ledger_key(&request.mapping, once_key);
+            if exists(
+                "SELECT EXISTS (SELECT 1 FROM ledger WHERE key = ?1)",
+                &[&key],
+            )? {
+                return Ok(Found::Accepted);
+            }
+        }
+        if let Some(unique_id) = &request.unique_id
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM ledger WHERE endpoint = ?1 AND unique_id = ?2)",
+                &[&request.endpoint, unique_id],
+            )?
+        {
+            return Ok(Found::Accepted);
+        }
+        if let (Some(key), Some(version)) = (&request.coalesce_key, &version)
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM watermark
+                                WHERE mapping = ?1 AND coalesce_key = ?2 AND version >= ?3)",
+                &[&request.mapping, key, version],
+            )?
+        {
+            return Ok(Found::Accepted);
+        }
+        if let Some(once_key) = &request.once_key
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE mapping = ?1 AND once_key = ?2
+                                AND state IN ('pending', 'superseded'))",
+                &[&request.mapping, once_key],
+            )?
+        {
+            return Ok(Found::Queued);
+        }
+        if let Some(unique_id) = &request.unique_id
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE endpoint = ?1 AND unique_id = ?2
+                                AND state IN ('pending', 'superseded'))",
+                &[&request.endpoint, unique_id],
+            )?
+        {
+            return Ok(Found::Queued);
+        }
+        if let (Some(key), Some(version)) = (&request.coalesce_key, &version)
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE mapping = ?1 AND coalesce_key = ?2
+                                AND state = 'pending' AND version >= ?3)",
+                &[&request.mapping, key, version],
+            )?
+        {
+            return Ok(Found::Queued);
+        }
+        if request.once_key.is_none() && request.unique_id.is_none() && version.is_none() {
+            return Ok(Found::Unknown);
+        }
+        Ok(Found::Missing)
+    }
+
+    /// Queues a reconciliation's repairs of one object: `delivery` (the record as read, so
+    /// that `dead show` and `retry` work on it as on a webhook's) is kept in the inbox, or
+    /// found there from an earlier run, and the requests are queued under it by the rules of
+    /// intake (a once key accepted or queued meanwhile still drops one); the mapping failures
+    /// are kept as dead letters of it.
+    pub fn queue_repairs(
+        &mut self,
+        delivery: &DeliveryRecord,
+        requests: &[NewRequest],
+        failures: &[NewDeadLetter],
+        now: i64,
+    ) -> Result<Intake, StoreError> {
+        let versions = versions_of(requests)?;
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (marketplace, delivery_id) DO NOTHING",
+            params![
+                delivery.marketplace,
+                delivery.delivery_id,
+                delivery.origin,
+                delivery.text,
+                now
+            ],
+        )?;
+        let inbox_id: i64 = tx.query_row(
+            "SELECT id FROM inbox WHERE marketplace = ?1 AND delivery_id = ?2",
+            params![delivery.marketplace, delivery.delivery_id],
+            |r| r.get(0),
+        )?;
+        let mut intake = Intake::default();
+        for (request, version) in requests.iter().zip(&versions) {
+            intake.count(queue(&tx, inbox_id, request, version.as_deref(), now)?);
+        }
+        for letter in failures {
+            dead::insert_letter(&tx, inbox_id, None, letter, now)?;
+        }
+        tx.commit()?;
+        Ok(intake)
+    }
+}

@@ -1,0 +1,538 @@
+//! Issue 16, end to end: a day of webhooks replayed into `serve` with 5% of them withheld and
+//! one mapping's deliveries dead-lettered (a client overlay that fails, then is fixed); then
+//! `marketsync reconcile` against the Marketplacer stand-in (serving the whole day) and the
+//! Klaviyo stand-in. Exactly the withheld and dead-lettered facts are queued and accepted; a
+//! second run queues nothing; `--report-only` sends nothing; a killed-and-resumed run gives the
+//! report an uninterrupted one gives.
+
+mod common;
+
+use base64::Engine as _;
+use common::ServeProcess;
+use marketsync::serve::WEBHOOK_PATH;
+use marketsync::standin::marketplacer as mp;
+use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ORDERS: u64 = 120;
+const DAY: &str = "2026-03-20T00:00:00Z";
+const UNTIL: &str = "2026-03-21T00:00:00Z";
+
+fn gid(type_name: &str, id: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{type_name}-{id}"))
+}
+
+fn time(offset_seconds: i64) -> String {
+    let start = chrono::DateTime::parse_from_rfc3339(DAY).unwrap();
+    let at = start + chrono::Duration::seconds(offset_seconds);
+    at.with_timezone(&chrono::FixedOffset::east_opt(11 * 3600).unwrap())
+        .to_rfc3339()
+}
+
+fn example(name: &str) -> Value {
+    let text = std::fs::read_to_string(common::repo("examples").join(name)).unwrap();
+    let text = text.lines().find(|l| !l.trim().is_empty()).unwrap_or(&text);
+    serde_json::from_str(text)
+        .or_else(|_| {
+            serde_json::from_str(
+                &std::fs::read_to_string(common::repo("examples").join(name)).unwrap(),
+            )
+        })
+        .unwrap()
+}
+
+fn capture(key: String, event: &str, node: Value) -> Value {
+    json!({
+        "headers": {"Marketplacer-Vertical": "petmarket", "Idempotency-Key": key.clone()},
+        "body": {"id": key, "event_name": event, "payload": {"data": {"node": node}}},
+    })
+}
+
+/// A day of webhooks, generated from the examples' shapes: `ORDERS` paid orders of one
+/// invoice each spread over the first 16 hours, a shipment for every third (two hours later, with no
+/// tracking link, which the broken client requires) and a completed refund for every tenth.
+fn day() -> Vec<Value> {
+    let invoice = example("orders.ndjson")["body"]["payload"]["data"]["node"].clone();
+    let shipment = example("shipment.json")["body"]["payload"]["data"]["node"].clone();
+    let refund = example("refund.json")["body"]["payload"]["data"]["node"].clone();
+    let mut out = Vec::new();
+    for n in 0..ORDERS {
+        let at = (n as i64) * (16 * 3600) / ORDERS as i64 + 60;
+        let (order_id, invoice_id) = (700_000 + n, 800_000 + n);
+        let email = format!("buyer{n}@example.com");
+        let mut node = invoice.clone();
+        node["id"] = gid("Invoice", invoice_id).into();
+        node["legacyId"] = invoice_id.into();
+        node["createdAt"] = time(at).into();
+        node["paidAt"] = time(at + 1).into();
+        node["updatedAt"] = time(at + 2).into();
+        let lines = node["lineItems"].as_array_mut().unwrap();
+        for (i, line) in lines.iter_mut().enumerate() {
+            let line_id = order_id * 10 + i as u64;
+            line["id"] = gid("LineItem", line_id).into();
+            line["legacyId"] = line_id.into();
+        }
+        let lines = node["lineItems"].clone();
+        let seller = node["seller"].clone();
+        let order = &mut node["order"];
+        order["id"] = gid("Order", order_id).into();
+        order["legacyId"] = order_id.into();
+        order["emailAddress"] = email.clone().into();
+        // One customer, one phone: Klaviyo refuses a phone another profile holds.
+        order["phone"] = format!("04{:08}", 12_000_000 + n).into();
+        order["createdAt"] = time(at).into();
+        order["updatedAt"] = time(at + 2).into();
+        order["lineItems"]["nodes"] = lines.clone();
+        order["invoices"]["nodes"] =
+            json!([{"id": gid("Invoice", invoice_id), "legacyId": invoice_id, "seller": seller}]);
+        let summary = json!({
+            "id": gid("Invoice", invoice_id), "legacyId": invoice_id,
+            "seller": node["seller"].clone(),
+            "order": {"id": gid("Order", order_id), "legacyId": order_id, "emailAddress": email,
+                      "firstName": node["order"]["firstName"].clone(),
+                      "surname": node["order"]["surname"].clone()},
+        });
+        out.push(capture(format!("invoice-{n}"), "create", node));
+        if n % 3 == 0 {
+            let mut ship = shipment.clone();
+            let id = 900_000 + n;
+            ship["id"] = gid("Shipment", id).into();
+            ship["legacyId"] = id.into();
+            ship["createdAt"] = time(at + 7200).into();
+            ship["updatedAt"] = time(at + 7200).into();
+            ship["dispatchedAt"] = time(at + 7000).into();
+            ship.as_object_mut().unwrap().remove("trackingLink");
+            let items: Vec<Value> = lines
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    json!({"id": gid("ShippedItem", id * 10 + i as u64), "quantity": line["quantity"].clone(),
+                           "lineItem": {"id": line["id"].clone(), "legacyId": line["legacyId"].clone(),
+                                        "advertTitle": line["advertTitle"].clone(), "brandName": line["brandName"].clone(),
+                                        "variantName": line["variantName"].clone(), "variantSku": line["variantSku"].clone(),
+                                        "totalCents": line["totalCents"].clone()}})
+                })
+                .collect();
+            ship["shippedItems"] = items.into();
+            let mut on = summary.clone();
+            on["statusFlags"] = json!(["PAID", "SENT"]);
+            on["order"]["phone"] = Value::Null;
+            on["order"]["totalCents"] = 1000.into();
+            ship["invoice"] = on;
+            out.push(capture(format!("shipment-{n}"), "create", ship));
+        }
+        if n % 10 == 5 {
+            let mut back = refund.clone();
+            let id = 600_000 + n;
+            back["id"] = gid("RefundRequest", id).into();
+            back["legacyId"] = id.into();
+            back["createdAt"] = time(at + 3600).into();
+            back["updatedAt"] = time(at + 5 * 3600).into();
+            back["refundedAt"] = time(at + 5 * 3600).into();
+            let first = &lines[0];
+            let line = &mut back["lineItems"][0];
+            line["id"] = gid("RefundRequestLineItem", id).into();
+            line["legacyId"] = id.into();
+            line["lineItem"] = json!({"id": first["id"].clone(), "legacyId": first["legacyId"].clone(),
+                "advertTitle": first["advertTitle"].clone(), "brandName": first["brandName"].clone(),
+                "variantSku": first["variantSku"].clone()});
+            let mut on = summary.clone();
+            on.as_object_mut().unwrap().remove("statusFlags");
+            back["invoice"] = on;
+            out.push(capture(format!("refund-{n}"), "update", back));
+        }
+    }
+    out
+}
+
+fn ndjson(deliveries: &[&Value]) -> String {
+    deliveries.iter().map(|d| d.to_string() + "\n").collect()
+}
+
+/// A workspace with two clients: `broken`, whose fulfilled-order overlay requires a tracking
+/// link the day's shipments lack, and `fixed`, without it.
+fn clients(dir: &Path, page_size: u32, rate: &str) {
+    let client = format!(
+        "marketplaces:\n  petmarket: {{ currency: AUD }}\n\
+         marketplacer:\n  url: http://127.0.0.1:1\n  page_size: {page_size}\n  retry_wait: 1s\n  rate_limit: {rate}\n\
+         reconcile:\n  settle: 1m\n"
+    );
+    for name in ["broken", "fixed"] {
+        std::fs::create_dir_all(dir.join("clients").join(name).join("mappings")).unwrap();
+        std::fs::write(dir.join("clients").join(name).join("client.yaml"), &client).unwrap();
+    }
+    std::fs::write(
+        dir.join("clients/broken/mappings/fulfilled-order.yaml"),
+        "overlay: fulfilled-order\nselect:\n  tracking_link: $.trackingLink\n",
+    )
+    .unwrap();
+}
+
+struct Day {
+    dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    klaviyo: StandIn,
+    marketplacer: mp::StandIn,
+    all: Vec<Value>,
+}
+
+impl Day {
+    fn new(page_size: u32, rate: &str) -> Day {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        clients(dir.path(), page_size, rate);
+        let all = day();
+        let mut data = mp::Data::new();
+        let summary = data.load_text("day.ndjson", &ndjson(&all.iter().collect::<Vec<_>>()));
+        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+        let marketplacer = runtime
+            .block_on(mp::StandIn::start(mp::Config {
+                data,
+                ..mp::Config::default()
+            }))
+            .unwrap();
+        let klaviyo = runtime.block_on(StandIn::start(Config::default())).unwrap();
+        Day {
+            dir,
+            runtime,
+            klaviyo,
+            marketplacer,
+            all,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = common::marketsync_command();
+        command
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", self.klaviyo.url())
+            .env("MARKETPLACER_API_KEY", mp::DEFAULT_API_KEY);
+        command
+    }
+
+    /// `marketsync reconcile` over the day with the fixed client: exit code and JSON report.
+    fn reconcile(&self, state: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let output = self
+            .command(&["reconcile", "--client", "fixed", "--format", "json"])
+            .args(["--since", DAY, "--until", UNTIL, "--hold", "5"])
+            .arg("--marketplacer-url")
+            .arg(self.marketplacer.url())
+            .arg("--state")
+            .arg(state)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let report = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("not a JSON report ({e}); stderr:\n{stderr}"));
+        (output.status.code(), report, stderr)
+    }
+
+    /// Unique ids of the events Klaviyo holds, and how often each was submitted.
+    fn events(&self) -> BTreeMap<String, usize> {
+        self.klaviyo.accepted().submissions_by_unique_id()
+    }
+}
+
+/// Requests the Klaviyo stand-in received, to every endpoint.
+fn klaviyo_requests(standin: &StandIn) -> u64 {
+    standin.stats().endpoints.values().map(|e| e.requests).sum()
+}
+
+/// Events the day implies with the fixed mappings, by unique id and mapping.
+fn expected_events(deliveries: &[&Value], client: &Path) -> BTreeMap<String, String> {
+    let (engine, _) = marketsync::engine::Engine::load_client(None, client).unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), ndjson(deliveries)).unwrap();
+    common::run(&engine, &[file.path().to_str().unwrap()])
+        .requests
+        .iter()
+        .filter_map(|r| Some((r.unique_id()?.to_owned(), r.mapping.to_string())))
+        .collect()
+}
+
+#[test]
+fn a_day_with_webhooks_withheld_and_dead_lettered_is_repaired_exactly_once() {
+    let day = Day::new(500, "{ requests: 750, per: 10s }");
+    // Every twentieth webhook never arrives.
+    let withheld = |i: &usize| i % 20 == 7;
+    let kept: Vec<&Value> = day
+        .all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !withheld(i))
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(
+        day.all.len() - kept.len(),
+        (day.all.len() + 12) / 20,
+        "5% withheld"
+    );
+    let replayed = day.dir.path().join("replayed.ndjson");
+    std::fs::write(&replayed, ndjson(&kept)).unwrap();
+
+    // serve takes the kept webhooks with the broken client: fulfilled-order is dead-lettered.
+    let mut command = day.command(&["serve", "--client", "broken", "--log-format", "json"]);
+    command
+        .args(["--listen", "127.0.0.1:0", "--hold", "5", "--state"])
+        .arg(day.state());
+    let mut serve = ServeProcess::start(command);
+    let url = format!("http://{}{WEBHOOK_PATH}", serve.address);
+    let replay = day
+        .command(&[
+            "replay",
+            "--to",
+            &url,
+            "--concurrency",
+            "8",
+            "--backoff-base",
+            "0.1",
+        ])
+        .arg(&replayed)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = marketsync::store::Store::open(&day.state())
+            .unwrap()
+            .status(0)
+            .unwrap();
+        if status.lanes.values().all(|l| l.depth == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "serve did not send everything: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve.signal(libc::SIGTERM);
+    assert_eq!(serve.child.wait().unwrap().code(), Some(0));
+    let dead = marketsync::store::Store::open(&day.state())
+        .unwrap()
+        .dead_letters(None, Some("fulfilled-order"))
+        .unwrap();
+    assert!(
+        !dead.is_empty(),
+        "the broken client dead-letters fulfilled orders"
+    );
+
+    let fixed = day.dir.path().join("clients/fixed");
+    let all: Vec<&Value> = day.all.iter().collect();
+    let expected = expected_events(&all, &fixed);
+    let after_serve = day.events();
+    let missing: BTreeSet<&String> = expected
+        .keys()
+        .filter(|id| !after_serve.contains_key(*id))
+        .collect();
+    let dead_fulfilments = expected
+        .iter()
+        .filter(|(id, m)| *m == "fulfilled-order" && !after_serve.contains_key(*id))
+        .count();
+    assert!(dead_fulfilments > 0 && missing.len() > dead_fulfilments);
+
+    // Reporting only: the missing are named, nothing reaches Klaviyo, nothing is queued.
+    let requests_before = klaviyo_requests(&day.klaviyo);
+    let (code, report, stderr) = day.reconcile(&day.state(), &["--report-only"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        klaviyo_requests(&day.klaviyo),
+        requests_before,
+        "report-only sent something"
+    );
+    let findings = &report["findings"];
+    let missing_events: u64 = [
+        "placed-order",
+        "ordered-product",
+        "fulfilled-order",
+        "refunded-order",
+        "cancelled-order",
+    ]
+    .iter()
+    .map(|m| findings["missing"][m].as_u64().unwrap_or(0))
+    .sum();
+    assert_eq!(missing_events, missing.len() as u64, "{report:#}");
+    assert_eq!(
+        findings["missing"]["fulfilled-order"].as_u64().unwrap() as usize,
+        dead_fulfilments,
+        "{report:#}"
+    );
+    assert_eq!(
+        findings["dead_letters"]["met"].as_u64().unwrap() as usize,
+        dead.len(),
+        "{report:#}"
+    );
+    let pending = marketsync::store::Store::open(&day.state())
+        .unwrap()
+        .status(0)
+        .unwrap();
+    assert!(
+        pending.lanes.values().all(|l| l.depth == 0),
+        "report-only queued something"
+    );
+
+    // Repairing: exactly the missing events reach Klaviyo, each once, and the letters close.
+    let (code, report, stderr) = day.reconcile(&day.state(), &[]);
+    assert_eq!(code, Some(1), "{stderr}\n{report:#}");
+    let after = day.events();
+    let new: BTreeSet<&String> = after
+        .keys()
+        .filter(|id| !after_serve.contains_key(*id))
+        .collect();
+    assert_eq!(new, missing, "the repairs are exactly what was missing");
+    for (id, count) in &after_serve {
+        assert_eq!(after[id], *count, "{id} was sent again");
+    }
+    assert_eq!(
+        report["findings"]["dead_letters"]["requeued"]
+            .as_u64()
+            .unwrap() as usize,
+        dead.len(),
+        "{report:#}"
+    );
+    let store = marketsync::store::Store::open(&day.state()).unwrap();
+    let status = store.status(0).unwrap();
+    assert!(status.dead_letters.is_empty(), "{status:?}");
+    assert!(status.lanes.values().all(|l| l.depth == 0), "{status:?}");
+    drop(store);
+
+    // The same window again: nothing is missing, nothing is sent.
+    let requests_before = klaviyo_requests(&day.klaviyo);
+    let (code, report, stderr) = day.reconcile(&day.state(), &[]);
+    assert_eq!(code, Some(0), "{stderr}\n{report:#}");
+    assert_eq!(report["missing"], 0);
+    assert_eq!(
+        report["findings"]["expected"],
+        report["findings"]["accepted"]
+    );
+    assert_eq!(klaviyo_requests(&day.klaviyo), requests_before);
+
+    day.runtime.block_on(async {
+        day.klaviyo.shutdown().await;
+        day.marketplacer.shutdown().await;
+    });
+}
+
+/// The report's facts: everything but what this process itself asked of Marketplacer.
+fn facts(report: &Value) -> Value {
+    let mut findings = report["findings"].clone();
+    findings["marketplacer_requests"] = Value::Null;
+    findings["waited_ms"] = Value::Null;
+    findings["answering_ms"] = Value::Null;
+    findings
+}
+
+#[test]
+fn a_run_killed_halfway_resumes_and_ends_with_the_uninterrupted_report() {
+    // Small pages, eight requests a second: a run takes several seconds to kill in.
+    let day = Day::new(4, "{ requests: 8, per: 1s }");
+    let original = day.dir.path().join("copy.db");
+    // Half the day's webhooks reached Klaviyo already (a batch run).
+    let half: Vec<&Value> = day.all.iter().step_by(2).collect();
+    let input = day.dir.path().join("half.ndjson");
+    std::fs::write(&input, ndjson(&half)).unwrap();
+    let mut seed = day.command(&["run", "--client", "fixed", "--hold", "5", "--state"]);
+    let seeded = seed.arg(&original).arg(&input).output().unwrap();
+    assert_eq!(
+        seeded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let whole = day.dir.path().join("whole.db");
+    let killed = day.dir.path().join("killed.db");
+    std::fs::copy(&original, &whole).unwrap();
+    std::fs::copy(&original, &killed).unwrap();
+
+    let (code, uninterrupted, stderr) = day.reconcile(&whole, &["--no-send"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(uninterrupted["resumed"], false);
+
+    let mut run = day.command(&[
+        "reconcile",
+        "--client",
+        "fixed",
+        "--format",
+        "json",
+        "--no-send",
+    ]);
+    run.args(["--since", DAY, "--until", UNTIL])
+        .arg("--marketplacer-url")
+        .arg(day.marketplacer.url())
+        .arg("--state")
+        .arg(&killed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = run.spawn().unwrap();
+    // Killed once it is some pages into the invoices.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(Instant::now() < until, "the run never reached the invoices");
+        let reached = rusqlite::Connection::open_with_flags(
+            &killed,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM reconcile_run WHERE finished_at IS NULL
+                   AND step = 'invoices-updated' AND cursor IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        });
+        if reached.is_ok_and(|n| n > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let checkpoint = marketsync::store::Store::open(&killed)
+        .unwrap()
+        .open_reconcile_run(&format!("{}/graphql repair", day.marketplacer.url()))
+        .unwrap()
+        .expect("the killed run left its checkpoint");
+    assert_ne!(checkpoint.step, "webhooks", "{checkpoint:?}");
+
+    let (code, resumed, stderr) = day.reconcile(&killed, &["--no-send"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(resumed["resumed"], true);
+    assert_eq!(facts(&resumed), facts(&uninterrupted));
+    // And the store agrees: the same repairs are queued in both.
+    let pending = |state: &Path| {
+        let status = marketsync::store::Store::open(state)
+            .unwrap()
+            .status(0)
+            .unwrap();
+        status.lanes.values().map(|l| l.depth).sum::<usize>()
+    };
+    assert_eq!(pending(&killed), pending(&whole));
+
+    day.runtime.block_on(async {
+        day.klaviyo.shutdown().await;
+        day.marketplacer.shutdown().await;
+    });
+}
