@@ -9,7 +9,7 @@ figures against issue 13's goals. Standard library only.
   figures.py throughput --input F --report F --replay-log F --state DB --rss F --hwm KB
                         --started-ms MS --rate N --out JSON
   figures.py lag --name NAME --input F --report F --standin URL --goal-ms MS --out JSON
-                 [--depths FILE]
+                 [--depths FILE --queued-goal N]
   figures.py summary JSON...            (prints the table; exit 1 if a goal is missed)
 """
 
@@ -206,9 +206,13 @@ def lag(args):
             "profile_max": max(profile, default=None),
             "profile_at_first": profile[0] if profile else None,
             "profile_at_last": profile[-1] if profile else None,
+            "profile_min": min(profile, default=None),
             "orders_with_10000_profile_requests_queued": sum(1 for p in profile if p >= 10_000),
             "transaction_max": max((s[1] for s in at_orders), default=None),
         }
+        if args.queued_goal:
+            met = len(profile) == len(answered) and min(profile, default=0) >= args.queued_goal
+            result["goals"][f"every Placed Order met >= {args.queued_goal} profile updates queued"] = met
     write(result, args.out)
 
 
@@ -241,7 +245,7 @@ def summary(args):
             if "queued_at_placed_orders" in r:
                 q = r["queued_at_placed_orders"]
                 rows += [
-                    ("profile requests queued at first / last / most", f"{q['profile_at_first']} / {q['profile_at_last']} / {q['profile_max']}"),
+                    ("profile requests queued at first / last / fewest / most", f"{q['profile_at_first']} / {q['profile_at_last']} / {q.get('profile_min')} / {q['profile_max']}"),
                     ("Placed Orders sent with 10,000+ profile requests queued", str(q["orders_with_10000_profile_requests_queued"])),
                     ("events queued ahead, most", str(q["transaction_max"])),
                 ]
@@ -283,6 +287,7 @@ def main():
     p.add_argument("--goal-ms", type=int, required=True)
     p.add_argument("--wait", type=float, default=60)
     p.add_argument("--depths")
+    p.add_argument("--queued-goal", type=int)
     p.set_defaults(run=lag)
     p = sub.add_parser("summary")
     p.add_argument("results", nargs="+")
