@@ -132,7 +132,8 @@ fn answer(
         return Err(problems);
     }
     let question = read(&body["data"]["attributes"], store)?;
-    let (dates, buckets) = buckets(&question).map_err(|e| vec![e])?;
+    let dates = buckets(&question).map_err(|e| vec![*e])?;
+    let starts: Vec<DateTime<Utc>> = dates.iter().map(|d| d.with_timezone(&Utc)).collect();
     let events: Vec<&AcceptedEvent> = store
         .recorded_events()
         .iter()
@@ -150,7 +151,7 @@ fn answer(
             })
         })
         .collect();
-    let rows = rows(&question, &buckets, &events);
+    let rows = rows(&question, &starts, &events);
     let mut attributes = Map::new();
     attributes.insert(
         "dates".into(),
@@ -398,8 +399,8 @@ fn next(interval: Interval, start: NaiveDateTime) -> NaiveDateTime {
     }
 }
 
-/// The buckets' starts: as shown (in the zone) and as instants.
-fn buckets(question: &Question) -> Result<(Vec<DateTime<Tz>>, Vec<DateTime<Utc>>), ApiError> {
+/// The buckets' starts, in the zone.
+fn buckets(question: &Question) -> Result<Vec<DateTime<Tz>>, Box<ApiError>> {
     let zone = question.zone;
     let mut wall = floor(
         question.interval,
@@ -412,16 +413,15 @@ fn buckets(question: &Question) -> Result<(Vec<DateTime<Tz>>, Vec<DateTime<Utc>>
             break;
         }
         if dates.len() == MAX_BUCKETS {
-            return Err(ApiError::invalid(
+            return Err(Box::new(ApiError::invalid(
                 "/data/attributes/filter",
                 format!("The time range holds more than {MAX_BUCKETS} intervals; narrow it."),
-            ));
+            )));
         }
         dates.push(start);
         wall = next(question.interval, wall);
     }
-    let instants = dates.iter().map(|d| d.with_timezone(&Utc)).collect();
-    Ok((dates, instants))
+    Ok(dates)
 }
 
 /// One row per group: `dimensions` and, per measurement, one number per bucket.

@@ -190,7 +190,7 @@ fn sparse(attributes: Map<String, Json>, fields: Option<&[String]>) -> Map<Strin
     };
     let mut kept = Map::new();
     for (name, value) in attributes {
-        if fields.iter().any(|f| *f == name) {
+        if fields.contains(&name) {
             kept.insert(name, value);
             continue;
         }
