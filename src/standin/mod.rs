@@ -1,6 +1,7 @@
-//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, and the two it
-//! reads back (`GET /api/profiles`, `GET /api/events`), answered as Klaviyo documents, on
-//! loopback.
+//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, and the four a
+//! reconciliation reads back through (`GET /api/metrics`, `GET /api/events`, `GET
+//! /api/profiles`, `POST /api/metric-aggregates`; see `reads`), answered as Klaviyo documents,
+//! on loopback.
 //!
 //! Why it exists: tests must never call the real Klaviyo, yet the sender has to be tested against
 //! everything Klaviyo does to a client: validation errors with JSON pointers, upsert answers
@@ -27,9 +28,15 @@
 //! delays take a fraction of a second in tests; every number of seconds the stand-in reports
 //! (`Retry-After`, `RateLimit-Reset`, the throttle detail) is in scaled seconds.
 //!
+//! Reading back is only worth testing if Klaviyo's data can differ from what was sent: a test
+//! plants drift ([`StandIn::plant`], or `POST /standin/drift` from a script) that every read
+//! then shows (see `drift`).
+//!
 //! Deliberate simplifications (each is marked where it is made): one account; events create or
 //! update their profile, subscriptions do not; `meta.patch_identifiers` is accepted but not
-//! modelled; a bulk event job is recorded as soon as it is accepted.
+//! modelled; a bulk event job is recorded as soon as it is accepted; what the read side shows
+//! where the spec is silent (`event_properties`, consent, a metric's integration, aggregate
+//! buckets) is inferred and listed in docs/standins.md.
 
 mod checks;
 mod consent;
