@@ -1612,7 +1612,7 @@ async fn a_read_klaviyo_cannot_apply_is_400_naming_the_parameter_and_the_problem
         (
             "/api/events",
             vec![("fitler", "x")],
-            "query",
+            "fitler",
             "'fitler' is not a query parameter",
         ),
         (
@@ -1672,7 +1672,7 @@ async fn a_read_klaviyo_cannot_apply_is_400_naming_the_parameter_and_the_problem
         (
             "/api/metrics",
             vec![("page[size]", "10")],
-            "query",
+            "page[size]",
             "'page[size]'",
         ),
     ];

@@ -28,7 +28,8 @@ use std::collections::HashMap;
 
 type Query = HashMap<String, String>;
 
-/// Refuses any query parameter the operation does not list (`revision` travels as a header).
+/// Refuses any query parameter the operation does not list (`revision` travels as a header):
+/// a misspelt `fitler` would otherwise answer every record as if it were the filtered few.
 fn known_parameters(query: &Query, known: &[&str]) -> Result<(), Box<ApiError>> {
     let mut names: Vec<&String> = query.keys().collect();
     names.sort();
@@ -38,7 +39,7 @@ fn known_parameters(query: &Query, known: &[&str]) -> Result<(), Box<ApiError>> 
     {
         None => Ok(()),
         Some(name) => Err(invalid(
-            "query",
+            name.as_str(),
             format!(
                 "'{name}' is not a query parameter of this endpoint; it takes {}.",
                 known.join(", ")
