@@ -24,6 +24,14 @@ It accepts the key `pk_standin` and stops on Ctrl-C. GET /standin/submissions li
 it accepted, duplicates included, one JSON line each: metric, unique_id, kept, request and
 accepted_at_ms (Unix milliseconds), to see when each arrived.
 
+It answers the reads a reconciliation makes (GET /api/metrics, /api/events, /api/profiles,
+POST /api/metric-aggregates) from what it accepted. POST /standin/drift makes its data differ
+from what was sent, as Klaviyo's can:
+  curl -s http://127.0.0.1:8765/standin/drift \\
+    -d '{\"kind\": \"delete_event\", \"unique_id\": \"petmarket:placed-order:5001\"}'
+Kinds: delete_event, change_event, duplicate_profile, change_profile, unsubscribe, suppress,
+subscribe, foreign_metric, flow; docs/standins.md gives their fields.
+
 `marketsync standin klaviyo` is the same; `marketsync standin marketplacer --help` describes
 the Marketplacer stand-in."
 )]

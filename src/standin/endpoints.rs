@@ -389,16 +389,19 @@ fn bulk_subscribe_profiles(body: &Json, ctx: &mut Ctx) -> Reply {
         let list_id = string(body.pointer("/data/relationships/list/data/id"));
         for profile in profiles {
             let profile_attributes = &profile["attributes"];
-            ctx.store.record_subscription(Subscription {
-                email: string(profile_attributes.get("email")),
-                phone_number: string(profile_attributes.get("phone_number")),
-                profile_id: string(profile.get("id")),
-                consents: consents(&profile_attributes["subscriptions"]),
-                list_id: list_id.clone(),
-                historical_import: historical,
-                custom_source: string(attributes.get("custom_source")),
-                attributes: profile_attributes.clone(),
-            });
+            ctx.store.record_subscription(
+                Subscription {
+                    email: string(profile_attributes.get("email")),
+                    phone_number: string(profile_attributes.get("phone_number")),
+                    profile_id: string(profile.get("id")),
+                    consents: consents(&profile_attributes["subscriptions"]),
+                    list_id: list_id.clone(),
+                    historical_import: historical,
+                    custom_source: string(attributes.get("custom_source")),
+                    attributes: profile_attributes.clone(),
+                },
+                now,
+            );
         }
         ctx.store.record_bulk_job(BulkJob {
             endpoint: Endpoint::BulkSubscribeProfiles,

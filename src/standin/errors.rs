@@ -19,7 +19,7 @@ pub(crate) const JSON_API: &str = "application/vnd.api+json";
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Source {
     Pointer(String),
-    Parameter(&'static str),
+    Parameter(String),
 }
 
 /// One entry of `errors`.
@@ -59,9 +59,12 @@ impl ApiError {
     }
 
     /// 400: a required header (or query parameter) is missing or malformed.
-    pub(crate) fn invalid_parameter(parameter: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid_parameter(
+        parameter: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         ApiError {
-            source: Source::Parameter(parameter),
+            source: Source::Parameter(parameter.into()),
             ..Self::invalid("", detail)
         }
     }

@@ -1,6 +1,7 @@
-//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, and the two it
-//! reads back (`GET /api/profiles`, `GET /api/events`), answered as Klaviyo documents, on
-//! loopback.
+//! A local stand-in for Klaviyo's API: the five endpoints marketsync sends to, and the four a
+//! reconciliation reads back through (`GET /api/metrics`, `GET /api/events`, `GET
+//! /api/profiles`, `POST /api/metric-aggregates`; see `reads`), answered as Klaviyo documents,
+//! on loopback.
 //!
 //! Why it exists: tests must never call the real Klaviyo, yet the sender has to be tested against
 //! everything Klaviyo does to a client: validation errors with JSON pointers, upsert answers
@@ -27,22 +28,36 @@
 //! delays take a fraction of a second in tests; every number of seconds the stand-in reports
 //! (`Retry-After`, `RateLimit-Reset`, the throttle detail) is in scaled seconds.
 //!
+//! Reading back is only worth testing if Klaviyo's data can differ from what was sent: a test
+//! plants drift ([`StandIn::plant`], or `POST /standin/drift` from a script) that every read
+//! then shows (see `drift`).
+//!
 //! Deliberate simplifications (each is marked where it is made): one account; events create or
 //! update their profile, subscriptions do not; `meta.patch_identifiers` is accepted but not
-//! modelled; a bulk event job is recorded as soon as it is accepted.
+//! modelled; a bulk event job is recorded as soon as it is accepted; what the read side shows
+//! where the spec is silent (`event_properties`, consent, a metric's integration, aggregate
+//! buckets) is inferred and listed in docs/standins.md.
 
 mod checks;
+mod consent;
+mod drift;
 mod endpoints;
 mod errors;
 mod faults;
+mod filter;
 mod limits;
 pub mod marketplacer;
 mod reads;
 mod server;
 mod store;
 
+pub use consent::SuppressionReason;
+pub use drift::{Drift, PlantError};
 pub use faults::Faults;
-pub use store::{Accepted, AcceptedEvent, BulkJob, EventSubmission, Profile, Subscription};
+pub use store::{
+    Accepted, AcceptedEvent, BulkJob, EventSubmission, Flow, FlowStatus, Integration, Metric,
+    Profile, Subscription,
+};
 
 use crate::klaviyo::Endpoint;
 use server::{App, Listener};
@@ -63,6 +78,67 @@ pub const DEFAULT_API_KEY: &str = "pk_standin";
 pub enum Scope {
     Full,
     ReadOnly,
+    /// Exactly these scopes (`profiles:read`, `events:write`, ...), as a Klaviyo key made with
+    /// custom access has: a request needing one not listed gets 403 naming it.
+    Granted(&'static [&'static str]),
+}
+
+impl Scope {
+    /// Whether the key holds every scope in `needed`.
+    pub fn allows(self, needed: &[&str]) -> bool {
+        match self {
+            Scope::Full => true,
+            Scope::ReadOnly => needed.iter().all(|s| s.ends_with(":read")),
+            Scope::Granted(granted) => needed.iter().all(|s| granted.contains(s)),
+        }
+    }
+}
+
+/// The read endpoints (see `reads`): what reconciliation reads Klaviyo back through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Read {
+    /// `GET /api/profiles`.
+    Profiles,
+    /// `GET /api/events`.
+    Events,
+    /// `GET /api/metrics`.
+    Metrics,
+    /// `POST /api/metric-aggregates` (a query, so a read, though a POST).
+    MetricAggregates,
+}
+
+impl Read {
+    pub const ALL: [Read; 4] = [
+        Read::Profiles,
+        Read::Events,
+        Read::Metrics,
+        Read::MetricAggregates,
+    ];
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Read::MetricAggregates => "POST",
+            _ => "GET",
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Read::Profiles => "/api/profiles",
+            Read::Events => "/api/events",
+            Read::Metrics => "/api/metrics",
+            Read::MetricAggregates => "/api/metric-aggregates",
+        }
+    }
+
+    /// The scope the operation needs (its `x-klaviyo-scopes` in the spec).
+    pub fn scope(self) -> &'static str {
+        match self {
+            Read::Profiles => "profiles:read",
+            Read::Events => "events:read",
+            Read::Metrics | Read::MetricAggregates => "metrics:read",
+        }
+    }
 }
 
 /// One endpoint's rate limits: at most `burst_per_second` requests in any second and
@@ -84,6 +160,22 @@ impl Limit {
             Endpoint::CreateOrUpdateProfile => (75, 700),
             Endpoint::BulkSubscribeProfiles => (75, 750),
             Endpoint::BulkCreateEvents | Endpoint::BulkImportProfiles => (10, 150),
+        };
+        Limit {
+            burst_per_second,
+            steady_per_minute,
+        }
+    }
+
+    /// Klaviyo's limits for a read endpoint: the spec's `x-klaviyo-ratelimit`, except where
+    /// Klaviyo documents a lower figure.
+    pub fn klaviyo_read(read: Read) -> Limit {
+        let (burst_per_second, steady_per_minute) = match read {
+            // The spec says 750/m, the docs 700/m (notes/klaviyo.md §2): the lower one.
+            Read::Profiles => (75, 700),
+            Read::Events => (350, 3500),
+            Read::Metrics => (10, 150),
+            Read::MetricAggregates => (3, 60),
         };
         Limit {
             burst_per_second,
@@ -125,6 +217,8 @@ pub struct Config {
     pub api_keys: Vec<(String, Scope)>,
     /// Per endpoint; an endpoint left out gets [`Limit::klaviyo`].
     pub limits: HashMap<Endpoint, Limit>,
+    /// Per read endpoint; one left out gets [`Limit::klaviyo_read`].
+    pub read_limits: HashMap<Read, Limit>,
     /// How much faster than real time the stand-in's clock runs: 1.0 is real time, 60.0 makes a
     /// minute pass in a second. Must be above 0.
     pub time_scale: f64,
@@ -144,6 +238,7 @@ impl Default for Config {
         Config {
             api_keys: vec![(DEFAULT_API_KEY.to_string(), Scope::Full)],
             limits: Limit::klaviyo_all(),
+            read_limits: HashMap::new(),
             time_scale: 1.0,
             faults: Faults::none(),
             job_duration: Duration::from_secs(2),
@@ -152,16 +247,23 @@ impl Default for Config {
     }
 }
 
-/// What the stand-in saw, per endpoint (the POSTs; reads of bulk import jobs are not counted).
+/// What the stand-in saw, per endpoint (reads of bulk import jobs are not counted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     pub endpoints: HashMap<Endpoint, EndpointStats>,
+    /// The read endpoints: what a reconciliation's read budget spent.
+    pub reads: HashMap<Read, EndpointStats>,
 }
 
 impl Stats {
     /// One endpoint's counts (all zero if it saw no request).
     pub fn endpoint(&self, endpoint: Endpoint) -> EndpointStats {
         self.endpoints.get(&endpoint).copied().unwrap_or_default()
+    }
+
+    /// One read endpoint's counts (all zero if it saw no request).
+    pub fn read(&self, read: Read) -> EndpointStats {
+        self.reads.get(&read).copied().unwrap_or_default()
     }
 }
 
@@ -256,14 +358,29 @@ impl StandIn {
         self.app.settled_store().store.accepted()
     }
 
-    /// Suppresses an email address globally, as Klaviyo does when the shopper unsubscribes
+    /// Suppresses an email address globally, now, as Klaviyo does when the shopper unsubscribes
     /// (`UNSUBSCRIBE`), a mail hard-bounces (`HARD_BOUNCE`) or marks spam (`SPAM_COMPLAINT`):
-    /// what a test needs to make Klaviyo's consent differ from what was sent.
+    /// what a test needs to make Klaviyo's consent differ from what was sent. Unlike
+    /// [`Drift::Suppress`] the address needs no profile.
+    ///
+    /// # Panics
+    /// On a reason not in the spec's `EmailMarketingSuppression` enum.
     pub fn suppress(&self, email: &str, reason: &str) {
-        self.app
-            .lock()
-            .store
-            .suppress(email, reason, chrono::Utc::now());
+        let reason = SuppressionReason::parse(reason)
+            .unwrap_or_else(|| panic!("{reason:?} is not a suppression reason Klaviyo reports"));
+        self.app.lock().store.record_consent(
+            consent::Subject::Email(email.to_owned()),
+            chrono::Utc::now(),
+            consent::Change::Suppressed(reason),
+        );
+    }
+
+    /// Makes what the stand-in holds differ from what was sent, as Klaviyo can come to differ
+    /// (see [`Drift`]); gives the ids of what the plant created or changed. Test-only, but real:
+    /// every read endpoint shows the drift. `POST /standin/drift` does the same over HTTP.
+    pub fn plant(&self, drift: Drift) -> Result<Vec<String>, PlantError> {
+        let mut inner = self.app.settled_store();
+        drift::plant(&mut inner.store, drift)
     }
 
     /// What it saw so far.

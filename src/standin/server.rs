@@ -13,7 +13,7 @@ use super::faults::{Fault, FaultPlan};
 use super::limits::{Clock, Limiter, Meter};
 use super::reads;
 use super::store::Store;
-use super::{Config, EndpointStats, Limit, Scope, Stats};
+use super::{Config, EndpointStats, Limit, Read, Scope, Stats};
 use crate::klaviyo::Endpoint;
 use axum::Router;
 use axum::body::Bytes;
@@ -40,23 +40,9 @@ pub(crate) enum Route {
     Post(Endpoint),
     GetJob,
     GetJobErrors,
-    /// `GET /api/profiles` (see [`super::reads`]).
-    GetProfiles,
-    /// `GET /api/events`.
-    GetEvents,
+    /// A read endpoint (see [`super::reads`]).
+    Read(Read),
 }
-
-/// `GET /api/profiles`: the spec's `x-klaviyo-ratelimit` (75/s, 750/m).
-const PROFILES_READ_LIMIT: Limit = Limit {
-    burst_per_second: 75,
-    steady_per_minute: 750,
-};
-
-/// `GET /api/events`: the spec's `x-klaviyo-ratelimit` (350/s, 3500/m).
-const EVENTS_READ_LIMIT: Limit = Limit {
-    burst_per_second: 350,
-    steady_per_minute: 3500,
-};
 
 /// Klaviyo's limits for reading a bulk import job and its errors (not configurable).
 const JOB_READ_LIMIT: Limit = Limit {
@@ -64,13 +50,19 @@ const JOB_READ_LIMIT: Limit = Limit {
     steady_per_minute: 150,
 };
 
-/// The scopes a write needs, for the 403's detail.
-fn write_scopes(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::CreateEvent | Endpoint::BulkCreateEvents => "events:write",
-        Endpoint::CreateOrUpdateProfile => "profiles:write",
-        Endpoint::BulkSubscribeProfiles => "lists:write, profiles:write, subscriptions:write",
-        Endpoint::BulkImportProfiles => "lists:write, profiles:write",
+/// The scopes a request needs (the operation's `x-klaviyo-scopes`).
+fn scopes(route: Route) -> &'static [&'static str] {
+    match route {
+        Route::Post(Endpoint::CreateEvent | Endpoint::BulkCreateEvents) => &["events:write"],
+        Route::Post(Endpoint::CreateOrUpdateProfile) => &["profiles:write"],
+        Route::Post(Endpoint::BulkSubscribeProfiles) => {
+            &["lists:write", "profiles:write", "subscriptions:write"]
+        }
+        Route::Post(Endpoint::BulkImportProfiles) => &["lists:write", "profiles:write"],
+        Route::GetJob | Route::GetJobErrors => &["lists:read", "profiles:read"],
+        Route::Read(Read::Profiles) => &["profiles:read"],
+        Route::Read(Read::Events) => &["events:read"],
+        Route::Read(Read::Metrics | Read::MetricAggregates) => &["metrics:read"],
     }
 }
 
@@ -78,6 +70,7 @@ fn write_scopes(endpoint: Endpoint) -> &'static str {
 pub(crate) struct App {
     keys: Vec<(String, Scope)>,
     limits: HashMap<Endpoint, Limit>,
+    read_limits: HashMap<Read, Limit>,
     pub(crate) clock: Clock,
     pub(crate) job_seconds: f64,
     import_errors: super::ImportErrors,
@@ -89,8 +82,8 @@ pub(crate) struct App {
 pub(crate) struct Inner {
     pub(crate) faults: FaultPlan,
     limiters: HashMap<Route, Limiter>,
-    meters: HashMap<Endpoint, Meter>,
-    stats: HashMap<Endpoint, EndpointStats>,
+    meters: HashMap<Route, Meter>,
+    stats: HashMap<Route, EndpointStats>,
     pub(crate) store: Store,
 }
 
@@ -116,6 +109,7 @@ impl App {
         App {
             keys: config.api_keys,
             limits: config.limits,
+            read_limits: config.read_limits,
             clock: Clock::new(config.time_scale),
             job_seconds,
             import_errors: config.import_errors,
@@ -146,13 +140,25 @@ impl App {
 
     pub(crate) fn stats(&self) -> Stats {
         let inner = self.lock();
-        let mut endpoints = inner.stats.clone();
-        for (endpoint, meter) in &inner.meters {
-            let stats = endpoints.entry(*endpoint).or_default();
+        let mut all = inner.stats.clone();
+        for (route, meter) in &inner.meters {
+            let stats = all.entry(*route).or_default();
             stats.max_per_second = meter.max_per_second;
             stats.max_per_minute = meter.max_per_minute;
         }
-        Stats { endpoints }
+        let mut stats = Stats::default();
+        for (route, counts) in all {
+            match route {
+                Route::Post(endpoint) => {
+                    stats.endpoints.insert(endpoint, counts);
+                }
+                Route::Read(read) => {
+                    stats.reads.insert(read, counts);
+                }
+                Route::GetJob | Route::GetJobErrors => {}
+            }
+        }
+        stats
     }
 
     fn limit(&self, route: Route) -> Limit {
@@ -163,8 +169,11 @@ impl App {
                 .copied()
                 .unwrap_or_else(|| Limit::klaviyo(endpoint)),
             Route::GetJob | Route::GetJobErrors => JOB_READ_LIMIT,
-            Route::GetProfiles => PROFILES_READ_LIMIT,
-            Route::GetEvents => EVENTS_READ_LIMIT,
+            Route::Read(read) => self
+                .read_limits
+                .get(&read)
+                .copied()
+                .unwrap_or_else(|| Limit::klaviyo_read(read)),
         }
     }
 
@@ -186,8 +195,8 @@ impl App {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let now = self.clock.now();
-        if let Route::Post(endpoint) = route {
-            inner.meters.entry(endpoint).or_default().arrive(now);
+        if matches!(route, Route::Post(_) | Route::Read(_)) {
+            inner.meters.entry(route).or_default().arrive(now);
         }
         let (fault, delay) = inner.faults.draw(&request.body);
         let reply = match fault {
@@ -233,10 +242,9 @@ impl App {
         if let Some(error) = revision_problem(&request.headers) {
             return Reply::error(error);
         }
-        if let Route::Post(endpoint) = route
-            && scope == Scope::ReadOnly
-        {
-            return Reply::error(ApiError::permission_denied(write_scopes(endpoint)));
+        let needed = scopes(route);
+        if !scope.allows(needed) {
+            return Reply::error(ApiError::permission_denied(&needed.join(", ")));
         }
         let limit = self.limit(route);
         let limiter = inner
@@ -266,8 +274,28 @@ impl App {
             Route::GetJobErrors => {
                 endpoints::get_job_errors(&request.job_id, &request.query, &mut ctx)
             }
-            Route::GetProfiles => reads::get_profiles(&request.query, ctx.store, ctx.base_url),
-            Route::GetEvents => reads::get_events(&request.query, ctx.store, ctx.base_url),
+            Route::Read(Read::Profiles) => {
+                reads::profiles::get(&request.query, ctx.store, ctx.base_url)
+            }
+            Route::Read(Read::Events) => {
+                reads::events::get(&request.query, ctx.store, ctx.base_url)
+            }
+            Route::Read(Read::Metrics) => {
+                reads::metrics::get(&request.query, ctx.store, ctx.base_url)
+            }
+            Route::Read(Read::MetricAggregates) => {
+                let content_type = request
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                reads::aggregates::post(
+                    &request.query,
+                    content_type,
+                    &request.body,
+                    ctx.store,
+                    ctx.base_url,
+                )
+            }
         };
         reply.rate = Some(rate);
         reply
@@ -276,8 +304,8 @@ impl App {
 
 impl Inner {
     fn tally(&mut self, route: Route, count: impl FnOnce(&mut EndpointStats)) {
-        if let Route::Post(endpoint) = route {
-            let stats = self.stats.entry(endpoint).or_default();
+        if matches!(route, Route::Post(_) | Route::Read(_)) {
+            let stats = self.stats.entry(route).or_default();
             stats.requests += 1;
             count(stats);
         }
@@ -385,13 +413,37 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             handle(app, connection, route, request)
         }
     };
+    let query = |route: Route| {
+        move |State(app): State<Arc<App>>,
+              ConnectInfo(connection): ConnectInfo<Connection>,
+              Query(query): Query<HashMap<String, String>>,
+              headers: HeaderMap,
+              body: Bytes| {
+            let request = Incoming {
+                headers,
+                body,
+                job_id: String::new(),
+                query,
+            };
+            handle(app, connection, route, request)
+        }
+    };
+    for which in [Read::Profiles, Read::Events, Read::Metrics] {
+        let path = which.path();
+        router = router
+            .route(path, get(read(Route::Read(which))))
+            .route(&format!("{path}/"), get(read(Route::Read(which))));
+    }
+    let aggregates = Read::MetricAggregates.path();
     let jobs = Endpoint::BulkImportProfiles.path();
     router
-        .route("/api/profiles", get(read(Route::GetProfiles)))
-        .route("/api/profiles/", get(read(Route::GetProfiles)))
-        .route("/api/events", get(read(Route::GetEvents)))
-        .route("/api/events/", get(read(Route::GetEvents)))
+        .route(aggregates, post(query(Route::Read(Read::MetricAggregates))))
+        .route(
+            &format!("{aggregates}/"),
+            post(query(Route::Read(Read::MetricAggregates))),
+        )
         .route(SUBMISSIONS_PATH, get(submissions))
+        .route(DRIFT_PATH, post(plant))
         .route(&format!("{jobs}/{{id}}"), get(job))
         .route(&format!("{jobs}/{{id}}/"), get(job))
         .route(&format!("{jobs}/{{id}}/import-errors"), get(job_errors))
@@ -435,6 +487,50 @@ async fn submissions(State(app): State<Arc<App>>) -> Response {
     }
     drop(inner);
     ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
+}
+
+/// Plants drift (`super::Drift` as JSON) and answers `{"kind", "ids"}`; 400 or 404 with
+/// `{"error"}` when the plant cannot be made. Not Klaviyo's: the way a script makes the
+/// stand-in's data differ from what was sent. Loopback only, never limited, no key.
+pub(crate) const DRIFT_PATH: &str = "/standin/drift";
+
+async fn plant(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let answer = |status: StatusCode, body: serde_json::Value| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    };
+    let drift: super::Drift = match serde_json::from_slice(&body) {
+        Ok(drift) => drift,
+        Err(err) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("not a drift: {err}") }),
+            );
+        }
+    };
+    let kind = serde_json::to_value(&drift)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut inner = app.settled_store();
+    match super::drift::plant(&mut inner.store, drift) {
+        Ok(ids) => answer(
+            StatusCode::OK,
+            serde_json::json!({ "kind": kind, "ids": ids }),
+        ),
+        Err(err) => {
+            let status = if err.is_not_found() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            answer(status, serde_json::json!({ "error": err.to_string() }))
+        }
+    }
 }
 
 /// Accepts connections that a handler can close without answering.

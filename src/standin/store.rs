@@ -2,6 +2,7 @@
 //! events once each (Klaviyo's dedupe), profiles as they stand after every upsert,
 //! subscriptions, and the body of every bulk job.
 
+use super::consent::{Change, ConsentEvent, EmailMarketing, Subject};
 use super::errors::ApiError;
 use crate::klaviyo::Endpoint;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -129,6 +130,90 @@ pub struct Subscription {
     pub attributes: Json,
 }
 
+/// The integration a metric belongs to: Klaviyo keeps one metric per name and sending
+/// mechanism, so an API "Placed Order" and a Shopify "Placed Order" are two metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integration {
+    pub name: String,
+    pub category: String,
+}
+
+impl Integration {
+    /// Klaviyo's own API, which every event sent to the stand-in comes through. Its name and
+    /// category as read back are unverified (the spec leaves `integration` untyped).
+    pub fn api() -> Integration {
+        Integration {
+            name: "API".into(),
+            category: "API".into(),
+        }
+    }
+}
+
+/// A metric as `GET /api/metrics` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub id: String,
+    pub name: String,
+    pub integration: Integration,
+    pub created: String,
+}
+
+impl Metric {
+    fn new(name: &str, integration: Integration) -> Metric {
+        let id = if integration == Integration::api() {
+            metric_id(name)
+        } else {
+            metric_id(&format!("{}\u{0}{name}", integration.name))
+        };
+        Metric {
+            id,
+            name: name.to_owned(),
+            integration,
+            created: timestamp(Utc::now()),
+        }
+    }
+}
+
+/// A flow's status, as Klaviyo's flows read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowStatus {
+    Live,
+    Draft,
+    Manual,
+}
+
+impl FlowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStatus::Live => "live",
+            FlowStatus::Draft => "draft",
+            FlowStatus::Manual => "manual",
+        }
+    }
+}
+
+/// A flow triggered by a metric (planted: the stand-in sends nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    pub id: String,
+    pub name: String,
+    pub status: FlowStatus,
+    pub trigger_metric_id: String,
+    pub created: String,
+}
+
+/// A metric's id: six characters, as Klaviyo's look, stable per name for the API integration.
+pub(crate) fn metric_id(name: &str) -> String {
+    use sha2::Digest;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    sha2::Sha256::digest(name.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
 /// The body of an accepted bulk job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkJob {
@@ -203,9 +288,14 @@ pub(crate) struct Store {
     submissions: Vec<EventSubmission>,
     /// Event requests accepted so far (see [`EventSubmission::request`]).
     event_requests: u64,
-    /// Global email suppressions by lowercased email: (reason, since). Set by a test, as a
-    /// shopper's unsubscribe or a bounce sets them at Klaviyo.
-    suppressions: HashMap<String, (String, DateTime<Utc>)>,
+    /// Every change of email-marketing consent, in the order it was processed: accepted
+    /// subscriptions, and the unsubscribes, suppressions and subscriptions a test plants.
+    consent: Vec<ConsentEvent>,
+    /// The metrics, in the order they came to be: one per name of the events accepted (the API
+    /// integration's), and those a test plants.
+    metrics: Vec<Metric>,
+    /// The flows a test plants.
+    flows: Vec<Flow>,
     pub(crate) jobs: Vec<ImportJob>,
 }
 
@@ -246,40 +336,36 @@ impl Store {
             .filter(move |e| e.profile_id.as_deref() == Some(profile_id))
     }
 
-    /// The email-marketing consents accepted for a profile (by its id or its email), oldest
-    /// first: the parameters sent and the job's `custom_source`.
-    pub(crate) fn subscriptions_of(
-        &self,
-        profile_id: &str,
-        email: Option<&str>,
-    ) -> Vec<(Json, Option<String>)> {
-        self.subscriptions
-            .iter()
-            .filter(|s| {
-                s.profile_id.as_deref() == Some(profile_id)
-                    || email.is_some_and(|email| {
-                        s.email
-                            .as_deref()
-                            .is_some_and(|e| e.eq_ignore_ascii_case(email))
-                    })
-            })
-            .filter_map(|s| {
-                let parameters = s.consents.get("email.marketing")?;
-                Some((parameters.clone(), s.custom_source.clone()))
-            })
-            .collect()
+    /// A profile's email-marketing consent now: the changes about it by id, and those about its
+    /// email when it is the profile that email identifies (a second profile planted for the
+    /// same address has none of the first one's consent).
+    pub(crate) fn consent_of(&self, profile: &Profile) -> EmailMarketing {
+        let primary_email = profile
+            .attribute("email")
+            .and_then(Json::as_str)
+            .map(str::to_lowercase)
+            .filter(|email| {
+                self.by_identifier
+                    .get(&("email", email.clone()))
+                    .is_some_and(|&i| self.profiles[i].id == profile.id)
+            });
+        EmailMarketing::fold(self.consent.iter().filter(|c| match &c.subject {
+            Subject::Profile(id) => *id == profile.id,
+            Subject::Email(email) => primary_email.as_ref() == Some(email),
+        }))
     }
 
-    /// The global email suppression of an address: (reason, since).
-    pub(crate) fn suppression_of(&self, email: &str) -> Option<(&String, &DateTime<Utc>)> {
-        self.suppressions
-            .get(&email.to_lowercase())
-            .map(|(reason, at)| (reason, at))
-    }
-
-    pub(crate) fn suppress(&mut self, email: &str, reason: &str, at: DateTime<Utc>) {
-        self.suppressions
-            .insert(email.to_lowercase(), (reason.to_owned(), at));
+    /// Records a change of consent, as of now in the order of processing.
+    pub(crate) fn record_consent(&mut self, subject: Subject, at: DateTime<Utc>, change: Change) {
+        let subject = match subject {
+            Subject::Email(email) => Subject::Email(email.to_lowercase()),
+            other => other,
+        };
+        self.consent.push(ConsentEvent {
+            subject,
+            at,
+            change,
+        });
     }
 
     /// Records which profile the newest event was recorded against.
@@ -299,6 +385,9 @@ impl Store {
     /// counts as a submission of `request`.
     pub(crate) fn record_event(&mut self, request: u64, key: String, event: AcceptedEvent) -> bool {
         let kept = self.event_keys.insert(key);
+        if kept {
+            self.metric_for(&event.metric);
+        }
         self.submissions.push(EventSubmission {
             request,
             metric: event.metric.clone(),
@@ -312,8 +401,143 @@ impl Store {
         kept
     }
 
-    pub(crate) fn record_subscription(&mut self, subscription: Subscription) {
+    /// Records a profile of an accepted subscription job, and its email-marketing consent.
+    pub(crate) fn record_subscription(&mut self, subscription: Subscription, at: DateTime<Utc>) {
+        if let Some(parameters) = subscription.consents.get("email.marketing") {
+            let subject = match (&subscription.profile_id, &subscription.email) {
+                (Some(id), _) => Some(Subject::Profile(id.clone())),
+                (None, Some(email)) => Some(Subject::Email(email.clone())),
+                (None, None) => None,
+            };
+            if let Some(subject) = subject {
+                let consented_at = parameters["consented_at"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(at, |t| t.with_timezone(&Utc));
+                let change = Change::Subscribed {
+                    method: "API".into(),
+                    method_detail: None,
+                    custom_method_detail: subscription.custom_source.clone(),
+                    consented_at: timestamp(consented_at),
+                };
+                self.record_consent(subject, at, change);
+            }
+        }
         self.subscriptions.push(subscription);
+    }
+
+    /// The metrics, oldest first.
+    pub(crate) fn metrics(&self) -> &[Metric] {
+        &self.metrics
+    }
+
+    /// The metric an event was recorded under (the API integration's of its name).
+    pub(crate) fn metric_of(&self, event: &AcceptedEvent) -> Option<&Metric> {
+        let api = Integration::api();
+        self.metrics
+            .iter()
+            .find(|m| m.name == event.metric && m.integration == api)
+    }
+
+    /// The API integration's metric of this name, created on its first event.
+    fn metric_for(&mut self, name: &str) -> &Metric {
+        let api = Integration::api();
+        let index = match self
+            .metrics
+            .iter()
+            .position(|m| m.name == name && m.integration == api)
+        {
+            Some(index) => index,
+            None => {
+                self.metrics.push(Metric::new(name, api));
+                self.metrics.len() - 1
+            }
+        };
+        &self.metrics[index]
+    }
+
+    /// Adds a metric (of another integration); gives its id. One of the same name and
+    /// integration is the same metric.
+    pub(crate) fn add_metric(&mut self, name: &str, integration: Integration) -> String {
+        if let Some(metric) = self
+            .metrics
+            .iter()
+            .find(|m| m.name == name && m.integration == integration)
+        {
+            return metric.id.clone();
+        }
+        let metric = Metric::new(name, integration);
+        let id = metric.id.clone();
+        self.metrics.push(metric);
+        id
+    }
+
+    pub(crate) fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+
+    pub(crate) fn add_flow(&mut self, flow: Flow) {
+        self.flows.push(flow);
+    }
+
+    /// Deletes every event with this `unique_id` and forgets its dedupe key, so that the same
+    /// event sent again is recorded again; gives the deleted events' ids.
+    pub(crate) fn delete_events(&mut self, unique_id: &str) -> Vec<String> {
+        let mut deleted = Vec::new();
+        let keys = &mut self.event_keys;
+        self.events.retain(|event| {
+            if event.unique_id.as_deref() != Some(unique_id) {
+                return true;
+            }
+            let instant = format!("unique_id:{unique_id}");
+            keys.remove(&super::checks::event_key(
+                &event.profile_key,
+                &event.metric,
+                &instant,
+            ));
+            deleted.push(event.id.clone());
+            false
+        });
+        deleted
+    }
+
+    /// The events with this `unique_id`, to change them.
+    pub(crate) fn events_with_unique_id(
+        &mut self,
+        unique_id: &str,
+    ) -> impl Iterator<Item = &mut AcceptedEvent> {
+        self.events
+            .iter_mut()
+            .filter(move |e| e.unique_id.as_deref() == Some(unique_id))
+    }
+
+    /// The profile an email identifies (the one upserts update), by index.
+    pub(crate) fn profile_index_by_email(&self, email: &str) -> Option<usize> {
+        self.by_identifier.get(&key("email", email)).copied()
+    }
+
+    pub(crate) fn profile_index_by_id(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    pub(crate) fn profile_mut(&mut self, index: usize) -> &mut Profile {
+        &mut self.profiles[index]
+    }
+
+    /// A profile that no identifier leads to: a second one for an email or phone number that
+    /// already has one, as Klaviyo can hold (an email-only call after an email change, an
+    /// import). Upserts keep finding the first; reads list both. Gives its id.
+    pub(crate) fn add_unindexed_profile(&mut self, attributes: Map<String, Json>) -> String {
+        let now = timestamp(Utc::now());
+        let id = new_id();
+        self.by_id.insert(id.clone(), self.profiles.len());
+        self.profiles.push(Profile {
+            id: id.clone(),
+            attributes,
+            created: now.clone(),
+            updated: now,
+        });
+        id
     }
 
     pub(crate) fn record_bulk_job(&mut self, job: BulkJob) {
