@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod read_back;
+
 use marketsync::engine::Engine;
 use marketsync::klaviyo::Request;
 use marketsync::run::{Runner, Summary};
