@@ -10,8 +10,9 @@ use super::{
     EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs,
 };
 use marketsync::alerts::{Alerts, Facts, Notifier};
+use marketsync::reconcile::impact::Tier;
 use marketsync::reconcile::schedule::Scheduled;
-use marketsync::reconcile::{Ask, Reconciler};
+use marketsync::reconcile::{Ask, Reconciler, Report};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
@@ -346,6 +347,7 @@ pub fn execute(args: Args) -> u8 {
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let alerts_store = Arc::clone(&store);
         let reconcile_store = Arc::clone(&store);
+        let read_back_store = Arc::clone(&store);
         let receiver = Receiver::new(
             Arc::clone(&engine),
             store,
@@ -402,6 +404,7 @@ pub fn execute(args: Args) -> u8 {
                 },
                 on_success: Box::new(move |report| {
                     metrics.reconciled(now_ms());
+                    keep_read_back(Arc::clone(&read_back_store), report);
                     if report.findings.missing_total() > 0 {
                         sink.wake();
                     }
@@ -452,4 +455,55 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             _ = int.recv() => {}
         }
     }
+}
+
+/// Keeps what a scheduled run read back from Klaviyo (its exceptions and summary), off the
+/// runtime's threads, and logs the counts (never a person or an order: the store and the
+/// status page have those).
+fn keep_read_back(store: Arc<Mutex<marketsync::store::Store>>, report: &Report) {
+    if report.read_back.is_none() {
+        return;
+    }
+    let report = report.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store.lock().expect("store lock");
+        match marketsync::reconcile::exceptions::record(&mut store, &report, now_ms()) {
+            Ok(Some(kept)) => {
+                let s = &kept.summary;
+                let tiers = s.open_by_tier();
+                let open = |tier| tiers.get(&tier).copied().unwrap_or_default();
+                let fields = (
+                    open(Tier::Compliance),
+                    open(Tier::Systemic),
+                    open(Tier::Money),
+                    open(Tier::Hygiene),
+                );
+                if s.fails() {
+                    warn!(
+                        run = s.run_id,
+                        compliance = fields.0,
+                        systemic = fields.1,
+                        money = fields.2,
+                        hygiene = fields.3,
+                        new = kept.opened.len(),
+                        resolved = kept.resolved.len(),
+                        "read back from Klaviyo: compliance or systemic exceptions open (marketsync exceptions list --tier …)"
+                    );
+                } else {
+                    info!(
+                        run = s.run_id,
+                        compliance = fields.0,
+                        systemic = fields.1,
+                        money = fields.2,
+                        hygiene = fields.3,
+                        new = kept.opened.len(),
+                        resolved = kept.resolved.len(),
+                        "read back from Klaviyo"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(err) => error!("keeping what was read back from Klaviyo: {err}"),
+        }
+    });
 }

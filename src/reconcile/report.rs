@@ -576,7 +576,7 @@ impl ReadBackReport {
 }
 
 /// What an exception is about, shortly: `order 5001 (petmarket), zoe@example.com`.
-fn concerns(e: &ReadBackException) -> String {
+pub fn concerns(e: &ReadBackException) -> String {
     let d = &e.discrepancy;
     let mut parts = Vec::new();
     match (&d.order_id, &d.marketplace) {
@@ -599,7 +599,7 @@ fn concerns(e: &ReadBackException) -> String {
 }
 
 /// The money at stake of one exception, `-` when none.
-fn stake(e: &ReadBackException) -> String {
+pub fn stake(e: &ReadBackException) -> String {
     let d = &e.discrepancy;
     if d.money_cents == 0 {
         "-".to_owned()
