@@ -127,7 +127,7 @@ fn a_week_opens_one_exception_per_class_most_harmful_first() {
         .sum();
     assert_eq!(money, expected);
     assert_eq!(summary.revenue, revenue());
-    assert_eq!(store.last_read_backs(5).unwrap(), [summary.clone()]);
+    assert_eq!(store.last_read_backs(5).unwrap(), std::slice::from_ref(summary));
 }
 
 #[test]
@@ -473,4 +473,68 @@ fn the_lifecycle_survives_reopening_the_file() {
     let store = Store::open(&path).unwrap();
     assert_eq!(open_keys(&store).len(), Class::ALL.len());
     assert_eq!(store.last_read_backs(1).unwrap()[0].revenue, revenue());
+}
+
+/// The one connection a finished run makes: `record` keeps a `Report`'s read-back against the
+/// run's window and marketplace, and a run that read nothing back keeps nothing.
+#[test]
+fn a_report_with_a_read_back_is_recorded_against_its_window_and_marketplace() {
+    use marketsync::reconcile::{Findings, Report, Window, exceptions};
+    let mut store = Store::in_memory().unwrap();
+    let run = finished_run(&mut store, WEEK.0, WEEK.1, RECORDED);
+    let window = Window {
+        since: chrono::DateTime::from_timestamp_millis(WEEK.0).unwrap(),
+        until: chrono::DateTime::from_timestamp_millis(WEEK.1).unwrap(),
+    };
+    let mut report = Report {
+        run_id: run,
+        window,
+        settle: chrono::Duration::minutes(15),
+        resumed: false,
+        report_only: true,
+        findings: Findings {
+            marketplace: Some("petmarket".into()),
+            ..Findings::default()
+        },
+        notes: vec![],
+        elapsed: std::time::Duration::from_secs(5),
+        mapping: std::time::Duration::ZERO,
+        storing: std::time::Duration::ZERO,
+        read_back: None,
+    };
+    assert_eq!(
+        exceptions::record(&mut store, &report, RECORDED).unwrap(),
+        None
+    );
+    assert!(store.last_read_backs(1).unwrap().is_empty());
+
+    report.read_back = Some(week());
+    let kept = exceptions::record(&mut store, &report, RECORDED)
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.opened.len(), Class::ALL.len());
+    assert_eq!(
+        (kept.summary.since.as_str(), kept.summary.until.as_str()),
+        ("2026-11-24T00:00:00Z", "2026-12-01T00:00:00Z")
+    );
+
+    // The next day's run of the same marketplace, finding nothing, resolves the systemic
+    // findings only; one of another marketplace resolves none of petmarket's.
+    let next = finished_run(&mut store, WEEK.1, WEEK.1 + DAY, RECORDED + DAY);
+    report.run_id = next;
+    report.window = Window {
+        since: window.until,
+        until: window.until + chrono::Duration::days(1),
+    };
+    report.findings.marketplace = Some("homewares".into());
+    report.read_back = Some(ReadBack::default());
+    let other = exceptions::record(&mut store, &report, RECORDED + DAY)
+        .unwrap()
+        .unwrap();
+    let resolved: BTreeSet<Class> = other
+        .resolved
+        .iter()
+        .map(|id| store.find_read_back_exception(*id).unwrap().class())
+        .collect();
+    assert_eq!(resolved, [Class::DoubleSource].into(), "of no marketplace");
 }

@@ -161,7 +161,7 @@ impl ReadBackException {
 }
 
 /// Sorts exceptions most harmful first, by [`rank`]'s order of their findings.
-pub fn rank_exceptions(exceptions: &mut Vec<ReadBackException>) {
+pub fn rank_exceptions(exceptions: &mut [ReadBackException]) {
     let mut findings: Vec<Discrepancy> = exceptions.iter().map(|e| e.discrepancy.clone()).collect();
     rank(&mut findings);
     let position: BTreeMap<&str, usize> = findings
@@ -180,6 +180,9 @@ pub fn rank_exceptions(exceptions: &mut Vec<ReadBackException>) {
 
 /// Money per currency (ISO 4217 code, empty when unknown), in minor units.
 pub type Money = BTreeMap<String, i64>;
+
+/// Open exceptions per class: how many, and their money at stake.
+pub type OpenCounts = BTreeMap<Class, (u64, Money)>;
 
 /// One class's figures in one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -180,6 +180,7 @@ pub fn tier_heading(tier: Tier) -> (&'static str, &'static str) {
 pub struct ReadBackReport {
     /// When the report was made (unix ms): ages count from here.
     pub now: i64,
+    /// The latest run's summary, its open figures as they are now.
     pub current: Summary,
     /// The run that read back before it, for the trend.
     pub previous: Option<Summary>,
@@ -194,12 +195,23 @@ pub struct ReadBackReport {
 const HTML_PER_CLASS: usize = 25;
 
 impl ReadBackReport {
-    /// The report of the latest run that read Klaviyo back; `None` when none has.
+    /// The report of the latest run that read Klaviyo back; `None` when none has. Its open
+    /// figures are those of now: an exception resolved by hand since the run is no longer open.
     pub fn latest(store: &Store, now: i64) -> Result<Option<ReadBackReport>, StoreError> {
         let mut last = store.last_read_backs(2)?.into_iter();
-        let Some(current) = last.next() else {
+        let Some(mut current) = last.next() else {
             return Ok(None);
         };
+        let mut open_now = store.open_read_back_counts()?;
+        for class in Class::ALL {
+            let (open, money) = open_now.remove(&class).unwrap_or_default();
+            if open == 0 && !current.classes.contains_key(&class) {
+                continue;
+            }
+            let figures = current.classes.entry(class).or_default();
+            figures.open = open;
+            figures.open_money = money;
+        }
         Ok(Some(ReadBackReport {
             now,
             open: store.open_read_back_exceptions(&ReadBackFilter::default())?,
@@ -270,7 +282,9 @@ impl ReadBackReport {
         }
         if let Some(previous) = &self.previous {
             out.push_str(&format!(
-                "since the last report: {}\n",
+                "since the last report (run {}, {}): {}\n",
+                previous.run_id,
+                iso(previous.recorded_at),
                 trend_line(previous, c)
             ));
         }
@@ -523,6 +537,22 @@ impl ReadBackReport {
             since: c.since.clone(),
             until: c.until.clone(),
             fails: c.fails(),
+            verdict: {
+                let urgent: Vec<String> = [Tier::Compliance, Tier::Systemic]
+                    .into_iter()
+                    .filter(|t| c.tier(*t).open > 0)
+                    .map(|t| format!("{} {}", c.tier(t).open, t.name()))
+                    .collect();
+                format!(
+                    "{} {} open: start with the first section below.",
+                    urgent.join(" and "),
+                    if c.tier(Tier::Compliance).open + c.tier(Tier::Systemic).open == 1 {
+                        "exception"
+                    } else {
+                        "exceptions"
+                    }
+                )
+            },
             open_by_tier: Tier::ALL
                 .into_iter()
                 .map(|t| TierCount {
@@ -644,9 +674,7 @@ pub fn trend_line(previous: &Summary, current: &Summary) -> String {
         })
         .collect();
     format!(
-        "(run {}, {}) {}; money at stake {} -> {}",
-        previous.run_id,
-        iso(previous.recorded_at),
+        "{}; money at stake {} -> {}",
         tiers.join(", "),
         money_total(&previous.total().open_money),
         money_total(&current.total().open_money)
@@ -701,6 +729,8 @@ struct ReportView {
     since: String,
     until: String,
     fails: bool,
+    /// What to do first, when a compliance or systemic exception is open.
+    verdict: String,
     open_by_tier: Vec<TierCount>,
     total_open: u64,
     total_new: u64,
@@ -818,8 +848,8 @@ struct ChartDay {
 }
 
 impl RevenueChart {
-    const WIDTH: u32 = 640;
-    const HEIGHT: u32 = 160;
+    const WIDTH: u32 = 1000;
+    const HEIGHT: u32 = 180;
 
     fn of(m: &MarketplaceRevenue, summary: &Summary) -> RevenueChart {
         let mut days: Vec<_> = summary

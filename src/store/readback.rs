@@ -9,7 +9,8 @@
 
 use super::{Store, StoreError};
 use crate::reconcile::exceptions::{
-    Checked, ClassFigures, Lifecycle, ReadBackException, Resolution, Summary, rank_exceptions,
+    Checked, ClassFigures, Lifecycle, OpenCounts, ReadBackException, Resolution, Summary,
+    rank_exceptions,
 };
 use crate::reconcile::impact::{Class, Discrepancy, ReadBack, Tier};
 use rusqlite::{OptionalExtension, params};
@@ -126,7 +127,7 @@ impl Store {
                 lifecycle.resolved.push(id);
             }
         }
-        for (class, (count, money)) in open_counts(&*tx)? {
+        for (class, (count, money)) in open_counts(&tx)? {
             let figures = classes.entry(class).or_default();
             figures.open = count;
             figures.open_money = money;
@@ -260,16 +261,12 @@ impl Store {
     }
 
     /// Open read-back exceptions by class: how many, and their money at stake per currency.
-    pub fn open_read_back_counts(
-        &self,
-    ) -> Result<BTreeMap<Class, (u64, BTreeMap<String, i64>)>, StoreError> {
+    pub fn open_read_back_counts(&self) -> Result<OpenCounts, StoreError> {
         open_counts(&self.conn)
     }
 }
 
-fn open_counts(
-    conn: &rusqlite::Connection,
-) -> Result<BTreeMap<Class, (u64, BTreeMap<String, i64>)>, StoreError> {
+fn open_counts(conn: &rusqlite::Connection) -> Result<OpenCounts, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT class, currency, count(*), sum(money_cents) FROM read_back_exception
          WHERE resolved_at IS NULL GROUP BY class, currency",
@@ -282,7 +279,7 @@ fn open_counts(
             r.get::<_, i64>(3)?,
         ))
     })?;
-    let mut counts: BTreeMap<Class, (u64, BTreeMap<String, i64>)> = BTreeMap::new();
+    let mut counts = OpenCounts::new();
     for row in rows {
         let (name, currency, count, money) = row?;
         let class = Class::from_name(&name).ok_or_else(|| StoreError::Unreadable {

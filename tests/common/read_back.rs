@@ -273,3 +273,70 @@ pub fn finished_run(store: &mut Store, since: i64, until: i64, now: i64) -> i64 
         .unwrap();
     run.id
 }
+
+/// The week before: Marketplacer's own tracking already on (the same second sender), two
+/// orders that never reached Klaviyo, revenue otherwise aligned.
+pub fn previous_week() -> ReadBack {
+    let all = findings();
+    let mut discrepancies: Vec<Discrepancy> = all
+        .iter()
+        .filter(|d| d.class == Class::DoubleSource)
+        .cloned()
+        .collect();
+    for (order_id, day, value) in [("4871", -5, 9_995), ("4902", -2, 23_480)] {
+        let mut d = order(Class::MissingPlacedOrder, order_id, day, value, false);
+        d.person = Some(format!("buyer{order_id}@example.com"));
+        d.detail = format!("Order {order_id} has no Placed Order in Klaviyo");
+        d.action = "Queued again under its original key".into();
+        discrepancies.push(d);
+    }
+    rank(&mut discrepancies);
+    let revenue = revenue()
+        .into_iter()
+        .map(|mut d| {
+            let day = chrono::NaiveDate::parse_from_str(&d.day, "%Y-%m-%d").unwrap()
+                - chrono::Duration::days(7);
+            d.day = day.format("%Y-%m-%d").to_string();
+            d.klaviyo_cents = d.marketplacer_cents;
+            d
+        })
+        .collect();
+    ReadBack {
+        discrepancies,
+        revenue,
+        reads: reads(),
+        elapsed_ms: 3_900,
+    }
+}
+
+/// A store that has read back two weeks: the week before (recorded an hour after it ended),
+/// then [`week`]. Returns the two runs' ids.
+pub fn two_weeks(store: &mut Store) -> (i64, i64) {
+    use marketsync::reconcile::exceptions::Checked;
+    let mut ids = Vec::new();
+    for (start, read_back) in [
+        (WEEK_START - 7 * DAY, previous_week()),
+        (WEEK_START, week()),
+    ] {
+        let (since, until) = (start, start + 7 * DAY);
+        let now = until + 3_600_000;
+        let run = finished_run(store, since, until, now);
+        let checked = Checked {
+            since,
+            until,
+            marketplaces: ["petmarket".to_owned(), "homewares".to_owned()].into(),
+            classes: Class::ALL.into_iter().collect(),
+            people: Default::default(),
+            revenue_days: read_back
+                .revenue
+                .iter()
+                .map(|d| (d.marketplace.clone(), d.day.clone()))
+                .collect(),
+        };
+        store
+            .record_read_back(run, &checked, &read_back, now)
+            .unwrap();
+        ids.push(run);
+    }
+    (ids[0], ids[1])
+}
