@@ -127,7 +127,10 @@ fn a_week_opens_one_exception_per_class_most_harmful_first() {
         .sum();
     assert_eq!(money, expected);
     assert_eq!(summary.revenue, revenue());
-    assert_eq!(store.last_read_backs(5).unwrap(), std::slice::from_ref(summary));
+    assert_eq!(
+        store.last_read_backs(5).unwrap(),
+        std::slice::from_ref(summary)
+    );
 }
 
 #[test]

@@ -527,3 +527,55 @@ fn the_html_page_is_self_contained_and_escapes_what_it_shows() {
     assert!(trend.contains("revenue days that add up"), "{trend}");
     assert!(trend.contains("13 of 14"), "{trend}");
 }
+
+/// `marketsync status`: open read-back exceptions by tier, and the last read-back's revenue
+/// in one line; before any read-back, `never`.
+#[test]
+fn status_shows_read_back_exceptions_by_tier_and_the_revenue_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    let (code, human, _) = ms(&state, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains(
+            "read-back exceptions open: 1 compliance, 3 systemic, 9 money, 2 hygiene \
+             (marketsync exceptions list)"
+        ),
+        "{human}"
+    );
+    let revenue = human
+        .lines()
+        .find(|l| l.starts_with("revenue, read back 2026-12-01T01:00:00Z ("))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(
+        revenue.ends_with(
+            "homewares AUD 19,855.50 in Klaviyo of AUD 19,855.50, 7 of 7 days add up; \
+             petmarket AUD 54,822.76 in Klaviyo of AUD 55,005.16 (-AUD 182.40), 6 of 7 days \
+             add up"
+        ),
+        "{revenue}"
+    );
+    assert!(
+        human.contains("exceptions open: 1"),
+        "the flagged request: {human}"
+    );
+
+    let (_, json, _) = ms(&state, &["status", "--format", "json"]);
+    let json: Json = serde_json::from_str(&json).unwrap();
+    let read_back = &json["read_back"];
+    assert_eq!(read_back["open_by_tier"]["compliance"], 1);
+    assert_eq!(read_back["open_by_tier"]["hygiene"], 2);
+    assert_eq!(read_back["open_by_class"]["missing-placed-order"], 3);
+    assert_eq!(read_back["last"]["run"], 2);
+    assert_eq!(read_back["last"]["revenue"][1]["klaviyo_cents"], 5_482_276);
+    assert_eq!(json["exceptions"], 1, "flagged requests count as before");
+
+    let empty = dir.path().join("empty.db");
+    drop(Store::open(&empty).unwrap());
+    let (_, human, _) = ms(&empty, &["status"]);
+    assert!(human.contains("read back from Klaviyo: never"), "{human}");
+    let (_, json, _) = ms(&empty, &["status", "--format", "json"]);
+    let json: Json = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["read_back"]["last"], Json::Null);
+    assert_eq!(json["read_back"]["open_by_tier"]["systemic"], 0);
+}

@@ -660,6 +660,36 @@ pub fn revenue_line(m: &MarketplaceRevenue) -> String {
     )
 }
 
+/// The revenue a run compared, per marketplace, in one line: `petmarket AUD 54,822.76 in
+/// Klaviyo of AUD 55,005.16 (-AUD 182.40), 6 of 7 days add up; homewares ...`.
+pub fn revenue_alignment(summary: &Summary) -> String {
+    let marketplaces = summary.revenue_by_marketplace();
+    if marketplaces.is_empty() {
+        return "no revenue compared".to_owned();
+    }
+    marketplaces
+        .iter()
+        .map(|m| {
+            let difference = m.difference_cents();
+            format!(
+                "{} {} in Klaviyo of {}{}, {} of {} add up",
+                m.marketplace,
+                money(m.klaviyo_cents, &m.currency),
+                money(m.marketplacer_cents, &m.currency),
+                if difference == 0 {
+                    String::new()
+                } else {
+                    let sign = if difference > 0 { "+" } else { "" };
+                    format!(" ({sign}{})", money(difference, &m.currency))
+                },
+                m.aligned_days,
+                plural(m.days, "day")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `compliance 0 -> 1, systemic 2 -> 3, ...; money at stake AUD 12.00 -> AUD 30.00`.
 pub fn trend_line(previous: &Summary, current: &Summary) -> String {
     let tiers: Vec<String> = Tier::ALL

@@ -266,7 +266,7 @@ impl Store {
     }
 }
 
-fn open_counts(conn: &rusqlite::Connection) -> Result<OpenCounts, StoreError> {
+pub(super) fn open_counts(conn: &rusqlite::Connection) -> Result<OpenCounts, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT class, currency, count(*), sum(money_cents) FROM read_back_exception
          WHERE resolved_at IS NULL GROUP BY class, currency",
