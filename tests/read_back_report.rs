@@ -579,3 +579,86 @@ fn status_shows_read_back_exceptions_by_tier_and_the_revenue_in_one_line() {
     assert_eq!(json["read_back"]["last"], Json::Null);
     assert_eq!(json["read_back"]["open_by_tier"]["systemic"], 0);
 }
+
+/// serve's admin address: `/metrics` exports the open read-back exceptions by class and tier,
+/// the status page counts them by tier and links `/report`, the weekly report itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_shows_and_serves_the_read_back() {
+    use marketsync::serve::{self, Receiver, ServeConfig};
+    use marketsync::source::webhook::Secrets;
+    use std::sync::{Arc, Mutex};
+    let admin = |store: Store| async move {
+        let receiver = Receiver::new(
+            Arc::new(common::engine()),
+            Arc::new(Mutex::new(store)),
+            Secrets::new(None, None).unwrap(),
+            None,
+            ServeConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, serve::admin_router(receiver))
+                .await
+                .unwrap()
+        });
+        url
+    };
+    let get = |url: String| async move {
+        let response = reqwest::get(url).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+
+    let empty = admin(Store::in_memory().unwrap()).await;
+    let (code, metrics) = get(format!("{empty}/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains(
+        r#"marketsync_reconciliation_exceptions_open{class="double-source",tier="systemic"} 0"#
+    ));
+    let (code, page) = get(format!("{empty}/report")).await;
+    assert_eq!(code, 404);
+    assert!(page.contains("No reconciliation has read Klaviyo back yet"));
+
+    let mut store = Store::in_memory().unwrap();
+    two_weeks(&mut store);
+    let url = admin(store).await;
+    let (_, metrics) = get(format!("{url}/metrics")).await;
+    for (series, value) in [
+        (
+            r#"marketsync_reconciliation_exceptions_open{class="subscribed-without-evidence",tier="compliance"}"#,
+            "1",
+        ),
+        (
+            r#"marketsync_reconciliation_exceptions_open{class="missing-placed-order",tier="money"}"#,
+            "3",
+        ),
+        (
+            r#"marketsync_reconciliation_exceptions_at_stake{tier="systemic",currency="AUD"}"#,
+            "31424.13",
+        ),
+        (
+            r#"marketsync_reconciliation_read_back_requests{endpoint="GET /api/events"}"#,
+            "41",
+        ),
+    ] {
+        assert!(
+            metrics.contains(&format!("{series} {value}\n")),
+            "{series} {value} in\n{metrics}"
+        );
+    }
+    let (_, page) = get(format!("{url}/")).await;
+    assert!(
+        page.contains("Read back from Klaviyo: 1 compliance and 3 systemic open"),
+        "{page}"
+    );
+    assert!(page.contains("<a href=\"/report\">"));
+    let (code, report) = get(format!("{url}/report")).await;
+    assert_eq!(code, 200);
+    assert!(report.contains("Klaviyo read back: weekly review"));
+    assert!(report.contains("id=\"revenue-petmarket\""));
+    assert_eq!(
+        report.matches("×</div></td></tr>").count(),
+        15,
+        "every open exception"
+    );
+}

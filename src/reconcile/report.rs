@@ -643,7 +643,7 @@ pub fn stake(e: &ReadBackException) -> String {
 pub fn revenue_line(m: &MarketplaceRevenue) -> String {
     let difference = m.difference_cents();
     format!(
-        "{}: {}, {}: {} in Marketplacer, {} in Klaviyo ({}); {} of {} add up",
+        "{}: {}, {}: {} in Marketplacer, {} in Klaviyo ({}); {}",
         m.marketplace,
         plural(m.days, "day"),
         plural(m.orders, "order"),
@@ -655,9 +655,17 @@ pub fn revenue_line(m: &MarketplaceRevenue) -> String {
             let sign = if difference > 0 { "+" } else { "" };
             format!("{sign}{}", money(difference, &m.currency))
         },
-        m.aligned_days,
-        plural(m.days, "day")
+        adding_up(m)
     )
+}
+
+/// `6 of 7 days add up`, or for one day whether it does.
+fn adding_up(m: &MarketplaceRevenue) -> String {
+    match (m.days, m.aligned_days) {
+        (1, 1) => "the day adds up".to_owned(),
+        (1, _) => "the day does not add up".to_owned(),
+        (days, aligned) => format!("{aligned} of {days} days add up"),
+    }
 }
 
 /// The revenue a run compared, per marketplace, in one line: `petmarket AUD 54,822.76 in
@@ -672,7 +680,7 @@ pub fn revenue_alignment(summary: &Summary) -> String {
         .map(|m| {
             let difference = m.difference_cents();
             format!(
-                "{} {} in Klaviyo of {}{}, {} of {} add up",
+                "{} {} in Klaviyo of {}{}, {}",
                 m.marketplace,
                 money(m.klaviyo_cents, &m.currency),
                 money(m.marketplacer_cents, &m.currency),
@@ -682,8 +690,7 @@ pub fn revenue_alignment(summary: &Summary) -> String {
                     let sign = if difference > 0 { "+" } else { "" };
                     format!(" ({sign}{})", money(difference, &m.currency))
                 },
-                m.aligned_days,
-                plural(m.days, "day")
+                adding_up(m)
             )
         })
         .collect::<Vec<_>>()
