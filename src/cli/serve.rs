@@ -59,9 +59,11 @@ Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on 
 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
 while shutting down); the status page for people, GET / (queues, lag, dead letters, exceptions,
-alerts firing), and the alerts as JSON, GET /alerts (read by `status --admin`): on
---admin-listen, else on --listen. Keep that address private (localhost or an internal network):
-the page names categories and endpoints, not customers, but it is for the team, not the world.
+alerts firing, read-back exceptions by tier), the weekly read-back report, GET /report, a
+customer's history, GET /customer?q=EMAIL, and the alerts as JSON, GET /alerts (read by `status
+--admin`): on --admin-listen, else on --listen. Keep that address private (localhost or an
+internal network): the report and a customer's history name people and orders; it is for the
+team, not the world.
 
 A client that has not sent a request's headers within --header-timeout is disconnected.
 
@@ -93,8 +95,9 @@ outages and a refused key; never a secret, a body, an email or a phone. See docs
   (the variable client.yaml's `alerts: slack_webhook_env` names)  a Slack incoming-webhook URL
 
 Alerts: with `alerts:` in client.yaml, serve checks for late or stuck order events, dead
-letters of orders or consent, no webhook for hours, webhooks it could not store and a refused
-key, and tells Slack and/or a command once when each starts, at most every `repeat` while it
+letters of orders or consent, no webhook for hours, webhooks it could not store, a refused
+key, a scheduled reconciliation that stopped succeeding, and compliance or systemic exceptions
+read back from Klaviyo, and tells Slack and/or a command once when each starts, at most every `repeat` while it
 lasts, and when it ends (docs/clients.md, docs/operations.md 11.5).
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
@@ -294,6 +297,9 @@ pub fn execute(args: Args) -> u8 {
             }
         };
         metrics = metrics.with_reconciliation(since);
+        if let Some(alerts) = &alerts {
+            alerts.watch_reconciliation(since);
+        }
     }
     sink_config.metrics = Arc::new(metrics);
     let engine = Arc::new(engine);
