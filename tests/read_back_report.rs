@@ -662,3 +662,139 @@ async fn serve_exports_shows_and_serves_the_read_back() {
         "every open exception"
     );
 }
+
+/// Runs headless Chromium; `None` when it is not installed.
+fn chromium(args: &[&str]) -> Option<std::process::Output> {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(output)
+}
+
+/// The weekly-review page `exceptions report --html` writes, in a real browser: the verdict,
+/// the counts by tier, a revenue chart per marketplace with its bars and the day that does not
+/// add up, the tiers in order with what each class means and who fixes it, and the trend. CI
+/// installs Chromium (Debian's `chromium`); elsewhere the test says so and passes only outside
+/// CI. With `READ_BACK_REPORT_SCREENSHOT=docs/read-back-report.png` it refreshes the screenshot
+/// the docs show.
+#[test]
+fn the_report_page_reads_right_in_a_real_browser() {
+    if std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is needed in CI: apt-get install -y chromium"
+        );
+        eprintln!("report page not checked in a browser: install Debian's chromium package");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    let page = dir.path().join("weekly-review.html");
+    let (code, _, stderr) = ms(
+        &state,
+        &["exceptions", "report", "--html", page.to_str().unwrap()],
+    );
+    assert_eq!(code, 8, "{stderr}");
+    let url = format!("file://{}", page.display());
+    let dom = String::from_utf8(chromium(&["--dump-dom", &url]).unwrap().stdout).unwrap();
+    let screenshot = std::env::var_os("READ_BACK_REPORT_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("read-back-report.png"));
+    chromium(&[
+        &format!("--screenshot={}", screenshot.display()),
+        "--window-size=1280,1900",
+        &url,
+    ])
+    .unwrap();
+
+    let at = |needle: &str| {
+        dom.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in the page as the browser has it"))
+    };
+    assert!(dom.contains("<title>Act today · Klaviyo read back · marketsync</title>"));
+    assert!(
+        dom.contains("<b>Act today.</b> 1 compliance and 3 systemic exceptions open"),
+        "{dom}"
+    );
+    for (tier, count) in [
+        ("compliance", 1),
+        ("systemic", 3),
+        ("money", 9),
+        ("hygiene", 2),
+    ] {
+        let card = &dom[at(&format!("id=\"open-{tier}\""))..];
+        assert!(
+            card.starts_with(&format!("id=\"open-{tier}\"><b>{count}</b>{tier}")),
+            "{card:.80}"
+        );
+        let section = &dom[at(&format!("id=\"tier-{tier}\""))..];
+        assert!(section.contains(&format!("({count})</h2>")), "{tier}");
+    }
+    assert!(at("id=\"tier-compliance\"") < at("id=\"tier-systemic\""));
+    assert!(at("id=\"tier-systemic\"") < at("id=\"tier-money\""));
+    assert!(at("id=\"tier-money\"") < at("id=\"tier-hygiene\""));
+    assert!(
+        at("id=\"revenue\"") < at("id=\"tier-compliance\""),
+        "charts before the lists"
+    );
+    for marketplace in ["petmarket", "homewares"] {
+        let chart = &dom[at(&format!("id=\"revenue-{marketplace}\""))..];
+        let chart = &chart[..chart.find("</svg>").unwrap()];
+        assert_eq!(
+            chart.matches("<rect class=\"mp\"").count(),
+            7,
+            "{marketplace}"
+        );
+        assert_eq!(
+            chart.matches("<rect class=\"kl\"").count(),
+            7,
+            "{marketplace}"
+        );
+    }
+    let petmarket = &dom[at("id=\"revenue-petmarket\"")..];
+    let petmarket = &petmarket[..petmarket.find("</svg>").unwrap()];
+    assert!(petmarket.contains(&format!("data-day=\"{GAP_DAY}\"")));
+    assert!(petmarket.contains("11-27 ≠"), "the gap day is marked");
+    assert!(petmarket.contains("(-AUD 182.40); 6 of 7 days add up"));
+    let compliance = &dom[at("id=\"class-subscribed-without-evidence\"")..];
+    assert!(compliance.contains("liam.nguyen@example.com"));
+    assert!(compliance.contains("<b>Who fixes it:</b> marketing."));
+    let trend = &dom[at("id=\"trend\"")..];
+    assert!(
+        trend.contains("Compared with run 1 (2026-11-24T01:00:00Z)"),
+        "{trend:.400}"
+    );
+    assert!(
+        dom.matches("<span class=\"new\">new</span>").count() == 12,
+        "the run's new exceptions are marked"
+    );
+
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        screenshot.display()
+    );
+}
