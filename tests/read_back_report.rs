@@ -798,3 +798,21 @@ fn the_report_page_reads_right_in_a_real_browser() {
         screenshot.display()
     );
 }
+
+/// docs/operations.md's weekly review says for every class what the report and `exceptions
+/// show` say: its tier and who fixes it.
+#[test]
+fn the_weekly_review_table_names_every_class_its_tier_and_owner() {
+    let doc = std::fs::read_to_string(common::repo("docs/operations.md")).unwrap();
+    let section = &doc[doc.find("### 5.2 What each class means").unwrap()..];
+    let section = &section[..section.find("### 5.3").unwrap()];
+    for class in Class::ALL {
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", class.name())))
+            .unwrap_or_else(|| panic!("no row for {} in\n{section}", class.name()));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[2], class.tier().name(), "{row}");
+        assert_eq!(cells[4], explain(class).owner, "{row}");
+    }
+}
