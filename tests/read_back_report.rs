@@ -816,3 +816,67 @@ fn the_weekly_review_table_names_every_class_its_tier_and_owner() {
         assert_eq!(cells[4], explain(class).owner, "{row}");
     }
 }
+
+/// Until a run reads Klaviyo back, `reconcile` says there is no read-back report: `--format
+/// json` carries `read_back: null`, `--format jsonl` prints nothing, `--html` writes nothing,
+/// and the exit code is the sweep's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_read_nothing_back_says_so_and_writes_no_report() {
+    use marketsync::standin::marketplacer::{self as mp, Data, StandIn};
+    // The examples as Marketplacer would hold them.
+    let mut data = Data::new();
+    for name in ["orders.ndjson", "shipment.json", "refund.json"] {
+        let text = std::fs::read_to_string(common::repo("examples").join(name)).unwrap();
+        assert!(data.load_text(name, &text).problems.is_empty(), "{name}");
+    }
+    let marketplacer = StandIn::start(mp::Config {
+        data,
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    drop(Store::open(&state).unwrap());
+    let page = dir.path().join("review.html");
+    let reconcile = |format: &'static str| {
+        let (url, state, page) = (marketplacer.url(), state.clone(), page.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                common::marketsync_command()
+                    .args(["reconcile", "--report-only", "--format", format])
+                    .args([
+                        "--since",
+                        "2026-03-01T00:00:00Z",
+                        "--until",
+                        "2026-03-02T00:00:00Z",
+                    ])
+                    .arg("--marketplacer-url")
+                    .arg(url)
+                    .arg("--state")
+                    .arg(state)
+                    .arg("--html")
+                    .arg(page)
+                    .env("MARKETPLACER_API_KEY", mp::DEFAULT_API_KEY)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let json = reconcile("json").await;
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let report: Json =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(report["read_back"], Json::Null);
+    assert_ne!(json.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("this run did not read Klaviyo back: there is no read-back report"),
+        "{stderr}"
+    );
+    let jsonl = reconcile("jsonl").await;
+    assert!(jsonl.stdout.is_empty());
+    assert!(!page.exists());
+    marketplacer.shutdown().await;
+}
