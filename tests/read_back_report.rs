@@ -327,6 +327,19 @@ fn exceptions_list_show_and_resolve_cover_read_back_ones_beside_flagged_requests
     assert_eq!(rows[0]["owner"], "e-commerce");
     let (_, listed, _) = ms(&state, &["exceptions", "list", "--kind", "sent-after-hold"]);
     assert_eq!(listed.lines().count(), 2, "{listed}");
+    let (code, _, stderr) = ms(
+        &state,
+        &[
+            "exceptions",
+            "list",
+            "--tier",
+            "money",
+            "--kind",
+            "sent-after-hold",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("together match nothing"), "{stderr}");
     let (code, _, stderr) = ms(&state, &["exceptions", "list", "--tier", "urgent"]);
     assert_eq!(code, 2);
     assert!(

@@ -229,13 +229,29 @@ pub fn execute(args: Args) -> u8 {
             since,
             format,
         } => {
+            let kind = kind.as_deref().map(kind_of);
+            let contradiction = match (&kind, tier, &mapping) {
+                (_, Some(_), Some(_)) => Some("--tier and --mapping"),
+                (Some(Kind::Request(_)), Some(_), _) => {
+                    Some("--tier and a flagged request's --kind")
+                }
+                (Some(Kind::ReadBack(_)), _, Some(_)) => Some("--mapping and a read-back --kind"),
+                _ => None,
+            };
+            if let Some(both) = contradiction {
+                eprintln!(
+                    "error: {both} together match nothing: --tier and the read-back kinds narrow \
+                     what was read back from Klaviyo, --mapping and the other kinds narrow \
+                     flagged requests"
+                );
+                return EXIT_USAGE;
+            }
             let store = match state.open_existing() {
                 Ok(store) => store,
                 Err(code) => return code,
             };
             let now = now_ms();
             let since = since.map(|s| s.start(now));
-            let kind = kind.as_deref().map(kind_of);
             // A class, a tier: read-back only. A request kind, a mapping: flagged requests only.
             let want_read_back = mapping.is_none() && !matches!(kind, Some(Kind::Request(_)));
             let want_requests = tier.is_none() && !matches!(kind, Some(Kind::ReadBack(_)));
