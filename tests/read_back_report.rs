@@ -676,32 +676,6 @@ async fn serve_exports_shows_and_serves_the_read_back() {
     );
 }
 
-/// Runs headless Chromium; `None` when it is not installed.
-fn chromium(args: &[&str]) -> Option<std::process::Output> {
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .ok()?;
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(output)
-}
-
 /// The weekly-review page `exceptions report --html` writes, in a real browser: the verdict,
 /// the counts by tier, a revenue chart per marketplace with its bars and the day that does not
 /// add up, the tiers in order with what each class means and who fixes it, and the trend. CI
@@ -731,11 +705,11 @@ fn the_report_page_reads_right_in_a_real_browser() {
     );
     assert_eq!(code, 8, "{stderr}");
     let url = format!("file://{}", page.display());
-    let dom = String::from_utf8(chromium(&["--dump-dom", &url]).unwrap().stdout).unwrap();
+    let dom = String::from_utf8(common::chromium(&["--dump-dom", &url]).unwrap().stdout).unwrap();
     let screenshot = std::env::var_os("READ_BACK_REPORT_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.path().join("read-back-report.png"));
-    chromium(&[
+    common::chromium(&[
         &format!("--screenshot={}", screenshot.display()),
         "--window-size=1280,1900",
         &url,
