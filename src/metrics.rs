@@ -13,6 +13,8 @@
 //! scrape time rather than tracked, so they cannot drift from what is really queued.
 
 use crate::klaviyo::Endpoint;
+use crate::reconcile::exceptions::{OpenCounts, Summary};
+use crate::reconcile::impact::Class;
 use crate::spec::Lane;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -149,6 +152,18 @@ struct DeadLetterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct MoneyLabels {
+    tier: &'static str,
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -185,6 +200,15 @@ pub struct Metrics {
     /// Registered only where reconciliation is scheduled ([`Metrics::with_reconciliation`]):
     /// elsewhere the staleness rule must have no series to fire on.
     reconciliation_last_success: FloatGauge,
+    /// What reading Klaviyo back found, open now: read from the store at scrape time
+    /// ([`Metrics::read_back`]), like the queue.
+    exceptions_open: Family<ClassLabels, Gauge>,
+    exceptions_at_stake: Family<MoneyLabels, FloatGauge>,
+    /// The (tier, currency) pairs exported so far: one no longer open is set to 0, not left at
+    /// its last value.
+    at_stake_seen: std::sync::Mutex<std::collections::BTreeSet<MoneyLabels>>,
+    read_back_last: FloatGauge,
+    read_back_requests: Family<EndpointLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,6 +245,11 @@ impl Metrics {
             dead_letters: Family::default(),
             key_refused: Gauge::default(),
             reconciliation_last_success: FloatGauge::default(),
+            exceptions_open: Family::default(),
+            exceptions_at_stake: Family::default(),
+            at_stake_seen: std::sync::Mutex::default(),
+            read_back_last: FloatGauge::default(),
+            read_back_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -283,6 +312,32 @@ impl Metrics {
             "1 when Klaviyo refused the API key (401/403) and nothing is being sent",
             metrics.key_refused.clone(),
         );
+        registry.register(
+            "reconciliation_exceptions_open",
+            "Exceptions read back from Klaviyo and still open, by class and tier (compliance, systemic, money, hygiene)",
+            metrics.exceptions_open.clone(),
+        );
+        registry.register(
+            "reconciliation_exceptions_at_stake",
+            "Money at stake of the open read-back exceptions, by tier and currency, in the currency's major unit",
+            metrics.exceptions_at_stake.clone(),
+        );
+        registry.register(
+            "reconciliation_read_back_last_timestamp_seconds",
+            "When a reconciliation last read Klaviyo back (Unix time; 0 before the first)",
+            metrics.read_back_last.clone(),
+        );
+        registry.register(
+            "reconciliation_read_back_requests",
+            "Requests the last read-back made to Klaviyo, by endpoint (its read budget)",
+            metrics.read_back_requests.clone(),
+        );
+        for class in Class::ALL {
+            let _ = metrics.exceptions_open.get_or_create(&ClassLabels {
+                class: class.name(),
+                tier: class.tier().name(),
+            });
+        }
         let build_info: Family<BuildLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -366,6 +421,49 @@ impl Metrics {
     /// A reconciliation finished at `at_ms`.
     pub fn reconciled(&self, at_ms: i64) {
         self.reconciliation_last_success.set(at_ms as f64 / 1000.0);
+    }
+
+    /// What reading Klaviyo back left open, and the last read-back, as the store has them now.
+    pub fn read_back(&self, open: &OpenCounts, last: Option<&Summary>) {
+        let mut at_stake: BTreeMap<MoneyLabels, i64> = BTreeMap::new();
+        for class in Class::ALL {
+            let (count, money) = open.get(&class).cloned().unwrap_or_default();
+            self.exceptions_open
+                .get_or_create(&ClassLabels {
+                    class: class.name(),
+                    tier: class.tier().name(),
+                })
+                .set(count as i64);
+            for (currency, cents) in money {
+                *at_stake
+                    .entry(MoneyLabels {
+                        tier: class.tier().name(),
+                        currency,
+                    })
+                    .or_default() += cents;
+            }
+        }
+        let mut seen = self.at_stake_seen.lock().expect("not poisoned");
+        seen.extend(at_stake.keys().cloned());
+        for labels in seen.iter() {
+            let cents = at_stake.get(labels).copied().unwrap_or(0);
+            let exponent = iso_currency::Currency::from_code(&labels.currency)
+                .and_then(|c| c.exponent())
+                .unwrap_or(2);
+            self.exceptions_at_stake
+                .get_or_create(labels)
+                .set(cents as f64 / 10f64.powi(i32::from(exponent)));
+        }
+        if let Some(last) = last {
+            self.read_back_last.set(last.recorded_at as f64 / 1000.0);
+            for read in &last.reads {
+                self.read_back_requests
+                    .get_or_create(&EndpointLabel {
+                        endpoint: read.endpoint.clone(),
+                    })
+                    .set(read.requests as i64);
+            }
+        }
     }
 
     /// The exposition, as `GET /metrics` answers it.
@@ -628,5 +726,104 @@ mod tests {
         assert_eq!(sample(&metrics.render(), series), Some(1_700_000_000.0));
         metrics.reconciled(1_700_003_600_000);
         assert_eq!(sample(&metrics.render(), series), Some(1_700_003_600.0));
+    }
+
+    /// Issue 17: every class's open count exists from the start at 0, follows the store, and
+    /// drops back to 0 (money included) once resolved.
+    #[test]
+    fn read_back_exceptions_are_exported_by_class_and_tier_from_the_start() {
+        let metrics = Metrics::new(&[]);
+        let text = metrics.render();
+        for class in Class::ALL {
+            let series = format!(
+                r#"marketsync_reconciliation_exceptions_open{{class="{}",tier="{}"}}"#,
+                class.name(),
+                class.tier().name()
+            );
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "marketsync_reconciliation_read_back_last_timestamp_seconds"
+            ),
+            Some(0.0)
+        );
+
+        let open: OpenCounts = [
+            (
+                Class::SubscribedWithoutEvidence,
+                (1, [("AUD".to_owned(), 0)].into()),
+            ),
+            (
+                Class::MissingPlacedOrder,
+                (3, [("AUD".to_owned(), 51_966)].into()),
+            ),
+            (
+                Class::WrongOrderValue,
+                (1, [("JPY".to_owned(), 2_500)].into()),
+            ),
+        ]
+        .into();
+        let last = Summary {
+            recorded_at: 1_796_086_800_000,
+            reads: vec![crate::reconcile::impact::ReadBudget {
+                endpoint: "GET /api/events".into(),
+                requests: 41,
+                per_minute: 3_500,
+                waited_ms: 0,
+            }],
+            ..Summary::default()
+        };
+        metrics.read_back(&open, Some(&last));
+        let text = metrics.render();
+        let check = |series: &str, value: f64| {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        };
+        check(
+            r#"marketsync_reconciliation_exceptions_open{class="subscribed-without-evidence",tier="compliance"}"#,
+            1.0,
+        );
+        check(
+            r#"marketsync_reconciliation_exceptions_open{class="missing-placed-order",tier="money"}"#,
+            3.0,
+        );
+        check(
+            r#"marketsync_reconciliation_exceptions_open{class="double-source",tier="systemic"}"#,
+            0.0,
+        );
+        check(
+            r#"marketsync_reconciliation_exceptions_at_stake{tier="money",currency="AUD"}"#,
+            519.66,
+        );
+        check(
+            r#"marketsync_reconciliation_exceptions_at_stake{tier="money",currency="JPY"}"#,
+            2_500.0,
+        );
+        check(
+            "marketsync_reconciliation_read_back_last_timestamp_seconds",
+            1_796_086_800.0,
+        );
+        check(
+            r#"marketsync_reconciliation_read_back_requests{endpoint="GET /api/events"}"#,
+            41.0,
+        );
+
+        metrics.read_back(&OpenCounts::new(), Some(&last));
+        let text = metrics.render();
+        assert_eq!(
+            sample(
+                &text,
+                r#"marketsync_reconciliation_exceptions_open{class="missing-placed-order",tier="money"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"marketsync_reconciliation_exceptions_at_stake{tier="money",currency="AUD"}"#
+            ),
+            Some(0.0)
+        );
     }
 }

@@ -6,9 +6,13 @@
 //! whose `.html` name turns on auto-escaping: every string from data (a category, a mapping, an
 //! alert's message) is escaped by the template engine, not by hand at each use. The page is
 //! self-contained (inline CSS and SVG, no script) and refreshes itself, so it can be left open
-//! on a screen.
+//! on a screen. What reading Klaviyo back left open is a card of counts by tier linking to the
+//! weekly report (`/report`, [`crate::reconcile::report`]), which has the people and orders.
 
 use crate::lag::{self, LaneLag};
+use crate::reconcile::exceptions::Summary;
+use crate::reconcile::impact::Tier;
+use crate::reconcile::report::revenue_alignment;
 use crate::store::{Status, Store, StoreError};
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
@@ -46,6 +50,8 @@ pub struct Snapshot {
     /// Lag by lane over the last hour, minute by minute.
     pub lag: BTreeMap<String, LaneLag>,
     pub alerts: Vec<FiringAlert>,
+    /// The last reconciliation that read Klaviyo back; the open exceptions are in `status`.
+    pub read_back: Option<Summary>,
 }
 
 impl Snapshot {
@@ -54,11 +60,13 @@ impl Snapshot {
         let status = store.status(now)?;
         let since = now - HOUR_MS;
         let lag = lag::by_lane(&store.sent_since(since, LAG_SAMPLE_LIMIT)?, since);
+        let read_back = store.last_read_backs(1)?.into_iter().next();
         Ok(Snapshot {
             now,
             status,
             lag,
             alerts,
+            read_back,
         })
     }
 }
@@ -165,6 +173,16 @@ struct View {
     exceptions_total: usize,
     last_delivery: String,
     endpoints: Vec<EndpointView>,
+    read_back: Option<ReadBackView>,
+}
+
+/// The read-back card: open exceptions by tier and the last run's revenue.
+#[derive(Serialize)]
+struct ReadBackView {
+    tiers: Vec<Count>,
+    urgent: bool,
+    when: String,
+    revenue: String,
 }
 
 #[derive(Serialize)]
@@ -291,6 +309,30 @@ impl View {
                 plural(status.exceptions, "exception")
             ));
         }
+        let tiers = status.read_back_by_tier();
+        let urgent: Vec<String> = [Tier::Compliance, Tier::Systemic]
+            .into_iter()
+            .filter(|t| tiers[t] > 0)
+            .map(|t| format!("{} {}", tiers[&t], t.name()))
+            .collect();
+        if !urgent.is_empty() {
+            problems.push(format!(
+                "Read back from Klaviyo: {} open (see the weekly report)",
+                urgent.join(" and ")
+            ));
+        }
+        let read_back = snapshot.read_back.as_ref().map(|last| ReadBackView {
+            tiers: tiers
+                .iter()
+                .map(|(tier, count)| Count {
+                    category: tier.name().to_owned(),
+                    count: *count as usize,
+                })
+                .collect(),
+            urgent: !urgent.is_empty(),
+            when: ago(last.recorded_at, now),
+            revenue: revenue_alignment(last),
+        });
         View {
             refresh_secs: REFRESH_SECS,
             generated: iso(now),
@@ -321,6 +363,7 @@ impl View {
                     at: iso(*at),
                 })
                 .collect(),
+            read_back,
         }
     }
 }
@@ -451,6 +494,7 @@ mod tests {
                 since: NOW - 3 * 60_000,
                 message: "Orders are late <img src=x onerror=alert(1)> & \"quoted\"".into(),
             }],
+            read_back: None,
         });
         assert!(!page.contains("Everything is fine"));
         assert!(page.contains("placed-order-lag"));
@@ -465,6 +509,71 @@ mod tests {
         );
         assert!(!page.contains("<img src=x"));
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot;"));
+    }
+
+    /// Issue 17: open read-back exceptions by tier, the banner naming the compliance and
+    /// systemic ones, and the way to the weekly report.
+    #[test]
+    fn the_read_back_card_counts_by_tier_and_links_the_report() {
+        use crate::reconcile::impact::{Class, RevenueDay};
+        let page = render(&Snapshot {
+            now: NOW,
+            ..Snapshot::default()
+        });
+        assert!(page.contains("No reconciliation has read Klaviyo back yet"));
+        let mut status = Status::default();
+        status.read_back_open.insert(
+            Class::SubscribedWithoutEvidence,
+            (1, [("AUD".to_owned(), 0)].into()),
+        );
+        status.read_back_open.insert(
+            Class::MissingPlacedOrder,
+            (4, [("AUD".to_owned(), 40_000)].into()),
+        );
+        let last = Summary {
+            recorded_at: NOW - 3 * 3_600_000,
+            revenue: vec![RevenueDay {
+                marketplace: "petmarket".into(),
+                day: "2027-01-15".into(),
+                currency: "AUD".into(),
+                orders: 40,
+                marketplacer_cents: 500_000,
+                klaviyo_cents: 480_000,
+            }],
+            ..Summary::default()
+        };
+        let page = render(&Snapshot {
+            now: NOW,
+            status,
+            read_back: Some(last),
+            ..Snapshot::default()
+        });
+        assert!(page.contains("Needs attention"));
+        assert!(
+            page.contains(
+                "<li>Read back from Klaviyo: 1 compliance open (see the weekly report)</li>"
+            ),
+            "{page}"
+        );
+        let card = &page[page.find("id=\"read-back\"").unwrap()..];
+        assert!(
+            card.contains("<td>compliance</td><td class=\"count bad\">1</td>"),
+            "{card}"
+        );
+        assert!(
+            card.contains("<td>money</td><td class=\"count warn\">4</td>"),
+            "{card}"
+        );
+        assert!(
+            card.contains("<td>systemic</td><td class=\"count\">0</td>"),
+            "{card}"
+        );
+        assert!(card.contains("(3 hours ago)"), "{card}");
+        assert!(
+            card.contains("petmarket AUD 4,800.00 in Klaviyo of AUD 5,000.00 (-AUD 200.00), the day does not add up"),
+            "{card}"
+        );
+        assert!(card.contains("<a href=\"/report\">"), "{card}");
     }
 
     #[test]

@@ -659,14 +659,21 @@ async fn elsewhere(
     response
 }
 
-/// The Prometheus exposition. The queue's depth and age are read from the store now, so they
-/// are what is really queued (both lanes, 0 when empty).
+/// The Prometheus exposition. The queue's depth and age, and the open read-back exceptions,
+/// are read from the store now, so they are what is really there (0 when none).
 async fn metrics(State(receiver): State<Arc<Receiver>>) -> Response {
     let store = Arc::clone(&receiver.store);
-    let status =
-        tokio::task::spawn_blocking(move || store.lock().expect("store lock").status(now_ms()))
-            .await;
-    if let Ok(Ok(status)) = status {
+    let status = tokio::task::spawn_blocking(move || {
+        let store = store.lock().expect("store lock");
+        let status = store.status(now_ms())?;
+        let last = store.last_read_backs(1)?.into_iter().next();
+        Ok::<_, crate::store::StoreError>((status, last))
+    })
+    .await;
+    if let Ok(Ok((status, last))) = status {
+        receiver
+            .metrics
+            .read_back(&status.read_back_open, last.as_ref());
         for lane in [Lane::Transaction, Lane::Profile] {
             let queued = status.lanes.get(lane.as_str()).copied().unwrap_or_default();
             receiver.metrics.queue(
@@ -721,6 +728,34 @@ async fn status_page(State(receiver): State<Arc<Receiver>>) -> Response {
     });
     match tokio::time::timeout(Duration::from_secs(5), read).await {
         Ok(Ok(Ok(snapshot))) => Html(page::render(&snapshot)).into_response(),
+        Ok(Ok(Err(err))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("store: {err}\n")).into_response()
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "store did not answer\n").into_response(),
+    }
+}
+
+/// The weekly-review page of what reading Klaviyo back found (`marketsync exceptions report
+/// --html`): the latest read-back, every exception open now, the revenue charts and the trend.
+/// It names people and orders, so it is on the admin address only, like `/customer`.
+async fn report_page(State(receiver): State<Arc<Receiver>>) -> Response {
+    let store = Arc::clone(&receiver.store);
+    let read = tokio::task::spawn_blocking(move || {
+        crate::reconcile::report::ReadBackReport::latest(
+            &store.lock().expect("store lock"),
+            now_ms(),
+        )
+    });
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(Ok(Some(report)))) => Html(report.html()).into_response(),
+        Ok(Ok(Ok(None))) => (
+            StatusCode::NOT_FOUND,
+            Html(
+                "<!doctype html><title>No report yet</title><p>No reconciliation has read \
+                 Klaviyo back yet: the report appears after the first one.</p>",
+            ),
+        )
+            .into_response(),
         Ok(Ok(Err(err))) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("store: {err}\n")).into_response()
         }
@@ -788,11 +823,13 @@ pub fn router(receiver: Arc<Receiver>) -> Router {
 }
 
 /// `/livez` (the process answers), `/readyz` (not draining, and the store takes a write), the
-/// status page at `/`, a customer's history at `/customer` and the alerts firing at `/alerts`.
+/// status page at `/`, a customer's history at `/customer`, the read-back report at `/report`
+/// and the alerts firing at `/alerts`.
 pub fn admin_router(receiver: Arc<Receiver>) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/customer", get(customer_page))
+        .route("/report", get(report_page))
         .route("/alerts", get(alerts))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))

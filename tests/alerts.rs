@@ -629,3 +629,133 @@ async fn placed_orders_sent_slowly_fire_the_lag_alert_until_they_leave_its_windo
     drop(serve);
     klaviyo.shutdown().await;
 }
+
+/// Issue 14's last alert and issue 17's: where reconciliation is scheduled, one that has not
+/// finished within `reconciliation_stale` fires until a run finishes; what reading Klaviyo
+/// back left open in the compliance or systemic tier fires until it is resolved (here by hand,
+/// with `marketsync exceptions resolve` while serve runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_reconciliation_and_open_read_back_exceptions_fire_and_resolve() {
+    use common::read_back::{DAY, WEEK_START, finished_run, week};
+    use marketsync::reconcile::exceptions::Checked;
+    use marketsync::reconcile::impact::Class;
+    let klaviyo = StandIn::start(Config::default()).await.unwrap();
+    let (slack, slack_url) = Slack::start(StatusCode::OK).await;
+    // The instance is never reached: the schedule fires on New Year's Day only.
+    let yaml = format!(
+        "marketplacer:\n  url: http://127.0.0.1:9\nreconcile:\n  schedule: '0 0 0 1 1 *'\n\
+         alerts:\n  slack_webhook_env: {SLACK_ENV}\n  check_every: 1s\n  reconciliation_stale: 3s\n"
+    );
+    let serve = Serve::start(
+        &yaml,
+        &klaviyo,
+        DEFAULT_API_KEY,
+        &[
+            (SLACK_ENV, &slack_url),
+            ("MARKETPLACER_API_KEY", "mp_test_key_0123456789"),
+        ],
+    );
+    let said = |what: &str| {
+        slack
+            .texts()
+            .iter()
+            .filter(|(_, t)| t.contains(what))
+            .map(|(_, t)| t.clone())
+            .collect::<Vec<_>>()
+    };
+    until("the stale alert", Duration::from_secs(30), || {
+        !said("FIRING reconciliation-stale").is_empty()
+    })
+    .await;
+    let stale = &said("FIRING reconciliation-stale")[0];
+    assert!(
+        stale.contains(
+            "Reconciliation with Marketplacer has not succeeded for over 3s: none has finished in the"
+        ),
+        "{stale}"
+    );
+    assert!(stale.contains("Owner: e-commerce"), "{stale}");
+
+    // A run finishes, and read Klaviyo back: the person subscribed without consent, a second
+    // sender, a disabled webhook, a day's gap, and orders.
+    {
+        let mut store = marketsync::store::Store::open(&serve.state()).unwrap();
+        let (since, until) = (WEEK_START, WEEK_START + 7 * DAY);
+        let now = marketsync::sink::now_ms();
+        let run = finished_run(&mut store, since, until, now);
+        let read_back = week();
+        let checked = Checked {
+            since,
+            until,
+            classes: Class::ALL.into_iter().collect(),
+            ..Checked::default()
+        };
+        store
+            .record_read_back(run, &checked, &read_back, now)
+            .unwrap();
+    }
+    until("the read-back alerts", Duration::from_secs(30), || {
+        !said("FIRING compliance-exceptions").is_empty()
+            && !said("FIRING systemic-exceptions").is_empty()
+            && !said("RESOLVED reconciliation-stale").is_empty()
+    })
+    .await;
+    let compliance = &said("FIRING compliance-exceptions")[0];
+    assert!(
+        compliance.contains(
+            "Reading Klaviyo back found 1 person subscribed to marketing without consent on record (1 subscribed-without-evidence)"
+        ),
+        "{compliance}"
+    );
+    assert!(compliance.contains("Owner: marketing"), "{compliance}");
+    assert!(
+        !compliance.contains("liam.nguyen"),
+        "no person in an alert: {compliance}"
+    );
+    let systemic = &said("FIRING systemic-exceptions")[0];
+    assert!(
+        systemic.contains(
+            "found 3 causes behind many orders (1 double-source, 1 webhook-disabled, 1 revenue-gap), touching 283 orders or people in all"
+        ),
+        "{systemic}"
+    );
+
+    let resolve = common::marketsync_command()
+        .args([
+            "exceptions",
+            "resolve",
+            "--kind",
+            "subscribed-without-evidence",
+            "--reason",
+            "unsubscribed in Klaviyo",
+            "--state",
+        ])
+        .arg(serve.state())
+        .output()
+        .unwrap();
+    assert!(resolve.status.success(), "{resolve:?}");
+    until(
+        "the compliance alert to resolve",
+        Duration::from_secs(30),
+        || !said("RESOLVED compliance-exceptions").is_empty(),
+    )
+    .await;
+    let shown: Json = reqwest::get(format!("{}/alerts", serve.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let firing: Vec<&str> = shown["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(firing.contains(&"systemic-exceptions"), "{shown}");
+    assert!(!firing.contains(&"compliance-exceptions"), "{shown}");
+    assert!(!firing.contains(&"reconciliation-stale"), "{shown}");
+    let output = serve.stop();
+    assert!(!output.contains(SLACK_SECRET), "{output}");
+    klaviyo.shutdown().await;
+}

@@ -397,6 +397,7 @@ fn every_command_has_help_with_examples() {
         ["exceptions", "list"],
         ["exceptions", "show"],
         ["exceptions", "resolve"],
+        ["exceptions", "report"],
         ["warnings", "list"],
     ] {
         marketsync()

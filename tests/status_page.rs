@@ -451,32 +451,6 @@ impl ServeProcess {
     }
 }
 
-/// Runs headless Chromium as the brief for the page asks; `None` when it is not installed.
-fn chromium(args: &[&str]) -> Option<std::process::Output> {
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .ok()?;
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(output)
-}
-
 /// The page in a real browser, against a real `serve` with a queue, dead letters and a firing
 /// alert (Klaviyo refusing the key). CI installs Chromium (Debian's `chromium`); elsewhere the
 /// test says so and passes only outside CI. With `STATUS_PAGE_SCREENSHOT=docs/status-page.png`
@@ -581,11 +555,11 @@ async fn the_page_reads_right_in_a_real_browser() {
     let (status, dom, screenshot, customer_dom, customer_screenshot) =
         tokio::task::spawn_blocking(move || {
             let (_, status) = status_json(&state_arg, Some(&admin));
-            let dom = chromium(&["--dump-dom", &format!("{admin}/")]).unwrap();
+            let dom = common::chromium(&["--dump-dom", &format!("{admin}/")]).unwrap();
             let screenshot = std::env::var_os("STATUS_PAGE_SCREENSHOT")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| state_arg.with_file_name("status-page.png"));
-            chromium(&[
+            common::chromium(&[
                 &format!("--screenshot={}", screenshot.display()),
                 "--window-size=1280,1000",
                 &format!("{admin}/"),
@@ -593,11 +567,11 @@ async fn the_page_reads_right_in_a_real_browser() {
             .unwrap();
             // What the search box opens, for a buyer written as a person would type them.
             let person = format!("{admin}/customer?q=%20Buyer25%40Example.COM%20");
-            let customer_dom = chromium(&["--dump-dom", &person]).unwrap();
+            let customer_dom = common::chromium(&["--dump-dom", &person]).unwrap();
             let customer_screenshot = std::env::var_os("CUSTOMER_PAGE_SCREENSHOT")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| state_arg.with_file_name("customer-page.png"));
-            chromium(&[
+            common::chromium(&[
                 &format!("--screenshot={}", customer_screenshot.display()),
                 "--window-size=1280,1000",
                 &person,

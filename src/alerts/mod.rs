@@ -14,7 +14,10 @@
 //! docs/operations.md (11.5) says how quickly each fires beside its rule.
 //!
 //! Conditions come from the store (what any process sees) and from facts only the serving
-//! process knows ([`Facts`]): its webhooks answered 503 and whether Klaviyo refused its key.
+//! process knows ([`Facts`]): its webhooks answered 503, whether Klaviyo refused its key, and
+//! whether reconciliation is scheduled (a stale reconciliation is only a problem where one is
+//! expected). What reading Klaviyo back left open comes from the store too, so an exception
+//! resolved by hand, or by the next run, resolves its alert at the next check.
 //! Notifying never holds up the sync: it runs in its own task, each notifier bounded by a
 //! timeout, and one that fails is logged without stopping the other.
 
@@ -25,16 +28,13 @@ pub use notify::{Notifier, NotifierError};
 pub use settings::{AlertSettings, LagThreshold, Span};
 
 use crate::lag;
-use crate::store::{Store, StoreError};
+use crate::reconcile::impact::Tier;
+use crate::store::{ReadBackFilter, Store, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 /// The alerts marketsync raises itself.
-///
-/// Hook: `ReconciliationStale` (no successful reconciliation for a day, as the Prometheus rule
-/// `MarketsyncReconciliationStale`) belongs here next: the store has when a run last finished
-/// ([`Store::last_reconcile_run`]), and serve knows whether one is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Alert {
@@ -44,16 +44,27 @@ pub enum Alert {
     NoDelivery,
     IntakeFailures,
     KeyRefused,
+    /// The scheduled reconciliation has not finished for longer than its threshold (only
+    /// where one is scheduled: [`Evaluator::watch_reconciliation`]).
+    ReconciliationStale,
+    /// Reading Klaviyo back left a compliance exception open: someone subscribed without
+    /// consent on record.
+    ComplianceExceptions,
+    /// Reading Klaviyo back left a systemic exception open: one cause behind many orders.
+    SystemicExceptions,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 6] = [
+    pub const ALL: [Alert; 9] = [
         Alert::PlacedOrderLag,
         Alert::OrderQueueAge,
         Alert::DeadLetters,
         Alert::NoDelivery,
         Alert::IntakeFailures,
         Alert::KeyRefused,
+        Alert::ReconciliationStale,
+        Alert::ComplianceExceptions,
+        Alert::SystemicExceptions,
     ];
 
     /// The name in messages and `ALERT_NAME`.
@@ -65,13 +76,16 @@ impl Alert {
             Alert::NoDelivery => "no-delivery",
             Alert::IntakeFailures => "intake-failures",
             Alert::KeyRefused => "key-refused",
+            Alert::ReconciliationStale => "reconciliation-stale",
+            Alert::ComplianceExceptions => "compliance-exceptions",
+            Alert::SystemicExceptions => "systemic-exceptions",
         }
     }
 
     /// The team that acts on it (docs/operations.md, section 3).
     pub fn owner(self) -> &'static str {
         match self {
-            Alert::DeadLetters => "marketing",
+            Alert::DeadLetters | Alert::ComplianceExceptions => "marketing",
             _ => "e-commerce",
         }
     }
@@ -85,6 +99,9 @@ impl Alert {
             Alert::NoDelivery => "docs/operations.md#no-delivery",
             Alert::IntakeFailures => "docs/operations.md#intake-failures",
             Alert::KeyRefused => "docs/operations.md#key-refused",
+            Alert::ReconciliationStale => "docs/operations.md#reconciliation-stale",
+            Alert::ComplianceExceptions => "docs/operations.md#compliance-exceptions",
+            Alert::SystemicExceptions => "docs/operations.md#systemic-exceptions",
         }
     }
 
@@ -105,6 +122,15 @@ impl Alert {
             }
             Alert::KeyRefused => {
                 "put a valid Klaviyo private key where serve reads it and restart serve; nothing queued is lost"
+            }
+            Alert::ReconciliationStale => {
+                "look in serve's log for `reconciliation stopped:` (the reason each run failed); for the error in full, stop serve and run `marketsync reconcile --report-only` by hand"
+            }
+            Alert::ComplianceExceptions => {
+                "run `marketsync exceptions list --tier compliance` and unsubscribe each person in Klaviyo unless their consent is found elsewhere; then resolve the exception with the reason"
+            }
+            Alert::SystemicExceptions => {
+                "run `marketsync exceptions list --tier systemic` (or open the weekly report, /report on the admin address) and do what each one says; fixing the cause fixes its orders"
             }
         }
     }
@@ -168,6 +194,9 @@ pub struct Evaluator {
     active: BTreeMap<Alert, State>,
     /// `(when, intake failures so far)`, reaching back one window.
     intake_samples: VecDeque<(i64, u64)>,
+    /// Where reconciliation is scheduled: since when (unix ms) it counts as stale without a
+    /// finished run (the last one before the schedule started, else its start).
+    reconciliation: Option<i64>,
 }
 
 /// Placed Orders' lag is computed over at most this many of the newest sends in its window:
@@ -181,7 +210,14 @@ impl Evaluator {
             started_at: now,
             active: BTreeMap::new(),
             intake_samples: VecDeque::from([(now, 0)]),
+            reconciliation: None,
         }
+    }
+
+    /// Reconciliation is scheduled: its staleness counts from the last run that finished, or
+    /// from `since` (unix ms) until one does.
+    pub fn watch_reconciliation(&mut self, since: i64) {
+        self.reconciliation = Some(since);
     }
 
     pub fn settings(&self) -> &AlertSettings {
@@ -294,6 +330,55 @@ impl Evaluator {
             );
         }
 
+        if let Some(since) = self.reconciliation {
+            let finished = store.last_reconcile_run()?.and_then(|run| run.finished_at);
+            let last = finished.unwrap_or(since);
+            let threshold = settings.reconciliation_stale;
+            if now - last > threshold.millis() {
+                let when = match finished {
+                    Some(_) => format!("the last run finished {} ago", seconds(now - last)),
+                    None => format!(
+                        "none has finished in the {} since serve started",
+                        seconds(now - last)
+                    ),
+                };
+                holds.insert(
+                    Alert::ReconciliationStale,
+                    format!(
+                        "Reconciliation with Marketplacer has not succeeded for over {threshold}: {when}. Webhooks that went missing meanwhile are not repaired, and Klaviyo is not read back"
+                    ),
+                );
+            }
+        }
+
+        let tiers = status.read_back_by_tier();
+        if tiers[&Tier::Compliance] > 0 {
+            let people = tiers[&Tier::Compliance];
+            holds.insert(
+                Alert::ComplianceExceptions,
+                format!(
+                    "Reading Klaviyo back found {} subscribed to marketing without consent on record ({}). Every campaign sent to them is a possible Spam Act breach",
+                    if people == 1 { "1 person".to_owned() } else { format!("{people} people") },
+                    classes_of(&status, Tier::Compliance)
+                ),
+            );
+        }
+        if tiers[&Tier::Systemic] > 0 {
+            let open = store.open_read_back_exceptions(&ReadBackFilter {
+                tier: Some(Tier::Systemic),
+                ..ReadBackFilter::default()
+            })?;
+            let affected: u64 = open.iter().map(|e| e.discrepancy.affected).sum();
+            holds.insert(
+                Alert::SystemicExceptions,
+                format!(
+                    "Reading Klaviyo back found {} behind many orders ({}), touching {affected} orders or people in all",
+                    if open.len() == 1 { "1 cause".to_owned() } else { format!("{} causes", open.len()) },
+                    classes_of(&status, Tier::Systemic)
+                ),
+            );
+        }
+
         if facts.key_refused {
             holds.insert(
                 Alert::KeyRefused,
@@ -379,6 +464,17 @@ impl Evaluator {
     }
 }
 
+/// `1 double-source, 2 revenue-gap`: the open classes of a tier with their counts.
+fn classes_of(status: &crate::store::Status, tier: Tier) -> String {
+    status
+        .read_back_open
+        .iter()
+        .filter(|(class, _)| class.tier() == tier)
+        .map(|(class, (count, _))| format!("{count} {}", class.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn firing_text(alert: Alert, message: &str, lasting: Option<i64>) -> String {
     let head = match lasting {
         None => format!("[marketsync] FIRING {}", alert.name()),
@@ -424,6 +520,14 @@ impl Alerts {
     /// The alerts firing now.
     pub fn firing(&self) -> Vec<Firing> {
         self.evaluator.lock().expect("not poisoned").firing()
+    }
+
+    /// See [`Evaluator::watch_reconciliation`].
+    pub fn watch_reconciliation(&self, since: i64) {
+        self.evaluator
+            .lock()
+            .expect("not poisoned")
+            .watch_reconciliation(since);
     }
 
     /// Checks and notifies every `check_every` until `stop` resolves. A store that cannot be
@@ -587,5 +691,189 @@ mod tests {
         );
         let resolved = alerts.check(&store, facts(3), 13 * MINUTE).unwrap();
         assert_eq!(resolved[0].state, NoticeState::Resolved);
+    }
+
+    fn of(notices: &[Notice], alert: Alert) -> Vec<&Notice> {
+        notices.iter().filter(|n| n.alert == alert).collect()
+    }
+
+    /// Issue 14's last alert: only where reconciliation is scheduled, counted from the last
+    /// run that finished (or the schedule's start), resolved by the next run that finishes.
+    #[test]
+    fn a_reconciliation_that_stops_succeeding_fires_where_one_is_scheduled() {
+        let hour = 60 * MINUTE;
+        let mut store = Store::in_memory().unwrap();
+        let mut unscheduled = evaluator(Span::minutes(60));
+        let fired = unscheduled
+            .check(&store, Facts::default(), 30 * hour)
+            .unwrap();
+        assert!(of(&fired, Alert::ReconciliationStale).is_empty());
+
+        let mut alerts = evaluator(Span::minutes(60));
+        alerts.watch_reconciliation(0);
+        let quiet = alerts.check(&store, Facts::default(), 26 * hour).unwrap();
+        assert!(
+            of(&quiet, Alert::ReconciliationStale).is_empty(),
+            "26 h is not over 26h"
+        );
+        let fired = alerts
+            .check(&store, Facts::default(), 26 * hour + MINUTE)
+            .unwrap();
+        let stale = of(&fired, Alert::ReconciliationStale);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].state, NoticeState::Firing);
+        assert!(
+            stale[0].text.contains(
+                "Reconciliation with Marketplacer has not succeeded for over 26h: none has finished in the 26.0 h since serve started"
+            ),
+            "{}",
+            stale[0].text
+        );
+        assert!(
+            stale[0].text.contains("reconciliation stopped:"),
+            "{}",
+            stale[0].text
+        );
+        assert!(
+            stale[0]
+                .text
+                .contains("Owner: e-commerce. Runbook: docs/operations.md#reconciliation-stale")
+        );
+
+        let run = store
+            .start_reconcile_run(
+                "s",
+                ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+                "webhooks",
+                "{}",
+                27 * hour,
+            )
+            .unwrap();
+        store.finish_reconcile_run(run.id, "{}", 27 * hour).unwrap();
+        let resolved = alerts
+            .check(&store, Facts::default(), 27 * hour + MINUTE)
+            .unwrap();
+        assert_eq!(
+            of(&resolved, Alert::ReconciliationStale)[0].state,
+            NoticeState::Resolved
+        );
+        let again = alerts
+            .check(&store, Facts::default(), 53 * hour + MINUTE)
+            .unwrap();
+        let stale = of(&again, Alert::ReconciliationStale);
+        assert!(
+            stale[0].text.contains("the last run finished 26.0 h ago"),
+            "{}",
+            stale[0].text
+        );
+    }
+
+    /// Issue 17: compliance and systemic exceptions read back from Klaviyo fire their alerts
+    /// with counts, and resolve when the exceptions are.
+    #[test]
+    fn compliance_and_systemic_exceptions_read_back_fire_and_resolve() {
+        use crate::reconcile::exceptions::Checked;
+        use crate::reconcile::impact::{Class, Discrepancy, ReadBack};
+        let mut store = Store::in_memory().unwrap();
+        let found = |class: Class, key: &str, affected: u64| Discrepancy {
+            class,
+            key: key.into(),
+            marketplace: Some("petmarket".into()),
+            order_id: None,
+            person: None,
+            profile_ids: vec![],
+            event_ids: vec![],
+            money_cents: 0,
+            currency: None,
+            flow_live: false,
+            affected,
+            happened_at: None,
+            detail: String::new(),
+            action: String::new(),
+        };
+        let read_back = ReadBack {
+            discrepancies: vec![
+                found(
+                    Class::SubscribedWithoutEvidence,
+                    "subscribed-without-evidence:email:a@b.co",
+                    1,
+                ),
+                found(
+                    Class::SubscribedWithoutEvidence,
+                    "subscribed-without-evidence:email:c@d.co",
+                    1,
+                ),
+                found(Class::DoubleSource, "double-source:Placed Order", 214),
+                found(
+                    Class::WebhookDisabled,
+                    "webhook-disabled:petmarket:SHIPMENT",
+                    23,
+                ),
+                found(
+                    Class::MissingPlacedOrder,
+                    "missing-placed-order:petmarket:5001",
+                    1,
+                ),
+            ],
+            ..ReadBack::default()
+        };
+        let run = store
+            .start_reconcile_run(
+                "s",
+                ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+                "webhooks",
+                "{}",
+                0,
+            )
+            .unwrap();
+        store
+            .record_read_back(run.id, &Checked::default(), &read_back, 0)
+            .unwrap();
+        let mut alerts = evaluator(Span::minutes(60));
+        let fired = alerts.check(&store, Facts::default(), MINUTE).unwrap();
+        let compliance = of(&fired, Alert::ComplianceExceptions);
+        assert!(
+            compliance[0].text.contains(
+                "Reading Klaviyo back found 2 people subscribed to marketing without consent on record (2 subscribed-without-evidence)"
+            ),
+            "{}",
+            compliance[0].text
+        );
+        assert!(compliance[0].text.contains("--tier compliance"));
+        assert!(compliance[0].text.contains("Owner: marketing."));
+        let systemic = of(&fired, Alert::SystemicExceptions);
+        assert!(
+            systemic[0].text.contains(
+                "found 2 causes behind many orders (1 double-source, 1 webhook-disabled), touching 237 orders or people in all"
+            ),
+            "{}",
+            systemic[0].text
+        );
+        assert!(systemic[0].text.contains("Owner: e-commerce."));
+
+        let open = store
+            .open_read_back_exceptions(&ReadBackFilter::default())
+            .unwrap();
+        let compliance: Vec<i64> = open
+            .iter()
+            .filter(|e| e.tier() == Tier::Compliance)
+            .map(|e| e.id)
+            .collect();
+        store
+            .resolve_read_back_exceptions(&compliance, "unsubscribed", 2 * MINUTE)
+            .unwrap();
+        let next = alerts.check(&store, Facts::default(), 3 * MINUTE).unwrap();
+        assert_eq!(
+            of(&next, Alert::ComplianceExceptions)[0].state,
+            NoticeState::Resolved
+        );
+        assert!(
+            of(&next, Alert::SystemicExceptions).is_empty(),
+            "still firing, not repeated yet"
+        );
+        assert_eq!(
+            alerts.firing().iter().map(|f| f.alert).collect::<Vec<_>>(),
+            [Alert::SystemicExceptions]
+        );
     }
 }

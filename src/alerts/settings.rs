@@ -40,6 +40,10 @@ pub struct AlertSettings {
     /// The window in which one webhook answered 503 for a store failure fires the alert.
     #[serde(default = "defaults::intake_failures")]
     pub intake_failures: Span,
+    /// How long the scheduled reconciliation may go without finishing (only where
+    /// `reconcile: schedule:` is set). An hourly schedule may want a few hours.
+    #[serde(default = "defaults::reconciliation_stale")]
+    pub reconciliation_stale: Span,
 }
 
 impl Default for AlertSettings {
@@ -55,6 +59,7 @@ impl Default for AlertSettings {
             dead_letter_mappings: defaults::dead_letter_mappings(),
             no_delivery: defaults::no_delivery(),
             intake_failures: defaults::intake_failures(),
+            reconciliation_stale: defaults::reconciliation_stale(),
         }
     }
 }
@@ -107,6 +112,10 @@ mod defaults {
     }
     pub fn intake_failures() -> Span {
         Span::minutes(10)
+    }
+    /// A daily schedule's day and two hours of slack, as the Prometheus rule.
+    pub fn reconciliation_stale() -> Span {
+        Span::minutes(26 * 60)
     }
 }
 

@@ -125,7 +125,9 @@ pub fn report(err: &StoreError) -> u8 {
         StoreError::NotFound { .. }
         | StoreError::AlreadyResolved { .. }
         | StoreError::AlreadyDiscarded { .. }
-        | StoreError::ExceptionResolved { .. } => EXIT_REJECTED,
+        | StoreError::ExceptionResolved { .. }
+        | StoreError::ReadBackNotFound { .. }
+        | StoreError::ReadBackResolved { .. } => EXIT_REJECTED,
         _ => EXIT_IO,
     }
 }

@@ -55,6 +55,10 @@ pub const EXIT_UNAVAILABLE: u8 = 6;
 /// `replay`: the receiver answered a redirect or a 4xx other than 429, for which Marketplacer
 /// fails the delivery and disables the webhook; sending stopped there.
 pub const EXIT_DISABLED: u8 = 7;
+/// `reconcile`, `exceptions report`: an exception read back from Klaviyo of the compliance or
+/// systemic tier is open (someone may be emailed without consent, or one cause is hurting many
+/// orders): a person must act today. Distinct from 1, which repairs queued every run also give.
+pub const EXIT_OPEN_EXCEPTIONS: u8 = 8;
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +71,9 @@ pub const EXIT_DISABLED: u8 = 7;
                   2 usage error, 3 mappings do not load, 4 input, output or state error, \
                   5 Klaviyo (or Marketplacer) refused the API key, 6 Klaviyo unavailable (run; the \
                   queue is kept) or Marketplacer unreachable (reconcile; the checkpoint is kept), \
-                  7 the receiver's answer would disable Marketplacer's webhook (replay)."
+                  7 the receiver's answer would disable Marketplacer's webhook (replay), \
+                  8 a compliance or systemic exception read back from Klaviyo is open \
+                  (reconcile, exceptions report)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,17 +1,20 @@
 //! `marketsync reconcile`: re-read a window of Marketplacer through its API, and repair what
 //! never reached Klaviyo.
 
+use super::exceptions::write_html;
 use super::run::{SinkArgs, sink_setup};
 use super::{
-    EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_REJECTED, EXIT_UNAVAILABLE,
-    EXIT_USAGE, MappingArgs, StateArgs,
+    EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_OPEN_EXCEPTIONS, EXIT_REJECTED,
+    EXIT_UNAVAILABLE, EXIT_USAGE, MappingArgs, StateArgs,
 };
 use marketsync::alerts::Span;
 use marketsync::engine::Engine;
 use marketsync::marketplacer::{self, Client, MarketplacerError, MarketplacerSettings};
+use marketsync::reconcile::report::ReadBackReport;
 use marketsync::reconcile::window::describe;
 use marketsync::reconcile::{
     Ask, Findings, Progress, ReconcileError, ReconcileSettings, Reconciler, Report, RunOptions,
+    exceptions,
 };
 use marketsync::sink::http::ApiKey;
 use marketsync::sink::{DeliveryReport, SinkError};
@@ -44,6 +47,16 @@ already queued, or missing. Missing ones are queued as repairs with the same key
 drops one that did arrive after all) and sent, as `run` sends, unless --no-send. With
 --report-only nothing is queued or sent.
 
+Reading Klaviyo back: what Klaviyo holds is compared with what Marketplacer says it should
+(orders, shipments, refunds, consent, profiles, daily revenue per marketplace). Each finding is
+an exception, kept in the state file until a later run that looks where it would be no longer
+finds it, or a person resolves it (`marketsync exceptions`). The report follows the run's: a
+table by class with counts and money at stake, revenue per marketplace, the trend since the last
+run, then the top exceptions. --format json adds it as `read_back`; --format jsonl prints only
+the open exceptions, one a line (class, tier, money at stake, order, profile and event ids, first
+seen, suggested action); --html FILE writes the weekly-review page. `marketsync exceptions
+report` shows the latest one again.
+
 The state file must exist (the one `run` or `serve` keeps): against a new one everything would
 be missing, opt-ins included. A run keeps a checkpoint in the state file: killed, it resumes on the next run (with no window
 given, or the same one) and ends with the same report. A second run over the same window finds
@@ -52,7 +65,8 @@ instead.
 
 Exit 0 when nothing was missing or wrong, 1 when repairs were queued (or, reporting only, were
 missing), a webhook is disabled or missing, a mapping refused a record or a dead letter was left
-open, 2 on a usage error, 3 when the mappings or queries do not load, 4 on a Marketplacer answer
+open, 8 when a compliance or systemic exception read back from Klaviyo is open (whatever else was
+found), 2 on a usage error, 3 when the mappings or queries do not load, 4 on a Marketplacer answer
 that is not data (GraphQL errors), a state or output error, or another writer holding the state
 file, 5 when Marketplacer or Klaviyo refused the API key, 6 when Marketplacer could not be
 reached or kept refusing (the checkpoint is kept: run again later) or Klaviyo was unavailable
@@ -77,9 +91,13 @@ pub struct Args {
     /// Queue the repairs but do not send them (the next `run`, or `serve`, sends them).
     #[arg(long, conflicts_with = "report_only")]
     no_send: bool,
-    /// `human` or `json` (the report, on standard output).
-    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    /// `human`, `json` (the report, on standard output), or `jsonl` (only the open exceptions
+    /// read back from Klaviyo, one a line).
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json", "jsonl"])]
     format: String,
+    /// Write the read-back report as one self-contained HTML page (the weekly review).
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
     /// The Marketplacer instance (overrides `marketplacer: url:` in client.yaml).
     #[arg(long, value_name = "URL", env = "MARKETPLACER_URL")]
     marketplacer_url: Option<String>,
@@ -211,16 +229,67 @@ pub fn execute(args: Args) -> u8 {
             }
         }
     }
-    let text = if args.format == "json" {
-        serde_json::to_string_pretty(&json_report(&report, sent.as_ref())).expect("serialises")
-            + "\n"
-    } else {
-        human_report(&report, sent.as_ref())
+    let read_back = match read_back(&store, &report) {
+        Ok(read_back) => read_back,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            code = EXIT_IO;
+            None
+        }
+    };
+    if read_back.is_none() && (args.html.is_some() || args.format == "jsonl") {
+        eprintln!("note: this run did not read Klaviyo back: there is no read-back report");
+    }
+    if let Some(read_back) = &read_back
+        && read_back.current.fails()
+        && matches!(code, EXIT_OK | EXIT_REJECTED)
+    {
+        code = EXIT_OPEN_EXCEPTIONS;
+    }
+    let text = match (args.format.as_str(), &read_back) {
+        ("jsonl", Some(read_back)) => read_back.jsonl(),
+        ("jsonl", None) => String::new(),
+        ("json", _) => {
+            let mut out = json_report(&report, sent.as_ref());
+            out["read_back"] = read_back
+                .as_ref()
+                .map_or(serde_json::Value::Null, ReadBackReport::json);
+            serde_json::to_string_pretty(&out).expect("serialises") + "\n"
+        }
+        (_, read_back) => {
+            let mut text = human_report(&report, sent.as_ref());
+            if let Some(read_back) = read_back {
+                text.push_str(&read_back.terminal(10));
+            }
+            text
+        }
     };
     if std::io::stdout().write_all(text.as_bytes()).is_err() {
         return EXIT_IO;
     }
+    if let (Some(path), Some(read_back)) = (&args.html, &read_back)
+        && let Err(failed) = write_html(read_back, path)
+    {
+        code = failed;
+    }
     code
+}
+
+/// Keeps what the run read back from Klaviyo (its exceptions' lifecycle and its summary) and
+/// reads the report of it back from the state file, so that it shows every exception open, not
+/// only this run's; `None` when the run read nothing back.
+fn read_back(
+    store: &Mutex<marketsync::store::Store>,
+    report: &Report,
+) -> Result<Option<ReadBackReport>, String> {
+    if report.read_back.is_none() {
+        return Ok(None);
+    }
+    let now = marketsync::sink::now_ms();
+    let mut store = store.lock().expect("store lock");
+    exceptions::record(&mut store, report, now)
+        .and_then(|_| ReadBackReport::latest(&store, now))
+        .map_err(|err| format!("keeping what was read back from Klaviyo: {err}"))
 }
 
 /// The window asked for, from the flags and `reconcile:` in client.yaml.

@@ -10,8 +10,9 @@ use super::{
     EXIT_BAD_MAPPINGS, EXIT_IO, EXIT_KEY_REFUSED, EXIT_OK, EXIT_USAGE, MappingArgs, StateArgs,
 };
 use marketsync::alerts::{Alerts, Facts, Notifier};
+use marketsync::reconcile::impact::Tier;
 use marketsync::reconcile::schedule::Scheduled;
-use marketsync::reconcile::{Ask, Reconciler};
+use marketsync::reconcile::{Ask, Reconciler, Report};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
@@ -58,9 +59,11 @@ Retry-After, nothing kept. Never 3xx or 4xx: Marketplacer disables a webhook on 
 
 Health: GET /livez (the process answers) and GET /readyz (200 when the store takes a write; 503
 while shutting down); the status page for people, GET / (queues, lag, dead letters, exceptions,
-alerts firing), and the alerts as JSON, GET /alerts (read by `status --admin`): on
---admin-listen, else on --listen. Keep that address private (localhost or an internal network):
-the page names categories and endpoints, not customers, but it is for the team, not the world.
+alerts firing, read-back exceptions by tier), the weekly read-back report, GET /report, a
+customer's history, GET /customer?q=EMAIL, and the alerts as JSON, GET /alerts (read by `status
+--admin`): on --admin-listen, else on --listen. Keep that address private (localhost or an
+internal network): the report and a customer's history name people and orders; it is for the
+team, not the world.
 
 A client that has not sent a request's headers within --header-timeout is disconnected.
 
@@ -92,8 +95,9 @@ outages and a refused key; never a secret, a body, an email or a phone. See docs
   (the variable client.yaml's `alerts: slack_webhook_env` names)  a Slack incoming-webhook URL
 
 Alerts: with `alerts:` in client.yaml, serve checks for late or stuck order events, dead
-letters of orders or consent, no webhook for hours, webhooks it could not store and a refused
-key, and tells Slack and/or a command once when each starts, at most every `repeat` while it
+letters of orders or consent, no webhook for hours, webhooks it could not store, a refused
+key, a scheduled reconciliation that stopped succeeding, and compliance or systemic exceptions
+read back from Klaviyo, and tells Slack and/or a command once when each starts, at most every `repeat` while it
 lasts, and when it ends (docs/clients.md, docs/operations.md 11.5).
 
 Exit 0 after a shutdown, 2 on a usage error, 3 when the mappings do not load, 4 when the
@@ -293,6 +297,9 @@ pub fn execute(args: Args) -> u8 {
             }
         };
         metrics = metrics.with_reconciliation(since);
+        if let Some(alerts) = &alerts {
+            alerts.watch_reconciliation(since);
+        }
     }
     sink_config.metrics = Arc::new(metrics);
     let engine = Arc::new(engine);
@@ -346,6 +353,7 @@ pub fn execute(args: Args) -> u8 {
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let alerts_store = Arc::clone(&store);
         let reconcile_store = Arc::clone(&store);
+        let read_back_store = Arc::clone(&store);
         let receiver = Receiver::new(
             Arc::clone(&engine),
             store,
@@ -402,6 +410,7 @@ pub fn execute(args: Args) -> u8 {
                 },
                 on_success: Box::new(move |report| {
                     metrics.reconciled(now_ms());
+                    keep_read_back(Arc::clone(&read_back_store), report);
                     if report.findings.missing_total() > 0 {
                         sink.wake();
                     }
@@ -452,4 +461,55 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             _ = int.recv() => {}
         }
     }
+}
+
+/// Keeps what a scheduled run read back from Klaviyo (its exceptions and summary), off the
+/// runtime's threads, and logs the counts (never a person or an order: the store and the
+/// status page have those).
+fn keep_read_back(store: Arc<Mutex<marketsync::store::Store>>, report: &Report) {
+    if report.read_back.is_none() {
+        return;
+    }
+    let report = report.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store.lock().expect("store lock");
+        match marketsync::reconcile::exceptions::record(&mut store, &report, now_ms()) {
+            Ok(Some(kept)) => {
+                let s = &kept.summary;
+                let tiers = s.open_by_tier();
+                let open = |tier| tiers.get(&tier).copied().unwrap_or_default();
+                let fields = (
+                    open(Tier::Compliance),
+                    open(Tier::Systemic),
+                    open(Tier::Money),
+                    open(Tier::Hygiene),
+                );
+                if s.fails() {
+                    warn!(
+                        run = s.run_id,
+                        compliance = fields.0,
+                        systemic = fields.1,
+                        money = fields.2,
+                        hygiene = fields.3,
+                        new = kept.opened.len(),
+                        resolved = kept.resolved.len(),
+                        "read back from Klaviyo: compliance or systemic exceptions open (marketsync exceptions list --tier …)"
+                    );
+                } else {
+                    info!(
+                        run = s.run_id,
+                        compliance = fields.0,
+                        systemic = fields.1,
+                        money = fields.2,
+                        hygiene = fields.3,
+                        new = kept.opened.len(),
+                        resolved = kept.resolved.len(),
+                        "read back from Klaviyo"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(err) => error!("keeping what was read back from Klaviyo: {err}"),
+        }
+    });
 }

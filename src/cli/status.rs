@@ -9,6 +9,7 @@
 use super::{EXIT_IO, EXIT_OK, StateArgs};
 use marketsync::lag::{self, LagFigures};
 use marketsync::page::{self, FiringAlert};
+use marketsync::reconcile::report;
 use marketsync::sink::now_ms;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use std::time::Duration;
 const RECENT_MS: i64 = 10 * 60 * 1000;
 
 /// Show the queue per lane, delivery lag, dead letters and exceptions by category, the last
-/// success per endpoint, and (with --admin) the alerts firing.
+/// success per endpoint, the exceptions read back from Klaviyo by tier with the last read-back's
+/// revenue, and (with --admin) the alerts firing.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   marketsync status
@@ -53,9 +55,10 @@ pub fn execute(args: Args) -> u8 {
     });
     let read = read.and_then(|(status, sent)| {
         let reconciled = store.last_reconcile_run()?;
-        Ok((status, sent, reconciled))
+        let read_back = store.last_read_backs(1)?.into_iter().next();
+        Ok((status, sent, reconciled, read_back))
     });
-    let (status, sent, reconciled) = match read {
+    let (status, sent, reconciled, read_back) = match read {
         Ok(read) => read,
         Err(err) => {
             eprintln!("error: {err}");
@@ -101,6 +104,7 @@ pub fn execute(args: Args) -> u8 {
             "exceptions_by_category": status.exceptions_by_category,
             "last_delivery": status.last_delivery.map(iso),
             "last_reconciliation": reconciled,
+            "read_back": read_back_json(&status, read_back.as_ref()),
         });
         match &alerts {
             Some(Ok(alerts)) => {
@@ -122,6 +126,7 @@ pub fn execute(args: Args) -> u8 {
     } else {
         print_human(&status, &lanes, &last_hour, &recent, alerts.as_ref(), now);
         print_reconciliation(reconciled.as_ref(), now);
+        print_read_back(&status, read_back.as_ref(), now);
     }
     match alerts {
         Some(Err(err)) => {
@@ -250,6 +255,65 @@ fn print_reconciliation(reconciled: Option<&serde_json::Value>, now: i64) {
             Some(n) if n > 0 => format!(", {n} webhook problem(s)"),
             _ => String::new(),
         }
+    );
+}
+
+/// Open read-back exceptions by tier and class, and the last read-back's revenue.
+fn read_back_json(
+    status: &marketsync::store::Status,
+    last: Option<&marketsync::reconcile::exceptions::Summary>,
+) -> serde_json::Value {
+    let by_tier: BTreeMap<&str, u64> = status
+        .read_back_by_tier()
+        .into_iter()
+        .map(|(tier, n)| (tier.name(), n))
+        .collect();
+    let by_class: BTreeMap<&str, u64> = status
+        .read_back_open
+        .iter()
+        .map(|(class, (n, _))| (class.name(), *n))
+        .collect();
+    json!({
+        "open_by_tier": by_tier,
+        "open_by_class": by_class,
+        "last": last.map(|s| json!({
+            "run": s.run_id,
+            "recorded_at": iso(s.recorded_at),
+            "window": {"since": s.since, "until": s.until},
+            "revenue": s.revenue_by_marketplace(),
+            "revenue_alignment": report::revenue_alignment(s),
+        })),
+    })
+}
+
+fn print_read_back(
+    status: &marketsync::store::Status,
+    last: Option<&marketsync::reconcile::exceptions::Summary>,
+    now: i64,
+) {
+    let Some(last) = last else {
+        println!("read back from Klaviyo: never");
+        return;
+    };
+    let tiers: Vec<String> = status
+        .read_back_by_tier()
+        .into_iter()
+        .map(|(tier, n)| format!("{n} {}", tier.name()))
+        .collect();
+    println!(
+        "read-back exceptions open: {}{}",
+        tiers.join(", "),
+        if status.read_back_open.is_empty() {
+            ""
+        } else {
+            " (marketsync exceptions list)"
+        }
+    );
+    println!(
+        "revenue, read back {} ({}): {}",
+        iso(last.recorded_at),
+        page::ago(last.recorded_at, now),
+        report::revenue_alignment(last)
     );
 }
 

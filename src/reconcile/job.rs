@@ -210,6 +210,7 @@ impl Reconciler {
             elapsed: started.elapsed(),
             mapping: timings.get(&timings.mapping_ms),
             storing: timings.get(&timings.storing_ms),
+            read_back: None,
         })
     }
 

@@ -32,8 +32,10 @@
 //! This is the first half of the reconciliation the architecture describes: it trusts the
 //! ledger. Reading Klaviyo back (a 2xx is not proof) is the second half.
 
+pub mod exceptions;
 pub mod impact;
 pub mod job;
+pub mod report;
 pub mod schedule;
 pub mod settings;
 pub mod window;
@@ -177,6 +179,8 @@ pub struct Report {
     /// (each overlaps with waiting for Marketplacer's next page).
     pub mapping: Duration,
     pub storing: Duration,
+    /// What reading Klaviyo back found, when the run read it back.
+    pub read_back: Option<impact::ReadBack>,
 }
 
 impl Report {

@@ -12,6 +12,11 @@
 //! - **once per key** across runs, **coalescing** of profile updates against a per-profile
 //!   **watermark**, **ordering holds** (`waits_for` is a ledger key), the **consent** ledger of
 //!   initial opt-ins, **dead letters** with the delivery they came from, and **exceptions**.
+//! - **read-back exceptions**: what reading Klaviyo back found, open until a later run that
+//!   looked for it no longer finds it or a person resolves it, with each run's summary
+//!   ([`Store::record_read_back`]). The findings are the reconciliation's own types, kept as
+//!   JSON; which exceptions a run may resolve is the caller's rule, applied here in the run's
+//!   transaction.
 //! - **people**: which deliveries concerned whom, under opaque keys the caller gives at intake,
 //!   and the requests intake dropped, so that a person's history is read without a scan
 //!   ([`Store::person_history`]).
@@ -34,6 +39,7 @@ mod exceptions;
 mod intake;
 pub mod lock;
 mod outbox;
+mod readback;
 mod reconcile;
 mod schema;
 mod status;
@@ -41,6 +47,7 @@ mod status;
 pub use customer::{
     DroppedRequest, ExceptionSummary, LetterSummary, PersonDelivery, PersonHistory, PersonRequest,
 };
+pub use readback::ReadBackFilter;
 pub use reconcile::{Found, ReconcileRun};
 pub use status::{LaneStatus, SentRequest, Status};
 
@@ -266,6 +273,15 @@ pub enum StoreError {
     AlreadyDiscarded { id: i64, reason: String },
     #[error("exception {id} is already resolved")]
     ExceptionResolved { id: i64 },
+    #[error("no exception R{id}")]
+    ReadBackNotFound { id: i64 },
+    #[error("exception R{id} is already resolved")]
+    ReadBackResolved { id: i64 },
+    #[error("the read-back of reconciliation run {run_id} was recorded already")]
+    ReadBackRecorded { run_id: i64 },
+    /// Something marketsync wrote cannot be read back (a file edited by hand, say).
+    #[error("{what} cannot be read: {problem}")]
+    Unreadable { what: String, problem: String },
     #[error(
         "dead letter {id} is an unreadable line with no stored delivery: take the line in \
          again with `intake`, then resolve the letter"
@@ -647,7 +663,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 8);
+        assert_eq!(store.schema_version().unwrap(), 9);
         let letters = store.open_dead_letters(&Filter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].category, "retries-exhausted");

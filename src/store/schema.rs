@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -273,6 +273,47 @@ const V8: &str = r#"
 DROP INDEX outbox_due;
 CREATE INDEX outbox_due ON outbox (lane, created_at, id, next_attempt_at, endpoint)
     WHERE state = 'pending';
+"#;
+
+/// Version 9: what reading Klaviyo back found, over time. An exception is one finding (by its
+/// stable key) from the run that first found it until a later run that covered it no longer
+/// does, or a person resolves it with a reason; its latest finding is kept as the caller's
+/// JSON. At most one open exception per key: found again, the open one is updated, and once it
+/// is resolved a new sighting opens a new one (the old keeps how it was closed). Each run's
+/// summary (counts and money per class, the revenue compared, the read budget) is kept for the
+/// trend a report shows.
+const V9: &str = r#"
+CREATE TABLE read_back_exception (
+    id              INTEGER PRIMARY KEY,
+    class           TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    money_cents     INTEGER NOT NULL,
+    currency        TEXT    NOT NULL,   -- '' when the finding names none
+    discrepancy     TEXT    NOT NULL,   -- the latest finding (JSON)
+    first_seen      INTEGER NOT NULL,
+    last_seen       INTEGER NOT NULL,
+    times_seen      INTEGER NOT NULL,
+    first_run       INTEGER NOT NULL REFERENCES reconcile_run (id),
+    last_run        INTEGER NOT NULL REFERENCES reconcile_run (id),
+    resolved_at     INTEGER,
+    resolved_run    INTEGER REFERENCES reconcile_run (id),   -- a run no longer found it
+    resolve_reason  TEXT,                                    -- a person resolved it
+    CHECK (resolved_at IS NULL
+           OR (resolved_run IS NULL) <> (resolve_reason IS NULL))
+) STRICT;
+CREATE UNIQUE INDEX read_back_exception_open ON read_back_exception (key)
+    WHERE resolved_at IS NULL;
+CREATE INDEX read_back_exception_open_class ON read_back_exception (class, currency)
+    WHERE resolved_at IS NULL;
+CREATE INDEX read_back_exception_resolved_run ON read_back_exception (resolved_run)
+    WHERE resolved_run IS NOT NULL;
+
+CREATE TABLE read_back_run (
+    run_id       INTEGER PRIMARY KEY REFERENCES reconcile_run (id),
+    recorded_at  INTEGER NOT NULL,
+    summary      TEXT    NOT NULL   -- JSON
+) STRICT;
+CREATE INDEX read_back_run_recorded ON read_back_run (recorded_at);
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the

@@ -1,6 +1,8 @@
 //! The figures `marketsync status` shows, read in one snapshot.
 
 use super::{Store, StoreError, count_at};
+use crate::reconcile::exceptions::OpenCounts;
+use crate::reconcile::impact::Tier;
 use rusqlite::OptionalExtension;
 use std::collections::BTreeMap;
 
@@ -19,6 +21,19 @@ pub struct Status {
     pub exceptions_by_category: BTreeMap<String, usize>,
     /// When the newest delivery was stored (unix ms); `None` for an empty store.
     pub last_delivery: Option<i64>,
+    /// Open exceptions read back from Klaviyo, by class (only classes with some open).
+    pub read_back_open: OpenCounts,
+}
+
+impl Status {
+    /// Open read-back exceptions per tier, every tier present.
+    pub fn read_back_by_tier(&self) -> BTreeMap<Tier, u64> {
+        let mut tiers: BTreeMap<Tier, u64> = Tier::ALL.into_iter().map(|t| (t, 0)).collect();
+        for (class, (count, _)) in &self.read_back_open {
+            *tiers.entry(class.tier()).or_default() += count;
+        }
+        tiers
+    }
 }
 
 /// One request Klaviyo accepted, and how long it waited for that.
@@ -85,6 +100,7 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
+        status.read_back_open = super::readback::open_counts(&tx)?;
         Ok(status)
     }
 
