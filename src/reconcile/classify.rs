@@ -969,3 +969,638 @@ fn money(cents: Option<i64>, currency: Option<&str>) -> String {
         _ => "value unknown".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::klaviyo::read::{EmailMarketing, Flow, Suppression};
+    use crate::reconcile::expect::{OptIn, ProfileUpdate};
+    use serde_json::json;
+
+    const HOUR: i64 = 3_600_000;
+    /// 2026-03-20T00:00:00Z: the window is that day, and now is an hour after it.
+    const DAY: i64 = 1_773_964_800_000;
+
+    fn at(hour: i64) -> i64 {
+        DAY + hour * HOUR
+    }
+
+    fn expected_event(
+        kind: Kind,
+        key: &str,
+        order: &str,
+        value: Option<i64>,
+        hour: i64,
+        who: &str,
+    ) -> ExpectedEvent {
+        let mapping = match kind {
+            Kind::PlacedOrder => "placed-order",
+            Kind::FulfilledOrder => "fulfilled-order",
+            Kind::RefundedOrder => "refunded-order",
+            Kind::CancelledOrder => "cancelled-order",
+        };
+        ExpectedEvent {
+            kind,
+            metric: names()[&kind].clone(),
+            key: format!("petmarket:{mapping}:{key}"),
+            mapping: mapping.into(),
+            endpoint: "/api/events".into(),
+            marketplace: "petmarket".into(),
+            order_id: Some(order.into()),
+            value_cents: value,
+            currency: Some("AUD".into()),
+            at: Some(at(hour)),
+            person: Some(who.into()),
+            tracking: None,
+            sent: Sent::Accepted,
+        }
+    }
+
+    fn names() -> BTreeMap<Kind, String> {
+        BTreeMap::from([
+            (Kind::PlacedOrder, "Placed Order".to_owned()),
+            (Kind::FulfilledOrder, "Fulfilled Order".to_owned()),
+            (Kind::RefundedOrder, "Refunded Order".to_owned()),
+            (Kind::CancelledOrder, "Cancelled Order".to_owned()),
+        ])
+    }
+
+    fn metric(id: &str, name: &str, integration: &str, live: bool) -> Metric {
+        Metric {
+            id: id.into(),
+            name: name.into(),
+            integration: Some(integration.into()),
+            flows: if live {
+                vec![Flow {
+                    id: format!("F{id}"),
+                    status: Some("live".into()),
+                    ..Flow::default()
+                }]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    /// The event Klaviyo holds for an expected one, as our mapping sent it.
+    fn held_event(e: &ExpectedEvent, metric: &str) -> Event {
+        let mut properties = serde_json::Map::new();
+        properties.insert("MarketsyncKey".into(), json!(e.key));
+        properties.insert("OrderId".into(), json!(e.order_id));
+        properties.insert("Marketplace".into(), json!("petmarket"));
+        if let Some(value) = e.value_cents {
+            properties.insert("$value".into(), json!(value as f64 / 100.0));
+        }
+        if let Some(tracking) = &e.tracking {
+            properties.insert("TrackingNumber".into(), json!(tracking));
+        }
+        Event {
+            id: format!("E-{}", e.key),
+            metric_id: Some(metric.into()),
+            profile_id: Some(format!("P-{}", e.person.as_deref().unwrap_or(""))),
+            datetime: e.at,
+            properties,
+            email: e.person.clone(),
+            phone_number: None,
+        }
+    }
+
+    fn profile(
+        email: &str,
+        phone: Option<&str>,
+        consent: &str,
+        source: Option<&str>,
+        last_order: &str,
+    ) -> Profile {
+        Profile {
+            id: format!("P-{email}"),
+            email: Some(email.into()),
+            phone_number: phone.map(str::to_owned),
+            external_id: None,
+            properties: json!({"Marketplacer Last Order ID": last_order})
+                .as_object()
+                .unwrap()
+                .clone(),
+            email_marketing: Some(EmailMarketing {
+                consent: Some(consent.into()),
+                can_receive_email_marketing: Some(consent == "SUBSCRIBED"),
+                consent_timestamp: None,
+                method: source.map(|_| "API".to_owned()),
+                method_detail: None,
+                custom_method_detail: source.map(str::to_owned),
+                suppressions: vec![],
+            }),
+        }
+    }
+
+    struct World {
+        expected: Expected,
+        held: Held,
+        evidence: Evidence,
+        rules: Rules,
+    }
+
+    const ZOE: &str = "zoe@example.com";
+    const ANN: &str = "ann@example.com";
+
+    /// A clean day: two paid orders (one shipped, one partly refunded) and a refund of an
+    /// order placed the week before, all in Klaviyo as sent; Zoe opted in, Ann did not.
+    fn world() -> World {
+        let mut shipped = expected_event(Kind::FulfilledOrder, "6001", "5001", None, 12, ZOE);
+        shipped.tracking = Some("33QJQ5001".into());
+        let events = vec![
+            expected_event(Kind::PlacedOrder, "5001", "5001", Some(15_530), 10, ZOE),
+            expected_event(Kind::PlacedOrder, "5002", "5002", Some(20_690), 11, ANN),
+            shipped,
+            expected_event(Kind::RefundedOrder, "7002", "5002", Some(2_450), 13, ANN),
+            expected_event(Kind::RefundedOrder, "7003", "4000", Some(1_000), 14, ZOE),
+        ];
+        let update = |email: &str, order: &str, hour: i64| ProfileUpdate {
+            mapping: "profile".into(),
+            coalesce_key: Some(email.into()),
+            version: Some(instant(at(hour))),
+            properties: json!({"Marketplacer Last Order ID": order})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let people = vec![
+            ExpectedPerson {
+                email: ZOE.into(),
+                phone: Some("+61412345678".into()),
+                opt_in: Some(OptIn {
+                    once_key: Some(format!("petmarket:{ZOE}")),
+                    at: Some(at(10)),
+                    source: Some("Marketplacer checkout".into()),
+                    sent: Sent::Accepted,
+                }),
+                profile: Some(update(ZOE, "5001", 10)),
+            },
+            ExpectedPerson {
+                email: ANN.into(),
+                phone: None,
+                opt_in: None,
+                profile: Some(update(ANN, "5002", 11)),
+            },
+        ];
+        let metrics = vec![
+            metric("PO", "Placed Order", "API", true),
+            metric("FO", "Fulfilled Order", "API", true),
+            metric("RO", "Refunded Order", "API", false),
+            metric("CO", "Cancelled Order", "API", false),
+        ];
+        let id = |kind: Kind| match kind {
+            Kind::PlacedOrder => "PO",
+            Kind::FulfilledOrder => "FO",
+            Kind::RefundedOrder => "RO",
+            Kind::CancelledOrder => "CO",
+        };
+        let mut held_events: Vec<Event> =
+            events.iter().map(|e| held_event(e, id(e.kind))).collect();
+        // Order 4000 was placed the week before; its Placed Order was read by profile.
+        let mut earlier =
+            expected_event(Kind::PlacedOrder, "4000", "4000", Some(1_000), -7 * 24, ZOE);
+        earlier.at = Some(at(-7 * 24));
+        held_events.push(held_event(&earlier, "PO"));
+        let mut evidence = Evidence::default();
+        for e in &events {
+            evidence
+                .accepted_at
+                .insert(e.key.clone(), e.at.unwrap() + 60_000);
+        }
+        evidence.consent_at.insert(ZOE.into(), at(10) + 60_000);
+        evidence
+            .applied
+            .insert(ZOE.into(), (instant(at(10)), at(10) + 60_000));
+        evidence
+            .applied
+            .insert(ANN.into(), (instant(at(11)), at(11) + 60_000));
+        World {
+            held: Held {
+                metrics,
+                events: held_events,
+                profiles: vec![
+                    profile(
+                        ZOE,
+                        Some("+61412345678"),
+                        "SUBSCRIBED",
+                        Some("Marketplacer checkout"),
+                        "5001",
+                    ),
+                    profile(ANN, None, "NEVER_SUBSCRIBED", None, "5002"),
+                ],
+                totals: vec![DailyTotal {
+                    day: "2026-03-20".into(),
+                    currency: Some("AUD".into()),
+                    sum_value: 362.2,
+                    count: 2,
+                }],
+            },
+            expected: Expected { events, people },
+            evidence,
+            rules: Rules {
+                metrics: names(),
+                all_metric_names: vec![
+                    "Cancelled Order".into(),
+                    "Fulfilled Order".into(),
+                    "Ordered Product".into(),
+                    "Placed Order".into(),
+                    "Refunded Order".into(),
+                ],
+                now: at(25),
+                window: (DAY, at(24)),
+                settle_ms: 15 * 60_000,
+                flow_window_ms: 48 * HOUR,
+                tolerance_percent: 0.0,
+                timezone: chrono_tz::UTC,
+                default_marketplace: "petmarket".into(),
+                currencies: BTreeMap::new(),
+                default_currency: "AUD".into(),
+                consent_sources: vec!["Marketplacer checkout".into()],
+                webhooks: vec![],
+                marketplace: Some("petmarket".into()),
+            },
+        }
+    }
+
+    impl World {
+        fn classify(&self) -> Classified {
+            classify(&self.expected, &self.held, &self.evidence, &self.rules)
+        }
+
+        fn drop_event(&mut self, key: &str) {
+            self.held
+                .events
+                .retain(|e| e.property("MarketsyncKey").as_deref() != Some(key));
+        }
+
+        fn event(&mut self, key: &str) -> &mut Event {
+            self.held
+                .events
+                .iter_mut()
+                .find(|e| e.property("MarketsyncKey").as_deref() == Some(key))
+                .unwrap()
+        }
+
+        fn profile(&mut self, email: &str) -> &mut Profile {
+            self.held
+                .profiles
+                .iter_mut()
+                .find(|p| p.email.as_deref() == Some(email))
+                .unwrap()
+        }
+
+        /// Klaviyo's own daily total, as it would be for what it holds.
+        fn total(&mut self, sum_value: f64, count: u64) {
+            self.held.totals[0].sum_value = sum_value;
+            self.held.totals[0].count = count;
+        }
+    }
+
+    /// The one finding, after checking it is the only one.
+    fn only(found: &Classified, class: Class) -> Discrepancy {
+        let classes: Vec<(Class, &str)> = found
+            .discrepancies
+            .iter()
+            .map(|d| (d.class, d.key.as_str()))
+            .collect();
+        assert_eq!(found.discrepancies.len(), 1, "{classes:?}");
+        assert_eq!(found.discrepancies[0].class, class, "{classes:?}");
+        found.discrepancies[0].clone()
+    }
+
+    #[test]
+    fn a_clean_day_finds_nothing_and_both_sides_of_its_revenue_agree() {
+        let found = world().classify();
+        assert_eq!(found.discrepancies, vec![], "{:#?}", found.discrepancies);
+        assert_eq!(
+            found.revenue,
+            vec![RevenueDay {
+                marketplace: "petmarket".into(),
+                day: "2026-03-20".into(),
+                currency: "AUD".into(),
+                orders: 2,
+                marketplacer_cents: 36_220,
+                klaviyo_cents: 36_220,
+            }]
+        );
+        assert!(found.notes.is_empty(), "{:?}", found.notes);
+    }
+
+    #[test]
+    fn a_subscription_in_our_name_without_evidence_is_compliance() {
+        let mut w = world();
+        w.profile(ANN).email_marketing = profile(
+            ANN,
+            None,
+            "SUBSCRIBED",
+            Some("Marketplacer checkout"),
+            "5002",
+        )
+        .email_marketing;
+        let d = only(&w.classify(), Class::SubscribedWithoutEvidence);
+        assert_eq!(d.key, "subscribed-without-evidence:email:ann@example.com");
+        assert_eq!(d.profile_ids, ["P-ann@example.com"]);
+    }
+
+    #[test]
+    fn a_subscription_from_elsewhere_is_klaviyos_business() {
+        let mut w = world();
+        w.profile(ANN).email_marketing =
+            profile(ANN, None, "SUBSCRIBED", Some("footer form"), "5002").email_marketing;
+        assert_eq!(w.classify().discrepancies, vec![]);
+    }
+
+    #[test]
+    fn a_second_metric_of_our_name_from_another_integration_is_a_double_source() {
+        let mut w = world();
+        w.held
+            .metrics
+            .push(metric("XO", "Placed Order", "Marketplacer", false));
+        let d = only(&w.classify(), Class::DoubleSource);
+        assert_eq!(d.key, "double-source:Placed Order");
+        assert_eq!(d.money_cents, 36_220, "the window's whole revenue");
+        assert_eq!(d.affected, 2);
+        assert!(d.flow_live);
+    }
+
+    #[test]
+    fn a_disabled_webhook_is_systemic() {
+        let mut w = world();
+        w.rules.webhooks.push(WebhookFinding {
+            kind: "SHIPMENT".into(),
+            id: Some("V2ViaG9vay0z".into()),
+            problem: "disabled".into(),
+        });
+        let d = only(&w.classify(), Class::WebhookDisabled);
+        assert_eq!(d.key, "webhook-disabled:petmarket:SHIPMENT");
+        assert!(d.detail.contains("V2ViaG9vay0z"), "{}", d.detail);
+    }
+
+    #[test]
+    fn placed_order_revenue_no_order_explains_is_a_gap() {
+        let mut w = world();
+        let mut stray = held_event(
+            &expected_event(Kind::PlacedOrder, "9999", "9999", Some(5_000), 15, ANN),
+            "PO",
+        );
+        stray.properties.remove("MarketsyncKey");
+        stray.id = "E-stray".into();
+        w.held.events.push(stray);
+        w.total(412.2, 3);
+        let found = w.classify();
+        let d = only(&found, Class::RevenueGap);
+        assert_eq!(d.key, "revenue-gap:petmarket:2026-03-20");
+        assert_eq!(d.money_cents, 5_000);
+        assert_eq!(d.event_ids, ["E-stray"]);
+        assert_eq!(
+            found.revenue[0].klaviyo_cents - found.revenue[0].marketplacer_cents,
+            5_000
+        );
+    }
+
+    #[test]
+    fn klaviyos_own_total_disagreeing_with_the_events_read_is_a_gap() {
+        let mut w = world();
+        w.total(400.0, 3);
+        let d = only(&w.classify(), Class::RevenueGap);
+        assert_eq!(d.key, "revenue-gap:aggregates:2026-03-20:AUD");
+        assert_eq!(d.marketplace, None);
+        assert_eq!(d.money_cents, 3_780);
+    }
+
+    #[test]
+    fn a_missing_placed_order_counts_its_value_and_the_live_flows_message() {
+        let mut w = world();
+        w.drop_event("petmarket:placed-order:5001");
+        w.total(206.9, 1);
+        let found = w.classify();
+        let d = only(&found, Class::MissingPlacedOrder);
+        assert_eq!(d.key, "missing-placed-order:petmarket:5001");
+        assert_eq!(d.order_id.as_deref(), Some("5001"));
+        // 155.30, and 1.71% of the average order (181.10) for the post-purchase flow.
+        assert_eq!(d.money_cents, 15_530 + 310);
+        assert!(d.flow_live);
+        assert!(
+            d.detail.contains("accepted it at 2026-03-20T10:01:00Z"),
+            "{}",
+            d.detail
+        );
+        // The day's revenue is short by exactly that order, which explains it: no gap.
+        assert_eq!(found.revenue[0].klaviyo_cents, 20_690);
+    }
+
+    #[test]
+    fn a_missing_event_older_than_the_flow_window_costs_no_flow_message() {
+        let mut w = world();
+        w.rules.now = at(24 * 5);
+        w.drop_event("petmarket:placed-order:5001");
+        w.total(206.9, 1);
+        let d = only(&w.classify(), Class::MissingPlacedOrder);
+        assert_eq!(d.money_cents, 15_530);
+    }
+
+    #[test]
+    fn events_on_their_way_or_settling_are_never_missing() {
+        let mut w = world();
+        w.drop_event("petmarket:placed-order:5001");
+        w.drop_event("petmarket:fulfilled-order:6001");
+        w.total(206.9, 1);
+        // The Placed Order is still queued; the Fulfilled Order was accepted a minute ago.
+        w.expected.events[0].sent = Sent::Queued;
+        w.evidence.accepted_at.insert(
+            "petmarket:fulfilled-order:6001".into(),
+            w.rules.now - 60_000,
+        );
+        let found = w.classify();
+        assert_eq!(found.discrepancies, vec![], "{:#?}", found.discrepancies);
+        assert_eq!(found.notes.len(), 2, "{:?}", found.notes);
+    }
+
+    #[test]
+    fn a_placed_order_sent_before_events_carried_their_key_is_found_by_its_order() {
+        let mut w = world();
+        w.event("petmarket:placed-order:5001")
+            .properties
+            .remove("MarketsyncKey");
+        assert_eq!(w.classify().discrepancies, vec![]);
+    }
+
+    #[test]
+    fn a_placed_order_of_another_value_is_wrong() {
+        let mut w = world();
+        w.event("petmarket:placed-order:5001")
+            .properties
+            .insert("$value".into(), json!(150.0));
+        w.total(356.9, 2);
+        let d = only(&w.classify(), Class::WrongOrderValue);
+        assert_eq!(d.money_cents, 530);
+        assert_eq!(d.event_ids, ["E-petmarket:placed-order:5001"]);
+        assert!(d.detail.contains("150.00 AUD"), "{}", d.detail);
+    }
+
+    #[test]
+    fn a_missing_fulfilled_order_is_found() {
+        let mut w = world();
+        w.drop_event("petmarket:fulfilled-order:6001");
+        let d = only(&w.classify(), Class::MissingFulfilledOrder);
+        assert_eq!(d.key, "missing-fulfilled-order:petmarket:6001");
+        assert_eq!(d.money_cents, 310, "the shipping flow's message");
+    }
+
+    #[test]
+    fn a_fulfilled_order_without_its_tracking_number_is_found() {
+        let mut w = world();
+        w.event("petmarket:fulfilled-order:6001")
+            .properties
+            .insert("TrackingNumber".into(), json!(""));
+        let d = only(&w.classify(), Class::TrackingMissing);
+        assert_eq!(d.key, "tracking-missing:petmarket:6001");
+        assert!(d.detail.contains("33QJQ5001"), "{}", d.detail);
+        // A shipment without a tracking number expects none.
+        let mut w = world();
+        w.expected.events[2].tracking = None;
+        w.event("petmarket:fulfilled-order:6001")
+            .properties
+            .remove("TrackingNumber");
+        assert_eq!(w.classify().discrepancies, vec![]);
+    }
+
+    #[test]
+    fn a_missing_refund_is_found_with_its_value() {
+        let mut w = world();
+        w.drop_event("petmarket:refunded-order:7002");
+        let d = only(&w.classify(), Class::MissingRefund);
+        assert_eq!(d.key, "missing-refund:petmarket:7002");
+        assert_eq!(d.money_cents, 2_450);
+    }
+
+    #[test]
+    fn a_refund_whose_order_klaviyo_has_no_placed_order_of_is_orphaned() {
+        let mut w = world();
+        w.held.events.retain(|e| {
+            e.property("OrderId").as_deref() != Some("4000") || e.metric_id.as_deref() != Some("PO")
+        });
+        let d = only(&w.classify(), Class::OrphanedRefund);
+        assert_eq!(d.key, "orphaned-refund:petmarket:7003");
+        assert_eq!(d.money_cents, 1_000);
+        // An order of the window whose Placed Order is missing is that missing Placed Order.
+        let mut w = world();
+        w.drop_event("petmarket:placed-order:5002");
+        w.total(155.3, 1);
+        only(&w.classify(), Class::MissingPlacedOrder);
+    }
+
+    #[test]
+    fn an_opt_in_klaviyo_never_subscribed_is_consent_missed() {
+        let mut w = world();
+        w.profile(ZOE).email_marketing.as_mut().unwrap().consent = Some("NEVER_SUBSCRIBED".into());
+        let d = only(&w.classify(), Class::ConsentMissed);
+        assert_eq!(d.key, "consent-missed:email:zoe@example.com");
+        assert!(
+            d.action.contains("never repaired automatically"),
+            "{}",
+            d.action
+        );
+    }
+
+    #[test]
+    fn an_unsubscribe_or_a_suppression_after_our_opt_in_is_never_a_finding() {
+        let mut w = world();
+        let marketing = w.profile(ZOE).email_marketing.as_mut().unwrap();
+        marketing.consent = Some("UNSUBSCRIBED".into());
+        marketing.suppressions = vec![Suppression {
+            reason: "UNSUBSCRIBE".into(),
+            at: Some(at(20)),
+        }];
+        assert_eq!(w.classify().discrepancies, vec![]);
+        let mut w = world();
+        let marketing = w.profile(ZOE).email_marketing.as_mut().unwrap();
+        marketing.consent = Some("NEVER_SUBSCRIBED".into());
+        marketing.suppressions = vec![Suppression {
+            reason: "HARD_BOUNCE".into(),
+            at: Some(at(20)),
+        }];
+        assert_eq!(w.classify().discrepancies, vec![]);
+        // A suppression from before the opt-in does not explain it away.
+        w.profile(ZOE)
+            .email_marketing
+            .as_mut()
+            .unwrap()
+            .suppressions[0]
+            .at = Some(at(-48));
+        only(&w.classify(), Class::ConsentMissed);
+    }
+
+    #[test]
+    fn two_profiles_for_one_person_are_duplicates() {
+        let mut w = world();
+        let mut second = profile(
+            "zoe.k@example.com",
+            Some("+61412345678"),
+            "NEVER_SUBSCRIBED",
+            None,
+            "",
+        );
+        second.id = "P-second".into();
+        w.held.profiles.push(second);
+        let d = only(&w.classify(), Class::DuplicateProfile);
+        assert_eq!(d.key, "duplicate-profile:email:zoe@example.com");
+        assert_eq!(d.profile_ids, ["P-second", "P-zoe@example.com"]);
+    }
+
+    #[test]
+    fn a_property_we_own_changed_in_klaviyo_is_drift_unless_a_newer_update_was_applied() {
+        let mut w = world();
+        w.profile(ANN)
+            .properties
+            .insert("Marketplacer Last Order ID".into(), json!("1234"));
+        let d = only(&w.classify(), Class::AttributeDrift);
+        assert_eq!(d.key, "attribute-drift:email:ann@example.com");
+        assert!(d.detail.contains("\"1234\""), "{}", d.detail);
+        // A newer order's update was applied since: Klaviyo rightly holds that one.
+        w.evidence
+            .applied
+            .insert(ANN.into(), (instant(at(23)), at(23)));
+        assert_eq!(w.classify().discrepancies, vec![]);
+        // A number for the text we sent is the same value.
+        let mut w = world();
+        w.profile(ANN)
+            .properties
+            .insert("Marketplacer Last Order ID".into(), json!(5002));
+        assert_eq!(w.classify().discrepancies, vec![]);
+    }
+
+    #[test]
+    fn every_class_planted_at_once_comes_out_ranked_the_same_every_time() {
+        let mut w = world();
+        w.profile(ANN).email_marketing = profile(
+            ANN,
+            None,
+            "SUBSCRIBED",
+            Some("Marketplacer checkout"),
+            "5002",
+        )
+        .email_marketing;
+        w.held
+            .metrics
+            .push(metric("XO", "Fulfilled Order", "Shopify", false));
+        w.drop_event("petmarket:placed-order:5001");
+        w.drop_event("petmarket:refunded-order:7002");
+        w.total(206.9, 1);
+        let first = w.classify();
+        let classes: Vec<Class> = first.discrepancies.iter().map(|d| d.class).collect();
+        assert_eq!(
+            classes,
+            [
+                Class::SubscribedWithoutEvidence,
+                Class::DoubleSource,
+                Class::MissingPlacedOrder,
+                Class::MissingRefund,
+            ]
+        );
+        w.held.events.reverse();
+        w.held.profiles.reverse();
+        assert_eq!(w.classify(), first);
+    }
+}
