@@ -11,7 +11,7 @@ use super::{
 };
 use marketsync::alerts::{Alerts, Facts, Notifier};
 use marketsync::reconcile::schedule::Scheduled;
-use marketsync::reconcile::{Ask, Reconciler};
+use marketsync::reconcile::{Ask, ReadBackConfig, Reconciler};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
@@ -343,6 +343,18 @@ pub fn execute(args: Args) -> u8 {
             header_timeout_ms = config.header_timeout.as_millis() as u64,
             "listening"
         );
+        let read_back = ReadBackConfig {
+            client: marketsync::sink::http::Client::new(
+                &sink_config.base_url,
+                sink_config.key.clone(),
+                &sink_config.revision,
+                sink_config.timeout,
+            ),
+            options: marketsync::klaviyo::read::ReadOptions {
+                time_scale: sink_config.time_scale,
+                ..Default::default()
+            },
+        };
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let alerts_store = Arc::clone(&store);
         let reconcile_store = Arc::clone(&store);
@@ -374,6 +386,11 @@ pub fn execute(args: Args) -> u8 {
                 Arc::new(client),
                 page_size,
             ) {
+                // Klaviyo is read back with the sender's key, each read endpoint under its own
+                // limit (separate from the send endpoints').
+                Ok(reconciler) if settings.read_klaviyo => {
+                    Arc::new(reconciler.reading_klaviyo(read_back))
+                }
                 Ok(reconciler) => Arc::new(reconciler),
                 Err(err) => {
                     error!("reconcile: {err}");
@@ -402,7 +419,8 @@ pub fn execute(args: Args) -> u8 {
                 },
                 on_success: Box::new(move |report| {
                     metrics.reconciled(now_ms());
-                    if report.findings.missing_total() > 0 {
+                    let requeued = report.read_back.as_ref().map_or(0, |r| r.requeued);
+                    if report.findings.missing_total() > 0 || requeued > 0 {
                         sink.wake();
                     }
                 }),

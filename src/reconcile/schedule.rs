@@ -80,8 +80,14 @@ impl Scheduled {
                     report.window.until_text(),
                     f.missing_total(),
                 );
-                if f.anything_wrong() {
+                let (klaviyo_findings, requeued) = report
+                    .read_back
+                    .as_ref()
+                    .map_or((0, 0), |r| (r.discrepancies.len(), r.requeued));
+                if f.anything_wrong() || klaviyo_findings > 0 {
                     warn!(
+                        klaviyo_findings,
+                        klaviyo_requeued = requeued,
                         since = fields.0,
                         until = fields.1,
                         read,
@@ -99,6 +105,7 @@ impl Scheduled {
                     );
                 } else {
                     info!(
+                        klaviyo_findings,
                         since = fields.0,
                         until = fields.1,
                         read,

@@ -40,6 +40,10 @@ pub struct ReconcileSettings {
     /// read more stops and says so.
     #[serde(default = "defaults::read_budget")]
     pub read_budget: u64,
+    /// Whether a run reads Klaviyo back after its sweep (`false`: a key without the read
+    /// scopes; the sweep alone checks the ledger).
+    #[serde(default = "defaults::read_klaviyo")]
+    pub read_klaviyo: bool,
 }
 
 impl Default for ReconcileSettings {
@@ -52,6 +56,7 @@ impl Default for ReconcileSettings {
             revenue_tolerance_percent: 0.0,
             flow_window: defaults::flow_window(),
             read_budget: defaults::read_budget(),
+            read_klaviyo: true,
         }
     }
 }
@@ -67,6 +72,9 @@ mod defaults {
     }
     pub fn flow_window() -> Span {
         Span::minutes(48 * 60)
+    }
+    pub fn read_klaviyo() -> bool {
+        true
     }
     pub fn read_budget() -> u64 {
         crate::klaviyo::read::DEFAULT_READ_BUDGET
