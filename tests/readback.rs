@@ -1027,7 +1027,11 @@ async fn a_clean_sync_reads_back_clean_and_planted_findings_are_found_repaired_o
     let clean = day.reconcile(true, false).await;
     let read = clean.read_back.as_ref().expect("Klaviyo was read");
     assert_eq!(classes(read), vec![], "{:#?}", read.discrepancies);
-    assert!(read.notes.is_empty(), "{:?}", read.notes);
+    assert!(
+        clean.findings.read_back_notes.is_empty(),
+        "{:?}",
+        clean.findings.read_back_notes
+    );
     assert!(!read.revenue.is_empty());
     for day in &read.revenue {
         assert_eq!(day.klaviyo_cents, day.marketplacer_cents, "{day:?}");
@@ -1109,11 +1113,11 @@ async fn a_clean_sync_reads_back_clean_and_planted_findings_are_found_repaired_o
         "at least the order's value: {missing:?}"
     );
     assert!(missing.flow_live);
-    assert_eq!(read.requeued, 0, "reporting only");
+    assert_eq!(planted.findings.requeued_from_klaviyo, 0, "reporting only");
 
     // Repairing: the lost Placed Order is queued again with its own key; nothing else is.
     let repaired = day.reconcile(true, true).await;
-    assert_eq!(repaired.read_back.as_ref().unwrap().requeued, 1);
+    assert_eq!(repaired.findings.requeued_from_klaviyo, 1);
     let status = day.store.lock().unwrap().status(0).unwrap();
     let queued: usize = status.lanes.values().map(|l| l.depth).sum();
     assert_eq!(queued, 1, "{status:?}");
@@ -1152,7 +1156,7 @@ async fn a_clean_sync_reads_back_clean_and_planted_findings_are_found_repaired_o
         ]
     );
     assert!(left.iter().all(|c| !c.repaired_automatically()));
-    assert_eq!(read.requeued, 0);
+    assert_eq!(after.findings.requeued_from_klaviyo, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

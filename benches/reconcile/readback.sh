@@ -128,8 +128,8 @@ for r in read["reads"]:
 requests = sum(r["requests"] for r in read["reads"])
 print(f"{'all':<30} {requests:>8} {'':>12} {total:>12.0f}s")
 print(f"read-back wall time at {scale:.0f}x: {read['elapsed_ms'] / 1000:.1f} s; "
-      f"findings: {len(read['discrepancies'])}; requeued: {read['requeued']}")
-for note in read["notes"]:
+      f"findings: {len(read['discrepancies'])}; requeued: {report['findings']['requeued_from_klaviyo']}")
+for note in report["findings"]["read_back_notes"]:
     print("note:", note)
 for d in read["discrepancies"][:10]:
     print("finding:", d["class"], d["key"], d["detail"])

@@ -499,11 +499,11 @@ fn human_report(report: &Report, sent: Option<&DeliveryReport>) -> String {
                 format!("{n} (at stake {}.{:02})", cents / 100, cents % 100),
             );
         }
-        if read.requeued > 0 {
+        if f.requeued_from_klaviyo > 0 {
             let label = "  lost by Klaviyo, queued again";
-            line(label, read.requeued.to_string());
+            line(label, f.requeued_from_klaviyo.to_string());
         }
-        for note in &read.notes {
+        for note in &f.read_back_notes {
             line("  note", note.clone());
         }
         let requests: u64 = read.reads.iter().map(|r| r.requests).sum();

@@ -419,7 +419,7 @@ pub fn execute(args: Args) -> u8 {
                 },
                 on_success: Box::new(move |report| {
                     metrics.reconciled(now_ms());
-                    let requeued = report.read_back.as_ref().map_or(0, |r| r.requeued);
+                    let requeued = report.findings.requeued_from_klaviyo;
                     if report.findings.missing_total() > 0 || requeued > 0 {
                         sink.wake();
                     }

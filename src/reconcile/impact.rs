@@ -270,15 +270,6 @@ pub struct ReadBack {
     pub reads: Vec<ReadBudget>,
     /// How long the reading and comparing took.
     pub elapsed_ms: u64,
-    /// Events Klaviyo had accepted and no longer holds, queued again with their own keys by
-    /// this run (not when reporting only). The missing events Klaviyo never accepted are the
-    /// sweep's repairs (`Findings::missing`).
-    #[serde(default)]
-    pub requeued: u64,
-    /// What could not be compared, and why (a value Klaviyo gives no back, events still on
-    /// their way).
-    #[serde(default)]
-    pub notes: Vec<String>,
 }
 
 #[cfg(test)]

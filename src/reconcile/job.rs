@@ -242,8 +242,9 @@ impl Reconciler {
                     },
                 )
                 .await?;
+                (findings.requeued_from_klaviyo, findings.read_back_notes) = (read.1, read.2);
                 self.finish(run.id, &findings).await?;
-                Some(read)
+                Some(read.0)
             }
             // A run killed while reading Klaviyo, resumed without reading it.
             None if swept => {

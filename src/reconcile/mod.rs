@@ -153,6 +153,15 @@ pub struct Findings {
     /// Time spent waiting for Marketplacer's answers, over every part of the run.
     #[serde(default)]
     pub answering_ms: u64,
+    /// Events Klaviyo had accepted and no longer holds, found by reading it back and queued
+    /// again with their own keys (not when reporting only). Those Klaviyo never accepted are
+    /// in `missing`.
+    #[serde(default)]
+    pub requeued_from_klaviyo: u64,
+    /// What reading Klaviyo back could not compare, and why (a value Klaviyo gives no back,
+    /// events still on their way).
+    #[serde(default)]
+    pub read_back_notes: Vec<String>,
 }
 
 impl Findings {

@@ -51,10 +51,11 @@ pub(super) struct Run<'a> {
 }
 
 /// Reads Klaviyo back for the run, compares, and (repairing) queues again what Klaviyo lost.
+/// Returns what was read back, the events queued again, and what could not be compared.
 pub(super) async fn read_back(
     config: &ReadBackConfig,
     run: Run<'_>,
-) -> Result<ReadBack, ReconcileError> {
+) -> Result<(ReadBack, u64, Vec<String>), ReconcileError> {
     let started = std::time::Instant::now();
     let mut options = config.options.clone();
     options.budget = run.reconcile.read_budget;
@@ -244,14 +245,13 @@ pub(super) async fn read_back(
         .expect("repairs are queued without panicking")?;
     }
 
-    Ok(ReadBack {
+    let read = ReadBack {
         discrepancies: classified.discrepancies,
         revenue: classified.revenue,
         reads: reader.budgets(),
         elapsed_ms: started.elapsed().as_millis() as u64,
-        requeued,
-        notes: classified.notes,
-    })
+    };
+    Ok((read, requeued, classified.notes))
 }
 
 /// The class an expected event's absence is.

@@ -80,10 +80,11 @@ impl Scheduled {
                     report.window.until_text(),
                     f.missing_total(),
                 );
-                let (klaviyo_findings, requeued) = report
+                let klaviyo_findings = report
                     .read_back
                     .as_ref()
-                    .map_or((0, 0), |r| (r.discrepancies.len(), r.requeued));
+                    .map_or(0, |r| r.discrepancies.len());
+                let requeued = f.requeued_from_klaviyo;
                 if f.anything_wrong() || klaviyo_findings > 0 {
                     warn!(
                         klaviyo_findings,
