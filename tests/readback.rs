@@ -45,6 +45,10 @@ struct Holds {
     throttle: u32,
     /// Answer 503 to every profile read.
     profiles_down: bool,
+    /// How long a profile read takes, and how many were in flight at once (at most).
+    profile_delay: Duration,
+    in_flight: usize,
+    most_in_flight: usize,
     /// (method, path and query, body) of every request.
     asked: Vec<(String, String, Option<Json>)>,
 }
@@ -350,12 +354,25 @@ async fn events(
 }
 
 async fn profiles(
-    State(holds): State<Shared>,
+    State(shared): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Answer {
-    let mut holds = holds.lock().unwrap();
-    if let Some(refused) = admit(&mut holds, &headers, "GET", "/api/profiles", &query, None) {
+    let delay = {
+        let mut holds = shared.lock().unwrap();
+        holds.in_flight += 1;
+        holds.most_in_flight = holds.most_in_flight.max(holds.in_flight);
+        holds.profile_delay
+    };
+    tokio::time::sleep(delay).await;
+    let answer = profiles_now(&shared, &headers, &query);
+    shared.lock().unwrap().in_flight -= 1;
+    answer
+}
+
+fn profiles_now(shared: &Shared, headers: &HeaderMap, query: &HashMap<String, String>) -> Answer {
+    let mut holds = shared.lock().unwrap();
+    if let Some(refused) = admit(&mut holds, headers, "GET", "/api/profiles", query, None) {
         return refused;
     }
     if holds.profiles_down {
@@ -421,11 +438,11 @@ async fn profiles(
             p
         })
         .collect();
-    let from = offset(&query);
+    let from = offset(query);
     let page: Vec<Json> = matching.iter().skip(from).take(size).cloned().collect();
     answer(
         StatusCode::OK,
-        json!({"data": page, "links": links(&base(&headers), "/api/profiles", &query, from, size, matching.len())}),
+        json!({"data": page, "links": links(&base(headers), "/api/profiles", &query, from, size, matching.len())}),
     )
 }
 
@@ -644,9 +661,24 @@ async fn the_reader_pages_batches_and_reads_the_documented_shapes() {
     assert_eq!(events[0].value(), Some(10.5));
     assert!(events.windows(2).all(|w| w[0].datetime <= w[1].datetime));
 
+    // The three batches are in flight at once, and come back in order.
+    klaviyo.holds().profile_delay = Duration::from_millis(400);
     let emails: Vec<String> = (0..250).map(|n| format!("buyer{n}@example.com")).collect();
+    let started = Instant::now();
     let profiles = reader.profiles("email", &emails).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(klaviyo.holds().most_in_flight, 3);
     assert_eq!(profiles.len(), 250);
+    assert!(
+        profiles
+            .iter()
+            .enumerate()
+            .all(|(n, p)| p.id == format!("P{n}"))
+    );
     let marketing = profiles[0].email_marketing.as_ref().unwrap();
     assert_eq!(
         marketing.custom_method_detail.as_deref(),

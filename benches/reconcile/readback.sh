@@ -57,8 +57,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A stand-in loading a day of 30,600 deliveries takes a while before it listens (minutes on a
+# debug build).
 wait_port() {
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 3000); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done

@@ -22,6 +22,7 @@ use crate::reconcile::impact::ReadBudget;
 use crate::sink::http::{Client, Outcome};
 use crate::sink::limit::{Limit, Limiter};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 use std::collections::{BTreeMap, HashMap};
@@ -88,6 +89,11 @@ pub const EVENT_PAGE: usize = 200;
 
 /// Emails (or phone numbers) per `any(...)` filter, and profiles per page (the maximum).
 pub const PROFILE_BATCH: usize = 100;
+
+/// Reads kept in flight at once by a caller that has many to make (profile batches, one scan
+/// per metric): each waits for Klaviyo's answer far longer than for its limit, and the
+/// limiter still paces them all.
+pub const IN_FLIGHT: usize = 8;
 
 /// How the reader paces itself and how much it may read.
 #[derive(Debug, Clone)]
@@ -352,40 +358,63 @@ impl Reader {
     }
 
     /// The profiles whose `field` (`email` or `phone_number`) is one of `values`, with their
-    /// subscriptions: `any(field,[...])` in batches of [`PROFILE_BATCH`].
+    /// subscriptions: `any(field,[...])` in batches of [`PROFILE_BATCH`], a few at once (the
+    /// limiter paces them; the answers are taken in batch order).
     pub async fn profiles(
         &self,
         field: &str,
         values: &[String],
     ) -> Result<Vec<Profile>, ReadError> {
+        // Collected first: a stream over a borrowing iterator's closure would make the
+        // future not `Send` for every lifetime, which `serve`'s spawned schedule needs.
+        let batches: Vec<_> = values
+            .chunks(PROFILE_BATCH)
+            .map(|batch| self.profile_batch(field, batch))
+            .collect();
+        let answers: Vec<Result<Vec<Profile>, ReadError>> =
+            stream::iter(batches).buffered(IN_FLIGHT).collect().await;
         let mut profiles: Vec<Profile> = Vec::new();
-        let size = PROFILE_BATCH.to_string();
-        for batch in values.chunks(PROFILE_BATCH) {
-            let list = batch
-                .iter()
-                .map(|v| quoted(v))
-                .collect::<Vec<_>>()
-                .join(",");
-            let filter = format!("any({field},[{list}])");
-            let path = with_query(
-                ReadEndpoint::Profiles.path(),
-                &[
-                    ("filter", filter.as_str()),
-                    ("additional-fields[profile]", "subscriptions"),
-                    ("page[size]", &size),
-                ],
-            );
-            self.pages(ReadEndpoint::Profiles, &path, |document| {
-                for data in document["data"].as_array().into_iter().flatten() {
-                    let profile = Profile::of(data);
-                    if !profile.id.is_empty() && !profiles.iter().any(|p| p.id == profile.id) {
-                        profiles.push(profile);
-                    }
+        for answer in answers {
+            for profile in answer? {
+                if !profiles.iter().any(|p| p.id == profile.id) {
+                    profiles.push(profile);
                 }
-                Ok(())
-            })
-            .await?;
+            }
         }
+        Ok(profiles)
+    }
+
+    async fn profile_batch(
+        &self,
+        field: &str,
+        batch: &[String],
+    ) -> Result<Vec<Profile>, ReadError> {
+        let size = PROFILE_BATCH.to_string();
+        let list = batch
+            .iter()
+            .map(|v| quoted(v))
+            .collect::<Vec<_>>()
+            .join(",");
+        let filter = format!("any({field},[{list}])");
+        let path = with_query(
+            ReadEndpoint::Profiles.path(),
+            &[
+                ("filter", filter.as_str()),
+                ("additional-fields[profile]", "subscriptions"),
+                ("page[size]", &size),
+            ],
+        );
+        let mut profiles = Vec::new();
+        self.pages(ReadEndpoint::Profiles, &path, |document| {
+            for data in document["data"].as_array().into_iter().flatten() {
+                let profile = Profile::of(data);
+                if !profile.id.is_empty() {
+                    profiles.push(profile);
+                }
+            }
+            Ok(())
+        })
+        .await?;
         Ok(profiles)
     }
 

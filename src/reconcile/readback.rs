@@ -21,11 +21,12 @@ use super::expect::{ExpectedEvent, ExpectedPerson, Kind, Sent};
 use super::impact::{Class, ReadBack};
 use super::{Findings, ReconcileError, ReconcileSettings, Window};
 use crate::klaviyo::email_key;
-use crate::klaviyo::read::{Event, ReadOptions, Reader};
+use crate::klaviyo::read::{Event, IN_FLIGHT, ReadError, ReadOptions, Reader};
 use crate::sink::http::Client;
 use crate::spec::Settings;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, stream};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -109,10 +110,17 @@ pub(super) async fn read_back(
             .min(run.now);
         spans.insert(kind, (low, high));
     }
+    // One scan per metric, a few at once; each is paged in order by its cursor.
+    let mut scans = Vec::new();
     for (kind, span) in &spans {
         for id in &our_ids[kind] {
-            held.events.extend(reader.events(id, *span).await?);
+            scans.push(reader.events(id, *span));
         }
+    }
+    let scanned: Vec<Result<Vec<Event>, ReadError>> =
+        stream::iter(scans).buffered(IN_FLIGHT).collect().await;
+    for events in scanned {
+        held.events.extend(events?);
     }
 
     // The people.
@@ -139,24 +147,29 @@ pub(super) async fn read_back(
     }
 
     // What the scans cannot hold, by profile.
+    let mut wanted: Vec<(String, String)> = Vec::new();
     for (kind, email) in lookups(&expected, &held.events, &spans, &our_ids) {
-        let profiles: Vec<String> = held
-            .profiles
-            .iter()
-            .filter(|p| {
-                p.email
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(&email))
-            })
-            .map(|p| p.id.clone())
-            .collect();
-        for profile in profiles {
+        for profile in held.profiles.iter().filter(|p| {
+            p.email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(&email))
+        }) {
             for id in &our_ids[&kind] {
-                for event in reader.events_of_profile(id, &profile).await? {
-                    if !held.events.iter().any(|e| e.id == event.id) {
-                        held.events.push(event);
-                    }
-                }
+                wanted.push((id.clone(), profile.id.clone()));
+            }
+        }
+    }
+    let by_profile: Vec<_> = wanted
+        .iter()
+        .map(|(metric, profile)| reader.events_of_profile(metric, profile))
+        .collect();
+    let looked_up: Vec<Result<Vec<Event>, ReadError>> =
+        stream::iter(by_profile).buffered(IN_FLIGHT).collect().await;
+    let mut known: HashSet<String> = held.events.iter().map(|e| e.id.clone()).collect();
+    for events in looked_up {
+        for event in events? {
+            if known.insert(event.id.clone()) {
+                held.events.push(event);
             }
         }
     }
