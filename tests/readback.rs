@@ -442,7 +442,7 @@ fn profiles_now(shared: &Shared, headers: &HeaderMap, query: &HashMap<String, St
     let page: Vec<Json> = matching.iter().skip(from).take(size).cloned().collect();
     answer(
         StatusCode::OK,
-        json!({"data": page, "links": links(&base(headers), "/api/profiles", &query, from, size, matching.len())}),
+        json!({"data": page, "links": links(&base(headers), "/api/profiles", query, from, size, matching.len())}),
     )
 }
 
