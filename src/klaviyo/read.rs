@@ -374,9 +374,10 @@ impl Reader {
         let answers: Vec<Result<Vec<Profile>, ReadError>> =
             stream::iter(batches).buffered(IN_FLIGHT).collect().await;
         let mut profiles: Vec<Profile> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for answer in answers {
             for profile in answer? {
-                if !profiles.iter().any(|p| p.id == profile.id) {
+                if seen.insert(profile.id.clone()) {
                     profiles.push(profile);
                 }
             }

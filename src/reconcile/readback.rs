@@ -27,7 +27,7 @@ use crate::spec::Settings;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// How a reconciler reads Klaviyo: the client (the sender's, with its key) and how it paces
@@ -140,8 +140,9 @@ pub(super) async fn read_back(
         .into_iter()
         .collect();
     held.profiles = reader.profiles("email", &emails).await?;
+    let mut known: HashSet<String> = held.profiles.iter().map(|p| p.id.clone()).collect();
     for profile in reader.profiles("phone_number", &phones).await? {
-        if !held.profiles.iter().any(|p| p.id == profile.id) {
+        if known.insert(profile.id.clone()) {
             held.profiles.push(profile);
         }
     }
@@ -374,13 +375,14 @@ async fn gather(
         }
         let mut people: BTreeSet<&str> = expected.people.iter().map(|p| p.email.as_str()).collect();
         people.extend(expected.events.iter().filter_map(|e| e.person.as_deref()));
+        let once_keys: HashMap<&str, &str> = expected
+            .people
+            .iter()
+            .filter_map(|p| Some((p.email.as_str(), p.opt_in.as_ref()?.once_key.as_deref()?)))
+            .collect();
         for email in people {
-            let once_key = expected
-                .people
-                .iter()
-                .find(|p| p.email == email)
-                .and_then(|p| p.opt_in.as_ref()?.once_key.clone());
-            if let Some(at) = store.consent_evidence(once_key.as_deref(), &email_key(email))? {
+            let once_key = once_keys.get(email).copied();
+            if let Some(at) = store.consent_evidence(once_key, &email_key(email))? {
                 evidence.consent_at.insert(email.to_owned(), at);
             }
         }

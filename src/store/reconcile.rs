@@ -229,12 +229,13 @@ impl Store {
 
     /// When Klaviyo last accepted the request with this `unique_id` at `endpoint`, if it did.
     pub fn accepted_at(&self, endpoint: &str, unique_id: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self
+        // The newest is taken here, not with `max()`: SQLite would then walk the endpoint's
+        // index by time (every event of a day, 10 ms a lookup) instead of the `unique_id` one.
+        let mut query = self
             .conn
-            .prepare_cached(
-                "SELECT max(sent_at) FROM ledger WHERE endpoint = ?1 AND unique_id = ?2",
-            )?
-            .query_row(params![endpoint, unique_id], |r| r.get(0))?)
+            .prepare_cached("SELECT sent_at FROM ledger WHERE endpoint = ?1 AND unique_id = ?2")?;
+        let times = query.query_map(params![endpoint, unique_id], |r| r.get::<_, i64>(0))?;
+        Ok(times.collect::<Result<Vec<_>, _>>()?.into_iter().max())
     }
 
     /// The newest version applied for a mapping's coalesce key, and when, if any was.
@@ -268,7 +269,9 @@ impl Store {
                      UNION ALL
                      SELECT c.accepted_at FROM person p
                        JOIN outbox o ON o.inbox_id = p.inbox_id
-                       JOIN consent c ON c.outbox_id = o.id
+                       -- by its once key, which consent is keyed by (it has no index on
+                       -- outbox_id: that join would scan every opt-in per person)
+                       JOIN consent c ON c.once_key = o.once_key AND c.outbox_id = o.id
                       WHERE p.key = ?2)",
             )?
             .query_row(params![once_key, person_key], |r| r.get(0))?)
@@ -467,5 +470,156 @@ impl Store {
         }
         tx.commit()?;
         Ok(intake)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CONSENT_ENDPOINT;
+
+    fn delivery(id: &str) -> DeliveryRecord<'_> {
+        DeliveryRecord {
+            marketplace: "petmarket",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        }
+    }
+
+    fn placed(order: &str) -> NewRequest {
+        NewRequest {
+            mapping: "placed-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: format!(r#"{{"order":"{order}"}}"#),
+            once_key: Some(format!("petmarket:{order}")),
+            unique_id: Some(format!("petmarket:placed-order:{order}")),
+            ..NewRequest::default()
+        }
+    }
+
+    fn opt_in(email: &str, source: &str) -> NewRequest {
+        NewRequest {
+            mapping: "consent".into(),
+            endpoint: CONSENT_ENDPOINT.into(),
+            lane: "profile".into(),
+            body: format!(r#"{{"data":{{"attributes":{{"custom_source":"{source}"}}}}}}"#),
+            once_key: Some(format!("petmarket:{email}")),
+            ..NewRequest::default()
+        }
+    }
+
+    /// Queues and sends every due request at `now`.
+    fn send_all(store: &mut Store, now: i64) {
+        for lane in ["transaction", "profile"] {
+            let ids: Vec<i64> = store
+                .due(lane, now, 100)
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect();
+            store.mark_sent(&ids, 202, now).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_accepted_event_klaviyo_lost_is_queued_again_once_with_its_keys() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .intake(&delivery("d1"), &[placed("5001")], &[], 1_000)
+            .unwrap();
+        send_all(&mut store, 2_000);
+        let key = "petmarket:placed-order:5001";
+        assert_eq!(store.accepted_at("/api/events", key).unwrap(), Some(2_000));
+        // The ordinary way drops it: its once key was accepted.
+        assert!(store.requeue_accepted("/api/events", key, 3_000).unwrap());
+        assert!(
+            !store.requeue_accepted("/api/events", key, 3_001).unwrap(),
+            "queued already"
+        );
+        let due = store.due("transaction", 3_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].body, r#"{"order":"5001"}"#);
+        assert_eq!(due[0].once_key.as_deref(), Some("petmarket:5001"));
+        assert_eq!(due[0].unique_id.as_deref(), Some(key));
+        send_all(&mut store, 4_000);
+        assert_eq!(
+            store.accepted_at("/api/events", key).unwrap(),
+            Some(4_000),
+            "the newest acceptance"
+        );
+        assert!(
+            !store
+                .requeue_accepted("/api/events", "petmarket:placed-order:9", 5_000)
+                .unwrap(),
+            "nothing accepted under that key"
+        );
+    }
+
+    #[test]
+    fn opt_in_evidence_is_found_by_once_key_or_through_the_person() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .intake_concerning(
+                &delivery("d1"),
+                &[opt_in("zoe@example.com", "Marketplacer checkout")],
+                &[],
+                &[],
+                &["email:zoe@example.com".to_owned()],
+                1_000,
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .consent_evidence(None, "email:zoe@example.com")
+                .unwrap(),
+            None,
+            "queued is not accepted"
+        );
+        send_all(&mut store, 2_000);
+        assert_eq!(
+            store
+                .consent_evidence(None, "email:zoe@example.com")
+                .unwrap(),
+            Some(2_000)
+        );
+        assert_eq!(
+            store
+                .consent_evidence(Some("petmarket:zoe@example.com"), "email:other@example.com")
+                .unwrap(),
+            Some(2_000)
+        );
+        assert_eq!(
+            store
+                .consent_evidence(Some("petmarket:ann@example.com"), "email:ann@example.com")
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.consent_sources().unwrap(), ["Marketplacer checkout"]);
+    }
+
+    #[test]
+    fn a_runs_expected_side_is_kept_until_it_finishes_or_is_abandoned() {
+        let mut store = Store::in_memory().unwrap();
+        let run = store
+            .start_reconcile_run("scope", ("a", "b"), "webhooks", "{}", 0)
+            .unwrap();
+        store.keep_expected(run.id, "event:x", "1").unwrap();
+        store.keep_expected(run.id, "event:x", "2").unwrap();
+        store.keep_expected(run.id, "person:y", "3").unwrap();
+        assert_eq!(
+            store.expected_one(run.id, "event:x").unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(store.expected_all(run.id).unwrap().len(), 2);
+        // Another window abandons it, and forgets what it expected.
+        let next = store
+            .start_reconcile_run("scope", ("c", "d"), "webhooks", "{}", 1)
+            .unwrap();
+        assert!(store.expected_all(run.id).unwrap().is_empty());
+        store.keep_expected(next.id, "event:x", "4").unwrap();
+        store.finish_reconcile_run(next.id, "{}", 2).unwrap();
+        assert!(store.expected_all(next.id).unwrap().is_empty());
     }
 }
