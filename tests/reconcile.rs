@@ -571,8 +571,16 @@ fn the_command_says_what_is_wrong_with_its_window_instance_or_keys() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("KLAVIYO_API_KEY"), "{stderr}");
     assert!(stderr.contains("--no-send or --report-only"), "{stderr}");
-    // A mistyped --state: against a new file everything would be missing, opt-ins included.
+    // Reading Klaviyo back needs its key even when nothing is sent.
     let (code, stderr) = reconcile(&[&url[..], &["--report-only"]].concat(), &key);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("KLAVIYO_API_KEY"), "{stderr}");
+    assert!(stderr.contains("--no-klaviyo-read"), "{stderr}");
+    // A mistyped --state: against a new file everything would be missing, opt-ins included.
+    let (code, stderr) = reconcile(
+        &[&url[..], &["--report-only", "--no-klaviyo-read"]].concat(),
+        &key,
+    );
     assert_eq!(code, Some(4));
     assert!(stderr.contains("no such file"), "{stderr}");
     assert!(!state.exists(), "nothing was written");
@@ -585,7 +593,8 @@ async fn a_refused_marketplacer_key_exits_5_without_printing_it() {
     let state = dir.path().join("state.db");
     drop(Store::open(&state).unwrap());
     let output = common::marketsync()
-        .args(["reconcile", "--report-only", "--marketplacer-url"])
+        .args(["reconcile", "--report-only", "--no-klaviyo-read"])
+        .arg("--marketplacer-url")
         .arg(standin.url())
         .arg("--state")
         .arg(&state)
@@ -622,11 +631,12 @@ fn serve_reconciles_on_its_schedule_and_says_when_it_last_succeeded() {
     let dir = tempfile::tempdir().unwrap();
     let client = dir.path().join("acme");
     std::fs::create_dir_all(&client).unwrap();
-    // Every two seconds (a sixth, leading field is seconds), over the examples' March.
+    // Every two seconds (a sixth, leading field is seconds), over the examples' March. The
+    // sweep only: reading Klaviyo back is tested in tests/readback.rs.
     std::fs::write(
         client.join("client.yaml"),
         format!(
-            "marketplacer:\n  url: {}\n  retry_wait: 1s\nreconcile:\n  schedule: '*/2 * * * * *'\n  window: 400d\n  settle: 1s\n",
+            "marketplacer:\n  url: {}\n  retry_wait: 1s\nreconcile:\n  schedule: '*/2 * * * * *'\n  window: 400d\n  settle: 1s\n  read_klaviyo: false\n",
             marketplacer.url()
         ),
     )

@@ -10,6 +10,7 @@
 #      b. an empty state file: everything is missing (`--report-only`, nothing queued);
 #      each a `marketsync reconcile --report-only` over exactly the day, against a fresh
 #      Marketplacer stand-in serving the day, timed (wall, and peak RSS with /usr/bin/time);
+#      (the sweep only: reading Klaviyo back has its own benchmark, readback.sh);
 #   3. prints, per scenario: orders and records read, requests expected, Marketplacer requests,
 #      the run's wall time and where it goes: waiting for Marketplacer's answers (the stand-in
 #      executing each page, on the same 2 cores), waiting on the rate limit, mapping the
@@ -117,7 +118,7 @@ reconcile() {
   printf 'marketplacer:\n  url: http://127.0.0.1:%s\n  page_size: %s\n' "$MP_PORT" "$PAGE_SIZE" \
     >"$RUN/client/client.yaml"
   /usr/bin/time -f '%M' -o "$RUN/rss-$name" \
-    "$BIN" reconcile --report-only --format json --client "$RUN/client" --state "$state" \
+    "$BIN" reconcile --report-only --no-klaviyo-read --format json --client "$RUN/client" --state "$state" \
     --since "$START" --until "$UNTIL" >"$RUN/report-$name.json" 2>"$RUN/reconcile-$name.log" || true
   kill "$mp" 2>/dev/null || true
   wait "$mp" 2>/dev/null || true

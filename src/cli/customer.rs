@@ -9,6 +9,7 @@ use super::{
 };
 use marketsync::customer::klaviyo::{self as klaviyo_read, KlaviyoView, ReadError};
 use marketsync::customer::{self, CustomerView, Lookup, RequestStatus};
+use marketsync::klaviyo::read::{ReadOptions, Reader};
 use marketsync::sink::http::{self, ApiKey};
 use serde_json::json;
 use std::time::Duration;
@@ -177,15 +178,16 @@ fn read_klaviyo(
         marketsync::sink::REVISION,
         Duration::from_secs(30),
     );
+    let reader = Reader::new(client, ReadOptions::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| (EXIT_IO, err.to_string()))?;
     runtime
-        .block_on(klaviyo_read::read(&client, view))
+        .block_on(klaviyo_read::read(&reader, view))
         .map_err(|err| match err {
             ReadError::KeyRefused { .. } => (EXIT_KEY_REFUSED, err.to_string()),
-            ReadError::Failed(_) => (EXIT_IO, err.to_string()),
+            _ => (EXIT_IO, err.to_string()),
         })
 }
 

@@ -9,14 +9,15 @@ use super::{
 };
 use marketsync::alerts::Span;
 use marketsync::engine::Engine;
+use marketsync::klaviyo::read::{ReadError, ReadOptions};
 use marketsync::marketplacer::{self, Client, MarketplacerError, MarketplacerSettings};
 use marketsync::reconcile::report::ReadBackReport;
 use marketsync::reconcile::window::describe;
 use marketsync::reconcile::{
-    Ask, Findings, Progress, ReconcileError, ReconcileSettings, Reconciler, Report, RunOptions,
-    exceptions,
+    Ask, Findings, Progress, ReadBackConfig, ReconcileError, ReconcileSettings, Reconciler, Report,
+    RunOptions, exceptions,
 };
-use marketsync::sink::http::ApiKey;
+use marketsync::sink::http::{self, ApiKey};
 use marketsync::sink::{DeliveryReport, SinkError};
 use marketsync::sync::{self, SyncError};
 use serde_json::json;
@@ -47,15 +48,20 @@ already queued, or missing. Missing ones are queued as repairs with the same key
 drops one that did arrive after all) and sent, as `run` sends, unless --no-send. With
 --report-only nothing is queued or sent.
 
-Reading Klaviyo back: what Klaviyo holds is compared with what Marketplacer says it should
-(orders, shipments, refunds, consent, profiles, daily revenue per marketplace). Each finding is
-an exception, kept in the state file until a later run that looks where it would be no longer
-finds it, or a person resolves it (`marketsync exceptions`). The report follows the run's: a
-table by class with counts and money at stake, revenue per marketplace, the trend since the last
-run, then the top exceptions. --format json adds it as `read_back`; --format jsonl prints only
-the open exceptions, one a line (class, tier, money at stake, order, profile and event ids, first
-seen, suggested action); --html FILE writes the weekly-review page. `marketsync exceptions
-report` shows the latest one again.
+Then it reads Klaviyo back (unless --no-klaviyo-read), with KLAVIYO_API_KEY and each read
+endpoint's published limit: the metrics, the window's events, the profiles of its people and
+the day's Placed Order totals; and reports what differs, ranked by impact (compliance, systemic,
+money, hygiene). Events Klaviyo accepted and no longer holds are queued again with their own keys
+(not with --report-only); consent, wrong events, duplicates and drift are only reported. The
+reads a run may make are `reconcile: read_budget:` in client.yaml.
+
+Each finding is an exception, kept in the state file until a later run that looks where it would
+be no longer finds it, or a person resolves it (`marketsync exceptions`). The report follows the
+run's: a table by class with counts and money at stake, revenue per marketplace, the trend since
+the last run, then the top exceptions. --format json adds it as `read_back`; --format jsonl
+prints only the open exceptions, one a line (class, tier, money at stake, order, profile and
+event ids, first seen, suggested action); --html FILE writes the weekly-review page.
+`marketsync exceptions report` shows the latest one again.
 
 The state file must exist (the one `run` or `serve` keeps): against a new one everything would
 be missing, opt-ins included. A run keeps a checkpoint in the state file: killed, it resumes on the next run (with no window
@@ -64,13 +70,14 @@ nothing missing. One writer per state file: with `serve` running, use its `recon
 instead.
 
 Exit 0 when nothing was missing or wrong, 1 when repairs were queued (or, reporting only, were
-missing), a webhook is disabled or missing, a mapping refused a record or a dead letter was left
-open, 8 when a compliance or systemic exception read back from Klaviyo is open (whatever else was
-found), 2 on a usage error, 3 when the mappings or queries do not load, 4 on a Marketplacer answer
-that is not data (GraphQL errors), a state or output error, or another writer holding the state
-file, 5 when Marketplacer or Klaviyo refused the API key, 6 when Marketplacer could not be
-reached or kept refusing (the checkpoint is kept: run again later) or Klaviyo was unavailable
-while sending (the repairs stay queued).")]
+missing), a webhook is disabled or missing, a mapping refused a record, a dead letter was left
+open or reading Klaviyo back found anything, 8 when a compliance or systemic exception read back
+from Klaviyo is open (whatever else was found), 2 on a usage error, 3 when the mappings or queries
+do not load, 4 on a Marketplacer answer that is not data (GraphQL errors), a state or output
+error, another writer holding the state file, or a read budget spent, 5 when Marketplacer or
+Klaviyo refused the API key, 6 when Marketplacer or Klaviyo's read endpoints could not be reached
+or kept refusing (the checkpoint is kept: run again later) or Klaviyo was unavailable while
+sending (the repairs stay queued).")]
 pub struct Args {
     #[command(flatten)]
     mappings: MappingArgs,
@@ -91,6 +98,9 @@ pub struct Args {
     /// Queue the repairs but do not send them (the next `run`, or `serve`, sends them).
     #[arg(long, conflicts_with = "report_only")]
     no_send: bool,
+    /// Do not read Klaviyo back: check the window against the state file's ledger only.
+    #[arg(long)]
+    no_klaviyo_read: bool,
     /// `human`, `json` (the report, on standard output), or `jsonl` (only the open exceptions
     /// read back from Klaviyo, one a line).
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json", "jsonl"])]
@@ -126,11 +136,13 @@ pub fn execute(args: Args) -> u8 {
         }
     };
     let send = !args.report_only && !args.no_send;
-    let sink = if send {
+    let read = !args.no_klaviyo_read && settings.read_klaviyo;
+    let klaviyo = if send || read {
         match sink_setup(
             &args.sink,
             &engine,
-            " the repairs (or use --no-send or --report-only)",
+            " the repairs and read Klaviyo back (or use --no-klaviyo-read with --no-send or \
+             --report-only)",
         ) {
             Ok(setup) => Some(setup),
             Err(code) => return code,
@@ -138,6 +150,22 @@ pub fn execute(args: Args) -> u8 {
     } else {
         None
     };
+    let read_back_config = klaviyo
+        .as_ref()
+        .filter(|_| read)
+        .map(|(config, _)| ReadBackConfig {
+            client: http::Client::new(
+                &config.base_url,
+                config.key.clone(),
+                &config.revision,
+                config.timeout,
+            ),
+            options: ReadOptions {
+                time_scale: config.time_scale,
+                ..ReadOptions::default()
+            },
+        });
+    let sink = klaviyo.filter(|_| send);
     // Against a state file that does not exist, everything would be missing: every order of
     // the window sent again and, worse, every opt-in (a new file has forgotten who was
     // subscribed). A mistyped --state is an error, as for `status` and `retry`.
@@ -159,7 +187,10 @@ pub fn execute(args: Args) -> u8 {
         Arc::new(client),
         page_size,
     ) {
-        Ok(reconciler) => reconciler,
+        Ok(reconciler) => match read_back_config {
+            Some(config) => reconciler.reading_klaviyo(config),
+            None => reconciler,
+        },
         Err(err) => {
             eprintln!("error: {err}");
             return EXIT_BAD_MAPPINGS;
@@ -196,7 +227,11 @@ pub fn execute(args: Args) -> u8 {
         eprintln!("note: {note}");
     }
     let mut sent = None;
-    let mut code = if report.findings.anything_wrong() {
+    let found_in_klaviyo = report
+        .read_back
+        .as_ref()
+        .is_some_and(|r| !r.discrepancies.is_empty());
+    let mut code = if report.findings.anything_wrong() || found_in_klaviyo {
         EXIT_REJECTED
     } else {
         EXIT_OK
@@ -373,7 +408,9 @@ pub(super) fn marketplacer_client(
 fn reconcile_failed(err: &ReconcileError) -> u8 {
     eprintln!("error: {err}");
     let code = match err {
-        ReconcileError::Marketplacer(MarketplacerError::KeyRefused { .. }) => EXIT_KEY_REFUSED,
+        ReconcileError::Marketplacer(MarketplacerError::KeyRefused { .. })
+        | ReconcileError::Klaviyo(ReadError::KeyRefused { .. }) => EXIT_KEY_REFUSED,
+        ReconcileError::Klaviyo(ReadError::Unavailable { .. }) => EXIT_UNAVAILABLE,
         ReconcileError::Marketplacer(
             MarketplacerError::Unreachable { .. } | MarketplacerError::Unavailable { .. },
         ) => EXIT_UNAVAILABLE,
@@ -508,6 +545,39 @@ fn human_report(report: &Report, sent: Option<&DeliveryReport>) -> String {
             report.waited().as_secs_f64()
         ),
     );
+    if let Some(read) = &report.read_back {
+        // By class, with money and the trend, in the read-back report that follows.
+        line(
+            "Klaviyo read back",
+            if read.discrepancies.is_empty() {
+                "holds what the window implies".into()
+            } else {
+                format!("{} finding(s), by class below", read.discrepancies.len())
+            },
+        );
+        if f.requeued_from_klaviyo > 0 {
+            let label = "  lost by Klaviyo, queued again";
+            line(label, f.requeued_from_klaviyo.to_string());
+        }
+        for note in &f.read_back_notes {
+            line("  note", note.clone());
+        }
+        let requests: u64 = read.reads.iter().map(|r| r.requests).sum();
+        line(
+            "Klaviyo reads",
+            format!(
+                "{requests} requests ({}), {:.1}s waiting on its limits",
+                read.reads
+                    .iter()
+                    .map(|r| format!("{} {}", r.requests, r.endpoint))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                read.reads.iter().map(|r| r.waited_ms).sum::<u64>() as f64 / 1000.0
+            ),
+        );
+    } else {
+        line("Klaviyo read back", "not read (--no-klaviyo-read)".into());
+    }
     line("took", format!("{:.1}s", report.elapsed.as_secs_f64()));
     if let Some(sent) = sent {
         let total: usize = sent.sent.values().sum();
@@ -531,7 +601,9 @@ fn json_report(report: &Report, sent: Option<&DeliveryReport>) -> serde_json::Va
         "notes": report.notes,
         "findings": report.findings,
         "missing": report.findings.missing_total(),
-        "anything_wrong": report.findings.anything_wrong(),
+        "anything_wrong": report.findings.anything_wrong()
+            || report.read_back.as_ref().is_some_and(|r| !r.discrepancies.is_empty()),
+        "read_back": report.read_back,
         "elapsed_seconds": report.elapsed.as_secs_f64(),
         "mapping_seconds": report.mapping.as_secs_f64(),
         "state_file_seconds": report.storing.as_secs_f64(),

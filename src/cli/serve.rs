@@ -12,7 +12,7 @@ use super::{
 use marketsync::alerts::{Alerts, Facts, Notifier};
 use marketsync::reconcile::impact::Tier;
 use marketsync::reconcile::schedule::Scheduled;
-use marketsync::reconcile::{Ask, Reconciler, Report};
+use marketsync::reconcile::{Ask, ReadBackConfig, Reconciler, Report};
 use marketsync::serve::{self, Receiver, ServeConfig};
 use marketsync::sink::{Sink, SinkError, now_ms};
 use marketsync::source::webhook::Secrets;
@@ -350,6 +350,18 @@ pub fn execute(args: Args) -> u8 {
             header_timeout_ms = config.header_timeout.as_millis() as u64,
             "listening"
         );
+        let read_back = ReadBackConfig {
+            client: marketsync::sink::http::Client::new(
+                &sink_config.base_url,
+                sink_config.key.clone(),
+                &sink_config.revision,
+                sink_config.timeout,
+            ),
+            options: marketsync::klaviyo::read::ReadOptions {
+                time_scale: sink_config.time_scale,
+                ..Default::default()
+            },
+        };
         let sink = Sink::new(sink_config, Arc::clone(&store));
         let alerts_store = Arc::clone(&store);
         let reconcile_store = Arc::clone(&store);
@@ -382,6 +394,11 @@ pub fn execute(args: Args) -> u8 {
                 Arc::new(client),
                 page_size,
             ) {
+                // Klaviyo is read back with the sender's key, each read endpoint under its own
+                // limit (separate from the send endpoints').
+                Ok(reconciler) if settings.read_klaviyo => {
+                    Arc::new(reconciler.reading_klaviyo(read_back))
+                }
                 Ok(reconciler) => Arc::new(reconciler),
                 Err(err) => {
                     error!("reconcile: {err}");
@@ -411,7 +428,8 @@ pub fn execute(args: Args) -> u8 {
                 on_success: Box::new(move |report| {
                     metrics.reconciled(now_ms());
                     keep_read_back(Arc::clone(&read_back_store), report);
-                    if report.findings.missing_total() > 0 {
+                    let requeued = report.findings.requeued_from_klaviyo;
+                    if report.findings.missing_total() > 0 || requeued > 0 {
                         sink.wake();
                     }
                 }),

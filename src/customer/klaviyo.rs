@@ -3,12 +3,13 @@
 //!
 //! Only Klaviyo's documented read endpoints are used (`GET /api/profiles` filtered by email
 //! or phone with `additional-fields[profile]=subscriptions`, `GET /api/events` filtered by
-//! profile with its metric included), through the sender's own [`Client`], so the key is sent
-//! and redacted exactly as when sending. A disagreement is not always a fault: a shopper who
+//! profile with its metric included), through the one read client ([`Reader`]), so the key is
+//! sent and redacted exactly as when sending, and each endpoint is paced by its own limit. A disagreement is not always a fault: a shopper who
 //! unsubscribed after their opt-in is one Klaviyo rightly wins; the view says which is which.
 
 use super::{CustomerView, RequestStatus};
-use crate::sink::http::{Client, Outcome};
+pub use crate::klaviyo::read::ReadError;
+use crate::klaviyo::read::{ReadEndpoint, Reader, next_path, quoted, with_query};
 use serde::Serialize;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -53,20 +54,9 @@ pub struct KlaviyoEvent {
     pub order: Option<String>,
 }
 
-/// Why Klaviyo could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error(
-        "Klaviyo refused the API key ({status}): {detail}; the key needs profiles:read and events:read"
-    )]
-    KeyRefused { status: u16, detail: String },
-    #[error("Klaviyo could not be read: {0}")]
-    Failed(String),
-}
-
 /// Reads the person's profiles (by every email and phone we hold for them, or the one looked
 /// up when we hold nothing) and their events, and compares them with `local`.
-pub async fn read(client: &Client, local: &CustomerView) -> Result<KlaviyoView, ReadError> {
+pub async fn read(reader: &Reader, local: &CustomerView) -> Result<KlaviyoView, ReadError> {
     let mut filters: Vec<String> = local
         .identity
         .emails
@@ -98,7 +88,7 @@ pub async fn read(client: &Client, local: &CustomerView) -> Result<KlaviyoView, 
                 ("page[size]", "100"),
             ],
         );
-        let document = get(client, &path).await?;
+        let document = reader.get(ReadEndpoint::Profiles, &path).await?;
         for data in document["data"].as_array().into_iter().flatten() {
             let profile = profile_of(data, &owned);
             if !view.profiles.iter().any(|p| p.id == profile.id) {
@@ -118,7 +108,7 @@ pub async fn read(client: &Client, local: &CustomerView) -> Result<KlaviyoView, 
             ],
         );
         for _ in 0..EVENT_PAGES {
-            let document = get(client, &path).await?;
+            let document = reader.get(ReadEndpoint::Events, &path).await?;
             let metrics: BTreeMap<&str, &str> = document["included"]
                 .as_array()
                 .into_iter()
@@ -151,51 +141,6 @@ pub async fn read(client: &Client, local: &CustomerView) -> Result<KlaviyoView, 
         .sort_by(|a, b| b.datetime.cmp(&a.datetime).then(a.id.cmp(&b.id)));
     view.disagreements = disagreements(local, &view);
     Ok(view)
-}
-
-/// GETs a path and gives the document, or why not. The reason never carries the query,
-/// which names the person (an HTTP error quotes the URL it failed on).
-async fn get(client: &Client, path: &str) -> Result<Json, ReadError> {
-    let unnamed = |reason: String| match path.split_once('?') {
-        Some((_, query)) => reason.replace(query, "…"),
-        None => reason,
-    };
-    match client.get(path, 1.0).await.0 {
-        Outcome::Accepted { body, .. } => Ok(body.unwrap_or(Json::Null)),
-        Outcome::KeyRefused { status, detail } => Err(ReadError::KeyRefused { status, detail }),
-        Outcome::Retry { reason, .. } => Err(ReadError::Failed(unnamed(reason))),
-        Outcome::Refused { status, errors } => Err(ReadError::Failed(format!(
-            "{status}: {}",
-            errors
-                .iter()
-                .map(|e| e.detail.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))),
-        Outcome::DuplicateProfile { .. } => Err(ReadError::Failed("unexpected 409".into())),
-    }
-}
-
-/// `links.next` as a path on the same host, to follow.
-fn next_path(document: &Json) -> Option<String> {
-    let next = document["links"]["next"].as_str()?;
-    let url = reqwest::Url::parse(next).ok()?;
-    Some(match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
-    })
-}
-
-/// `path?name=value&...`, every value percent-encoded.
-fn with_query(path: &str, params: &[(&str, &str)]) -> String {
-    let url = reqwest::Url::parse_with_params(&format!("http://localhost{path}"), params)
-        .expect("a path with parameters is a URL");
-    format!("{}?{}", url.path(), url.query().unwrap_or_default())
-}
-
-/// A filter's string value: double-quoted, with `\` and `"` escaped.
-fn quoted(value: &str) -> String {
-    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn text(value: &Json) -> Option<String> {
@@ -359,31 +304,4 @@ fn disagreements(local: &CustomerView, klaviyo: &KlaviyoView) -> Vec<String> {
         }
     }
     found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_are_quoted_and_queries_encoded() {
-        assert_eq!(quoted("a\"b@x.co"), "\"a\\\"b@x.co\"");
-        let path = with_query(
-            "/api/profiles",
-            &[
-                ("filter", "equals(email,\"a+b@x.co\")"),
-                ("page[size]", "100"),
-            ],
-        );
-        assert_eq!(
-            path,
-            "/api/profiles?filter=equals%28email%2C%22a%2Bb%40x.co%22%29&page%5Bsize%5D=100"
-        );
-        let next = json_next("http://127.0.0.1:1/api/events?page%5Bcursor%5D=abc");
-        assert_eq!(next.as_deref(), Some("/api/events?page%5Bcursor%5D=abc"));
-    }
-
-    fn json_next(url: &str) -> Option<String> {
-        next_path(&serde_json::json!({"links": {"next": url}}))
-    }
 }

@@ -7,6 +7,7 @@
 //! validates without the spec beside it. Nothing here talks to the network.
 
 pub mod extract;
+pub mod read;
 
 use crate::spec::Lane;
 use serde::Serialize;

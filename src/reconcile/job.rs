@@ -1,8 +1,10 @@
 //! One reconciliation run: the sweep, page by page, each page's findings and repairs written
 //! with the checkpoint in one transaction.
 
+use super::expect::{Expectation, ExpectedPerson, expectation};
+use super::readback::{self, ReadBackConfig};
 use super::window::{self, Ask, Window};
-use super::{DeadLettersMet, Findings, ReconcileError, Report, WebhookFinding};
+use super::{DeadLettersMet, Findings, ReconcileError, ReconcileSettings, Report, WebhookFinding};
 use crate::engine::{Engine, Mapped};
 use crate::marketplacer::Client;
 use crate::queries::reconcile::{Step, reconcile_queries};
@@ -34,14 +36,20 @@ pub struct Progress {
     pub findings: Findings,
 }
 
-/// Reconciles one Marketplacer instance against one store, with one set of mappings.
+/// Reconciles one Marketplacer instance against one store, with one set of mappings, and
+/// (given Klaviyo's client) reads Klaviyo back.
 pub struct Reconciler {
     engine: Arc<Engine>,
     store: Arc<Mutex<Store>>,
     client: Arc<Client>,
     queries: Vec<(Step, String)>,
     shapes: Arc<Shapes>,
+    read_back: Option<ReadBackConfig>,
 }
+
+/// The step a run is at once its sweep is done and Klaviyo is being read back: kept in the
+/// checkpoint like a query's name, so a run killed while reading resumes there.
+pub const READ_BACK_STEP: &str = "klaviyo";
 
 /// Dead letters refused for good: the same body would be refused again.
 const PERMANENT: &[&str] = &["invalid", "duplicate-profile"];
@@ -83,7 +91,19 @@ impl Reconciler {
             client,
             queries,
             shapes,
+            read_back: None,
         })
+    }
+
+    /// Reads Klaviyo back after each sweep, through `config` (the sender's client and key).
+    pub fn reading_klaviyo(mut self, config: ReadBackConfig) -> Reconciler {
+        self.read_back = Some(config);
+        self
+    }
+
+    /// The client's `reconcile:` settings, or the defaults.
+    fn settings(&self) -> ReconcileSettings {
+        self.engine.settings().reconcile.clone().unwrap_or_default()
     }
 
     /// The scope of this reconciler's runs in the store: the instance, and whether it repairs
@@ -122,7 +142,11 @@ impl Reconciler {
         // The next page is asked for while this one is mapped and kept: Marketplacer's time
         // and ours overlap. Only a kept page moves the checkpoint.
         let mut prefetched: Option<Result<Json, ReconcileError>> = None;
+        let swept = run.step == READ_BACK_STEP;
         loop {
+            if swept {
+                break;
+            }
             let data = match prefetched.take() {
                 Some(fetched) => fetched?,
                 None => self.fetch(step, cursor.as_deref(), &window).await?,
@@ -151,6 +175,7 @@ impl Reconciler {
                 origin: format!("reconcile {}..{}", window.since_text(), window.until_text()),
                 timings: Arc::clone(&timings),
                 shapes: Arc::clone(&self.shapes),
+                read_back: self.read_back.is_some(),
             };
             let store = Arc::clone(&self.store);
             let next_checkpoint = next.clone();
@@ -199,6 +224,35 @@ impl Reconciler {
                 None => break,
             }
         }
+        let read_back = match &self.read_back {
+            Some(config) => {
+                let settings = self.settings();
+                let read = readback::read_back(
+                    config,
+                    readback::Run {
+                        store: &self.store,
+                        run_id: run.id,
+                        window,
+                        findings: &findings,
+                        settings: self.engine.settings(),
+                        reconcile: &settings,
+                        settle: options.ask.settle,
+                        repair: options.repair,
+                        now,
+                    },
+                )
+                .await?;
+                (findings.requeued_from_klaviyo, findings.read_back_notes) = (read.1, read.2);
+                self.finish(run.id, &findings).await?;
+                Some(read.0)
+            }
+            // A run killed while reading Klaviyo, resumed without reading it.
+            None if swept => {
+                self.finish(run.id, &findings).await?;
+                None
+            }
+            None => None,
+        };
         Ok(Report {
             run_id: run.id,
             window,
@@ -210,8 +264,24 @@ impl Reconciler {
             elapsed: started.elapsed(),
             mapping: timings.get(&timings.mapping_ms),
             storing: timings.get(&timings.storing_ms),
-            read_back: None,
+            read_back,
         })
+    }
+
+    /// Marks the run finished, with its findings.
+    async fn finish(&self, run_id: i64, findings: &Findings) -> Result<(), ReconcileError> {
+        let store = Arc::clone(&self.store);
+        let counts = serde_json::to_string(findings).expect("findings serialise");
+        tokio::task::spawn_blocking(move || {
+            store.lock().expect("store lock").finish_reconcile_run(
+                run_id,
+                &counts,
+                crate::sink::now_ms(),
+            )
+        })
+        .await
+        .expect("a run is finished without panicking")?;
+        Ok(())
     }
 
     /// One page of `step`'s query, from `cursor` on.
@@ -421,6 +491,9 @@ struct Keep {
     origin: String,
     timings: Arc<Timings>,
     shapes: Arc<Shapes>,
+    /// Klaviyo is read back after the sweep: the expected side is kept, and the last page
+    /// moves the checkpoint to [`READ_BACK_STEP`] rather than finishing the run.
+    read_back: bool,
 }
 
 impl Keep {
@@ -543,6 +616,9 @@ impl Keep {
                     &counts,
                     now,
                 )?,
+                None if self.read_back => {
+                    store.reconcile_progress(self.run_id, (READ_BACK_STEP, None), &counts, now)?
+                }
                 None => store.finish_reconcile_run(self.run_id, &counts, now)?,
             }
             Ok(findings)
@@ -623,6 +699,9 @@ impl Keep {
             }
             findings.expected += 1;
             let found = store.request_found(&request)?;
+            if self.read_back {
+                self.expect(store, &request, found, &marketplace)?;
+            }
             requests.push((request, found));
         }
         let failing: Vec<&str> = mapped.errors.iter().map(|e| &*e.mapping).collect();
@@ -718,6 +797,40 @@ impl Keep {
         for id in to_close {
             store.resolve(id, now)?;
         }
+        Ok(())
+    }
+}
+
+impl Keep {
+    /// Keeps what `request` says Klaviyo should hold, with the run: an event as it is, a
+    /// person merged with what earlier requests said of them.
+    fn expect(
+        &self,
+        store: &mut Store,
+        request: &NewRequest,
+        found: Found,
+        marketplace: &str,
+    ) -> Result<(), ReconcileError> {
+        let Some(expectation) = expectation(request, found, marketplace, self.engine.settings())
+        else {
+            return Ok(());
+        };
+        let key = expectation.key();
+        let body = match expectation {
+            Expectation::Event(event) => serde_json::to_string(&event),
+            Expectation::Person(person) => {
+                let kept: Option<ExpectedPerson> = store
+                    .expected_one(self.run_id, &key)?
+                    .and_then(|body| serde_json::from_str(&body).ok());
+                let person = match kept {
+                    Some(kept) => kept.merge(person),
+                    None => person,
+                };
+                serde_json::to_string(&person)
+            }
+        }
+        .expect("an expectation serialises");
+        store.keep_expected(self.run_id, &key, &body)?;
         Ok(())
     }
 }

@@ -29,18 +29,27 @@
 //! Klaviyo refused exactly that body for good (`invalid`, `duplicate-profile`): sending it again
 //! would only fail again, so it stays open for a person, counted as left open.
 //!
-//! This is the first half of the reconciliation the architecture describes: it trusts the
-//! ledger. Reading Klaviyo back (a 2xx is not proof) is the second half.
+//! That half trusts the ledger. The second half reads Klaviyo back, because a 2xx is not
+//! proof ([`readback`], [`classify`]): while the sweep maps each page it keeps, with the
+//! checkpoint, what the page's requests say Klaviyo should hold ([`expect`]); after the last
+//! page the run reads Klaviyo's metrics, events and profiles, compares, ranks what it finds by
+//! impact ([`impact`]), and queues again the events Klaviyo accepted and lost. A run killed
+//! while reading Klaviyo resumes at that step, with the whole expected side kept.
 
+pub mod classify;
 pub mod exceptions;
+pub mod expect;
 pub mod impact;
 pub mod job;
+pub mod readback;
 pub mod report;
 pub mod schedule;
 pub mod settings;
 pub mod window;
 
+pub use impact::ReadBack;
 pub use job::{Progress, Reconciler, RunOptions};
+pub use readback::ReadBackConfig;
 pub use settings::{ReconcileSettings, Schedule};
 pub use window::{Ask, Window};
 
@@ -67,6 +76,9 @@ pub enum ReconcileError {
         "the webhook queries cannot be put into the reconciliation queries: {0} (run `marketsync validate`)"
     )]
     Queries(String),
+    /// Reading Klaviyo back failed; the sweep is kept, and the next run reads Klaviyo again.
+    #[error("reading Klaviyo back: {0}")]
+    Klaviyo(#[from] crate::klaviyo::read::ReadError),
 }
 
 impl From<(&str, RecordError)> for ReconcileError {
@@ -143,6 +155,15 @@ pub struct Findings {
     /// Time spent waiting for Marketplacer's answers, over every part of the run.
     #[serde(default)]
     pub answering_ms: u64,
+    /// Events Klaviyo had accepted and no longer holds, found by reading it back and queued
+    /// again with their own keys (not when reporting only). Those Klaviyo never accepted are
+    /// in `missing`.
+    #[serde(default)]
+    pub requeued_from_klaviyo: u64,
+    /// What reading Klaviyo back could not compare, and why (a value Klaviyo gives no back,
+    /// events still on their way).
+    #[serde(default)]
+    pub read_back_notes: Vec<String>,
 }
 
 impl Findings {
@@ -179,8 +200,8 @@ pub struct Report {
     /// (each overlaps with waiting for Marketplacer's next page).
     pub mapping: Duration,
     pub storing: Duration,
-    /// What reading Klaviyo back found, when the run read it back.
-    pub read_back: Option<impact::ReadBack>,
+    /// What reading Klaviyo back found; `None` when Klaviyo was not read.
+    pub read_back: Option<ReadBack>,
 }
 
 impl Report {

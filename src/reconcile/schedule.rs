@@ -80,8 +80,15 @@ impl Scheduled {
                     report.window.until_text(),
                     f.missing_total(),
                 );
-                if f.anything_wrong() {
+                let klaviyo_findings = report
+                    .read_back
+                    .as_ref()
+                    .map_or(0, |r| r.discrepancies.len());
+                let requeued = f.requeued_from_klaviyo;
+                if f.anything_wrong() || klaviyo_findings > 0 {
                     warn!(
+                        klaviyo_findings,
+                        klaviyo_requeued = requeued,
                         since = fields.0,
                         until = fields.1,
                         read,
@@ -99,6 +106,7 @@ impl Scheduled {
                     );
                 } else {
                     info!(
+                        klaviyo_findings,
                         since = fields.0,
                         until = fields.1,
                         read,

@@ -1,5 +1,7 @@
-//! `reconcile:` in client.yaml: when `serve` reconciles, over which window, and how long it
-//! leaves the newest changes alone.
+//! `reconcile:` in client.yaml: when `serve` reconciles, over which window, how long it leaves
+//! the newest changes alone, and how it reads Klaviyo back (the timezone a day's revenue is
+//! counted in, how much revenue may differ, how long a missed flow message still matters, and
+//! how many reads a run may make).
 
 use crate::alerts::Span;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -21,6 +23,27 @@ pub struct ReconcileSettings {
     /// Marketplacer's retries), and must not be called missing.
     #[serde(default = "defaults::settle")]
     pub settle: Span,
+    /// The IANA timezone a day's revenue is counted in (`Australia/Melbourne`), on both sides:
+    /// Klaviyo's reports and Marketplacer's both count days in the account's own zone.
+    #[serde(default)]
+    pub timezone: Timezone,
+    /// How far a day's revenue for a marketplace may differ between Klaviyo and Marketplacer,
+    /// as a percentage of Marketplacer's, beyond a cent per order (rounding). 0 leaves only the
+    /// cent per order.
+    #[serde(default)]
+    pub revenue_tolerance_percent: f64,
+    /// How long after an order a missing event still costs a flow message: a post-purchase
+    /// flow only sends so long after the order (a repair after that is recorded, not messaged).
+    #[serde(default = "defaults::flow_window")]
+    pub flow_window: Span,
+    /// The most requests one run reads Klaviyo with, over every read endpoint; a run that would
+    /// read more stops and says so.
+    #[serde(default = "defaults::read_budget")]
+    pub read_budget: u64,
+    /// Whether a run reads Klaviyo back after its sweep (`false`: a key without the read
+    /// scopes; the sweep alone checks the ledger).
+    #[serde(default = "defaults::read_klaviyo")]
+    pub read_klaviyo: bool,
 }
 
 impl Default for ReconcileSettings {
@@ -29,6 +52,11 @@ impl Default for ReconcileSettings {
             schedule: None,
             window: defaults::window(),
             settle: defaults::settle(),
+            timezone: Timezone::default(),
+            revenue_tolerance_percent: 0.0,
+            flow_window: defaults::flow_window(),
+            read_budget: defaults::read_budget(),
+            read_klaviyo: true,
         }
     }
 }
@@ -41,6 +69,57 @@ mod defaults {
     }
     pub fn settle() -> Span {
         Span::minutes(15)
+    }
+    pub fn flow_window() -> Span {
+        Span::minutes(48 * 60)
+    }
+    pub fn read_klaviyo() -> bool {
+        true
+    }
+    pub fn read_budget() -> u64 {
+        crate::klaviyo::read::DEFAULT_READ_BUDGET
+    }
+}
+
+/// An IANA timezone (`Australia/Melbourne`, `UTC`), as Klaviyo's metric aggregates take it:
+/// case-sensitive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timezone(pub chrono_tz::Tz);
+
+impl Default for Timezone {
+    fn default() -> Timezone {
+        Timezone(chrono_tz::UTC)
+    }
+}
+
+impl Timezone {
+    pub fn parse(text: &str) -> Result<Timezone, String> {
+        text.trim()
+            .parse::<chrono_tz::Tz>()
+            .map(Timezone)
+            .map_err(|_| {
+                format!(
+                    "`{text}` is not an IANA timezone: write it as the tz database does, such as \
+                 `Australia/Melbourne` or `UTC` (case matters)"
+                )
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl<'de> Deserialize<'de> for Timezone {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Timezone, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timezone::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Timezone {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
@@ -144,5 +223,25 @@ mod tests {
         assert_eq!(settings.window, Span::minutes(1440));
         assert_eq!(settings.settle, Span::minutes(5));
         assert_eq!(settings.schedule.unwrap().as_str(), "0 * * * *");
+    }
+
+    #[test]
+    fn the_read_back_settings_have_defaults_and_refuse_a_made_up_zone() {
+        let settings: ReconcileSettings = serde_saphyr::from_str("window: 24h\n").unwrap();
+        assert_eq!(settings.timezone.name(), "UTC");
+        assert_eq!(settings.flow_window, Span::minutes(2880));
+        assert_eq!(settings.read_budget, 10_000);
+        let settings: ReconcileSettings = serde_saphyr::from_str(
+            "timezone: Australia/Melbourne\nrevenue_tolerance_percent: 0.5\nread_budget: 500\n",
+        )
+        .unwrap();
+        assert_eq!(settings.timezone.name(), "Australia/Melbourne");
+        assert_eq!(settings.revenue_tolerance_percent, 0.5);
+        assert_eq!(settings.read_budget, 500);
+        for wrong in ["australia/melbourne", "Melbourne", "AEST+11"] {
+            let err = serde_saphyr::from_str::<ReconcileSettings>(&format!("timezone: {wrong}\n"))
+                .unwrap_err();
+            assert!(err.to_string().contains("not an IANA timezone"), "{err}");
+        }
     }
 }

@@ -131,11 +131,15 @@ impl Store {
         now: i64,
     ) -> Result<ReconcileRun, StoreError> {
         let tx = self.write()?;
-        tx.execute(
-            "DELETE FROM reconcile_seen WHERE run_id IN (SELECT id FROM reconcile_run
-               WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL)",
-            [scope],
-        )?;
+        for table in ["reconcile_seen", "reconcile_expected"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE run_id IN (SELECT id FROM reconcile_run
+                       WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL)"
+                ),
+                [scope],
+            )?;
+        }
         tx.execute(
             "UPDATE reconcile_run SET abandoned_at = ?2
              WHERE scope = ?1 AND finished_at IS NULL AND abandoned_at IS NULL",
@@ -192,6 +196,141 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps what run `run_id` expects of Klaviyo under `key` (the caller's JSON), replacing
+    /// what was kept under it.
+    pub fn keep_expected(&mut self, run_id: i64, key: &str, body: &str) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        tx.prepare_cached(
+            "INSERT INTO reconcile_expected (run_id, key, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (run_id, key) DO UPDATE SET body = excluded.body",
+        )?
+        .execute(params![run_id, key, body])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What run `run_id` keeps under `key`, if anything.
+    pub fn expected_one(&self, run_id: i64, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT body FROM reconcile_expected WHERE run_id = ?1 AND key = ?2")?
+            .query_row(params![run_id, key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Everything run `run_id` expects of Klaviyo: (key, body), in key order.
+    pub fn expected_all(&self, run_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT key, body FROM reconcile_expected WHERE run_id = ?1 ORDER BY key",
+        )?;
+        let rows = query.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When Klaviyo last accepted the request with this `unique_id` at `endpoint`, if it did.
+    pub fn accepted_at(&self, endpoint: &str, unique_id: &str) -> Result<Option<i64>, StoreError> {
+        // The newest is taken here, not with `max()`: SQLite would then walk the endpoint's
+        // index by time (every event of a day, 10 ms a lookup) instead of the `unique_id` one.
+        let mut query = self
+            .conn
+            .prepare_cached("SELECT sent_at FROM ledger WHERE endpoint = ?1 AND unique_id = ?2")?;
+        let times = query.query_map(params![endpoint, unique_id], |r| r.get::<_, i64>(0))?;
+        Ok(times.collect::<Result<Vec<_>, _>>()?.into_iter().max())
+    }
+
+    /// The newest version applied for a mapping's coalesce key, and when, if any was.
+    pub fn watermark(
+        &self,
+        mapping: &str,
+        coalesce_key: &str,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT version, updated_at FROM watermark WHERE mapping = ?1 AND coalesce_key = ?2",
+            )?
+            .query_row(params![mapping, coalesce_key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// When the store first recorded an opt-in for a person as accepted: under the
+    /// subscription's once key, or through any delivery noted under `person_key` whose
+    /// subscription was accepted (see [`Store::intake_concerning`]). `None`: no evidence.
+    pub fn consent_evidence(
+        &self,
+        once_key: Option<&str>,
+        person_key: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT min(accepted_at) FROM (
+                     SELECT accepted_at FROM consent WHERE once_key = ?1
+                     UNION ALL
+                     SELECT c.accepted_at FROM person p
+                       JOIN outbox o ON o.inbox_id = p.inbox_id
+                       -- by its once key, which consent is keyed by (it has no index on
+                       -- outbox_id: that join would scan every opt-in per person)
+                       JOIN consent c ON c.once_key = o.once_key AND c.outbox_id = o.id
+                      WHERE p.key = ?2)",
+            )?
+            .query_row(params![once_key, person_key], |r| r.get(0))?)
+    }
+
+    /// The `custom_source`s of the subscriptions Klaviyo accepted from us: how its consent
+    /// names a subscription marketsync made.
+    pub fn consent_sources(&self) -> Result<Vec<String>, StoreError> {
+        let mut query = self.conn.prepare_cached(
+            "SELECT DISTINCT json_extract(o.body, '$.data.attributes.custom_source')
+               FROM consent c JOIN outbox o ON o.id = c.outbox_id
+              WHERE json_valid(o.body)",
+        )?;
+        let rows = query.query_map([], |r| r.get::<_, Option<String>>(0))?;
+        let mut sources: Vec<String> = rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        sources.sort();
+        Ok(sources)
+    }
+
+    /// Queues again the request Klaviyo accepted with this `unique_id` at `endpoint` (the
+    /// newest such), with its body and keys as they were: Klaviyo lost it, or someone deleted
+    /// it, so the ledger's word that it was accepted must not stop it (the way
+    /// [`Store::queue_repairs`] drops a once key already accepted). `false` when it is queued
+    /// already, or the store holds no accepted request of that key.
+    pub fn requeue_accepted(
+        &mut self,
+        endpoint: &str,
+        unique_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let queued: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE endpoint = ?1 AND unique_id = ?2
+                                AND state IN ('pending', 'superseded'))",
+            )?
+            .query_row(params![endpoint, unique_id], |r| r.get(0))?;
+        if queued {
+            return Ok(false);
+        }
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO outbox (inbox_id, mapping, endpoint, lane, body, once_key, unique_id,
+                                     waits_for, coalesce_key, version, created_at, next_attempt_at)
+                 SELECT o.inbox_id, o.mapping, o.endpoint, o.lane, o.body, o.once_key,
+                        o.unique_id, o.waits_for, o.coalesce_key, o.version, ?3, ?3
+                   FROM ledger l JOIN outbox o ON o.id = l.outbox_id
+                  WHERE l.endpoint = ?1 AND l.unique_id = ?2
+                  ORDER BY l.sent_at DESC, l.id DESC LIMIT 1",
+            )?
+            .execute(params![endpoint, unique_id, now])?;
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
     /// Run `run_id` is done, with what it found; the objects it read are forgotten.
     pub fn finish_reconcile_run(
         &mut self,
@@ -213,6 +352,7 @@ impl Store {
             });
         }
         tx.execute("DELETE FROM reconcile_seen WHERE run_id = ?1", [run_id])?;
+        tx.execute("DELETE FROM reconcile_expected WHERE run_id = ?1", [run_id])?;
         tx.commit()?;
         Ok(())
     }
@@ -330,5 +470,156 @@ impl Store {
         }
         tx.commit()?;
         Ok(intake)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CONSENT_ENDPOINT;
+
+    fn delivery(id: &str) -> DeliveryRecord<'_> {
+        DeliveryRecord {
+            marketplace: "petmarket",
+            delivery_id: id,
+            origin: "test",
+            text: "{}",
+        }
+    }
+
+    fn placed(order: &str) -> NewRequest {
+        NewRequest {
+            mapping: "placed-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: format!(r#"{{"order":"{order}"}}"#),
+            once_key: Some(format!("petmarket:{order}")),
+            unique_id: Some(format!("petmarket:placed-order:{order}")),
+            ..NewRequest::default()
+        }
+    }
+
+    fn opt_in(email: &str, source: &str) -> NewRequest {
+        NewRequest {
+            mapping: "consent".into(),
+            endpoint: CONSENT_ENDPOINT.into(),
+            lane: "profile".into(),
+            body: format!(r#"{{"data":{{"attributes":{{"custom_source":"{source}"}}}}}}"#),
+            once_key: Some(format!("petmarket:{email}")),
+            ..NewRequest::default()
+        }
+    }
+
+    /// Queues and sends every due request at `now`.
+    fn send_all(store: &mut Store, now: i64) {
+        for lane in ["transaction", "profile"] {
+            let ids: Vec<i64> = store
+                .due(lane, now, 100)
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect();
+            store.mark_sent(&ids, 202, now).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_accepted_event_klaviyo_lost_is_queued_again_once_with_its_keys() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .intake(&delivery("d1"), &[placed("5001")], &[], 1_000)
+            .unwrap();
+        send_all(&mut store, 2_000);
+        let key = "petmarket:placed-order:5001";
+        assert_eq!(store.accepted_at("/api/events", key).unwrap(), Some(2_000));
+        // The ordinary way drops it: its once key was accepted.
+        assert!(store.requeue_accepted("/api/events", key, 3_000).unwrap());
+        assert!(
+            !store.requeue_accepted("/api/events", key, 3_001).unwrap(),
+            "queued already"
+        );
+        let due = store.due("transaction", 3_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].body, r#"{"order":"5001"}"#);
+        assert_eq!(due[0].once_key.as_deref(), Some("petmarket:5001"));
+        assert_eq!(due[0].unique_id.as_deref(), Some(key));
+        send_all(&mut store, 4_000);
+        assert_eq!(
+            store.accepted_at("/api/events", key).unwrap(),
+            Some(4_000),
+            "the newest acceptance"
+        );
+        assert!(
+            !store
+                .requeue_accepted("/api/events", "petmarket:placed-order:9", 5_000)
+                .unwrap(),
+            "nothing accepted under that key"
+        );
+    }
+
+    #[test]
+    fn opt_in_evidence_is_found_by_once_key_or_through_the_person() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .intake_concerning(
+                &delivery("d1"),
+                &[opt_in("zoe@example.com", "Marketplacer checkout")],
+                &[],
+                &[],
+                &["email:zoe@example.com".to_owned()],
+                1_000,
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .consent_evidence(None, "email:zoe@example.com")
+                .unwrap(),
+            None,
+            "queued is not accepted"
+        );
+        send_all(&mut store, 2_000);
+        assert_eq!(
+            store
+                .consent_evidence(None, "email:zoe@example.com")
+                .unwrap(),
+            Some(2_000)
+        );
+        assert_eq!(
+            store
+                .consent_evidence(Some("petmarket:zoe@example.com"), "email:other@example.com")
+                .unwrap(),
+            Some(2_000)
+        );
+        assert_eq!(
+            store
+                .consent_evidence(Some("petmarket:ann@example.com"), "email:ann@example.com")
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.consent_sources().unwrap(), ["Marketplacer checkout"]);
+    }
+
+    #[test]
+    fn a_runs_expected_side_is_kept_until_it_finishes_or_is_abandoned() {
+        let mut store = Store::in_memory().unwrap();
+        let run = store
+            .start_reconcile_run("scope", ("a", "b"), "webhooks", "{}", 0)
+            .unwrap();
+        store.keep_expected(run.id, "event:x", "1").unwrap();
+        store.keep_expected(run.id, "event:x", "2").unwrap();
+        store.keep_expected(run.id, "person:y", "3").unwrap();
+        assert_eq!(
+            store.expected_one(run.id, "event:x").unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(store.expected_all(run.id).unwrap().len(), 2);
+        // Another window abandons it, and forgets what it expected.
+        let next = store
+            .start_reconcile_run("scope", ("c", "d"), "webhooks", "{}", 1)
+            .unwrap();
+        assert!(store.expected_all(run.id).unwrap().is_empty());
+        store.keep_expected(next.id, "event:x", "4").unwrap();
+        store.finish_reconcile_run(next.id, "{}", 2).unwrap();
+        assert!(store.expected_all(next.id).unwrap().is_empty());
     }
 }

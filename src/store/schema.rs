@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -314,6 +314,21 @@ CREATE TABLE read_back_run (
     summary      TEXT    NOT NULL   -- JSON
 ) STRICT;
 CREATE INDEX read_back_run_recorded ON read_back_run (recorded_at);
+"#;
+
+/// Version 10: reading Klaviyo back. A reconciliation keeps, with its checkpoint, what the
+/// window's requests say Klaviyo should hold (an event's key, order, value and time; a person's
+/// owned properties and opt-in), written in the same transaction as each page of the sweep: a
+/// run killed anywhere, in the sweep or while reading Klaviyo, resumes with the expected side
+/// of every page it kept, and compares Klaviyo with the same set an uninterrupted run does.
+/// The rows are the caller's JSON, and go when the run finishes or is abandoned.
+const V10: &str = r#"
+CREATE TABLE reconcile_expected (
+    run_id  INTEGER NOT NULL REFERENCES reconcile_run (id),
+    key     TEXT    NOT NULL,   -- one event (endpoint and unique_id) or one person
+    body    TEXT    NOT NULL,   -- JSON, the caller's
+    PRIMARY KEY (run_id, key)
+) STRICT, WITHOUT ROWID;
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
