@@ -244,54 +244,7 @@ fn create_or_update_profile(body: &Json, ctx: &mut Ctx) -> Reply {
 
 /// The profile as profile-import returns it: every standard field, `null` when not set.
 fn profile_document(profile: &Profile, base_url: &str) -> Json {
-    const FIELDS: [&str; 9] = [
-        "email",
-        "phone_number",
-        "external_id",
-        "first_name",
-        "last_name",
-        "organization",
-        "locale",
-        "title",
-        "image",
-    ];
-    const LOCATION: [&str; 10] = [
-        "address1",
-        "address2",
-        "city",
-        "country",
-        "latitude",
-        "longitude",
-        "region",
-        "zip",
-        "timezone",
-        "ip",
-    ];
-    let stored = &profile.attributes;
-    let mut attributes: Map<String, Json> = FIELDS
-        .iter()
-        .map(|&f| (f.to_string(), stored.get(f).cloned().unwrap_or(Json::Null)))
-        .collect();
-    attributes.insert("created".into(), json!(profile.created));
-    attributes.insert("updated".into(), json!(profile.updated));
-    attributes.insert("last_event_date".into(), Json::Null);
-    let location = stored.get("location");
-    let location: Map<String, Json> = LOCATION
-        .iter()
-        .map(|&f| {
-            let value = location
-                .and_then(|l| l.get(f))
-                .cloned()
-                .unwrap_or(Json::Null);
-            (f.to_string(), value)
-        })
-        .collect();
-    attributes.insert("location".into(), Json::Object(location));
-    let properties = stored
-        .get("properties")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    attributes.insert("properties".into(), properties);
+    let attributes = super::reads::profiles::standard_attributes(profile, Json::Null);
     let link = format!("{base_url}/api/profiles/{}/", profile.id);
     json!({
         "data": {

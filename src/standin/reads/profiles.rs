@@ -288,16 +288,9 @@ fn matches(profile: &Profile, term: &Condition) -> bool {
     }
 }
 
-/// A profile as the read endpoints list it (`ProfileResponseObjectResource`): every standard
-/// field (`null` when not set), `subscriptions` when asked for, trimmed to `fields` when a
-/// sparse fieldset was asked for.
-pub(crate) fn resource(
-    profile: &Profile,
-    store: &Store,
-    base_url: &str,
-    fields: Option<&[String]>,
-    subscriptions: bool,
-) -> Json {
+/// A profile's attributes as every profile endpoint answers them: each standard field and
+/// location field (`null` when not set), its timestamps and its properties.
+pub(crate) fn standard_attributes(profile: &Profile, last_event_date: Json) -> Map<String, Json> {
     let stored = &profile.attributes;
     let mut attributes: Map<String, Json> = FIELDS
         .iter()
@@ -305,14 +298,7 @@ pub(crate) fn resource(
         .collect();
     attributes.insert("created".into(), json!(profile.created));
     attributes.insert("updated".into(), json!(profile.updated));
-    attributes.insert(
-        "last_event_date".into(),
-        store
-            .events_of(&profile.id)
-            .filter_map(|e| e.datetime.clone())
-            .max()
-            .map_or(Json::Null, Json::String),
-    );
+    attributes.insert("last_event_date".into(), last_event_date);
     let location = stored.get("location");
     let location: Map<String, Json> = LOCATION
         .iter()
@@ -332,6 +318,25 @@ pub(crate) fn resource(
             .cloned()
             .unwrap_or_else(|| json!({})),
     );
+    attributes
+}
+
+/// A profile as the read endpoints list it (`ProfileResponseObjectResource`): every standard
+/// field (`null` when not set), `subscriptions` when asked for, trimmed to `fields` when a
+/// sparse fieldset was asked for.
+pub(crate) fn resource(
+    profile: &Profile,
+    store: &Store,
+    base_url: &str,
+    fields: Option<&[String]>,
+    subscriptions: bool,
+) -> Json {
+    let last_event_date = store
+        .events_of(&profile.id)
+        .filter_map(|e| e.datetime.clone())
+        .max()
+        .map_or(Json::Null, Json::String);
+    let mut attributes = standard_attributes(profile, last_event_date);
     if subscriptions {
         attributes.insert(
             "subscriptions".into(),
