@@ -473,6 +473,12 @@ fn human_report(report: &Report, sent: Option<&DeliveryReport>) -> String {
         };
         line("webhooks", what);
     }
+    if f.native_klaviyo_tracking {
+        line(
+            "Marketplacer's Klaviyo",
+            "e-commerce tracking is ON: it sends its own Placed Order beside ours".into(),
+        );
+    }
     let read: u64 = f.read.values().sum();
     line(
         "records read",

@@ -14,8 +14,10 @@
 //!   them: a refund whose invoice was not otherwise changed in the window;
 //! - invoice amendments created in the window, which no mapping reads: counted, and those on an
 //!   invoice without a refunded refund request reported as refunds outside refund requests;
-//! - the operator's webhooks (a disabled one is the first finding) and `siteConfig {
-//!   verticalCode }`, the marketplace as the `Marketplacer-Vertical` header names it.
+//! - the operator's webhooks (a disabled one is the first finding), `siteConfig {
+//!   verticalCode }`, the marketplace as the `Marketplacer-Vertical` header names it, and
+//!   `klaviyoSettings { ecommerceTrackingEnabled }`: Marketplacer's own Klaviyo integration,
+//!   which on sends its own Placed Order (a second sender of our metrics).
 //!
 //! Shipments have no root field: they are read through their invoice, which an Invoice update
 //! accompanies (marketplacer.md §2.2). Pages are the largest Marketplacer serves (500).
@@ -164,6 +166,11 @@ pub fn reconcile_queries(
                 "$after: String",
                 sets([
                     field("siteConfig", &[], field_set(leaf("verticalCode"))),
+                    field(
+                        "klaviyoSettings",
+                        &[],
+                        field_set(leaf("ecommerceTrackingEnabled")),
+                    ),
                     paged("webhooks", &[], webhook),
                 ]),
             ),
@@ -279,6 +286,25 @@ mod tests {
             );
             assert!(text.contains("first: 500, after: $after"), "{text}");
         }
+    }
+
+    #[test]
+    fn the_webhooks_query_reads_whether_marketplacers_own_klaviyo_tracking_is_on() {
+        let (queries, _) = reconcile_queries(&builtin(), 500);
+        let (step, webhooks) = &queries[0];
+        assert_eq!(*step, Step::Webhooks);
+        let settings = &webhooks.selection.fields["klaviyoSettings"].selection;
+        assert!(
+            settings.fields.contains_key("ecommerceTrackingEnabled"),
+            "{}",
+            webhooks.render()
+        );
+        // The API keys are Marketplacer's secrets: never asked for.
+        assert!(
+            !webhooks.render().contains("ApiKey"),
+            "{}",
+            webhooks.render()
+        );
     }
 
     #[test]

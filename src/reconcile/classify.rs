@@ -75,6 +75,8 @@ pub struct Rules {
     pub consent_sources: Vec<String>,
     /// The sweep's webhook findings.
     pub webhooks: Vec<WebhookFinding>,
+    /// Marketplacer's own Klaviyo e-commerce tracking is on (the sweep read it).
+    pub native_tracking: bool,
     /// The marketplace the sweep read.
     pub marketplace: Option<String>,
 }
@@ -628,7 +630,10 @@ fn cross_check(held: &Held, ours: &Ours, rules: &Rules, out: &mut Classified) {
     }
 }
 
-/// Two metrics of one of our names from different integrations: a second sender.
+/// A second sender of our metrics: two metrics of one of our names from different
+/// integrations, or Marketplacer's own Klaviyo e-commerce tracking switched on. The second is
+/// found even when Klaviyo shows one metric per name: two senders through the API share one
+/// metric (reconciliation.md §0 item 4), and each order is counted once per sender.
 fn double_source(
     expected: &Expected,
     held: &Held,
@@ -693,6 +698,44 @@ fn double_source(
             ),
             action: "switch off the other sender (Marketplacer's own Klaviyo e-commerce tracking, \
                      or another integration), or rename ours in settings.metrics"
+                .into(),
+        });
+    }
+    if rules.native_tracking {
+        let placed = rules.metrics.get(&Kind::PlacedOrder);
+        let of_kind: Vec<&ExpectedEvent> = expected
+            .events
+            .iter()
+            .filter(|e| e.kind == Kind::PlacedOrder)
+            .collect();
+        let revenue: i64 = of_kind.iter().filter_map(|e| e.value_cents).sum();
+        out.discrepancies.push(Discrepancy {
+            class: Class::DoubleSource,
+            key: format!("{}:marketplacer-tracking", Class::DoubleSource.name()),
+            marketplace: rules.marketplace.clone(),
+            order_id: None,
+            person: None,
+            profile_ids: vec![],
+            event_ids: vec![],
+            money_cents: stake(revenue, false, 0),
+            currency: rules
+                .marketplace
+                .as_deref()
+                .map(|m| rules.currency_of(m).to_owned()),
+            flow_live: ours.flow_live(Kind::PlacedOrder),
+            affected: of_kind.len() as u64,
+            happened_at: None,
+            detail: format!(
+                "Marketplacer's own Klaviyo integration has e-commerce tracking on \
+                 (klaviyoSettings.ecommerceTrackingEnabled): it sends its own Placed Order for \
+                 every order, beside ours{}, so each order is counted twice and flows on it fire \
+                 twice",
+                placed
+                    .map(|name| format!(" (\"{name}\")"))
+                    .unwrap_or_default()
+            ),
+            action: "switch off e-commerce tracking in Marketplacer's Klaviyo settings (or, if \
+                     its events are the ones to keep, stop ours: settings.metrics)"
                 .into(),
         });
     }
@@ -1218,6 +1261,7 @@ mod tests {
                 default_currency: "AUD".into(),
                 consent_sources: vec!["Marketplacer checkout".into()],
                 webhooks: vec![],
+                native_tracking: false,
                 marketplace: Some("petmarket".into()),
             },
         }
@@ -1322,6 +1366,22 @@ mod tests {
         assert_eq!(d.money_cents, 36_220, "the window's whole revenue");
         assert_eq!(d.affected, 2);
         assert!(d.flow_live);
+    }
+
+    #[test]
+    fn marketplacers_own_tracking_switched_on_is_a_double_source_with_one_metric_a_name() {
+        let mut w = world();
+        w.rules.native_tracking = true;
+        let d = only(&w.classify(), Class::DoubleSource);
+        assert_eq!(d.key, "double-source:marketplacer-tracking");
+        assert_eq!(d.money_cents, 36_220, "the window's whole revenue");
+        assert_eq!(d.affected, 2);
+        assert!(d.flow_live, "the post-purchase flow fires twice");
+        assert!(
+            d.detail.contains("ecommerceTrackingEnabled"),
+            "{}",
+            d.detail
+        );
     }
 
     #[test]

@@ -399,6 +399,9 @@ struct Page {
     has_next: bool,
     end_cursor: Option<String>,
     vertical: Option<String>,
+    /// `klaviyoSettings.ecommerceTrackingEnabled`, on the webhooks' pages (`None`: null, no
+    /// integration set up).
+    native_tracking: Option<bool>,
 }
 
 impl Page {
@@ -412,6 +415,9 @@ impl Page {
             .and_then(Json::as_str)
             .filter(|v| !v.trim().is_empty())
             .map(str::to_owned);
+        let native_tracking = data
+            .pointer("/klaviyoSettings/ecommerceTrackingEnabled")
+            .and_then(Json::as_bool);
         let Some(Json::Object(mut connection)) = data.get_mut(step.root()).map(Json::take) else {
             return Err(unreadable(&format!(
                 "the answer has no `{}` connection",
@@ -447,6 +453,7 @@ impl Page {
             has_next,
             end_cursor,
             vertical,
+            native_tracking,
         })
     }
 }
@@ -573,6 +580,7 @@ impl Keep {
                     if findings.marketplace.is_none() {
                         findings.marketplace = page.vertical.clone();
                     }
+                    findings.native_klaviyo_tracking |= page.native_tracking == Some(true);
                     self.webhooks(
                         &page,
                         next.is_none_or(|(s, _)| *s != page.step),

@@ -6,7 +6,8 @@
 //! dead letter fixed a week later. So a run:
 //!
 //! 1. reads the operator's webhooks (a disabled or missing one is the first finding: every
-//!    event after it is missing) and the marketplace's vertical code;
+//!    event after it is missing), the marketplace's vertical code, and whether Marketplacer's
+//!    own Klaviyo integration sends e-commerce events (a second sender of ours);
 //! 2. sweeps the window with the queries of [`crate::queries::reconcile`] (derived from the
 //!    webhook queries, so each object carries what its webhook carried) and turns each object
 //!    back into its webhook's record ([`crate::source::reconcile`]);
@@ -124,6 +125,12 @@ pub struct Findings {
     /// The types of the webhooks the instance has (all of them, not only those read).
     #[serde(default)]
     pub webhook_types: Vec<String>,
+    /// Marketplacer's own Klaviyo integration sends e-commerce events
+    /// (`klaviyoSettings.ecommerceTrackingEnabled`): its Placed Order beside ours, one order
+    /// counted twice, even when Klaviyo shows one metric of the name (two senders through the
+    /// API share it).
+    #[serde(default)]
+    pub native_klaviyo_tracking: bool,
     /// Objects of the window read, by type (each once).
     pub read: BTreeMap<String, u64>,
     /// Shipments and refund requests read with their invoice that did not change inside the

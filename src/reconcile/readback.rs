@@ -223,6 +223,7 @@ pub(super) async fn read_back(
         default_currency: settings.currency.clone(),
         consent_sources,
         webhooks: run.findings.webhooks.clone(),
+        native_tracking: run.findings.native_klaviyo_tracking,
         marketplace: run.findings.marketplace.clone(),
     };
     let classified = classify(&expected, &held, &evidence, &rules);

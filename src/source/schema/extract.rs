@@ -52,12 +52,13 @@ pub const SOURCE: SourceCopy = SourceCopy {
 pub const ROOTS: &[&str] = &["Invoice", "Order", "RefundRequest", "Seller", "Shipment"];
 
 /// The fields of `Query` a webhook, backfill or reconciliation query starts from (`node(id:)`,
-/// `siteConfig`, `updatedOrders`, and the lists a reconciliation pages: `invoices`,
-/// `refundRequests`, `invoiceAmendments`, `webhooks`); `Query` is extracted with these alone,
-/// since the whole of it reaches every type of the SDL.
+/// `siteConfig`, `klaviyoSettings`, `updatedOrders`, and the lists a reconciliation pages:
+/// `invoices`, `refundRequests`, `invoiceAmendments`, `webhooks`); `Query` is extracted with
+/// these alone, since the whole of it reaches every type of the SDL.
 pub const QUERY_FIELDS: &[&str] = &[
     "node",
     "siteConfig",
+    "klaviyoSettings",
     "updatedOrders",
     "invoices",
     "refundRequests",

@@ -24,7 +24,8 @@
 //!   [`Faults::retry_after`] is off (S13: "may include"; without it a client must wait ≥ 60 s).
 //! - The operator's webhooks: one per type `queries/` has a query for, enabled, with that query;
 //!   [`Config::disabled_webhooks`] / [`StandIn::set_webhook_enabled`] disable one, as
-//!   Marketplacer does after a non-429 4xx (S4).
+//!   Marketplacer does after a non-429 4xx (S4). `klaviyoSettings` is off unless
+//!   [`Config::klaviyo`] / [`StandIn::set_klaviyo_settings`] switch it on.
 //!
 //! What it must never do:
 //! - **Be lenient where Marketplacer is strict.** Unknown fields, arguments, types and
@@ -446,6 +447,12 @@ impl StandIn {
     /// Enables or disables a webhook by type (`INVOICE`, `Shipment`, `refund_request`).
     pub fn set_webhook_enabled(&self, name: &str, enabled: bool) -> Result<(), StartError> {
         self.app.set_webhook_enabled(name, enabled)
+    }
+
+    /// Replaces what `klaviyoSettings` shows, as an operator setting up Marketplacer's own
+    /// Klaviyo integration in the admin portal changes it.
+    pub fn set_klaviyo_settings(&self, settings: KlaviyoSettings) {
+        self.app.set_klaviyo_settings(settings);
     }
 
     /// Stops accepting, lets answers under way finish (5 seconds at most), and stops.

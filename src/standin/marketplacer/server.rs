@@ -39,12 +39,13 @@ pub(crate) struct App {
     window: f64,
     clock: Clock,
     site: Site,
-    klaviyo: KlaviyoSettings,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     faults: Faults,
+    /// Changed while running, as an operator switches the integration on in the admin portal.
+    klaviyo: KlaviyoSettings,
     rng: StdRng,
     webhooks: Vec<WebhookState>,
     ip_windows: HashMap<IpAddr, Window>,
@@ -59,6 +60,7 @@ enum Gate {
     /// Run it, with what the run needs read under the lock.
     Run {
         webhooks: Vec<WebhookState>,
+        klaviyo: KlaviyoSettings,
         failing: std::collections::BTreeMap<String, String>,
     },
 }
@@ -99,8 +101,8 @@ impl App {
             window,
             clock: Clock::new(config.time_scale),
             site: config.site,
-            klaviyo: config.klaviyo,
             inner: Mutex::new(Inner {
+                klaviyo: config.klaviyo,
                 rng: StdRng::seed_from_u64(config.faults.seed),
                 faults: config.faults,
                 webhooks,
@@ -133,6 +135,10 @@ impl App {
         let mut inner = self.lock();
         find_webhook(&mut inner.webhooks, name)?.enabled = enabled;
         Ok(())
+    }
+
+    pub(crate) fn set_klaviyo_settings(&self, settings: KlaviyoSettings) {
+        self.lock().klaviyo = settings;
     }
 
     /// The key a request carries: `MARKETPLACER-API-KEY`, else `Authorization: Bearer`.
@@ -230,6 +236,7 @@ impl App {
         }
         Gate::Run {
             webhooks: inner.webhooks.clone(),
+            klaviyo: inner.klaviyo.clone(),
             failing: inner.faults.failing_fields.clone(),
         }
     }
@@ -267,9 +274,13 @@ async fn graphql_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (webhooks, failing) = match app.gate(peer.ip(), &headers) {
+    let (webhooks, klaviyo, failing) = match app.gate(peer.ip(), &headers) {
         Gate::Refuse(response) => return response,
-        Gate::Run { webhooks, failing } => (webhooks, failing),
+        Gate::Run {
+            webhooks,
+            klaviyo,
+            failing,
+        } => (webhooks, klaviyo, failing),
     };
     let run = {
         let app = Arc::clone(&app);
@@ -277,7 +288,7 @@ async fn graphql_handler(
             let ctx = Ctx {
                 data: &app.data,
                 site: &app.site,
-                klaviyo: &app.klaviyo,
+                klaviyo: &klaviyo,
                 webhooks: &webhooks,
                 failing: &failing,
             };
