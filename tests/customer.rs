@@ -416,7 +416,7 @@ fn klaviyo_is_read_back_and_a_consent_that_differs_is_marked() {
 
     // Zoë unsubscribes in Klaviyo: the opt-in we sent and Klaviyo now disagree, and the view
     // says Klaviyo rightly wins.
-    standin.suppress(ZOE, "UNSUBSCRIBE");
+    standin.suppress(ZOE, "UNSUBSCRIBE").unwrap();
     let (code, view, _) = with_key(&[]);
     assert_eq!(code, Some(0));
     let disagreements = view["klaviyo"]["disagreements"].as_array().unwrap();

@@ -1508,7 +1508,19 @@ async fn profiles_are_found_by_email_or_phone_with_their_consent_and_suppression
     assert!(body["data"][0]["attributes"].get("subscriptions").is_none());
 
     // An unsubscribe suppresses the address: consent and can_receive change.
-    api.standin.suppress("zoe@example.com", "UNSUBSCRIBE");
+    // A reason Klaviyo does not report is refused, and changes nothing.
+    let refused = api
+        .standin
+        .suppress("zoe@example.com", "BOUNCED")
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "\"BOUNCED\" is not a suppression reason Klaviyo reports"
+    );
+    assert!(!refused.is_not_found());
+    api.standin
+        .suppress("zoe@example.com", "UNSUBSCRIBE")
+        .unwrap();
     let body: Json = read(
         &api,
         "/api/profiles",

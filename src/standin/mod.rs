@@ -361,18 +361,20 @@ impl StandIn {
     /// Suppresses an email address globally, now, as Klaviyo does when the shopper unsubscribes
     /// (`UNSUBSCRIBE`), a mail hard-bounces (`HARD_BOUNCE`) or marks spam (`SPAM_COMPLAINT`):
     /// what a test needs to make Klaviyo's consent differ from what was sent. Unlike
-    /// [`Drift::Suppress`] the address needs no profile.
-    ///
-    /// # Panics
-    /// On a reason not in the spec's `EmailMarketingSuppression` enum.
-    pub fn suppress(&self, email: &str, reason: &str) {
-        let reason = SuppressionReason::parse(reason)
-            .unwrap_or_else(|| panic!("{reason:?} is not a suppression reason Klaviyo reports"));
+    /// [`Drift::Suppress`] the address needs no profile. A reason not in the spec's
+    /// `EmailMarketingSuppression` enum is refused, and nothing changes.
+    pub fn suppress(&self, email: &str, reason: &str) -> Result<(), PlantError> {
+        let reason = SuppressionReason::parse(reason).ok_or_else(|| {
+            PlantError::Invalid(format!(
+                "{reason:?} is not a suppression reason Klaviyo reports"
+            ))
+        })?;
         self.app.lock().store.record_consent(
             consent::Subject::Email(email.to_owned()),
             chrono::Utc::now(),
             consent::Change::Suppressed(reason),
         );
+        Ok(())
     }
 
     /// Makes what the stand-in holds differ from what was sent, as Klaviyo can come to differ
