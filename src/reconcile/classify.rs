@@ -129,9 +129,7 @@ pub fn classify(
 
     for e in &expected.events {
         let flow_live = ours.flow_live(e.kind);
-        let flow_on = flow_live
-            && e.at
-                .is_some_and(|at| rules.now - at <= rules.flow_window_ms);
+        let flow_on = ours.flow_on(e, rules);
         let aov = aov.get(&e.marketplace).copied().unwrap_or(0);
         let base = |class: Class, record: &str| Discrepancy {
             class,
@@ -325,7 +323,7 @@ pub fn classify(
     revenue(expected, &ours, &matched, rules, &mut out);
     cross_check(held, &ours, rules, &mut out);
     double_source(expected, held, &ours, rules, &mut out);
-    webhooks(rules, &mut out);
+    webhooks(expected, &ours, &aov, rules, &mut out);
     people(expected, held, evidence, rules, &mut out);
 
     if queued > 0 {
@@ -411,6 +409,14 @@ impl<'h> Ours<'h> {
 
     fn flow_live(&self, kind: Kind) -> bool {
         self.flows.get(&kind).copied().unwrap_or(false)
+    }
+
+    /// Whether a missing `e` costs a flow message: a live flow is triggered by its metric, and
+    /// it is recent enough for the flow to have sent it.
+    fn flow_on(&self, e: &ExpectedEvent, rules: &Rules) -> bool {
+        self.flow_live(e.kind)
+            && e.at
+                .is_some_and(|at| rules.now - at <= rules.flow_window_ms)
     }
 
     /// The event Klaviyo holds for an expected one: by its key, or, for a Placed Order sent
@@ -741,9 +747,57 @@ fn double_source(
     }
 }
 
-fn webhooks(rules: &Rules, out: &mut Classified) {
+/// The events a Marketplacer webhook type carries, as the default mappings read them: what is
+/// lost while it is off.
+fn carried_by(webhook: &str) -> &'static [Kind] {
+    match webhook {
+        "INVOICE" => &[Kind::PlacedOrder],
+        "SHIPMENT" => &[Kind::FulfilledOrder],
+        "REFUND_REQUEST" => &[Kind::RefundedOrder, Kind::CancelledOrder],
+        _ => &[],
+    }
+}
+
+/// A disabled or missing webhook, with the money its records of the window carry: each
+/// record's own stake (a Placed Order's or refund's value, and a live flow's message), summed.
+/// It is what each window loses while the webhook stays off and no reconciliation repairs it.
+fn webhooks(
+    expected: &Expected,
+    ours: &Ours,
+    aov: &HashMap<String, i64>,
+    rules: &Rules,
+    out: &mut Classified,
+) {
     for finding in &rules.webhooks {
         let marketplace = rules.marketplace.clone().unwrap_or_else(|| "-".into());
+        let kinds = carried_by(&finding.kind);
+        let carried: Vec<&ExpectedEvent> = expected
+            .events
+            .iter()
+            .filter(|e| kinds.contains(&e.kind))
+            .collect();
+        let at_stake: i64 = carried
+            .iter()
+            .map(|e| {
+                let value = match e.kind {
+                    Kind::FulfilledOrder => 0,
+                    _ => e.value_cents.unwrap_or(0),
+                };
+                let aov = aov.get(&e.marketplace).copied().unwrap_or(0);
+                stake(value, ours.flow_on(e, rules), aov)
+            })
+            .sum();
+        let currency = rules
+            .marketplace
+            .as_deref()
+            .map(|m| rules.currency_of(m).to_owned());
+        let state = match &finding.id {
+            Some(id) if finding.problem == "disabled" => format!(
+                "the {} webhook {id} is disabled: nothing after its failure arrived",
+                finding.kind
+            ),
+            _ => format!("no {} webhook is registered", finding.kind),
+        };
         out.discrepancies.push(Discrepancy {
             class: Class::WebhookDisabled,
             key: format!(
@@ -756,18 +810,16 @@ fn webhooks(rules: &Rules, out: &mut Classified) {
             person: None,
             profile_ids: vec![],
             event_ids: vec![],
-            money_cents: 0,
-            currency: None,
-            flow_live: false,
-            affected: 1,
+            money_cents: at_stake,
+            currency: currency.clone(),
+            flow_live: kinds.iter().any(|k| ours.flow_live(*k)),
+            affected: carried.len() as u64,
             happened_at: None,
-            detail: match &finding.id {
-                Some(id) if finding.problem == "disabled" => format!(
-                    "the {} webhook {id} is disabled: nothing after its failure arrived",
-                    finding.kind
-                ),
-                _ => format!("no {} webhook is registered", finding.kind),
-            },
+            detail: format!(
+                "{state}; {} record(s) of the window ride on it ({})",
+                carried.len(),
+                money(Some(at_stake), currency.as_deref())
+            ),
             action: "fix the receiver, re-enable the webhook in Marketplacer (Configuration → \
                      Webhooks), and reconcile the whole time it was off"
                 .into(),
@@ -1395,6 +1447,19 @@ mod tests {
         let d = only(&w.classify(), Class::WebhookDisabled);
         assert_eq!(d.key, "webhook-disabled:petmarket:SHIPMENT");
         assert!(d.detail.contains("V2ViaG9vay0z"), "{}", d.detail);
+        // What rides on it: the window's one shipment, whose message the live shipping flow
+        // sends (1.71% of the average order, 181.10).
+        assert_eq!((d.affected, d.money_cents, d.flow_live), (1, 310, true));
+        // The Invoice webhook carries the Placed Orders: their value, and the flow's messages.
+        let mut w = world();
+        w.rules.webhooks.push(WebhookFinding {
+            kind: "INVOICE".into(),
+            id: None,
+            problem: "missing".into(),
+        });
+        let d = only(&w.classify(), Class::WebhookDisabled);
+        assert_eq!((d.affected, d.money_cents), (2, 36_220 + 2 * 310));
+        assert!(d.detail.starts_with("no INVOICE webhook"), "{}", d.detail);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub enum Class {
     /// or Marketplacer's own Klaviyo e-commerce tracking switched on.
     DoubleSource,
     /// A Marketplacer webhook the mappings read is disabled or missing: everything after it is
-    /// missing.
+    /// missing. Its money at stake is the sum of the [`stake`]s of the window's records it
+    /// carries (Placed Orders for INVOICE, Fulfilled Orders for SHIPMENT, refunds for
+    /// REFUND_REQUEST): what each window loses while it stays off.
     WebhookDisabled,
     /// A day's revenue for a marketplace in Klaviyo differs from Marketplacer's beyond the
     /// tolerance.
@@ -82,7 +84,9 @@ pub enum Class {
     MissingRefund,
     /// A Refunded or Cancelled Order whose order has no Placed Order: not counted in CLV.
     OrphanedRefund,
-    /// Opted in at checkout, and never subscribed in Klaviyo.
+    /// Opted in at checkout, and never subscribed in Klaviyo. No money at stake: no revenue in
+    /// Klaviyo is wrong, and the reach lost (the campaigns they will not get) cannot be priced
+    /// from what is read, so it ranks after the orders of its tier.
     ConsentMissed,
     /// Several Klaviyo profiles for one email or phone.
     DuplicateProfile,
