@@ -1258,6 +1258,25 @@ async fn every_plant_shows_through_the_reads() {
         ann_consent["consent_timestamp"],
         "2026-03-04T02:00:00+00:00"
     );
+    // A subscription Klaviyo accepted and lost: she reads as before it, and there is nothing
+    // left to lose.
+    let lost = api
+        .standin
+        .plant(Drift::LoseSubscription {
+            email: "ann@example.com".into(),
+        })
+        .unwrap();
+    let ann_consent = &api.consent("ann@example.com").await[0];
+    assert_eq!(ann_consent["consent"], "NEVER_SUBSCRIBED");
+    assert_eq!(ann_consent["custom_method_detail"], Json::Null);
+    assert_eq!(ann_consent["can_receive_email_marketing"], true);
+    let again = api.standin.plant(Drift::LoseSubscription {
+        email: "ann@example.com".into(),
+    });
+    assert!(
+        matches!(&again, Err(PlantError::Invalid(why)) if why.contains("no subscription")),
+        "{again:?} after {lost:?}"
+    );
 
     // A second phone-number profile.
     let second = api

@@ -18,7 +18,9 @@
 //!   identifiers of both meet); the reads list both. It has none of the first one's consent.
 //! - Consent plants (`Unsubscribe`, `Suppress`, `Subscribe`) happen now, in order with the
 //!   accepted subscriptions; `at` is the timestamp the reads show. A `Subscribe` with our own
-//!   `custom_method_detail` and no opt-in stored is the compliance plant.
+//!   `custom_method_detail` and no opt-in stored is the compliance plant. `LoseSubscription`
+//!   is the consent twin of deleting an event: a subscription Klaviyo accepted and does not
+//!   hold (an opt-in that never took), which no unsubscribe or suppression explains.
 
 use super::consent::{Change, Subject, SuppressionReason};
 use super::store::{Flow, FlowStatus, Integration, Store, new_id, timestamp};
@@ -89,6 +91,11 @@ pub enum Drift {
         #[serde(default)]
         at: Option<DateTime<Utc>>,
     },
+    /// A subscription Klaviyo accepted (202) whose processing never reached the profile this
+    /// email identifies: its subscriptions are forgotten, so the profile reads as it did
+    /// before them (`NEVER_SUBSCRIBED`, unless something else changed its consent). A bulk job
+    /// has no status to poll, so only the read-back shows this. Gives the profile's id.
+    LoseSubscription { email: String },
     /// A metric of this name from another integration (a second sender of the same events).
     /// Gives the metric's id.
     ForeignMetric {
@@ -281,6 +288,15 @@ pub(crate) fn plant(store: &mut Store, drift: Drift) -> Result<Vec<String>, Plan
                 consented_at: timestamp(at),
             };
             consent(store, &email, at, change)
+        }
+        Drift::LoseSubscription { email } => {
+            let index = profile_by_email(store, &email)?;
+            if store.forget_subscriptions(index) == 0 {
+                return Err(PlantError::Invalid(format!(
+                    "Klaviyo holds no subscription of {email} to lose"
+                )));
+            }
+            Ok(vec![store.profile(index).id.clone()])
         }
         Drift::ForeignMetric {
             name,

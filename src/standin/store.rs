@@ -368,6 +368,26 @@ impl Store {
         });
     }
 
+    /// Forgets the subscriptions recorded about the profile at `index` (by its id, or by the
+    /// email it is identified by); how many there were.
+    pub(crate) fn forget_subscriptions(&mut self, index: usize) -> usize {
+        let profile = &self.profiles[index];
+        let id = profile.id.clone();
+        let email = profile
+            .attribute("email")
+            .and_then(Json::as_str)
+            .map(str::to_lowercase);
+        let before = self.consent.len();
+        self.consent.retain(|c| {
+            let about = match &c.subject {
+                Subject::Profile(p) => *p == id,
+                Subject::Email(e) => email.as_ref() == Some(e),
+            };
+            !(about && matches!(c.change, Change::Subscribed { .. }))
+        });
+        before - self.consent.len()
+    }
+
     /// Records which profile the newest event was recorded against.
     pub(crate) fn link_last_event(&mut self, profile_id: String) {
         if let Some(event) = self.events.last_mut() {
