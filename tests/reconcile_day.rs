@@ -7,12 +7,12 @@
 
 mod common;
 
-use base64::Engine as _;
 use common::ServeProcess;
+use common::orders::{self, ndjson};
 use marketsync::serve::WEBHOOK_PATH;
 use marketsync::standin::marketplacer as mp;
 use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,137 +22,11 @@ const ORDERS: u64 = 120;
 const DAY: &str = "2026-03-20T00:00:00Z";
 const UNTIL: &str = "2026-03-21T00:00:00Z";
 
-fn gid(type_name: &str, id: u64) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{type_name}-{id}"))
-}
-
-fn time(offset_seconds: i64) -> String {
-    let start = chrono::DateTime::parse_from_rfc3339(DAY).unwrap();
-    let at = start + chrono::Duration::seconds(offset_seconds);
-    at.with_timezone(&chrono::FixedOffset::east_opt(11 * 3600).unwrap())
-        .to_rfc3339()
-}
-
-fn example(name: &str) -> Value {
-    let text = std::fs::read_to_string(common::repo("examples").join(name)).unwrap();
-    let text = text.lines().find(|l| !l.trim().is_empty()).unwrap_or(&text);
-    serde_json::from_str(text)
-        .or_else(|_| {
-            serde_json::from_str(
-                &std::fs::read_to_string(common::repo("examples").join(name)).unwrap(),
-            )
-        })
-        .unwrap()
-}
-
-fn capture(key: String, event: &str, node: Value) -> Value {
-    json!({
-        "headers": {"Marketplacer-Vertical": "petmarket", "Idempotency-Key": key.clone()},
-        "body": {"id": key, "event_name": event, "payload": {"data": {"node": node}}},
-    })
-}
-
-/// A day of webhooks, generated from the examples' shapes: `ORDERS` paid orders of one
-/// invoice each spread over the first 16 hours, a shipment for every third (two hours later, with no
-/// tracking link, which the broken client requires) and a completed refund for every tenth.
+/// The day's webhooks: `ORDERS` paid orders spread over the first 16 hours, a shipment for
+/// every third (with no tracking link, which the broken client requires), a completed refund
+/// for every tenth.
 fn day() -> Vec<Value> {
-    let invoice = example("orders.ndjson")["body"]["payload"]["data"]["node"].clone();
-    let shipment = example("shipment.json")["body"]["payload"]["data"]["node"].clone();
-    let refund = example("refund.json")["body"]["payload"]["data"]["node"].clone();
-    let mut out = Vec::new();
-    for n in 0..ORDERS {
-        let at = (n as i64) * (16 * 3600) / ORDERS as i64 + 60;
-        let (order_id, invoice_id) = (700_000 + n, 800_000 + n);
-        let email = format!("buyer{n}@example.com");
-        let mut node = invoice.clone();
-        node["id"] = gid("Invoice", invoice_id).into();
-        node["legacyId"] = invoice_id.into();
-        node["createdAt"] = time(at).into();
-        node["paidAt"] = time(at + 1).into();
-        node["updatedAt"] = time(at + 2).into();
-        let lines = node["lineItems"].as_array_mut().unwrap();
-        for (i, line) in lines.iter_mut().enumerate() {
-            let line_id = order_id * 10 + i as u64;
-            line["id"] = gid("LineItem", line_id).into();
-            line["legacyId"] = line_id.into();
-        }
-        let lines = node["lineItems"].clone();
-        let seller = node["seller"].clone();
-        let order = &mut node["order"];
-        order["id"] = gid("Order", order_id).into();
-        order["legacyId"] = order_id.into();
-        order["emailAddress"] = email.clone().into();
-        // One customer, one phone: Klaviyo refuses a phone another profile holds.
-        order["phone"] = format!("04{:08}", 12_000_000 + n).into();
-        order["createdAt"] = time(at).into();
-        order["updatedAt"] = time(at + 2).into();
-        order["lineItems"]["nodes"] = lines.clone();
-        order["invoices"]["nodes"] =
-            json!([{"id": gid("Invoice", invoice_id), "legacyId": invoice_id, "seller": seller}]);
-        let summary = json!({
-            "id": gid("Invoice", invoice_id), "legacyId": invoice_id,
-            "seller": node["seller"].clone(),
-            "order": {"id": gid("Order", order_id), "legacyId": order_id, "emailAddress": email,
-                      "firstName": node["order"]["firstName"].clone(),
-                      "surname": node["order"]["surname"].clone()},
-        });
-        out.push(capture(format!("invoice-{n}"), "create", node));
-        if n % 3 == 0 {
-            let mut ship = shipment.clone();
-            let id = 900_000 + n;
-            ship["id"] = gid("Shipment", id).into();
-            ship["legacyId"] = id.into();
-            ship["createdAt"] = time(at + 7200).into();
-            ship["updatedAt"] = time(at + 7200).into();
-            ship["dispatchedAt"] = time(at + 7000).into();
-            ship.as_object_mut().unwrap().remove("trackingLink");
-            let items: Vec<Value> = lines
-                .as_array()
-                .unwrap()
-                .iter()
-                .enumerate()
-                .map(|(i, line)| {
-                    json!({"id": gid("ShippedItem", id * 10 + i as u64), "quantity": line["quantity"].clone(),
-                           "lineItem": {"id": line["id"].clone(), "legacyId": line["legacyId"].clone(),
-                                        "advertTitle": line["advertTitle"].clone(), "brandName": line["brandName"].clone(),
-                                        "variantName": line["variantName"].clone(), "variantSku": line["variantSku"].clone(),
-                                        "totalCents": line["totalCents"].clone()}})
-                })
-                .collect();
-            ship["shippedItems"] = items.into();
-            let mut on = summary.clone();
-            on["statusFlags"] = json!(["PAID", "SENT"]);
-            on["order"]["phone"] = Value::Null;
-            on["order"]["totalCents"] = 1000.into();
-            ship["invoice"] = on;
-            out.push(capture(format!("shipment-{n}"), "create", ship));
-        }
-        if n % 10 == 5 {
-            let mut back = refund.clone();
-            let id = 600_000 + n;
-            back["id"] = gid("RefundRequest", id).into();
-            back["legacyId"] = id.into();
-            back["createdAt"] = time(at + 3600).into();
-            back["updatedAt"] = time(at + 5 * 3600).into();
-            back["refundedAt"] = time(at + 5 * 3600).into();
-            let first = &lines[0];
-            let line = &mut back["lineItems"][0];
-            line["id"] = gid("RefundRequestLineItem", id).into();
-            line["legacyId"] = id.into();
-            line["lineItem"] = json!({"id": first["id"].clone(), "legacyId": first["legacyId"].clone(),
-                "advertTitle": first["advertTitle"].clone(), "brandName": first["brandName"].clone(),
-                "variantSku": first["variantSku"].clone()});
-            let mut on = summary.clone();
-            on.as_object_mut().unwrap().remove("statusFlags");
-            back["invoice"] = on;
-            out.push(capture(format!("refund-{n}"), "update", back));
-        }
-    }
-    out
-}
-
-fn ndjson(deliveries: &[&Value]) -> String {
-    deliveries.iter().map(|d| d.to_string() + "\n").collect()
+    orders::generate(DAY, 1, ORDERS, 0)
 }
 
 /// A workspace with two clients: `broken`, whose fulfilled-order overlay requires a tracking

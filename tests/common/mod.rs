@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod orders;
 pub mod read_back;
 
 use marketsync::engine::Engine;
