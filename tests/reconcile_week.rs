@@ -172,6 +172,16 @@ impl Week {
         (output.status.code(), report)
     }
 
+    /// Requests to Klaviyo's write endpoints so far.
+    fn writes(&self) -> u64 {
+        self.klaviyo
+            .stats()
+            .endpoints
+            .values()
+            .map(|e| e.requests)
+            .sum()
+    }
+
     fn plant(&self, drift: Drift) {
         let what = format!("{drift:?}");
         self.klaviyo
@@ -390,6 +400,21 @@ fn a_week_with_one_of_each_class_planted_is_reported_ranked_then_repaired_where_
     assert_eq!(code, Some(0), "{clean:#}");
     assert_eq!(open(&clean), vec![]);
     assert_eq!(clean["findings"]["read_back_notes"], json!([]), "{clean:#}");
+    let reads: Vec<&str> = clean["read_back"]["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            "GET /api/metrics",
+            "GET /api/events",
+            "GET /api/profiles",
+            "POST /api/metric-aggregates"
+        ]
+    );
     let days = clean["read_back"]["revenue_days"].as_array().unwrap();
     assert_eq!(days.len(), DAYS as usize, "{days:#?}");
     for day in days {
@@ -465,7 +490,9 @@ fn a_week_with_one_of_each_class_planted_is_reported_ranked_then_repaired_where_
     // make it exit 8.
     let expected = planted();
     let subscriptions_before = week.klaviyo.accepted().subscriptions.len();
+    let writes_before = week.writes();
     let (code, report) = week.reconcile(&["--report-only"]);
+    assert_eq!(week.writes(), writes_before, "reading back never writes");
     let keys = |all: &[(Class, String, i64)]| -> Vec<(String, String)> {
         all.iter()
             .map(|(c, k, _)| (c.name().to_owned(), k.clone()))
