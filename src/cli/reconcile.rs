@@ -70,7 +70,8 @@ nothing missing. One writer per state file: with `serve` running, use its `recon
 instead.
 
 Exit 0 when nothing was missing or wrong, 1 when repairs were queued (or, reporting only, were
-missing), a webhook is disabled or missing, a mapping refused a record, a dead letter was left
+missing), a webhook is disabled or missing, Marketplacer's own Klaviyo tracking is on, a
+mapping refused a record, a dead letter was left
 open or reading Klaviyo back found anything, 8 when a compliance or systemic exception read back
 from Klaviyo is open (whatever else was found), 2 on a usage error, 3 when the mappings or queries
 do not load, 4 on a Marketplacer answer that is not data (GraphQL errors), a state or output

@@ -184,6 +184,7 @@ impl Findings {
             || self.left_with_dead_letters > 0
             || self.dead_letters.left_open > 0
             || !self.webhooks.is_empty()
+            || self.native_klaviyo_tracking
             || !self.mapping_errors.is_empty()
     }
 }
@@ -214,5 +215,20 @@ pub struct Report {
 impl Report {
     pub fn waited(&self) -> Duration {
         Duration::from_millis(self.findings.waited_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_sender_is_wrong_even_when_nothing_is_missing() {
+        assert!(!Findings::default().anything_wrong());
+        let findings = Findings {
+            native_klaviyo_tracking: true,
+            ..Findings::default()
+        };
+        assert!(findings.anything_wrong());
     }
 }

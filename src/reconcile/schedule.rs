@@ -99,6 +99,7 @@ impl Scheduled {
                         mapping_errors = f.mapping_errors.values().sum::<u64>(),
                         dead_letters_met = f.dead_letters.met,
                         webhooks = webhooks.join(", "),
+                        marketplacer_klaviyo_tracking = f.native_klaviyo_tracking,
                         amendments_without_refund_request = f.amendments_without_refund_request,
                         marketplacer_requests = f.marketplacer_requests,
                         waited_ms = f.waited_ms,
