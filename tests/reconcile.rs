@@ -146,6 +146,49 @@ async fn an_empty_ledger_finds_every_request_of_the_window_missing_and_a_second_
     standin.shutdown().await;
 }
 
+/// Marketplacer's own Klaviyo integration, read with the webhooks (reconciliation.md §0 item 4):
+/// off, nothing is said; switched on in the admin portal, the next run finds a second sender
+/// of our Placed Order, wrong even with nothing missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn marketplacers_own_klaviyo_tracking_is_read_with_the_webhooks() {
+    let standin = StandIn::start(mp::Config {
+        data: examples(),
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap();
+    let setup = Setup::new();
+    let off = setup
+        .run(client(&standin, options()), 500, true)
+        .await
+        .unwrap();
+    assert!(!off.findings.native_klaviyo_tracking, "{:#?}", off.findings);
+    standin.set_klaviyo_settings(mp::KlaviyoSettings {
+        status: "CONNECTED".into(),
+        ecommerce_tracking_enabled: true,
+        ..mp::KlaviyoSettings::default()
+    });
+    let on = setup
+        .run(client(&standin, options()), 500, true)
+        .await
+        .unwrap();
+    let f = &on.findings;
+    assert!(f.native_klaviyo_tracking, "{f:#?}");
+    assert_eq!(f.missing_total(), 0, "the first run queued everything");
+    assert!(f.anything_wrong());
+    let asked = &standin.stats().queries;
+    let webhooks = asked
+        .iter()
+        .rev()
+        .find(|q| q.operation.as_deref() == Some("ReconcileWebhooks"))
+        .expect("the webhooks were read");
+    assert!(
+        webhooks.root_fields.iter().any(|f| f == "klaviyoSettings") && !webhooks.errors,
+        "{webhooks:?}"
+    );
+    standin.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_of_one_read_every_object_once_and_find_what_one_page_finds() {
     let standin = StandIn::start(mp::Config {
