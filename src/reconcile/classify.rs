@@ -708,6 +708,13 @@ fn double_source(
         });
     }
     if rules.native_tracking {
+        // Its events share our metric, so they are in the scan: a day whose revenue does not
+        // add up may be them, and is only worth looking into once the tracking is off.
+        out.notes.push(
+            "Marketplacer's own Klaviyo tracking is on: its Placed Orders share our metric, so a \
+             day's revenue gap may be them (switch it off before chasing a gap)"
+                .into(),
+        );
         let placed = rules.metrics.get(&Kind::PlacedOrder);
         let of_kind: Vec<&ExpectedEvent> = expected
             .events
@@ -1433,6 +1440,15 @@ mod tests {
             d.detail.contains("ecommerceTrackingEnabled"),
             "{}",
             d.detail
+        );
+        let found = w.classify();
+        assert!(
+            found
+                .notes
+                .iter()
+                .any(|n| n.contains("revenue gap may be them")),
+            "{:?}",
+            found.notes
         );
     }
 
