@@ -228,11 +228,22 @@ fn parse_received(
     }
 }
 
+/// The most deliveries one commit of a batch run's intake takes.
+///
+/// With `synchronous = FULL` every commit waits for the disk: one per delivery capped `run`'s
+/// intake at the disk's flush rate (issue 18). A batch run answers nobody, so nothing is lost
+/// by committing several deliveries at once: what a killed run had not committed is read
+/// again from its input, and the sender only ever sees what is committed. The batch also
+/// ends whenever the input has nothing ready (a quiet pipe), so a delivery never waits for
+/// others to arrive.
+pub const INTAKE_BATCH: usize = 256;
+
 /// Reads every input into the store, parsing and mapping on `jobs` threads while this one
-/// writes to the store in input order. Problems go to `report` as lines naming the input and
-/// line; warnings are also kept with their delivery, and failures are dead letters (a line
-/// that is not JSON, or not UTF-8, is `unreadable`), so nothing read is lost. An input that cannot be opened or read is reported and counted,
-/// and the others are still read. Stops early when `stop` is set.
+/// writes to the store in input order, [`INTAKE_BATCH`] deliveries a commit. Problems go to
+/// `report` as lines naming the input and line; warnings are also kept with their delivery,
+/// and failures are dead letters (a line that is not JSON, or not UTF-8, is `unreadable`), so
+/// nothing read is lost. An input that cannot be opened or read is reported and counted, and
+/// the others are still read. Stops early when `stop` is set.
 pub fn intake(
     engine: &Engine,
     store: &Mutex<Store>,
@@ -243,56 +254,63 @@ pub fn intake(
     read: &AtomicUsize,
 ) -> Result<IntakeReport, SyncError> {
     let mut summary = IntakeReport::default();
+    let mut batch: Vec<Prepared> = Vec::with_capacity(INTAKE_BATCH);
     pipeline::map_in_order(
         inputs,
         jobs,
         |line| prepare(engine, line),
         |item| {
             if stop.load(Ordering::SeqCst) {
+                keep_batch(store, &mut batch, &mut summary, report)?;
                 return Ok(ControlFlow::Break(()));
             }
             match item {
                 Item::Delivery(delivery) => {
                     read.fetch_add(1, Ordering::Relaxed);
-                    keep(store, delivery, &mut summary, report)?;
+                    batch.push(delivery);
+                    if batch.len() >= INTAKE_BATCH {
+                        keep_batch(store, &mut batch, &mut summary, report)?;
+                    }
                 }
                 // Nothing of it to keep: reported, and the other inputs are still read.
                 Item::Unread(err) => {
+                    keep_batch(store, &mut batch, &mut summary, report)?;
                     summary.input_errors += 1;
                     writeln!(report, "error: {err}")?;
                 }
-                // Each delivery is stored as it is accepted; nothing is held back.
-                Item::Idle => {}
+                // Nothing more is ready: what was read is kept now, not held for more.
+                Item::Idle => keep_batch(store, &mut batch, &mut summary, report)?,
             }
             Ok::<_, SyncError>(ControlFlow::Continue(()))
         },
     )?;
+    keep_batch(store, &mut batch, &mut summary, report)?;
     Ok(summary)
 }
 
-/// How [`keep`] reaches the store. A batch run locks the shared store for each record, so the
-/// sender beside it is never held up for long; a receiver's writer already holds it for the
-/// whole of a commit.
-trait StoreAccess {
-    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R;
-}
-
-impl StoreAccess for &Mutex<Store> {
-    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R {
-        write(&mut self.lock().expect("store lock"))
+/// Keeps the deliveries read so far in one commit, each in a savepoint of its own. A delivery
+/// whose writes fail is undone alone; the others are kept, and then the first failure ends
+/// the run as it did when each delivery was a commit of its own.
+fn keep_batch(
+    store: &Mutex<Store>,
+    batch: &mut Vec<Prepared>,
+    summary: &mut IntakeReport,
+    report: &mut dyn Write,
+) -> Result<(), SyncError> {
+    if batch.is_empty() {
+        return Ok(());
     }
+    let mut store = store.lock().expect("store lock");
+    let outcomes = store.in_one_commit(batch.drain(..), |store, delivery| {
+        keep(store, delivery, summary, report)
+    })?;
+    outcomes.into_iter().collect::<Result<(), _>>()
 }
 
-impl StoreAccess for &mut Store {
-    fn with<R>(&mut self, write: impl FnOnce(&mut Store) -> R) -> R {
-        write(self)
-    }
-}
-
-/// Writes one prepared delivery to the store, one transaction (or savepoint) per record, and
-/// counts it.
+/// Writes one prepared delivery to the store (a savepoint per record when part of a commit,
+/// else a transaction per record), and counts it.
 fn keep(
-    mut store: impl StoreAccess,
+    store: &mut Store,
     delivery: Prepared,
     summary: &mut IntakeReport,
     report: &mut dyn Write,
@@ -303,9 +321,7 @@ fn keep(
         Ok(records) => records,
         Err((err, text)) => {
             writeln!(report, "{origin}: rejected: {err}")?;
-            store.with(|store| {
-                store.record_unreadable(&origin, &text, &err.to_string(), now_ms())
-            })?;
+            store.record_unreadable(&origin, &text, &err.to_string(), now_ms())?;
             *summary.rejected.entry("unreadable".into()).or_default() += 1;
             *summary
                 .rejected_by_mapping
@@ -325,49 +341,47 @@ fn keep(
         };
         // Warnings are kept with the delivery (`marketsync warnings list`), not only reported.
         let warnings = &record.mapped.warnings;
-        let outcome = store.with(|store| -> Result<_, SyncError> {
-            match store.intake_concerning(
-                &delivery,
-                &record.requests,
-                &record.failures,
-                warnings,
-                &record.people,
-                now_ms(),
-            ) {
-                // A request the store cannot keep (a coalescing version that is not a
-                // timestamp) must not stop the run: the delivery is kept as a dead letter.
-                Err(StoreError::InvalidRequest { mapping, problem }) => {
-                    writeln!(
-                        report,
-                        "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
-                        record.delivery_id
-                    )?;
-                    *summary
-                        .rejected
-                        .entry("mapping:invalid-request".into())
-                        .or_default() += 1;
-                    *summary
-                        .rejected_by_mapping
-                        .entry((mapping.clone(), "mapping:invalid-request".into()))
-                        .or_default() += 1;
-                    let letter = NewDeadLetter {
-                        mapping: Some(mapping.clone()),
-                        category: "mapping:invalid-request".into(),
-                        reason: problem.clone(),
-                        details: serde_json::json!({}),
-                    };
-                    Ok(store.intake_concerning(
-                        &delivery,
-                        &[],
-                        &[letter],
-                        warnings,
-                        &record.people,
-                        now_ms(),
-                    )?)
-                }
-                other => Ok(other?),
+        let outcome = match store.intake_concerning(
+            &delivery,
+            &record.requests,
+            &record.failures,
+            warnings,
+            &record.people,
+            now_ms(),
+        ) {
+            // A request the store cannot keep (a coalescing version that is not a
+            // timestamp) must not stop the run: the delivery is kept as a dead letter.
+            Err(StoreError::InvalidRequest { mapping, problem }) => {
+                writeln!(
+                    report,
+                    "{origin}: rejected: delivery {}: mapping `{mapping}`: {problem}",
+                    record.delivery_id
+                )?;
+                *summary
+                    .rejected
+                    .entry("mapping:invalid-request".into())
+                    .or_default() += 1;
+                *summary
+                    .rejected_by_mapping
+                    .entry((mapping.clone(), "mapping:invalid-request".into()))
+                    .or_default() += 1;
+                let letter = NewDeadLetter {
+                    mapping: Some(mapping.clone()),
+                    category: "mapping:invalid-request".into(),
+                    reason: problem.clone(),
+                    details: serde_json::json!({}),
+                };
+                store.intake_concerning(
+                    &delivery,
+                    &[],
+                    &[letter],
+                    warnings,
+                    &record.people,
+                    now_ms(),
+                )?
             }
-        })?;
+            other => other?,
+        };
         if outcome.duplicate_delivery {
             summary.repeated += 1;
             continue;

@@ -1862,6 +1862,93 @@ async fn run_exits_6_when_klaviyo_is_unavailable_and_keeps_the_queue() {
     standin.shutdown().await;
 }
 
+/// `run --no-send` keeps every delivery in the state file without a key and sends nothing; a
+/// later `run` on the file sends exactly that, once. A delivery read twice is still one.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_no_send_keeps_everything_and_a_later_run_sends_it() {
+    use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+    let standin = StandIn::start(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let input = dir.path().join("orders.ndjson");
+    fs::write(&input, common::synthetic_orders(300)).unwrap();
+    let url = standin.url();
+    let (state_for_kept, input_for_kept, url_for_kept) =
+        (state.clone(), input.clone(), url.clone());
+    let kept = tokio::task::spawn_blocking(move || {
+        marketsync()
+            .args(["run", "--no-send", "--state"])
+            .arg(&state_for_kept)
+            // Read twice: the second reading finds every delivery stored already.
+            .arg(&input_for_kept)
+            .arg(&input_for_kept)
+            .env_remove("KLAVIYO_API_KEY")
+            .env("KLAVIYO_BASE_URL", &url_for_kept)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&kept.stderr);
+    assert_eq!(kept.status.code(), Some(0), "{stderr}");
+    let line = |label: &str| {
+        stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label}: {stderr}"))
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(line("deliveries read"), "600", "{stderr}");
+    assert_eq!(line("repeated"), "300", "{stderr}");
+    assert_eq!(line("sent"), "0", "{stderr}");
+    assert_eq!(
+        standin
+            .stats()
+            .endpoints
+            .values()
+            .map(|e| e.requests)
+            .sum::<u64>(),
+        0
+    );
+
+    let status = marketsync()
+        .args(["status", "--format", "json", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let transaction = &status["lanes"][0];
+    assert_eq!(transaction["lane"], "transaction", "{status:#}");
+    assert!(transaction["depth"].as_u64().unwrap() >= 300, "{status:#}");
+
+    let sent = tokio::task::spawn_blocking(move || {
+        marketsync()
+            .args(["run", "--hold", "0", "--state"])
+            .arg(&state)
+            .write_stdin("")
+            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(0), "{stderr}");
+    assert_eq!(standin.accepted().events_named("Placed Order").count(), 300);
+
+    let both = marketsync()
+        .args(["run", "--no-send", "--dry-run", "-"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
+    standin.shutdown().await;
+}
+
 /// Issue 12: one writer per state file. While a run holds the state file (here: waiting on
 /// its standard input), a second `run` and a `retry` exit 4 at once naming its pid, and
 /// `status` still answers; once the holder is killed (SIGKILL: no clean-up), a run proceeds.

@@ -15,7 +15,9 @@ async fn a_run_killed_again_and_again_delivers_everything_exactly_once_in_effect
     let standin = StandIn::start(Config::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("orders.ndjson");
-    let orders = 150;
+    // Fewer events than a burst (350), so they go one by one and a kill can land between
+    // them: more would be queued at once and go as one bulk job.
+    let orders = 100;
     std::fs::write(&input, common::synthetic_orders(orders)).unwrap();
     let state = dir.path().join("state.db");
     let url = standin.url();

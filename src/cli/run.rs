@@ -13,6 +13,7 @@ use marketsync::sink::{DeliveryReport, SinkConfig, SinkError};
 use marketsync::source::Input;
 use marketsync::sync::{self, IntakeReport, SyncError};
 use std::io::{self, BufWriter, IsTerminal};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ or a GraphQL backfill page; the shape is detected.
 With --dry-run: one request per line on stdout, {\"method\", \"path\", \"body\", \"mapping\",
 \"lane\", \"source\"}; nothing is stored or sent.
 
+With --no-send: every delivery is kept in the state database and nothing is sent (no API key
+needed): a later `run` or `serve` on the same file sends what was queued.
+
 Without it: every delivery is kept in the state database before anything is sent, requests go
 to Klaviyo under its rate limits (order events first), and a run that is killed picks up where
 it stopped when started again. The API key is read from KLAVIYO_API_KEY (or the variable a client's
@@ -94,6 +98,10 @@ pub struct Args {
     /// Print the requests instead of sending them.
     #[arg(long)]
     dry_run: bool,
+    /// Keep what is read in the state file and send nothing: a later `run` (or `serve`) on
+    /// the same file sends it. Needs no API key.
+    #[arg(long, conflicts_with = "dry_run")]
+    no_send: bool,
     /// Threads that parse and map deliveries (default: every core). Output, the order things
     /// are stored in, and what is sent are the same whatever the number.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -137,6 +145,9 @@ pub fn execute(args: Args) -> u8 {
     );
     if args.dry_run {
         return dry(&engine, &inputs, jobs);
+    }
+    if args.no_send {
+        return keep_only(&engine, &args.state, &inputs, jobs);
     }
     let (config, redactor) = match sink_setup(&args.sink, &engine, " (or use --dry-run)") {
         Ok(setup) => setup,
@@ -207,6 +218,37 @@ pub fn execute(args: Args) -> u8 {
         }
         Err(err) => {
             eprintln!("error: {}", redactor.redact(&err.to_string()));
+            EXIT_IO
+        }
+    }
+}
+
+/// `run --no-send`: intake alone, into the state file.
+fn keep_only(engine: &Engine, state: &StateArgs, inputs: &[Input], jobs: usize) -> u8 {
+    let _lock = match state.lock() {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
+    let store = match state.open() {
+        Ok(store) => Mutex::new(store),
+        Err(code) => return code,
+    };
+    let stderr = io::stderr();
+    let mut report = stderr.lock();
+    let (stop, read) = (AtomicBool::new(false), AtomicUsize::new(0));
+    match sync::intake(engine, &store, inputs, jobs, &mut report, &stop, &read) {
+        Ok(intake) => {
+            eprint!("{}", render(&intake, &DeliveryReport::default()));
+            if intake.input_errors > 0 {
+                EXIT_IO
+            } else if intake.rejected.values().sum::<usize>() > 0 {
+                EXIT_REJECTED
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
             EXIT_IO
         }
     }
