@@ -52,18 +52,19 @@ impl Store {
     ) -> Result<Intake, StoreError> {
         let versions = versions_of(requests)?;
         let tx = self.write()?;
-        let inserted = tx.execute(
-            "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (marketplace, delivery_id) DO NOTHING",
-            params![
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (marketplace, delivery_id) DO NOTHING",
+            )?
+            .execute(params![
                 delivery.marketplace,
                 delivery.delivery_id,
                 delivery.origin,
                 delivery.text,
                 now
-            ],
-        )?;
+            ])?;
         if inserted == 0 {
             return Ok(Intake {
                 duplicate_delivery: true,

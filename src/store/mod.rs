@@ -379,12 +379,13 @@ impl Store {
         let kept = || -> Result<_, StoreError> {
             let mut outcomes = Vec::new();
             for item in items {
-                self.conn.execute_batch("SAVEPOINT item")?;
+                // Prepared once per connection, not parsed again for every item.
+                self.conn.prepare_cached("SAVEPOINT item")?.execute([])?;
                 let outcome = each(self, item);
                 if outcome.is_err() {
-                    self.conn.execute_batch("ROLLBACK TO item")?;
+                    self.conn.prepare_cached("ROLLBACK TO item")?.execute([])?;
                 }
-                self.conn.execute_batch("RELEASE item")?;
+                self.conn.prepare_cached("RELEASE item")?.execute([])?;
                 outcomes.push(outcome);
             }
             self.conn.execute_batch("COMMIT")?;
