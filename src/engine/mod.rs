@@ -24,9 +24,9 @@ use crate::diagnostic::Diagnostics;
 use crate::klaviyo::{Coalesce, Endpoint, Request, Schemas, WaitsFor};
 use crate::source::Record;
 use crate::spec::{Lane, MappingSet, Settings};
-use body::Node;
+use body::{Node, Text};
 use minijinja::value::Value;
-use minijinja::{Environment, Expression, Template};
+use minijinja::{Environment, Expression};
 use select::{Condition, Found, SelectError, Selection};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -70,9 +70,9 @@ pub(crate) struct Mapping<'env> {
     when: Option<Expr<'env>>,
     require: Vec<String>,
     for_each: Option<(String, Expr<'env>)>,
-    once_per: Option<Template<'env, 'env>>,
-    waits_for: Option<(Arc<str>, Template<'env, 'env>)>,
-    coalesce: Option<(Template<'env, 'env>, Template<'env, 'env>)>,
+    once_per: Option<Text<'env>>,
+    waits_for: Option<(Arc<str>, Text<'env>)>,
+    coalesce: Option<(Text<'env>, Text<'env>)>,
     body: Node<'env>,
 }
 
@@ -399,7 +399,7 @@ impl Mapping<'_> {
         let mut requests = Vec::with_capacity(contexts.len());
         for ctx in contexts {
             watch.request_started(&ctx);
-            let key = |template: &Template<'_, '_>, what: &str| {
+            let key = |template: &Text<'_>, what: &str| {
                 template
                     .render(&ctx)
                     .map_err(|e| self.render_error(what, &e))
