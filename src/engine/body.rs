@@ -251,7 +251,7 @@ impl Direct {
 }
 
 /// Evaluates an expression, directly when it can be.
-fn eval(
+pub(super) fn eval(
     expr: &Expression<'_, '_>,
     direct: Option<&Direct>,
     ctx: &Value,

@@ -1484,6 +1484,7 @@ fn build<'env>(
             check_callables(env, src, true, reporter);
             Some(Expr {
                 expr,
+                direct: Direct::parse(&src.text),
                 source: src.text.clone(),
                 reads,
             })
@@ -1648,6 +1649,7 @@ where
                 expr,
                 source,
                 reads,
+                ..
             } = items?;
             Node::For {
                 var: var.clone(),

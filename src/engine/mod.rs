@@ -79,6 +79,8 @@ pub(crate) struct Mapping<'env> {
 /// A compiled expression, with its text and the top-level names it reads (for `explain`).
 pub(crate) struct Expr<'env> {
     expr: Expression<'env, 'static>,
+    /// Set when it can be read without the VM (`email | email`).
+    direct: Option<body::Direct>,
     source: String,
     reads: Vec<String>,
 }
@@ -377,9 +379,7 @@ impl Mapping<'_> {
         }
         let mut ctx = Value::from(context);
         for (index, (name, expr)) in self.compute.iter().enumerate() {
-            let value = expr
-                .expr
-                .eval(ctx.clone())
+            let value = body::eval(&expr.expr, expr.direct.as_ref(), &ctx)
                 .map_err(|e| self.render_error(&format!("compute `{name}`"), &e))?;
             watch.computed(index, &value, &ctx);
             ctx = scope::bind(&ctx, name, value);
