@@ -16,6 +16,7 @@ use crate::source::{self, Input, Line, Record};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 
 /// What a run did, for the closing summary and the exit code.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,14 +91,15 @@ impl Summary {
 /// Maps deliveries to requests, remembering what it has seen during one run.
 ///
 /// Work is split in two so it can be spread over threads: [`prepare`] parses and maps one
-/// delivery and needs nothing else (any thread, any order), and [`Runner::accept`] decides in
-/// input order what that delivery contributes (a repeat gives nothing, a once-per key seen
-/// before drops its request) and counts it. One thread or many, the output is the same.
+/// delivery (any thread, any order; it reads only the keys already sent, [`SentKeys`]), and
+/// [`Runner::accept`] decides in input order what that delivery contributes (a repeat gives
+/// nothing, a once-per key seen before drops its request) and counts it. One thread or many,
+/// the output is the same.
 pub struct Runner<'a> {
     engine: &'a Engine,
     /// Fingerprints rather than the keys themselves: memory stays small however long the run.
     seen_deliveries: Seen,
-    seen_keys: Seen,
+    seen_keys: SentKeys,
     pub summary: Summary,
 }
 
@@ -119,14 +121,37 @@ struct PreparedRecord {
     lines: Vec<String>,
 }
 
-/// Parses and maps one delivery. Pure: it may run on any thread, in any order.
-pub fn prepare(engine: &Engine, line: &Line, with_lines: bool) -> Prepared {
+/// The once-per keys a run has sent, shared with the threads that prepare deliveries so that
+/// they build no request the run would drop ([`Engine::map_unsent`]). It holds only the keys
+/// of deliveries already accepted, which all come before any delivery still being prepared:
+/// a key it holds was sent before that delivery whatever the threads' timing, so the output is
+/// the same with one job or eight.
+#[derive(Clone, Default)]
+pub struct SentKeys(Arc<Mutex<Seen>>);
+
+impl SentKeys {
+    /// Adds a key's fingerprint; false if it was already there.
+    fn insert(&self, fingerprint: u128) -> bool {
+        self.0.lock().expect("sent keys lock").insert(fingerprint)
+    }
+
+    /// Whether `mapping` has sent a request with once-per key `key`.
+    pub fn contains(&self, mapping: &str, key: &str) -> bool {
+        let fingerprint = fingerprint(&[mapping, key]);
+        self.0.lock().expect("sent keys lock").contains(fingerprint)
+    }
+}
+
+/// Parses and maps one delivery. Pure but for reading `sent`: it may run on any thread, in any
+/// order.
+pub fn prepare(engine: &Engine, line: &Line, with_lines: bool, sent: &SentKeys) -> Prepared {
     let at = format!("{}:{}", line.origin, line.number);
     let outcome = source::parse_line(line).map(|records| {
         records
             .into_iter()
             .map(|record| {
-                let mut mapped = engine.map(&record);
+                let mut mapped =
+                    engine.map_unsent(&record, &|mapping, key| sent.contains(mapping, key));
                 let mut lines = Vec::new();
                 if with_lines {
                     lines = mapped.requests.iter().map(Request::to_line).collect();
@@ -177,7 +202,7 @@ impl<'a> Runner<'a> {
         Runner {
             engine,
             seen_deliveries: Seen::default(),
-            seen_keys: Seen::default(),
+            seen_keys: SentKeys::default(),
             summary: Summary::default(),
         }
     }
@@ -190,7 +215,7 @@ impl<'a> Runner<'a> {
         mut emit: impl FnMut(&Request) -> io::Result<()>,
         report: &mut dyn Write,
     ) -> io::Result<()> {
-        let prepared = prepare(self.engine, line, false);
+        let prepared = prepare(self.engine, line, false, &self.seen_keys.clone());
         self.accept(prepared, |request, _| emit(request), report)
     }
 
@@ -220,6 +245,7 @@ impl<'a> Runner<'a> {
                 continue;
             }
             self.tally(&record.typename, &record.mapped);
+            self.summary.once_per_key_dropped += record.mapped.already_sent;
             report_mapped(report, &prepared.at, &record.delivery_id, &record.mapped)?;
             for (index, request) in record.mapped.requests.iter().enumerate() {
                 if self.keep(request) {
@@ -272,7 +298,8 @@ impl<'a> Runner<'a> {
         }
         if !mapped.matched {
             *self.summary.skipped.entry(typename.to_owned()).or_default() += 1;
-        } else if mapped.requests.is_empty() && mapped.errors.is_empty() {
+        } else if mapped.requests.is_empty() && mapped.errors.is_empty() && mapped.already_sent == 0
+        {
             self.summary.without_request += 1;
         }
     }
@@ -326,6 +353,14 @@ struct Seen {
 
 impl Seen {
     const FLUSH: usize = 1 << 15;
+
+    fn contains(&self, fingerprint: u128) -> bool {
+        self.recent.contains(&fingerprint)
+            || self
+                .shards
+                .get((fingerprint >> 120) as usize)
+                .is_some_and(|s| s.binary_search(&fingerprint).is_ok())
+    }
 
     /// Adds `fingerprint`; false if it was already there.
     fn insert(&mut self, fingerprint: u128) -> bool {
@@ -384,6 +419,7 @@ pub fn dry_run(
     report: &mut dyn Write,
 ) -> io::Result<Summary> {
     let mut runner = Runner::new(engine);
+    let sent = runner.seen_keys.clone();
     let write = |out: &mut dyn Write, request: &Request, line: Option<&str>| {
         match line {
             Some(line) => out.write_all(line.as_bytes())?,
@@ -394,7 +430,7 @@ pub fn dry_run(
     pipeline::map_in_order(
         inputs,
         jobs,
-        |line| prepare(engine, line, true),
+        |line| prepare(engine, line, true, &sent),
         |item| {
             match item {
                 Item::Delivery(prepared) => runner.accept(
@@ -416,7 +452,72 @@ pub fn dry_run(
 
 #[cfg(test)]
 mod tests {
-    use super::Seen;
+    use super::{Runner, Seen, prepare};
+    use crate::engine::Engine;
+    use crate::source::{Line, parse_line};
+
+    /// A request whose once-per key was sent is not built on the way in, yet the run writes
+    /// and counts exactly what it did when every request was built and then dropped.
+    #[test]
+    fn requests_already_sent_are_not_built_and_the_run_is_the_same() {
+        let (engine, _) = Engine::builtin().expect("the default mappings compile");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/orders.ndjson");
+        let text = std::fs::read_to_string(path).unwrap();
+        // The sample orders (one of them from two invoices), then every delivery again under a
+        // new envelope id: a new delivery, all of whose once-per keys were sent.
+        let again = text.replace("\"body\":{\"id\":\"", "\"body\":{\"id\":\"again-");
+        let lines: Vec<Line> = text
+            .lines()
+            .chain(again.lines())
+            .enumerate()
+            .map(|(i, line)| Line {
+                origin: "orders".into(),
+                number: i + 1,
+                text: line.to_owned(),
+                not_utf8_at: None,
+            })
+            .collect();
+
+        // Every request built, then kept or dropped.
+        let mut full = Runner::new(&engine);
+        let mut full_out = Vec::new();
+        for line in &lines {
+            full.summary.deliveries += 1;
+            for record in parse_line(line).unwrap() {
+                if let Some(mapped) = full.record(&record) {
+                    full_out.extend(mapped.requests.iter().map(|r| r.to_line()));
+                }
+            }
+        }
+
+        let mut skipping = Runner::new(&engine);
+        let mut out = Vec::new();
+        let mut not_built = 0;
+        // The samples hold a redelivery, which counts for nothing.
+        let mut deliveries = std::collections::HashSet::new();
+        for line in &lines {
+            let prepared = prepare(&engine, line, true, &skipping.seen_keys.clone());
+            for record in prepared.outcome.as_ref().unwrap() {
+                if deliveries.insert(record.identity) {
+                    not_built += record.mapped.already_sent;
+                }
+            }
+            let mut write = |_: &_, line: Option<&str>| {
+                out.push(line.unwrap().to_owned());
+                Ok(())
+            };
+            skipping
+                .accept(prepared, &mut write, &mut Vec::new())
+                .unwrap();
+        }
+        assert_eq!(out, full_out);
+        assert_eq!(skipping.summary, full.summary);
+        assert!(full.summary.once_per_key_dropped > 0);
+        assert_eq!(
+            not_built, full.summary.once_per_key_dropped,
+            "one job: every request the run drops is one it did not build"
+        );
+    }
 
     #[test]
     fn seen_keeps_every_fingerprint_across_merges() {

@@ -28,6 +28,13 @@
 //! turn, unpaid orders left out): every one is a distinct delivery that queues work, as the
 //! receiver's benchmark (`benches/serve/run.sh`) needs to count "each stored once".
 //!
+//! The shape of orders can be changed (`--sellers`, `--lines`, `--tags`, `--metadata`,
+//! `--title-words`), so the benchmark can show how the cost grows with what a delivery carries
+//! (issue 18). Left at their defaults, the options draw no random numbers of their own: the
+//! output is byte for byte what it was before they existed, and so are the figures taken on it.
+//! Marketplacer's webhook queries select no tags field, so tags come as what storefronts keep
+//! them in, order metadata (`{"key": "tag", "value": ...}`).
+//!
 //! Every order is rebuilt from `(seed, order number)` alone, so shipments and refunds of earlier
 //! orders need no memory of them: the output is streamed with constant memory whatever its size.
 //!
@@ -78,6 +85,63 @@ struct Args {
     /// carry inside the window. Needs --count.
     #[arg(long, value_parser = parse_span, requires = "count")]
     span: Option<Duration>,
+    #[command(flatten)]
+    shape: Shape,
+}
+
+/// How much an order carries. Each count is drawn per order (per invoice for lines, per line
+/// for title words), evenly from `MIN..MAX` (or exactly `N`).
+#[derive(clap::Args, Clone, Copy)]
+struct Shape {
+    /// Sellers in an order, so invoices (each carrying the whole order): MIN..MAX, at most 9.
+    #[arg(long, default_value = "1..3", value_parser = parse_count)]
+    sellers: Count,
+    /// Lines in an invoice: MIN..MAX, at most 9.
+    #[arg(long, default_value = "1..3", value_parser = parse_count)]
+    lines: Count,
+    /// Tags on an order (as metadata entries keyed "tag", non-ASCII among them): MIN..MAX.
+    #[arg(long, default_value = "0", value_parser = parse_count)]
+    tags: Count,
+    /// Metadata entries on an order besides checkout_channel and accepts_marketing: MIN..MAX.
+    #[arg(long, default_value = "0", value_parser = parse_count)]
+    metadata: Count,
+    /// Words added to every advert title, for longer texts: MIN..MAX.
+    #[arg(long, default_value = "0", value_parser = parse_count)]
+    title_words: Count,
+}
+
+/// A count drawn evenly from `min..=max`.
+#[derive(Clone, Copy)]
+struct Count {
+    min: usize,
+    max: usize,
+}
+
+impl Count {
+    /// The count for one order (or invoice, or line). A fixed zero draws nothing, so options
+    /// left at zero do not move the random numbers everything else is drawn from.
+    fn draw(self, rng: &mut Xoshiro256PlusPlus) -> usize {
+        if self.max == 0 {
+            return 0;
+        }
+        rng.random_range(self.min..=self.max)
+    }
+}
+
+fn parse_count(text: &str) -> Result<Count, String> {
+    let number = |n: &str| {
+        n.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{text:?} is not a count (N or MIN..MAX)"))
+    };
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => (number(text)?, number(text)?),
+    };
+    if min > max {
+        return Err(format!("{text:?}: the minimum is above the maximum"));
+    }
+    Ok(Count { min, max })
 }
 
 fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
@@ -132,6 +196,16 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
+    // Ids leave one decimal digit for an order's invoices and one for an invoice's lines.
+    for (name, count) in [
+        ("--sellers", args.shape.sellers),
+        ("--lines", args.shape.lines),
+    ] {
+        if count.min == 0 || count.max > 9 {
+            eprintln!("{name}: between 1 and 9");
+            std::process::exit(2);
+        }
+    }
     let limit_bytes = match (args.size, args.count) {
         (None, None) => Some(100_000_000),
         (size, _) => size,
@@ -144,7 +218,7 @@ fn main() -> io::Result<()> {
         inner: BufWriter::with_capacity(1 << 20, sink),
         bytes: 0,
     };
-    let mut generator = Generator::new(args.seed, args.marketplace);
+    let mut generator = Generator::new(args.seed, args.marketplace, args.shape);
     if let Some(start) = args.start {
         generator.clock = start;
     }
@@ -231,6 +305,7 @@ struct Window {
 
 struct Generator {
     seed: u64,
+    shape: Shape,
     /// With a window, each delivery's time is drawn inside its own slice of it.
     window: Option<Window>,
     /// Deliveries so far, for the window's slices.
@@ -248,9 +323,10 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(seed: u64, marketplace: String) -> Generator {
+    fn new(seed: u64, marketplace: String, shape: Shape) -> Generator {
         Generator {
             seed,
+            shape,
             window: None,
             delivered: 0,
             marketplace,
@@ -323,7 +399,7 @@ impl Generator {
     }
 
     fn order(&self, n: u64) -> Order {
-        Order::build(self.seed, n)
+        Order::build(self.seed, n, self.shape)
     }
 
     /// The next invoice of the order being delivered, starting a new order when it is done.
@@ -617,7 +693,7 @@ struct Line {
 }
 
 impl Order {
-    fn build(seed: u64, n: u64) -> Order {
+    fn build(seed: u64, n: u64, shape: Shape) -> Order {
         let mut rng =
             Xoshiro256PlusPlus::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let rng = &mut rng;
@@ -670,10 +746,17 @@ impl Order {
             1 => metadata.push(json!({"key": "accepts_marketing", "value": "no"})),
             _ => {}
         }
+        for _ in 0..shape.tags.draw(rng) {
+            metadata.push(json!({"key": "tag", "value": *pick(rng, TAGS)}));
+        }
+        for i in 0..shape.metadata.draw(rng) {
+            let value = format!("{}-{}", pick(rng, TAGS), rng.random_range(0..10_000));
+            metadata.push(json!({"key": format!("note_{i}"), "value": value}));
+        }
         let external_ids =
             json!([{"key": "storefront_order_number", "value": format!("PM-{legacy_id:08}")}]);
-        // 1 to 3 distinct sellers, 1 to 3 lines each.
-        let seller_count = rng.random_range(1..=3);
+        // Distinct sellers (1 to 3 by default), each with its lines (1 to 3 by default).
+        let seller_count = shape.sellers.draw(rng);
         let mut sellers: Vec<usize> = Vec::new();
         while sellers.len() < seller_count {
             let s = rng.random_range(0..SELLERS.len());
@@ -685,8 +768,8 @@ impl Order {
         for (k, &s) in sellers.iter().enumerate() {
             let seller = SELLERS[s];
             let invoice_id = legacy_id * 10 + k as u64;
-            let lines = (0..rng.random_range(1..=3))
-                .map(|i| Line::build(rng, legacy_id * 100 + (k * 10 + i) as u64, i, s))
+            let lines = (0..shape.lines.draw(rng))
+                .map(|i| Line::build(rng, legacy_id * 100 + (k * 10 + i) as u64, i, s, shape))
                 .collect();
             invoices.push(Invoice {
                 legacy_id: invoice_id,
@@ -819,13 +902,23 @@ impl Invoice {
 }
 
 impl Line {
-    fn build(rng: &mut Xoshiro256PlusPlus, legacy_id: u64, index: usize, seller: usize) -> Line {
+    fn build(
+        rng: &mut Xoshiro256PlusPlus,
+        legacy_id: u64,
+        index: usize,
+        seller: usize,
+        shape: Shape,
+    ) -> Line {
         let (noun, tree, sku_stem) = *pick(rng, PRODUCTS);
         let adjective = *pick(rng, ADJECTIVES);
         let mut title = format!("{adjective} {noun}");
         if rng.random_bool(0.25) {
             title.push(' ');
             title.push_str(pick::<&str>(rng, EMOJI));
+        }
+        for _ in 0..shape.title_words.draw(rng) {
+            title.push(' ');
+            title.push_str(pick::<&str>(rng, TITLE_WORDS));
         }
         // Brands belong to sellers; a few adverts name none.
         let brand = (!rng.random_bool(0.08))
@@ -1217,6 +1310,42 @@ const ADJECTIVES: &[&str] = &[
 ];
 
 const EMOJI: &[&str] = &["🐶", "🐱", "🐟", "🐦", "✨", "🎁", "🌿", "❤️"];
+
+/// Words that lengthen titles (`--title-words`), as sellers pad them for search.
+const TITLE_WORDS: &[&str] = &[
+    "für",
+    "Hunde",
+    "großer",
+    "résistant",
+    "à l'eau",
+    "\"waterproof\"",
+    "eco-friendly",
+    "大型犬",
+    "ペット用",
+    "Größe XL",
+    "set of 2",
+    "with free gift 🎁",
+    "vet approved",
+    "100% natural",
+    "hand-made in Tāmaki Makaurau",
+    "Ålesund edition",
+];
+
+/// Order tags (`--tags`), as storefronts keep them in metadata.
+const TAGS: &[&str] = &[
+    "vip",
+    "first-order",
+    "gift",
+    "wholesale",
+    "subscription",
+    "click & collect",
+    "rückgabe",
+    "café-partner",
+    "élevage",
+    "新客户",
+    "お得意様",
+    "🐾 club",
+];
 
 const VARIANTS: &[&str] = &[
     "Large / Blue",

@@ -134,7 +134,8 @@ def requests:
           key: "ordered-product\u001f\($m):\($order_id):\($line_id)",
           line: line_out("ordered-product"; $source; event(settings.ordered_product; $profile; $time;
             (.totalCents | money); "\($m):ordered-product:\($order_id):\($line_id)";
-            ({OrderId: $order_id, LineItemId: $line_id, Marketplace: $m, Seller: $n.seller.businessName}
+            ({MarketsyncKey: "\($m):ordered-product:\($order_id):\($line_id)",
+              OrderId: $order_id, LineItemId: $line_id, Marketplace: $m, Seller: $n.seller.businessName}
              + line_fields | prune)))
         }
     ),
@@ -146,6 +147,7 @@ def requests:
           line: line_out("placed-order"; $source; event(settings.placed_order; $profile; $time;
             ($o.totalCents | money); "\($m):placed-order:\($order_id)";
             {
+              MarketsyncKey: "\($m):placed-order:\($order_id)",
               OrderId: $order_id,
               Marketplace: $m,
               Sellers: ([$o.invoices.nodes[].seller.businessName] | unique_ci),

@@ -146,6 +146,7 @@ PLACED_ORDER = env.from_string(
   "value_currency": {{ currency | tojson }},
   "unique_id": {{ (marketplace ~ ":placed-order:" ~ order_id) | tojson }},
   "properties": {
+    "MarketsyncKey": {{ (marketplace ~ ":placed-order:" ~ order_id) | tojson }},
     "OrderId": {{ order_id | string | tojson }},
     "Marketplace": {{ marketplace | tojson }},
     "Sellers": {{ sellers | unique | list | tojson }},
@@ -170,6 +171,7 @@ ORDERED_PRODUCT = env.from_string(
   "value_currency": {{ currency | tojson }},
   "unique_id": {{ (marketplace ~ ":ordered-product:" ~ order_id ~ ":" ~ line.legacyId) | tojson }},
   "properties": {
+    "MarketsyncKey": {{ (marketplace ~ ":ordered-product:" ~ order_id ~ ":" ~ line.legacyId) | tojson }},
     "OrderId": {{ order_id | string | tojson }},
     "LineItemId": {{ line.legacyId | string | tojson }},
     "Marketplace": {{ marketplace | tojson }},

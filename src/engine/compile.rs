@@ -6,7 +6,7 @@
 //! name a template reads is defined. Nothing stops at the first problem: each one becomes a
 //! diagnostic with the file, line and column of the value at fault.
 
-use super::body::{Lookup, Node};
+use super::body::{Direct, Node, Text};
 use super::callables::{Callable, callables};
 use super::select::{Cardinality, Condition, Path, Selection};
 use super::{CONTEXT_NAMES, Compiled, Engine, Expr, Mapping, filters};
@@ -1484,6 +1484,7 @@ fn build<'env>(
             check_callables(env, src, true, reporter);
             Some(Expr {
                 expr,
+                direct: Direct::parse(&src.text),
                 source: src.text.clone(),
                 reads,
             })
@@ -1535,7 +1536,7 @@ fn build<'env>(
         let src = Src::whole(template.source().to_owned(), *position);
         scope.check(template.undeclared_variables(false), &src, &mut reporter);
         check_callables(env, &src, false, &mut reporter);
-        Some(template)
+        Some(Text::new(template))
     };
     let once_per = plan.once_per.as_ref().and_then(&mut key_template);
     let waits_for = plan
@@ -1604,7 +1605,7 @@ where
             let Expr { expr, reads, .. } = expression(src, scope, reporter)?;
             Node::Expression {
                 expr,
-                lookup: Lookup::parse(&src.text),
+                direct: Direct::parse(&src.text),
                 source: leaf.clone(),
                 reads,
             }
@@ -1616,7 +1617,10 @@ where
             let src = Src::whole(template.source().to_owned(), *position);
             scope.check(used, &src, reporter);
             check_callables(env, &src, false, reporter);
-            Node::Template { template, reads }
+            Node::Template {
+                template: Text::new(template),
+                reads,
+            }
         }
         PlanNode::List(items) => {
             let built: Vec<Option<Node<'env>>> = items
@@ -1645,11 +1649,12 @@ where
                 expr,
                 source,
                 reads,
+                ..
             } = items?;
             Node::For {
                 var: var.clone(),
                 items: expr,
-                items_lookup: Lookup::parse(&source),
+                items_direct: Direct::parse(&source),
                 source,
                 reads,
                 element: Box::new(element?),

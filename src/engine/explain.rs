@@ -280,7 +280,7 @@ impl Engine {
             .find(|m| &*m.name == name)?;
         // The globals `map` gives every mapping of this record.
         let source: Arc<str> = record.delivery_id.as_str().into();
-        let globals = self.globals(record, &source);
+        let globals = self.globals(record, &source, &|_, _| false);
         let checks = checks(mapping, record);
         let matched =
             mapping.reads(record) && mapping.conditions.iter().all(|c| c.holds(&record.node));
@@ -338,7 +338,7 @@ impl Engine {
                 kind: error.kind.as_str().to_owned(),
                 message: error.message,
             },
-            Ok(requests) if !requests.is_empty() => Outcome::Requests {
+            Ok((requests, _)) if !requests.is_empty() => Outcome::Requests {
                 count: requests.len(),
             },
             Ok(_) if when_false => Outcome::WhenFalse,

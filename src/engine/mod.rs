@@ -24,9 +24,9 @@ use crate::diagnostic::Diagnostics;
 use crate::klaviyo::{Coalesce, Endpoint, Request, Schemas, WaitsFor};
 use crate::source::Record;
 use crate::spec::{Lane, MappingSet, Settings};
-use body::Node;
+use body::{Node, Text};
 use minijinja::value::Value;
-use minijinja::{Environment, Expression, Template};
+use minijinja::{Environment, Expression};
 use select::{Condition, Found, SelectError, Selection};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -70,15 +70,17 @@ pub(crate) struct Mapping<'env> {
     when: Option<Expr<'env>>,
     require: Vec<String>,
     for_each: Option<(String, Expr<'env>)>,
-    once_per: Option<Template<'env, 'env>>,
-    waits_for: Option<(Arc<str>, Template<'env, 'env>)>,
-    coalesce: Option<(Template<'env, 'env>, Template<'env, 'env>)>,
+    once_per: Option<Text<'env>>,
+    waits_for: Option<(Arc<str>, Text<'env>)>,
+    coalesce: Option<(Text<'env>, Text<'env>)>,
     body: Node<'env>,
 }
 
 /// A compiled expression, with its text and the top-level names it reads (for `explain`).
 pub(crate) struct Expr<'env> {
     expr: Expression<'env, 'static>,
+    /// Set when it can be read without the VM (`email | email`).
+    direct: Option<body::Direct>,
     source: String,
     reads: Vec<String>,
 }
@@ -107,7 +109,13 @@ pub struct Mapped {
     pub errors: Vec<MappingError>,
     /// Whether any mapping reads this record's type and event; if none does, it was skipped.
     pub matched: bool,
+    /// Requests not built because their once-per key was already sent (see
+    /// [`Engine::map_unsent`]): the run would have dropped them.
+    pub already_sent: usize,
 }
+
+/// Whether a mapping's request with this once-per key was already sent: `(mapping, key)`.
+pub type Sent<'a> = &'a (dyn Fn(&str, &str) -> bool + 'a);
 
 /// A mapping that could not produce its requests for a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,21 +229,38 @@ impl Engine {
     }
 
     /// What every mapping of `record` may read besides its own selections.
-    fn globals<'a>(&'a self, record: &'a Record, source: &'a Arc<str>) -> Globals<'a> {
+    fn globals<'a>(
+        &'a self,
+        record: &'a Record,
+        source: &'a Arc<str>,
+        sent: Sent<'a>,
+    ) -> Globals<'a> {
         Globals {
             settings: &self.settings_value,
             marketplace: self.marketplace_of(record),
             currency: self.currency_of(record),
             record,
             source,
+            sent,
         }
     }
 
     /// Applies every mapping to `record`.
     pub fn map(&self, record: &Record) -> Mapped {
+        self.map_unsent(record, &|_, _| false)
+    }
+
+    /// Applies every mapping to `record`, but builds no request whose once-per key `sent`
+    /// says was already sent: those are only counted (`Mapped::already_sent`), and so are not
+    /// checked either. A Placed Order is built from whichever of its order's invoices comes
+    /// first, yet every invoice carries the whole order: with 2 to 3 sellers an order, most
+    /// Placed Orders built (with all the order's lines) were thrown away. Not building them
+    /// took a one-job dry run's instructions (past start-up, callgrind) down 15% on the
+    /// default order shape and 18% on the rich one (docs/performance.md, issue 18).
+    pub fn map_unsent(&self, record: &Record, sent: Sent<'_>) -> Mapped {
         let mut mapped = Mapped::default();
         let source: Arc<str> = record.delivery_id.as_str().into();
-        let globals = self.globals(record, &source);
+        let globals = self.globals(record, &source, sent);
         for mapping in self.compiled.borrow_dependent() {
             if !mapping.reads(record) {
                 continue;
@@ -252,7 +277,10 @@ impl Engine {
                     .map(|w| format!("mapping `{}`: {w}", mapping.name)),
             );
             match result {
-                Ok(requests) => mapped.requests.extend(requests),
+                Ok((requests, already_sent)) => {
+                    mapped.requests.extend(requests);
+                    mapped.already_sent += already_sent;
+                }
                 Err(error) => mapped.errors.push(error),
             }
         }
@@ -267,6 +295,7 @@ struct Globals<'a> {
     currency: &'a str,
     record: &'a Record,
     source: &'a Arc<str>,
+    sent: Sent<'a>,
 }
 
 impl Mapping<'_> {
@@ -295,17 +324,18 @@ impl Mapping<'_> {
         &self,
         globals: &Globals<'_>,
         schemas: &Schemas,
-    ) -> Result<Vec<Request>, MappingError> {
+    ) -> Result<(Vec<Request>, usize), MappingError> {
         self.apply_watched(globals, schemas, &mut ())
     }
 
-    /// [`Mapping::apply`], telling `watch` what each step gave.
+    /// [`Mapping::apply`], telling `watch` what each step gave: the requests, and how many
+    /// were not built because `globals.sent` says their key was already sent.
     fn apply_watched<W: Watch>(
         &self,
         globals: &Globals<'_>,
         schemas: &Schemas,
         watch: &mut W,
-    ) -> Result<Vec<Request>, MappingError> {
+    ) -> Result<(Vec<Request>, usize), MappingError> {
         let record = globals.record;
         let mut context: BTreeMap<String, Value> = BTreeMap::new();
         context.insert("settings".into(), globals.settings.clone());
@@ -349,9 +379,7 @@ impl Mapping<'_> {
         }
         let mut ctx = Value::from(context);
         for (index, (name, expr)) in self.compute.iter().enumerate() {
-            let value = expr
-                .expr
-                .eval(ctx.clone())
+            let value = body::eval(&expr.expr, expr.direct.as_ref(), &ctx)
                 .map_err(|e| self.render_error(&format!("compute `{name}`"), &e))?;
             watch.computed(index, &value, &ctx);
             ctx = scope::bind(&ctx, name, value);
@@ -363,7 +391,7 @@ impl Mapping<'_> {
                 .map_err(|e| self.render_error("when", &e))?;
             watch.when(holds.is_true());
             if !holds.is_true() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), 0));
             }
         }
         for name in &self.require {
@@ -397,9 +425,10 @@ impl Mapping<'_> {
             }
         };
         let mut requests = Vec::with_capacity(contexts.len());
+        let mut already_sent = 0;
         for ctx in contexts {
             watch.request_started(&ctx);
-            let key = |template: &Template<'_, '_>, what: &str| {
+            let key = |template: &Text<'_>, what: &str| {
                 template
                     .render(&ctx)
                     .map_err(|e| self.render_error(what, &e))
@@ -409,6 +438,13 @@ impl Mapping<'_> {
                 .as_ref()
                 .map(|t| key(t, "once_per"))
                 .transpose()?;
+            if once_key
+                .as_deref()
+                .is_some_and(|key| (globals.sent)(&self.name, key))
+            {
+                already_sent += 1;
+                continue;
+            }
             let waits_for = match &self.waits_for {
                 None => None,
                 Some((mapping, template)) => Some(WaitsFor {
@@ -458,6 +494,6 @@ impl Mapping<'_> {
             watch.request_done(&request);
             requests.push(request);
         }
-        Ok(requests)
+        Ok((requests, already_sent))
     }
 }
