@@ -194,13 +194,10 @@ pub fn execute(args: Args) -> u8 {
         Ok((intake, delivery)) => {
             eprint!("{}", render(&intake, &delivery));
             let dead: usize = delivery.dead_letters.values().sum();
-            if intake.input_errors > 0 {
-                EXIT_IO
-            } else if dead + intake.rejected.values().sum::<usize>() > 0 {
-                EXIT_REJECTED
-            } else {
-                EXIT_OK
-            }
+            finished(
+                intake.input_errors,
+                dead + intake.rejected.values().sum::<usize>(),
+            )
         }
         // Errors can quote what Klaviyo (or a proxy) said: never the key.
         Err(SyncError::Unavailable {
@@ -239,18 +236,24 @@ fn keep_only(engine: &Engine, state: &StateArgs, inputs: &[Input], jobs: usize) 
     match sync::intake(engine, &store, inputs, jobs, &mut report, &stop, &read) {
         Ok(intake) => {
             eprint!("{}", render(&intake, &DeliveryReport::default()));
-            if intake.input_errors > 0 {
-                EXIT_IO
-            } else if intake.rejected.values().sum::<usize>() > 0 {
-                EXIT_REJECTED
-            } else {
-                EXIT_OK
-            }
+            finished(intake.input_errors, intake.rejected.values().sum())
         }
         Err(err) => {
             eprintln!("error: {err}");
             EXIT_IO
         }
+    }
+}
+
+/// The exit code of a run that read to its end: an input that could not be read says more than
+/// a rejected delivery or request.
+fn finished(input_errors: usize, rejected: usize) -> u8 {
+    if input_errors > 0 {
+        EXIT_IO
+    } else if rejected > 0 {
+        EXIT_REJECTED
+    } else {
+        EXIT_OK
     }
 }
 
@@ -262,13 +265,7 @@ fn dry(engine: &Engine, inputs: &[Input], jobs: usize) -> u8 {
     match dry_run(engine, inputs, jobs, &mut out, &mut report) {
         Ok(summary) => {
             eprint!("{}", summary.render());
-            if summary.input_errors > 0 {
-                EXIT_IO
-            } else if summary.rejected_count() > 0 {
-                EXIT_REJECTED
-            } else {
-                EXIT_OK
-            }
+            finished(summary.input_errors, summary.rejected_count())
         }
         Err(err) => {
             eprintln!("error: {err}");
