@@ -8,14 +8,13 @@
 mod common;
 
 use common::ServeProcess;
-use common::orders::{self, ndjson};
+use common::orders::{self, StandIns, ndjson};
 use marketsync::serve::WEBHOOK_PATH;
-use marketsync::standin::marketplacer as mp;
-use marketsync::standin::{Config, DEFAULT_API_KEY, StandIn};
+use marketsync::standin::StandIn;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const ORDERS: u64 = 120;
@@ -48,52 +47,29 @@ fn clients(dir: &Path, page_size: u32, rate: &str) {
     .unwrap();
 }
 
+/// The day's stand-ins, and its webhooks.
 struct Day {
-    dir: tempfile::TempDir,
-    runtime: tokio::runtime::Runtime,
-    klaviyo: StandIn,
-    marketplacer: mp::StandIn,
+    stand_ins: StandIns,
     all: Vec<Value>,
+}
+
+impl std::ops::Deref for Day {
+    type Target = StandIns;
+    fn deref(&self) -> &StandIns {
+        &self.stand_ins
+    }
 }
 
 impl Day {
     fn new(page_size: u32, rate: &str) -> Day {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         clients(dir.path(), page_size, rate);
         let all = day();
-        let mut data = mp::Data::new();
-        let summary = data.load_text("day.ndjson", &ndjson(&all.iter().collect::<Vec<_>>()));
-        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
-        let marketplacer = runtime
-            .block_on(mp::StandIn::start(mp::Config {
-                data,
-                ..mp::Config::default()
-            }))
-            .unwrap();
-        let klaviyo = runtime.block_on(StandIn::start(Config::default())).unwrap();
+        let text = ndjson(&all.iter().collect::<Vec<_>>());
         Day {
-            dir,
-            runtime,
-            klaviyo,
-            marketplacer,
+            stand_ins: StandIns::start(dir, "day.ndjson", &text),
             all,
         }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = common::marketsync_command();
-        command
-            .current_dir(self.dir.path())
-            .args(args)
-            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
-            .env("KLAVIYO_BASE_URL", self.klaviyo.url())
-            .env("MARKETPLACER_API_KEY", mp::DEFAULT_API_KEY);
-        command
     }
 
     /// `marketsync reconcile` over the day with the fixed client: exit code and JSON report.
@@ -301,10 +277,7 @@ fn a_day_with_webhooks_withheld_and_dead_lettered_is_repaired_exactly_once() {
     );
     assert_eq!(klaviyo_requests(&day.klaviyo), requests_before);
 
-    day.runtime.block_on(async {
-        day.klaviyo.shutdown().await;
-        day.marketplacer.shutdown().await;
-    });
+    day.stand_ins.shutdown();
 }
 
 /// The report's facts: everything but what this process itself asked of Marketplacer.
@@ -408,8 +381,5 @@ fn a_run_killed_halfway_resumes_and_ends_with_the_uninterrupted_report() {
     };
     assert_eq!(pending(&killed), pending(&whole));
 
-    day.runtime.block_on(async {
-        day.klaviyo.shutdown().await;
-        day.marketplacer.shutdown().await;
-    });
+    day.stand_ins.shutdown();
 }

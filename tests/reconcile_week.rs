@@ -9,13 +9,12 @@
 
 mod common;
 
-use common::orders::{self, ndjson};
+use common::orders::{self, StandIns, ndjson};
 use marketsync::reconcile::impact::{Class, FLOW_PLACED_ORDER_RATE};
 use marketsync::standin::marketplacer as mp;
-use marketsync::standin::{Config, DEFAULT_API_KEY, Drift, FlowStatus, StandIn, SuppressionReason};
+use marketsync::standin::{DEFAULT_API_KEY, Drift, FlowStatus, SuppressionReason};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 /// A week of 30 orders a day, in March (long settled, so nothing is "on its way").
 const START: &str = "2026-03-16T00:00:00Z";
@@ -86,52 +85,24 @@ fn client(dir: &Path) {
     .unwrap();
 }
 
-struct Week {
-    dir: tempfile::TempDir,
-    runtime: tokio::runtime::Runtime,
-    klaviyo: StandIn,
-    marketplacer: mp::StandIn,
+/// The week's stand-ins, and what the test does with them.
+struct Week(StandIns);
+
+impl std::ops::Deref for Week {
+    type Target = StandIns;
+    fn deref(&self) -> &StandIns {
+        &self.0
+    }
 }
 
 impl Week {
     fn start() -> Week {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         client(dir.path());
         let all = deliveries();
         let text = ndjson(&all.iter().collect::<Vec<_>>());
         std::fs::write(dir.path().join("week.ndjson"), &text).unwrap();
-        let mut data = mp::Data::new();
-        let summary = data.load_text("week.ndjson", &text);
-        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
-        let marketplacer = runtime
-            .block_on(mp::StandIn::start(mp::Config {
-                data,
-                ..mp::Config::default()
-            }))
-            .unwrap();
-        let klaviyo = runtime.block_on(StandIn::start(Config::default())).unwrap();
-        Week {
-            dir,
-            runtime,
-            klaviyo,
-            marketplacer,
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = common::marketsync_command();
-        command
-            .current_dir(self.dir.path())
-            .args(args)
-            .env("KLAVIYO_API_KEY", DEFAULT_API_KEY)
-            .env("KLAVIYO_BASE_URL", self.klaviyo.url())
-            .env("MARKETPLACER_API_KEY", mp::DEFAULT_API_KEY);
-        command
+        Week(StandIns::start(dir, "week.ndjson", &text))
     }
 
     /// Every webhook of the week sent as it arrived: Klaviyo holds all of it.
@@ -553,8 +524,5 @@ fn a_week_with_one_of_each_class_planted_is_reported_ranked_then_repaired_where_
     assert_eq!(open(&after), keys(&left), "{:#}", after["read_back"]);
     assert_eq!(code, Some(8));
 
-    week.runtime.block_on(async {
-        week.klaviyo.shutdown().await;
-        week.marketplacer.shutdown().await;
-    });
+    week.0.shutdown();
 }

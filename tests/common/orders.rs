@@ -190,3 +190,66 @@ pub fn generate(start: &str, days: u64, per_day: u64, first: u64) -> Vec<Value> 
     }
     out
 }
+
+/// Both stand-ins for a reconciliation test, with a folder of its own: Marketplacer serving
+/// `text` (webhook captures as NDJSON, what `serve` would have received), Klaviyo empty.
+pub struct StandIns {
+    pub dir: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+    pub klaviyo: marketsync::standin::StandIn,
+    pub marketplacer: marketsync::standin::marketplacer::StandIn,
+}
+
+impl StandIns {
+    /// Starts both; `dir` may already hold the test's clients.
+    pub fn start(dir: tempfile::TempDir, name: &str, text: &str) -> StandIns {
+        use marketsync::standin::marketplacer as mp;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut data = mp::Data::new();
+        let summary = data.load_text(name, text);
+        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+        let marketplacer = runtime
+            .block_on(mp::StandIn::start(mp::Config {
+                data,
+                ..mp::Config::default()
+            }))
+            .unwrap();
+        let klaviyo = runtime
+            .block_on(marketsync::standin::StandIn::start(
+                marketsync::standin::Config::default(),
+            ))
+            .unwrap();
+        StandIns {
+            dir,
+            runtime,
+            klaviyo,
+            marketplacer,
+        }
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// The binary in the test's folder, with both stand-ins' keys and Klaviyo's address.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = super::marketsync_command();
+        command
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("KLAVIYO_API_KEY", marketsync::standin::DEFAULT_API_KEY)
+            .env("KLAVIYO_BASE_URL", self.klaviyo.url())
+            .env(
+                "MARKETPLACER_API_KEY",
+                marketsync::standin::marketplacer::DEFAULT_API_KEY,
+            );
+        command
+    }
+
+    pub fn shutdown(self) {
+        self.runtime.block_on(async {
+            self.klaviyo.shutdown().await;
+            self.marketplacer.shutdown().await;
+        });
+    }
+}
