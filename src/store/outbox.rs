@@ -140,23 +140,24 @@ impl Store {
     pub fn mark_sent(&mut self, ids: &[i64], status: u16, now: i64) -> Result<(), StoreError> {
         let tx = self.write()?;
         for &id in ids {
+            // Cached statements: a bulk job's answer marks up to 1,000 rows, and parsing each
+            // statement anew for every row was 3% of `serve`'s CPU (perf, 4 December).
             let row = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT state, mapping, endpoint, once_key, unique_id, coalesce_key, version
                      FROM outbox WHERE id = ?1",
-                    [id],
-                    |r| {
-                        Ok(SentRow {
-                            state: r.get(0)?,
-                            mapping: r.get(1)?,
-                            endpoint: r.get(2)?,
-                            once_key: r.get(3)?,
-                            unique_id: r.get(4)?,
-                            coalesce_key: r.get(5)?,
-                            version: r.get(6)?,
-                        })
-                    },
-                )
+                )?
+                .query_row([id], |r| {
+                    Ok(SentRow {
+                        state: r.get(0)?,
+                        mapping: r.get(1)?,
+                        endpoint: r.get(2)?,
+                        once_key: r.get(3)?,
+                        unique_id: r.get(4)?,
+                        coalesce_key: r.get(5)?,
+                        version: r.get(6)?,
+                    })
+                })
                 .optional()?
                 .ok_or(StoreError::NotFound {
                     what: "outbox row",
@@ -172,35 +173,33 @@ impl Store {
                     });
                 }
             }
-            tx.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?2 WHERE id = ?1",
-                params![id, now],
-            )?;
+            tx.prepare_cached("UPDATE outbox SET state = 'sent', sent_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
             let key = row.once_key.as_deref().map(|k| ledger_key(&row.mapping, k));
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO ledger (outbox_id, key, unique_id, endpoint, status, sent_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, key, row.unique_id, row.endpoint, status, now],
-            )?;
+            )?
+            .execute(params![id, key, row.unique_id, row.endpoint, status, now])?;
             insert_attempt(&tx, id, now, Some(status), "accepted")?;
             if let (Some(coalesce_key), Some(version)) = (&row.coalesce_key, &row.version) {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO watermark (mapping, coalesce_key, version, updated_at)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (mapping, coalesce_key) DO UPDATE
-                     SET version = max(version, excluded.version), updated_at = excluded.updated_at",
-                    params![row.mapping, coalesce_key, version, now],
-                )?;
+                     SET version = max(version, excluded.version), updated_at = excluded.updated_at"
+                )?
+                .execute(params![row.mapping, coalesce_key, version, now])?;
             }
             if row.endpoint == CONSENT_ENDPOINT
                 && let Some(once_key) = &row.once_key
             {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO consent (once_key, mapping, outbox_id, accepted_at)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (once_key) DO NOTHING",
-                    params![once_key, row.mapping, id, now],
-                )?;
+                )?
+                .execute(params![once_key, row.mapping, id, now])?;
             }
         }
         tx.commit()?;
