@@ -329,7 +329,7 @@ impl Sink {
     ) -> Result<(), SinkError> {
         // Rows being sent, and the coalescing keys they hold: two updates of one profile must
         // never be in flight together, or the older could reach Klaviyo last.
-        let mut in_flight: HashMap<i64, Option<(String, String)>> = HashMap::new();
+        let mut in_flight = InFlight::default();
         // Rows a bulk request could not carry: they go one by one.
         let mut single_only: HashSet<i64> = HashSet::new();
         let mut tasks: JoinSet<Sent> = JoinSet::new();
@@ -398,27 +398,39 @@ impl Sink {
                         bulk.push(endpoint);
                     }
                 }
+                // A bulk endpoint's rows are read only when a batch of them could go now: read
+                // on every scan (up to 200 a second while webhooks arrive), a thousand bodies
+                // were parsed and batched to be dropped again unsent, which was most of the
+                // sender's CPU in `serve` (perf, 4 December). Left out, they stay queued.
+                let mut skipped = resting_paths;
+                let mut going = Vec::with_capacity(bulk.len());
+                for endpoint in bulk {
+                    if self.batch_may_go(&store, lane, endpoint, &in_flight, now)? {
+                        going.push(endpoint);
+                    } else {
+                        skipped.push(endpoint.path());
+                    }
+                }
+                bulk = going;
                 let extra = if bulk.is_empty() { 0 } else { bulk::MAX_ITEMS };
-                store.due_beside(
-                    lane.as_str(),
-                    now_ms(),
-                    room + extra,
-                    &resting_paths,
-                    |id| in_flight.contains_key(&id),
-                )?
+                store.due_beside(lane.as_str(), now_ms(), room + extra, &skipped, |id| {
+                    in_flight.contains(id)
+                })?
             };
             let mut started = 0;
             let mut batchable: Vec<(Endpoint, Pending)> = Vec::new();
             // Coalescing keys taken by this round's rows: with those in flight, at most one
             // update of a profile is sent or batched at a time, so none can overtake another.
-            let mut taken: HashSet<(String, String)> =
-                in_flight.values().flatten().cloned().collect();
+            let mut taken: HashSet<(String, String)> = HashSet::new();
             for row in due {
                 if started == room {
                     continue;
                 }
                 let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
-                if coalescing.as_ref().is_some_and(|c| taken.contains(c)) {
+                if coalescing
+                    .as_ref()
+                    .is_some_and(|c| taken.contains(c) || in_flight.holds(c))
+                {
                     continue;
                 }
                 let endpoint = Endpoint::parse(&row.endpoint);
@@ -448,8 +460,7 @@ impl Sink {
                     batchable.push((endpoint, row));
                     continue;
                 }
-                taken.extend(coalescing.clone());
-                in_flight.insert(row.id, coalescing);
+                in_flight.insert(&row, coalescing);
                 started += 1;
                 let sink = Arc::clone(&self);
                 tasks.spawn(async move {
@@ -527,7 +538,7 @@ impl Sink {
                     // sent alone meanwhile would be applied first and then overwritten.
                     for row in &members {
                         let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
-                        in_flight.insert(row.id, coalescing);
+                        in_flight.insert(row, coalescing);
                     }
                     started += 1;
                     let sink = Arc::clone(&self);
@@ -570,6 +581,28 @@ impl Sink {
                 }
             }
         }
+    }
+
+    /// Whether a batch of `endpoint`'s rows could go now: a batch that is not full may go at
+    /// the bulk endpoint's steady rate; a full one whenever the bulk endpoint has a slot, so
+    /// then the lane must hold a full batch's worth beyond the rows already in flight.
+    fn batch_may_go(
+        &self,
+        store: &Store,
+        lane: Lane,
+        endpoint: Endpoint,
+        in_flight: &InFlight,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
+        let via = bulk::endpoint_for(endpoint);
+        if self.can_book_steady(via, now) {
+            return Ok(true);
+        }
+        if !self.can_book(via, now) {
+            return Ok(false);
+        }
+        let sending = in_flight.sending(endpoint);
+        store.pending_reaches(lane.as_str(), endpoint.path(), bulk::MAX_ITEMS + sending)
     }
 
     /// How deep a backlog must be before bulk requests beat single ones: more than one burst
@@ -1233,16 +1266,78 @@ enum Call<'a> {
     Get(&'a str),
 }
 
+/// The rows a lane is sending, and what they hold. Kept up to date as rows start and end,
+/// not gathered from the rows on every read of the store: with bulk jobs, thousands of rows are
+/// in flight at once, and the lane reads up to 200 times a second.
+#[derive(Default)]
+struct InFlight {
+    rows: HashMap<i64, Held>,
+    /// The coalescing keys (mapping, key) the rows hold; one row at most holds each.
+    keys: HashSet<(String, String)>,
+    /// How many rows of each endpoint are in flight.
+    by_endpoint: HashMap<Endpoint, usize>,
+}
+
+/// What a row in flight holds.
+struct Held {
+    coalescing: Option<(String, String)>,
+    endpoint: Option<Endpoint>,
+}
+
+impl InFlight {
+    fn insert(&mut self, row: &Pending, coalescing: Option<(String, String)>) {
+        let endpoint = Endpoint::parse(&row.endpoint);
+        if let Some(endpoint) = endpoint {
+            *self.by_endpoint.entry(endpoint).or_default() += 1;
+        }
+        self.keys.extend(coalescing.clone());
+        let held = Held {
+            coalescing,
+            endpoint,
+        };
+        if let Some(replaced) = self.rows.insert(row.id, held) {
+            self.forget(replaced);
+        }
+    }
+
+    fn remove(&mut self, id: i64) {
+        if let Some(held) = self.rows.remove(&id) {
+            self.forget(held);
+        }
+    }
+
+    fn forget(&mut self, held: Held) {
+        if let Some(key) = &held.coalescing {
+            self.keys.remove(key);
+        }
+        if let Some(count) = held.endpoint.and_then(|e| self.by_endpoint.get_mut(&e)) {
+            *count -= 1;
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.rows.contains_key(&id)
+    }
+
+    fn holds(&self, coalescing: &(String, String)) -> bool {
+        self.keys.contains(coalescing)
+    }
+
+    fn sending(&self, endpoint: Endpoint) -> usize {
+        self.by_endpoint.get(&endpoint).copied().unwrap_or(0)
+    }
+}
+
 /// Books a finished send task: its rows leave the in-flight set, and rows a bulk request was
 /// refused for are sent one by one from now on.
 fn settle(
     joined: Result<Sent, tokio::task::JoinError>,
-    in_flight: &mut HashMap<i64, Option<(String, String)>>,
+    in_flight: &mut InFlight,
     single_only: &mut HashSet<i64>,
 ) -> Result<(), SinkError> {
     let (ids, result) = joined.expect("a send task does not panic");
     for id in &ids {
-        in_flight.remove(id);
+        in_flight.remove(*id);
     }
     single_only.extend(result?);
     Ok(())
@@ -1265,4 +1360,56 @@ fn remove_phone(body: &mut Json) -> bool {
         .and_then(Json::as_object_mut)
         .and_then(|a| a.remove("phone_number"))
         .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+    use crate::klaviyo::Endpoint;
+    use crate::store::Pending;
+
+    fn row(id: i64, endpoint: &str) -> Pending {
+        Pending {
+            id,
+            mapping: "profile".into(),
+            endpoint: endpoint.into(),
+            lane: "bulk".into(),
+            body: String::new(),
+            once_key: None,
+            unique_id: None,
+            waits_for: None,
+            coalesce_key: None,
+            version: None,
+            attempts: 0,
+            last_error: None,
+            created_at: 0,
+            delivery: ("m".into(), "d".into()),
+        }
+    }
+
+    #[test]
+    fn rows_in_flight_hold_their_keys_and_count_per_endpoint_until_they_end() {
+        let profiles = Endpoint::CreateOrUpdateProfile;
+        let key = ("profile".to_owned(), "a@example.com".to_owned());
+        let mut in_flight = InFlight::default();
+        in_flight.insert(&row(1, profiles.path()), Some(key.clone()));
+        in_flight.insert(&row(2, profiles.path()), None);
+        in_flight.insert(&row(3, Endpoint::CreateEvent.path()), None);
+        assert!(in_flight.contains(1) && in_flight.holds(&key));
+        assert_eq!(in_flight.sending(profiles), 2);
+        assert_eq!(in_flight.sending(Endpoint::CreateEvent), 1);
+        assert_eq!(in_flight.sending(Endpoint::BulkSubscribeProfiles), 0);
+
+        // Inserted again (a row resent while its first attempt is still counted): counted once.
+        in_flight.insert(&row(2, profiles.path()), None);
+        assert_eq!(in_flight.sending(profiles), 2);
+
+        in_flight.remove(1);
+        assert!(!in_flight.contains(1) && !in_flight.holds(&key));
+        assert_eq!(in_flight.sending(profiles), 1);
+        in_flight.remove(1); // ending twice changes nothing
+        in_flight.remove(2);
+        assert_eq!(in_flight.sending(profiles), 0);
+        assert_eq!(in_flight.sending(Endpoint::CreateEvent), 1);
+    }
 }

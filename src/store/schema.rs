@@ -9,7 +9,7 @@ use super::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Step `i` takes a file from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 /// The tables every marketsync file has had since version 1: with an unstamped file (see
 /// [`unstamped_versions`]) they are how an earlier marketsync's file is told from another
@@ -329,6 +329,15 @@ CREATE TABLE reconcile_expected (
     body    TEXT    NOT NULL,   -- JSON, the caller's
     PRIMARY KEY (run_id, key)
 ) STRICT, WITHOUT ROWID;
+"#;
+
+/// Version 11: the sender asks, many times a second, whether a lane holds enough pending
+/// requests of one endpoint for a bulk job (`Store::pending_reaches`). The due index is in
+/// time order, so the answer walked every pending row of the lane, all of them when the lane
+/// holds none of that endpoint's (a profile backlog of 30,000 was walked for events). This one
+/// walks only that endpoint's rows, and at most as many as asked for.
+const V11: &str = r#"
+CREATE INDEX outbox_pending_endpoint ON outbox (lane, endpoint) WHERE state = 'pending';
 "#;
 
 /// Applies the steps a file has not had yet and returns its version. Each step reads the
