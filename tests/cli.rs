@@ -1206,6 +1206,51 @@ async fn a_key_echoed_in_an_error_answer_is_never_printed_or_stored() {
     }
 }
 
+/// A run against a Klaviyo that is not there ends with exit 6 even when the outage window is 0
+/// or scaled down to a millisecond: every request had become a probe, sent and failed again
+/// and again, and the run never found only resting requests left (it ran until killed).
+#[test]
+fn a_tiny_outage_window_still_ends_the_run_with_klaviyo_unavailable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed); // nothing listens there now: every call is refused
+    for window in ["0", "1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = common::marketsync_command()
+            .args([
+                "run",
+                "--outage-window",
+                window,
+                "--time-scale",
+                "1000",
+                "--state",
+            ])
+            .arg(dir.path().join("state.db"))
+            .arg("examples/orders.ndjson")
+            .env("KLAVIYO_API_KEY", "pk_closed_port")
+            .env("KLAVIYO_BASE_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Generous: it ends in a second or two; before the fix it never did.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = run.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                run.kill().unwrap();
+                panic!("--outage-window {window}: the run did not end within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(6), "--outage-window {window}: {stderr}");
+    }
+}
+
 /// `--state` naming a file that is not marketsync's: every command that opens the state file
 /// answers exit 4 and leaves it as it was (a zero-byte file taken as an empty store would let a
 /// rerun send old opt-ins again; another application's database got marketsync's tables).

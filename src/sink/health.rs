@@ -134,11 +134,18 @@ impl Tracker {
         true
     }
 
-    /// An unavailable endpoint is probed every quarter of the window.
+    /// An unavailable endpoint is probed every quarter of the window, and never more often
+    /// than every [`MIN_PROBE_GAP`].
     fn probe_every(&self) -> Duration {
-        self.window / 4
+        (self.window / 4).max(MIN_PROBE_GAP)
     }
 }
+
+/// The shortest time between two probes of an unavailable endpoint, in real time. A window of
+/// 0, or one `--time-scale` shrinks to a millisecond, would otherwise make every request a
+/// probe: the outage is hammered, and a batch run, which ends once only resting requests are
+/// left, never ends (300 deliveries against a closed port ran until killed instead of exiting 6).
+const MIN_PROBE_GAP: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
@@ -184,5 +191,17 @@ mod tests {
         assert!(t.take_probe(E, later + Duration::from_millis(2500)));
         t.answered(E, later);
         assert!(t.unavailable(later).is_empty());
+    }
+
+    #[test]
+    fn a_window_of_zero_still_rests_between_probes() {
+        let mut t = Tracker::new(1, Duration::ZERO);
+        let now = Instant::now();
+        t.failed(E, "connection refused", now);
+        assert_eq!(t.unavailable(now), vec![E], "unavailable at once");
+        assert!(t.take_probe(E, now));
+        assert!(!t.take_probe(E, now + Duration::from_millis(10)));
+        assert_eq!(t.resting(now + Duration::from_millis(10)), vec![E]);
+        assert!(t.take_probe(E, now + MIN_PROBE_GAP));
     }
 }
