@@ -647,6 +647,9 @@ fn double_source(
     rules: &Rules,
     out: &mut Classified,
 ) {
+    // Whether a finding by name already carries the Placed Orders' revenue: then Marketplacer's
+    // tracking (most likely that very second sender) is the same money, counted once.
+    let mut placed_orders_priced = false;
     for name in &rules.all_metric_names {
         let same: Vec<&Metric> = held.metrics.iter().filter(|m| &m.name == name).collect();
         let integrations: BTreeSet<String> = same
@@ -676,6 +679,7 @@ fn double_source(
             .filter(|e| e.kind == Kind::PlacedOrder)
             .filter_map(|e| e.value_cents)
             .sum();
+        placed_orders_priced |= kind == Some(Kind::PlacedOrder);
         out.discrepancies.push(Discrepancy {
             class: Class::DoubleSource,
             key: format!("{}:{name}", Class::DoubleSource.name()),
@@ -721,7 +725,11 @@ fn double_source(
             .iter()
             .filter(|e| e.kind == Kind::PlacedOrder)
             .collect();
-        let revenue: i64 = of_kind.iter().filter_map(|e| e.value_cents).sum();
+        let revenue: i64 = if placed_orders_priced {
+            0
+        } else {
+            of_kind.iter().filter_map(|e| e.value_cents).sum()
+        };
         out.discrepancies.push(Discrepancy {
             class: Class::DoubleSource,
             key: format!("{}:marketplacer-tracking", Class::DoubleSource.name()),
@@ -742,10 +750,16 @@ fn double_source(
                 "Marketplacer's own Klaviyo integration has e-commerce tracking on \
                  (klaviyoSettings.ecommerceTrackingEnabled): it sends its own Placed Order for \
                  every order, beside ours{}, so each order is counted twice and flows on it fire \
-                 twice",
+                 twice{}",
                 placed
                     .map(|name| format!(" (\"{name}\")"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if placed_orders_priced {
+                    "; the money at stake is on the double source found by the metric's name, \
+                     which is likely this same sender"
+                } else {
+                    ""
+                }
             ),
             action: "switch off e-commerce tracking in Marketplacer's Klaviyo settings (or, if \
                      its events are the ones to keep, stop ours: settings.metrics)"
@@ -1425,6 +1439,36 @@ mod tests {
         assert_eq!(d.money_cents, 36_220, "the window's whole revenue");
         assert_eq!(d.affected, 2);
         assert!(d.flow_live);
+    }
+
+    #[test]
+    fn a_second_metric_and_marketplacers_tracking_are_two_findings_and_one_stake() {
+        let mut w = world();
+        w.rules.native_tracking = true;
+        w.held
+            .metrics
+            .push(metric("XO", "Placed Order", "Marketplacer", false));
+        let found = w.classify();
+        let double: Vec<&Discrepancy> = found
+            .discrepancies
+            .iter()
+            .filter(|d| d.class == Class::DoubleSource)
+            .collect();
+        let keys: Vec<&str> = double.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "double-source:Placed Order",
+                "double-source:marketplacer-tracking"
+            ]
+        );
+        let money: i64 = double.iter().map(|d| d.money_cents).sum();
+        assert_eq!(money, 36_220, "the window's revenue once, not twice");
+        assert!(double[1].detail.contains("likely this same sender"));
+        assert_eq!(
+            double[1].affected, 2,
+            "the orders it doubles are still named"
+        );
     }
 
     #[test]
