@@ -104,6 +104,16 @@ impl Setup {
     }
 }
 
+/// The Marketplacer stand-in serving the examples, with its default limits and no faults.
+async fn examples_standin() -> StandIn {
+    StandIn::start(mp::Config {
+        data: examples(),
+        ..mp::Config::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// The findings that say what the window holds (not how many requests this process made).
 fn facts(findings: &Findings) -> Findings {
     Findings {
@@ -116,12 +126,7 @@ fn facts(findings: &Findings) -> Findings {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_ledger_finds_every_request_of_the_window_missing_and_a_second_run_none() {
-    let standin = StandIn::start(mp::Config {
-        data: examples(),
-        ..mp::Config::default()
-    })
-    .await
-    .unwrap();
+    let standin = examples_standin().await;
     let setup = Setup::new();
     let first = setup
         .run(client(&standin, options()), 500, true)
@@ -151,12 +156,7 @@ async fn an_empty_ledger_finds_every_request_of_the_window_missing_and_a_second_
 /// of our Placed Order, wrong even with nothing missing.
 #[tokio::test(flavor = "multi_thread")]
 async fn marketplacers_own_klaviyo_tracking_is_read_with_the_webhooks() {
-    let standin = StandIn::start(mp::Config {
-        data: examples(),
-        ..mp::Config::default()
-    })
-    .await
-    .unwrap();
+    let standin = examples_standin().await;
     let setup = Setup::new();
     let off = setup
         .run(client(&standin, options()), 500, true)
@@ -191,12 +191,7 @@ async fn marketplacers_own_klaviyo_tracking_is_read_with_the_webhooks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_of_one_read_every_object_once_and_find_what_one_page_finds() {
-    let standin = StandIn::start(mp::Config {
-        data: examples(),
-        ..mp::Config::default()
-    })
-    .await
-    .unwrap();
+    let standin = examples_standin().await;
     let whole = Setup::new()
         .run(client(&standin, options()), 500, false)
         .await
@@ -218,12 +213,7 @@ async fn pages_of_one_read_every_object_once_and_find_what_one_page_finds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_429_is_waited_out_with_or_without_retry_after() {
-    let standin = StandIn::start(mp::Config {
-        data: examples(),
-        ..mp::Config::default()
-    })
-    .await
-    .unwrap();
+    let standin = examples_standin().await;
     let baseline = Setup::new()
         .run(client(&standin, options()), 500, false)
         .await
@@ -401,12 +391,7 @@ async fn per_default_mapping_the_reconcile_path_gives_the_webhooks_requests() {
         })
         .collect();
 
-    let standin = StandIn::start(mp::Config {
-        data: examples(),
-        ..mp::Config::default()
-    })
-    .await
-    .unwrap();
+    let standin = examples_standin().await;
     let client = client(&standin, options());
     let shapes = Shapes::of(engine.queries());
     let (queries, problems) = reconcile_queries(engine.queries(), 2);
