@@ -426,7 +426,7 @@ impl Sink {
                 if started == room {
                     continue;
                 }
-                let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
+                let coalescing = coalescing_of(&row);
                 if coalescing
                     .as_ref()
                     .is_some_and(|c| taken.contains(c) || in_flight.holds(c))
@@ -460,7 +460,7 @@ impl Sink {
                     batchable.push((endpoint, row));
                     continue;
                 }
-                in_flight.insert(&row, coalescing);
+                in_flight.insert(&row);
                 started += 1;
                 let sink = Arc::clone(&self);
                 tasks.spawn(async move {
@@ -537,8 +537,7 @@ impl Sink {
                     // A job holds its profiles' keys until Klaviyo completed it: an update
                     // sent alone meanwhile would be applied first and then overwritten.
                     for row in &members {
-                        let coalescing = row.coalesce_key.clone().map(|k| (row.mapping.clone(), k));
-                        in_flight.insert(row, coalescing);
+                        in_flight.insert(row);
                     }
                     started += 1;
                     let sink = Arc::clone(&self);
@@ -1278,6 +1277,11 @@ struct InFlight {
     by_endpoint: HashMap<Endpoint, usize>,
 }
 
+/// The coalescing key a row holds while it is sent: its mapping and coalesce key.
+fn coalescing_of(row: &Pending) -> Option<(String, String)> {
+    row.coalesce_key.clone().map(|k| (row.mapping.clone(), k))
+}
+
 /// What a row in flight holds.
 struct Held {
     coalescing: Option<(String, String)>,
@@ -1285,7 +1289,8 @@ struct Held {
 }
 
 impl InFlight {
-    fn insert(&mut self, row: &Pending, coalescing: Option<(String, String)>) {
+    fn insert(&mut self, row: &Pending) {
+        let coalescing = coalescing_of(row);
         let endpoint = Endpoint::parse(&row.endpoint);
         if let Some(endpoint) = endpoint {
             *self.by_endpoint.entry(endpoint).or_default() += 1;
@@ -1368,7 +1373,7 @@ mod tests {
     use crate::klaviyo::Endpoint;
     use crate::store::Pending;
 
-    fn row(id: i64, endpoint: &str) -> Pending {
+    fn row(id: i64, endpoint: &str, coalesce_key: Option<&str>) -> Pending {
         Pending {
             id,
             mapping: "profile".into(),
@@ -1378,7 +1383,7 @@ mod tests {
             once_key: None,
             unique_id: None,
             waits_for: None,
-            coalesce_key: None,
+            coalesce_key: coalesce_key.map(str::to_owned),
             version: None,
             attempts: 0,
             last_error: None,
@@ -1392,16 +1397,16 @@ mod tests {
         let profiles = Endpoint::CreateOrUpdateProfile;
         let key = ("profile".to_owned(), "a@example.com".to_owned());
         let mut in_flight = InFlight::default();
-        in_flight.insert(&row(1, profiles.path()), Some(key.clone()));
-        in_flight.insert(&row(2, profiles.path()), None);
-        in_flight.insert(&row(3, Endpoint::CreateEvent.path()), None);
+        in_flight.insert(&row(1, profiles.path(), Some("a@example.com")));
+        in_flight.insert(&row(2, profiles.path(), None));
+        in_flight.insert(&row(3, Endpoint::CreateEvent.path(), None));
         assert!(in_flight.contains(1) && in_flight.holds(&key));
         assert_eq!(in_flight.sending(profiles), 2);
         assert_eq!(in_flight.sending(Endpoint::CreateEvent), 1);
         assert_eq!(in_flight.sending(Endpoint::BulkSubscribeProfiles), 0);
 
         // Inserted again (a row resent while its first attempt is still counted): counted once.
-        in_flight.insert(&row(2, profiles.path()), None);
+        in_flight.insert(&row(2, profiles.path(), None));
         assert_eq!(in_flight.sending(profiles), 2);
 
         in_flight.remove(1);
