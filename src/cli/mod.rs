@@ -247,6 +247,21 @@ impl StateArgs {
         })
     }
 
+    /// [`StateArgs::lock`], then [`StateArgs::open`]: a command that writes holds the lock from
+    /// before the store is opened (which may migrate it) until the lock is dropped.
+    fn lock_and_open(
+        &self,
+    ) -> Result<
+        (
+            marketsync::store::lock::WriterLock,
+            marketsync::store::Store,
+        ),
+        u8,
+    > {
+        let lock = self.lock()?;
+        Ok((lock, self.open()?))
+    }
+
     /// Opens (creating or migrating) the store, or reports why not.
     fn open(&self) -> Result<marketsync::store::Store, u8> {
         self.try_open().map_err(|message| {

@@ -173,12 +173,8 @@ pub fn execute(args: Args) -> u8 {
     if let Err(code) = args.state.exists() {
         return code;
     }
-    let _lock = match args.state.lock() {
-        Ok(lock) => lock,
-        Err(code) => return code,
-    };
-    let store = match args.state.open() {
-        Ok(store) => Arc::new(Mutex::new(store)),
+    let (_lock, store) = match args.state.lock_and_open() {
+        Ok((lock, store)) => (lock, Arc::new(Mutex::new(store))),
         Err(code) => return code,
     };
     let engine = Arc::new(engine);

@@ -155,12 +155,8 @@ pub fn execute(args: Args) -> u8 {
     };
     // One writer per state file, for the whole run: taken before the store is opened (which
     // may migrate it) and released when the process ends, however it ends.
-    let _lock = match args.state.lock() {
-        Ok(lock) => lock,
-        Err(code) => return code,
-    };
-    let store = match args.state.open() {
-        Ok(store) => store,
+    let (_lock, store) = match args.state.lock_and_open() {
+        Ok(opened) => opened,
         Err(code) => return code,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
@@ -222,12 +218,8 @@ pub fn execute(args: Args) -> u8 {
 
 /// `run --no-send`: intake alone, into the state file.
 fn keep_only(engine: &Engine, state: &StateArgs, inputs: &[Input], jobs: usize) -> u8 {
-    let _lock = match state.lock() {
-        Ok(lock) => lock,
-        Err(code) => return code,
-    };
-    let store = match state.open() {
-        Ok(store) => Mutex::new(store),
+    let (_lock, store) = match state.lock_and_open() {
+        Ok((lock, store)) => (lock, Mutex::new(store)),
         Err(code) => return code,
     };
     let stderr = io::stderr();
