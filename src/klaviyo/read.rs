@@ -530,7 +530,10 @@ impl Reader {
             self.wait_for_slot(endpoint).await;
             let sent = Instant::now();
             let (outcome, rate) = match body {
-                Some(body) => self.client.post(path, body, scale).await,
+                Some(body) => {
+                    let text = serde_json::to_vec(body).expect("a JSON value serialises");
+                    self.client.post(path, text.into(), scale).await
+                }
                 None => self.client.get(path, scale).await,
             };
             {

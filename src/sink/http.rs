@@ -5,6 +5,7 @@
 //! store), a duplicate profile, or a key that does not work (which stops everything). The API
 //! key lives only inside this module's [`ApiKey`], whose `Debug` never shows it.
 
+use bytes::Bytes;
 use serde_json::Value as Json;
 use std::fmt;
 use std::time::Duration;
@@ -210,11 +211,13 @@ impl Client {
     }
 
     /// POSTs `body` to `path`; `scale` converts Klaviyo's seconds to this clock's (tests).
-    pub async fn post(&self, path: &str, body: &Json, scale: f64) -> (Outcome, RateInfo) {
+    /// The body is JSON text already: a queued request's stored text, or a bulk job
+    /// serialised once and shared by its attempts.
+    pub async fn post(&self, path: &str, body: Bytes, scale: f64) -> (Outcome, RateInfo) {
         let request = self
             .request(reqwest::Method::POST, path)
             .header("Content-Type", "application/vnd.api+json")
-            .body(serde_json::to_vec(body).expect("a JSON value serialises"));
+            .body(body);
         self.answer(request.send().await, scale).await
     }
 

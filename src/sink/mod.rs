@@ -26,6 +26,7 @@ use crate::klaviyo::Endpoint;
 use crate::metrics::Metrics;
 use crate::spec::Lane;
 use crate::store::{NewDeadLetter, Pending, Store, StoreError};
+use bytes::Bytes;
 use http::{ApiError, ApiKey, Client, Outcome};
 use limit::{Limit, Limiter};
 use serde_json::{Value as Json, json};
@@ -487,24 +488,18 @@ impl Sink {
                 if !ready {
                     continue;
                 }
-                let mut bodies: Vec<(i64, Json)> = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    match serde_json::from_str(&row.body) {
-                        Ok(body) => bodies.push((row.id, body)),
-                        // Neither a batch nor a single request can carry it: left in the queue
-                        // it would come back due forever.
-                        Err(e) => self.bury_corrupt(row, &e)?,
-                    }
-                }
+                let queued = rows.iter().map(|row| bulk::Queued {
+                    id: row.id,
+                    text: &row.body,
+                });
+                // Left out of a batch, a request goes on its own (one that is not JSON is
+                // buried there).
                 let (batches, left) = match endpoint {
-                    Endpoint::CreateEvent => bulk::event_batches(&bodies),
-                    Endpoint::CreateOrUpdateProfile => bulk::profile_batches(&bodies),
-                    _ => bulk::subscription_batches(&bodies),
+                    Endpoint::CreateEvent => bulk::event_jobs(queued, self.schemas),
+                    Endpoint::CreateOrUpdateProfile => bulk::profile_jobs(queued, self.schemas),
+                    _ => bulk::subscription_jobs(queued, self.schemas),
                 };
-                drop(bodies);
-                let (batches, invalid) = bulk::valid(batches, self.schemas);
                 single_only.extend(left);
-                single_only.extend(invalid);
                 let mut rows: HashMap<i64, Pending> =
                     rows.into_iter().map(|row| (row.id, row)).collect();
                 let last = batches.len().saturating_sub(1);
@@ -617,12 +612,16 @@ impl Sink {
     /// Sends a bulk request; returns the ids Klaviyo refused it for, to go one by one.
     async fn send_batch(
         self: Arc<Self>,
-        batch: bulk::Batch,
+        batch: bulk::Job,
         rows: Vec<Pending>,
         booking: Booking,
     ) -> Result<Vec<i64>, SinkError> {
         let outcome = self
-            .paced(batch.endpoint, Call::Post(&batch.body), Some(booking))
+            .paced(
+                batch.endpoint,
+                Call::Post(batch.body.clone()),
+                Some(booking),
+            )
             .await;
         let now = now_ms();
         // Health is the queue's endpoint's (a bulk job of events is news about `/api/events`).
@@ -643,12 +642,14 @@ impl Sink {
                         .to_owned();
                     match self.import_errors(&job).await? {
                         Some((failed, errors)) => {
-                            let profiles = batch
-                                .body
-                                .pointer("/data/attributes/profiles/data")
-                                .and_then(Json::as_array)
-                                .map_or(&[][..], Vec::as_slice);
-                            let verdict = bulk::match_import_errors(profiles, &errors, failed);
+                            // Errors name profiles by identity or place: only then is the
+                            // job's body read again.
+                            let profiles = if errors.is_empty() {
+                                Vec::new()
+                            } else {
+                                bulk::job_profiles(&batch.body)
+                            };
+                            let verdict = bulk::match_import_errors(&profiles, &errors, failed);
                             if verdict.unmatched_failures {
                                 // Some profile failed and no error says which: none of the
                                 // job's can be called imported, so each goes again on its own
@@ -769,11 +770,14 @@ impl Sink {
             let reason = format!("no such endpoint {}", row.endpoint);
             return self.bury(&row, "unknown-endpoint", reason, json!({}));
         };
-        let mut body: Json = match serde_json::from_str(&row.body) {
-            Ok(body) => body,
-            Err(e) => return self.bury_corrupt(&row, &e),
-        };
-        let outcome = self.paced(endpoint, Call::Post(&body), booking).await;
+        // The stored text is what goes: checked to be JSON without building a tree of it, which
+        // only a refusal needs.
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&row.body) {
+            return self.bury_corrupt(&row, &e);
+        }
+        let text = Bytes::from(row.body.clone().into_bytes());
+        let outcome = self.paced(endpoint, Call::Post(text), booking).await;
+        let parsed = || serde_json::from_str::<Json>(&row.body).unwrap_or_default();
         let now = now_ms();
         let failing_for = self.observe(endpoint, &outcome);
         match outcome {
@@ -816,6 +820,7 @@ impl Sink {
                 let phone = "/data/attributes/phone_number";
                 let phone_refused =
                     status == 400 && errors.iter().any(|e| e.pointer.as_deref() == Some(phone));
+                let mut body = parsed();
                 if phone_refused && remove_phone(&mut body) {
                     // A phone Klaviyo cannot read is left out and the profile sent without it.
                     let mut store = self.store.lock().expect("store lock");
@@ -843,7 +848,7 @@ impl Sink {
                 errors,
                 existing_profile,
             } => {
-                let attributes = body
+                let attributes = parsed()
                     .pointer("/data/attributes")
                     .cloned()
                     .unwrap_or_default();
@@ -1261,7 +1266,7 @@ impl Drop for Booking {
 
 /// What [`Sink::paced`] sends: a body to the endpoint's own path, or a read of a path under it.
 enum Call<'a> {
-    Post(&'a Json),
+    Post(Bytes),
     Get(&'a str),
 }
 
