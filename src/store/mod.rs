@@ -145,6 +145,14 @@ pub struct Pending {
 }
 
 /// A dead letter to write.
+/// Requests Klaviyo accepted with one answer: their outbox ids, its status and when (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub ids: Vec<i64>,
+    pub status: u16,
+    pub at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDeadLetter {
     /// The mapping involved; for a refused request, `None` means the request's own mapping.
@@ -803,8 +811,15 @@ mod tests {
             .unwrap();
         assert_eq!(store.status(0).unwrap().last_delivery, Some(2_000));
         let due = store.due_except("transaction", 10_000, 10, &[]).unwrap();
-        store.mark_sent(&[due[0].id], 202, 1_500).unwrap();
-        store.mark_sent(&[due[1].id], 202, 9_000).unwrap();
+        // Two answers written in one commit keep their own times.
+        let answer = |id: i64, at: i64| Accepted {
+            ids: vec![id],
+            status: 202,
+            at,
+        };
+        store
+            .mark_accepted(&[answer(due[0].id, 1_500), answer(due[1].id, 9_000)])
+            .unwrap();
         let sent = store.sent_since(0, 10).unwrap();
         let lags: Vec<(i64, i64)> = sent.iter().map(|s| (s.sent_at, s.lag_ms)).collect();
         assert_eq!(lags, [(9_000, 7_000), (1_500, 500)]);
