@@ -829,6 +829,77 @@ mod tests {
         assert_eq!(store.sent_since(0, 1).unwrap()[0].sent_at, 9_000);
     }
 
+    /// A lane's skipped endpoints are left out; a lane whose every queued row is skipped has
+    /// nothing due (answered without walking its queue).
+    #[test]
+    fn due_rows_leave_out_skipped_endpoints_and_a_wholly_skipped_lane_has_none() {
+        let mut store = Store::in_memory().unwrap();
+        let request = |endpoint: &str, unique: &str| NewRequest {
+            mapping: "m".into(),
+            endpoint: endpoint.into(),
+            lane: "profile".into(),
+            body: "{}".into(),
+            once_key: None,
+            unique_id: Some(unique.into()),
+            waits_for: None,
+            coalesce_key: None,
+            version: None,
+        };
+        let delivery = DeliveryRecord {
+            marketplace: "m",
+            delivery_id: "d1",
+            origin: "test",
+            text: "{}",
+        };
+        let queued = [
+            request("/api/profile-import", "p1"),
+            request("/api/profile-subscription-bulk-create-jobs", "s1"),
+            request("/api/profile-import", "p2"),
+        ];
+        store.intake(&delivery, &queued, &[], 1_000).unwrap();
+        let endpoints = |due: Vec<Pending>| -> Vec<String> {
+            due.into_iter().map(|row| row.endpoint).collect()
+        };
+        let import = "/api/profile-import";
+        let subscribe = "/api/profile-subscription-bulk-create-jobs";
+        assert_eq!(
+            endpoints(store.due_except("profile", 2_000, 10, &[import]).unwrap()),
+            [subscribe]
+        );
+        assert_eq!(
+            endpoints(
+                store
+                    .due_except("profile", 2_000, 10, &["/api/events"])
+                    .unwrap()
+            ),
+            [import, subscribe, import]
+        );
+        assert!(
+            store
+                .due_except("profile", 2_000, 10, &[import, subscribe])
+                .unwrap()
+                .is_empty()
+        );
+        let subscription = store.due_except("profile", 2_000, 10, &[import]).unwrap()[0].id;
+        store.mark_sent(&[subscription], 202, 2_000).unwrap();
+        assert!(
+            store
+                .due_except("profile", 2_000, 10, &[import])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.due_except("profile", 2_000, 10, &[]).unwrap().len(),
+            2
+        );
+        assert!(
+            store
+                .due_except("transaction", 2_000, 10, &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     #[test]
     fn ledger_keys_are_scoped_by_mapping() {
         assert_eq!(ledger_key("placed-order", "5001"), "placed-order\u{1f}5001");
