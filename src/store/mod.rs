@@ -780,23 +780,25 @@ mod tests {
         assert_eq!(inbox(&store), ["a"]);
     }
 
+    /// A request queued with an empty body and a unique id of its own.
+    fn queued(mapping: &str, lane: &str, endpoint: &str, unique: &str) -> NewRequest {
+        NewRequest {
+            mapping: mapping.into(),
+            endpoint: endpoint.into(),
+            lane: lane.into(),
+            body: "{}".into(),
+            unique_id: Some(unique.into()),
+            ..NewRequest::default()
+        }
+    }
+
     /// Issue 14: lag is read back per request accepted, newest first, and the newest
     /// delivery's time is known without a scan.
     #[test]
     fn sent_requests_carry_their_lag_and_the_newest_delivery_is_known() {
         let mut store = Store::in_memory().unwrap();
         assert_eq!(store.status(0).unwrap().last_delivery, None);
-        let request = |unique: &str| NewRequest {
-            mapping: "placed-order".into(),
-            endpoint: "/api/events".into(),
-            lane: "transaction".into(),
-            body: "{}".into(),
-            once_key: None,
-            unique_id: Some(unique.into()),
-            waits_for: None,
-            coalesce_key: None,
-            version: None,
-        };
+        let request = |unique: &str| queued("placed-order", "transaction", "/api/events", unique);
         let delivery = |id: &'static str| DeliveryRecord {
             marketplace: "m",
             delivery_id: id,
@@ -834,17 +836,7 @@ mod tests {
     #[test]
     fn due_rows_leave_out_skipped_endpoints_and_a_wholly_skipped_lane_has_none() {
         let mut store = Store::in_memory().unwrap();
-        let request = |endpoint: &str, unique: &str| NewRequest {
-            mapping: "m".into(),
-            endpoint: endpoint.into(),
-            lane: "profile".into(),
-            body: "{}".into(),
-            once_key: None,
-            unique_id: Some(unique.into()),
-            waits_for: None,
-            coalesce_key: None,
-            version: None,
-        };
+        let request = |endpoint: &str, unique: &str| queued("m", "profile", endpoint, unique);
         let delivery = DeliveryRecord {
             marketplace: "m",
             delivery_id: "d1",
