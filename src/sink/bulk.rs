@@ -11,8 +11,8 @@ use crate::klaviyo::{Endpoint, Schemas};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde_json::Value as Json;
 use serde_json::value::RawValue;
-use serde_json::{Value as Json, json};
 use std::collections::HashSet;
 
 /// At most this many events, or profiles to subscribe, in one bulk request.
@@ -48,7 +48,8 @@ pub struct Job {
     pub body: Bytes,
 }
 
-/// A job being written: the entries so far between the job's fixed head and tail.
+/// A job being written: the entries so far between the job's fixed head and tail, which are
+/// the one place each job's shape is written down.
 struct JobText {
     endpoint: Endpoint,
     head: &'static str,
@@ -58,14 +59,36 @@ struct JobText {
 }
 
 impl JobText {
-    fn new(endpoint: Endpoint, head: &'static str, tail: &'static str) -> JobText {
+    fn events() -> JobText {
+        JobText::new(
+            Endpoint::BulkCreateEvents,
+            r#"{"data":{"type":"event-bulk-create-job","attributes":{"events-bulk-create":{"data":["#,
+        )
+    }
+
+    fn profiles() -> JobText {
+        JobText::new(
+            Endpoint::BulkImportProfiles,
+            r#"{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":["#,
+        )
+    }
+
+    fn new(endpoint: Endpoint, head: &'static str) -> JobText {
         JobText {
             endpoint,
             head,
-            tail,
+            tail: "]}}}}",
             ids: Vec::new(),
             text: head.to_owned(),
         }
+    }
+
+    /// Whether `entry` (JSON text) passes the bulk endpoint's schema as the only entry of a
+    /// job. Nothing in a job's schema relates its entries to one another (their number is
+    /// kept to Klaviyo's limit here), so a job of entries that each pass, passes.
+    fn fits(&self, schemas: &Schemas, entry: &str) -> bool {
+        let alone = format!("{}{entry}{}", self.head, self.tail);
+        serde_json::from_str(&alone).is_ok_and(|job| schemas.check(self.endpoint, &job).is_ok())
     }
 
     fn has_room(&self, entry: &str) -> bool {
@@ -96,13 +119,6 @@ impl JobText {
     }
 }
 
-/// Whether `entry` (JSON text) passes the bulk endpoint's schema as the only entry of a job.
-/// Nothing in a job's schema relates its entries to one another (their number is kept to
-/// Klaviyo's limit here), so a job of entries that each pass, passes.
-fn entry_fits(schemas: &Schemas, endpoint: Endpoint, wrap: fn(Json) -> Json, entry: &str) -> bool {
-    serde_json::from_str(entry).is_ok_and(|entry| schemas.check(endpoint, &wrap(entry)).is_ok())
-}
-
 /// A stored `POST /api/events` body, its attributes kept as text.
 #[derive(Deserialize)]
 struct StoredEvent<'a> {
@@ -124,25 +140,16 @@ pub fn event_jobs<'a>(
     rows: impl IntoIterator<Item = Queued<'a>>,
     schemas: &Schemas,
 ) -> (Vec<Job>, Vec<i64>) {
-    let endpoint = Endpoint::BulkCreateEvents;
-    let wrap = |entry| {
-        json!({"data": {"type": "event-bulk-create-job", "attributes": {
-            "events-bulk-create": {"data": [entry]}}}})
-    };
     let mut jobs = Vec::new();
     let mut left = Vec::new();
-    let mut job = JobText::new(
-        endpoint,
-        r#"{"data":{"type":"event-bulk-create-job","attributes":{"events-bulk-create":{"data":["#,
-        "]}}}}",
-    );
+    let mut job = JobText::events();
     let mut keys = HashSet::new();
     for Queued { id, text } in rows {
         let Some((entry, key)) = event_entry(text) else {
             left.push(id);
             continue;
         };
-        if keys.contains(&key) || !entry_fits(schemas, endpoint, wrap, &entry) {
+        if keys.contains(&key) || !job.fits(schemas, &entry) {
             left.push(id);
             continue;
         }
@@ -289,24 +296,15 @@ pub fn profile_jobs<'a>(
     rows: impl IntoIterator<Item = Queued<'a>>,
     schemas: &Schemas,
 ) -> (Vec<Job>, Vec<i64>) {
-    let endpoint = Endpoint::BulkImportProfiles;
-    let wrap = |entry| {
-        json!({"data": {"type": "profile-bulk-import-job", "attributes": {
-            "profiles": {"data": [entry]}}}})
-    };
     let mut jobs = Vec::new();
     let mut left = Vec::new();
-    let mut job = JobText::new(
-        endpoint,
-        r#"{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":["#,
-        "]}}}}",
-    );
+    let mut job = JobText::profiles();
     for Queued { id, text } in rows {
         let resource = serde_json::from_str::<StoredResource>(text)
             .ok()
             .map(|stored| stored.data.get())
             .filter(|resource| resource.starts_with('{'));
-        let Some(resource) = resource.filter(|r| entry_fits(schemas, endpoint, wrap, r)) else {
+        let Some(resource) = resource.filter(|r| job.fits(schemas, r)) else {
             left.push(id);
             continue;
         };
@@ -481,6 +479,7 @@ pub fn job_profiles(body: &[u8]) -> Vec<Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Rows as the store keeps them: their bodies as text.
     fn stored(rows: Vec<(i64, Json)>) -> Vec<(i64, String)> {

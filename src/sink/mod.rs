@@ -816,7 +816,7 @@ impl Sink {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&row.body) {
             return self.bury_corrupt(&row, &e);
         }
-        let text = Bytes::from(row.body.clone().into_bytes());
+        let text = Bytes::from(row.body.clone());
         let outcome = self.paced(endpoint, Call::Post(text), booking).await;
         let parsed = || serde_json::from_str::<Json>(&row.body).unwrap_or_default();
         let now = now_ms();
