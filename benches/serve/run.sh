@@ -64,9 +64,14 @@ die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 
 PIDS=()
+# The state files are 2 GB a run: they go when the script ends (figures and logs stay), unless
+# MARKETSYNC_BENCH_KEEP_STATE=1 keeps them to inspect.
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "${MARKETSYNC_BENCH_KEEP_STATE:-}" != 1 ]; then
+    find "$RUN" -name 'state.db*' -delete 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 
