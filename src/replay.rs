@@ -729,7 +729,10 @@ mod tests {
         // 2,999 intervals after the first start: one second, not three.
         let span = now - start;
         assert!(span >= interval * 2999, "{span:?}");
-        assert!(span <= interval * 2999 + Duration::from_millis(1), "{span:?}");
+        assert!(
+            span <= interval * 2999 + Duration::from_millis(1),
+            "{span:?}"
+        );
     }
 
     #[test]
