@@ -369,6 +369,75 @@ async fn a_placed_order_goes_out_within_a_second_behind_10000_profile_updates() 
     standin.shutdown().await;
 }
 
+/// Issue 13: a backlog of full bulk jobs goes at the bulk endpoint's steady rate, not in a
+/// burst. Sent whenever the burst allowed, a minute's 150 event jobs went in its first 15 to
+/// 30 s and the sender then stood idle until the window freed, to come back to a backlog all at
+/// once: in `serve`'s benchmark, intake halved when it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_bulk_jobs_go_at_the_steady_rate_not_in_a_burst() {
+    // Bulk event jobs: 10 a second, 30 a minute, so one every 2 s at the steady rate. Single
+    // events are scarce, so the backlog goes in bulk.
+    let mut limits = marketsync::standin::Limit::klaviyo_all();
+    let bulk = marketsync::standin::Limit {
+        burst_per_second: 10,
+        steady_per_minute: 30,
+    };
+    let single = marketsync::standin::Limit {
+        burst_per_second: 2,
+        steady_per_minute: 10,
+    };
+    limits.insert(Endpoint::BulkCreateEvents, bulk);
+    limits.insert(Endpoint::CreateEvent, single);
+    let standin = StandIn::start(Config {
+        limits,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    queue_events(&store, 3_000, "Placed Order", "transaction");
+    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
+    config.limits.insert(
+        Endpoint::BulkCreateEvents,
+        Limit::per_second_and_minute(10, 30),
+    );
+    config
+        .limits
+        .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(2, 10));
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lane = tokio::spawn(
+        Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done)),
+    );
+    let started = std::time::Instant::now();
+    while standin
+        .stats()
+        .endpoint(Endpoint::BulkCreateEvents)
+        .accepted
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "three bulk jobs did not go: {:?}",
+            standin.stats().endpoint(Endpoint::BulkCreateEvents)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let jobs = standin.stats().endpoint(Endpoint::BulkCreateEvents);
+    // The burst would have let all three go within one second.
+    assert_eq!(jobs.max_per_second, 1, "{jobs:?}");
+    assert_eq!(jobs.throttled, 0, "{jobs:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "three jobs two seconds apart took {:?}",
+        started.elapsed()
+    );
+    sink.stop_flag()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    lane.await.unwrap().unwrap();
+    standin.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_delivery_uses_the_rate_ceiling_without_a_429() {
     // Events limited to 20 a second and 120 a minute, on a clock three times faster: a minute

@@ -135,12 +135,12 @@ impl Limiter {
         free
     }
 
-    /// [`Limiter::book`] for a request that could wait to carry more (a bulk request that is
-    /// not full): it also goes no sooner than the steady rate (the steady window's allowance
-    /// spread over the window) after the last request sent or booked. Sent as fast as the
-    /// burst allows, such requests would spend a window's allowance in its first seconds and
-    /// leave the rest of it with nothing: 150 event bulk jobs a minute, 10 a second, are gone
-    /// in 15 s, and whatever is queued then waits 45 s.
+    /// [`Limiter::book`] for a bulk request: it also goes no sooner than the steady rate (the
+    /// steady window's allowance spread over the window) after the last request sent or
+    /// booked. Sent as fast as the burst allows, bulk requests would spend a window's allowance
+    /// in its first seconds and leave the rest of it with nothing: 150 event bulk jobs a
+    /// minute, 10 a second, are gone in 15 s, and whatever is queued then waits 45 s, to be met
+    /// all at once when the window frees (in `serve`'s benchmark, intake halved then).
     pub fn book_steady(&mut self, now: Instant, within: Duration) -> bool {
         self.can_book_steady(now, within) && self.book(now, within)
     }

@@ -429,7 +429,7 @@ impl Sink {
                 let mut skipped = resting_paths;
                 let mut going = Vec::with_capacity(bulk.len());
                 for endpoint in bulk {
-                    if self.batch_may_go(&store, lane, endpoint, &in_flight, now)? {
+                    if self.can_book_steady(bulk::endpoint_for(endpoint), now) {
                         going.push(endpoint);
                     } else {
                         skipped.push(endpoint.path());
@@ -498,17 +498,9 @@ impl Sink {
                 batchable = rest;
                 let rows: Vec<Pending> = rows.into_iter().map(|(_, row)| row).collect();
                 // Batches are built only when one can go soon: a batch waiting for its slot
-                // holds a thousand bodies in memory. One that cannot be full goes no faster
-                // than the steady rate (see `Limiter::book_steady`).
-                let via = bulk::endpoint_for(endpoint);
-                let may_fill = rows.len() >= bulk::MAX_ITEMS;
-                let now = Instant::now();
-                let ready = if may_fill {
-                    self.can_book(via, now)
-                } else {
-                    self.can_book_steady(via, now)
-                };
-                if !ready {
+                // holds a thousand bodies in memory. Bulk jobs, full or not, go no faster than
+                // the bulk endpoint's steady rate (see `Limiter::book_steady`).
+                if !self.can_book_steady(bulk::endpoint_for(endpoint), Instant::now()) {
                     continue;
                 }
                 let queued = rows.iter().map(|row| bulk::Queued {
@@ -525,20 +517,11 @@ impl Sink {
                 single_only.extend(left);
                 let mut rows: HashMap<i64, Pending> =
                     rows.into_iter().map(|row| (row.id, row)).collect();
-                let last = batches.len().saturating_sub(1);
-                for (i, batch) in batches.into_iter().enumerate() {
+                for batch in batches {
                     if started == room {
                         break;
                     }
-                    // Every batch but the last was closed by a limit of the bulk endpoint.
-                    let full = i < last || batch.ids.len() >= bulk::MAX_ITEMS;
-                    let now = Instant::now();
-                    let booking = if full {
-                        self.book(batch.endpoint, now)
-                    } else {
-                        self.book_steady(batch.endpoint, now)
-                    };
-                    let Some(booking) = booking else {
+                    let Some(booking) = self.book_steady(batch.endpoint, Instant::now()) else {
                         break;
                     };
                     // The batch carries the bodies; the rows are kept for what becomes of
@@ -619,28 +602,6 @@ impl Sink {
             return Ok(());
         }
         Ok(store.mark_accepted(&answers)?)
-    }
-
-    /// Whether a batch of `endpoint`'s rows could go now: a batch that is not full may go at
-    /// the bulk endpoint's steady rate; a full one whenever the bulk endpoint has a slot, so
-    /// then the lane must hold a full batch's worth beyond the rows already in flight.
-    fn batch_may_go(
-        &self,
-        store: &Store,
-        lane: Lane,
-        endpoint: Endpoint,
-        in_flight: &InFlight,
-        now: Instant,
-    ) -> Result<bool, StoreError> {
-        let via = bulk::endpoint_for(endpoint);
-        if self.can_book_steady(via, now) {
-            return Ok(true);
-        }
-        if !self.can_book(via, now) {
-            return Ok(false);
-        }
-        let sending = in_flight.sending(endpoint);
-        store.pending_reaches(lane.as_str(), endpoint.path(), bulk::MAX_ITEMS + sending)
     }
 
     /// How deep a backlog must be before bulk requests beat single ones: more than one burst
@@ -1096,7 +1057,7 @@ impl Sink {
         self.limiter(endpoint).can_book(now, self.slot_horizon())
     }
 
-    /// [`Sink::book`] for a bulk request that is not full ([`Limiter::book_steady`]).
+    /// [`Sink::book`] for a bulk request ([`Limiter::book_steady`]).
     fn book_steady(&self, endpoint: Endpoint, now: Instant) -> Option<Booking> {
         let limiter = &self.limiters[&endpoint];
         let booked = limiter
@@ -1135,7 +1096,7 @@ impl Sink {
         self.config.bulk && bulk::endpoint_for(endpoint) == endpoint
     }
 
-    /// Whether a bulk request that is not full could be booked now.
+    /// Whether a bulk request could be booked now.
     fn can_book_steady(&self, endpoint: Endpoint, now: Instant) -> bool {
         self.limiter(endpoint)
             .can_book_steady(now, self.slot_horizon())
@@ -1316,8 +1277,6 @@ struct InFlight {
     rows: HashMap<i64, Held>,
     /// The coalescing keys (mapping, key) the rows hold; one row at most holds each.
     keys: HashSet<(String, String)>,
-    /// How many rows of each endpoint are in flight.
-    by_endpoint: HashMap<Endpoint, usize>,
 }
 
 /// The coalescing key a row holds while it is sent: its mapping and coalesce key.
@@ -1328,21 +1287,13 @@ fn coalescing_of(row: &Pending) -> Option<(String, String)> {
 /// What a row in flight holds.
 struct Held {
     coalescing: Option<(String, String)>,
-    endpoint: Option<Endpoint>,
 }
 
 impl InFlight {
     fn insert(&mut self, row: &Pending) {
         let coalescing = coalescing_of(row);
-        let endpoint = Endpoint::parse(&row.endpoint);
-        if let Some(endpoint) = endpoint {
-            *self.by_endpoint.entry(endpoint).or_default() += 1;
-        }
         self.keys.extend(coalescing.clone());
-        let held = Held {
-            coalescing,
-            endpoint,
-        };
+        let held = Held { coalescing };
         if let Some(replaced) = self.rows.insert(row.id, held) {
             self.forget(replaced);
         }
@@ -1358,9 +1309,6 @@ impl InFlight {
         if let Some(key) = &held.coalescing {
             self.keys.remove(key);
         }
-        if let Some(count) = held.endpoint.and_then(|e| self.by_endpoint.get_mut(&e)) {
-            *count -= 1;
-        }
     }
 
     fn contains(&self, id: i64) -> bool {
@@ -1369,10 +1317,6 @@ impl InFlight {
 
     fn holds(&self, coalescing: &(String, String)) -> bool {
         self.keys.contains(coalescing)
-    }
-
-    fn sending(&self, endpoint: Endpoint) -> usize {
-        self.by_endpoint.get(&endpoint).copied().unwrap_or(0)
     }
 }
 
@@ -1436,28 +1380,21 @@ mod tests {
     }
 
     #[test]
-    fn rows_in_flight_hold_their_keys_and_count_per_endpoint_until_they_end() {
+    fn rows_in_flight_hold_their_keys_until_they_end() {
         let profiles = Endpoint::CreateOrUpdateProfile;
         let key = ("profile".to_owned(), "a@example.com".to_owned());
         let mut in_flight = InFlight::default();
         in_flight.insert(&row(1, profiles.path(), Some("a@example.com")));
         in_flight.insert(&row(2, profiles.path(), None));
-        in_flight.insert(&row(3, Endpoint::CreateEvent.path(), None));
         assert!(in_flight.contains(1) && in_flight.holds(&key));
-        assert_eq!(in_flight.sending(profiles), 2);
-        assert_eq!(in_flight.sending(Endpoint::CreateEvent), 1);
-        assert_eq!(in_flight.sending(Endpoint::BulkSubscribeProfiles), 0);
 
-        // Inserted again (a row resent while its first attempt is still counted): counted once.
-        in_flight.insert(&row(2, profiles.path(), None));
-        assert_eq!(in_flight.sending(profiles), 2);
-
+        // Inserted again (a row resent while its first attempt is still held): still one.
+        in_flight.insert(&row(1, profiles.path(), Some("a@example.com")));
         in_flight.remove(1);
         assert!(!in_flight.contains(1) && !in_flight.holds(&key));
-        assert_eq!(in_flight.sending(profiles), 1);
         in_flight.remove(1); // ending twice changes nothing
+        assert!(in_flight.contains(2));
         in_flight.remove(2);
-        assert_eq!(in_flight.sending(profiles), 0);
-        assert_eq!(in_flight.sending(Endpoint::CreateEvent), 1);
+        assert!(!in_flight.contains(2));
     }
 }
