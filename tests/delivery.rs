@@ -306,6 +306,38 @@ fn queue_events(store: &Mutex<Store>, count: usize, metric: &str, lane: &str) {
     queue(store, metric, Endpoint::CreateEvent, lane, &bodies);
 }
 
+/// A stand-in and a sink on an empty store, both held to `limits` (burst a second, steady a
+/// minute) for those endpoints and to Klaviyo's own for the rest.
+async fn limited_to(
+    limits: &[(Endpoint, u32, u32)],
+) -> (StandIn, Arc<Mutex<Store>>, Arc<marketsync::sink::Sink>) {
+    let mut standin_limits = marketsync::standin::Limit::klaviyo_all();
+    for &(endpoint, burst_per_second, steady_per_minute) in limits {
+        standin_limits.insert(
+            endpoint,
+            marketsync::standin::Limit {
+                burst_per_second,
+                steady_per_minute,
+            },
+        );
+    }
+    let standin = StandIn::start(Config {
+        limits: standin_limits,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
+    for &(endpoint, burst, steady) in limits {
+        config
+            .limits
+            .insert(endpoint, Limit::per_second_and_minute(burst, steady));
+    }
+    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    (standin, store, sink)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placed_order_goes_out_within_a_second_behind_10000_profile_updates() {
     let standin = StandIn::start(Config::default()).await.unwrap();
@@ -377,34 +409,12 @@ async fn a_placed_order_goes_out_within_a_second_behind_10000_profile_updates() 
 async fn full_bulk_jobs_go_at_the_steady_rate_not_in_a_burst() {
     // Bulk event jobs: 10 a second, 30 a minute, so one every 2 s at the steady rate. Single
     // events are scarce, so the backlog goes in bulk.
-    let mut limits = marketsync::standin::Limit::klaviyo_all();
-    let bulk = marketsync::standin::Limit {
-        burst_per_second: 10,
-        steady_per_minute: 30,
-    };
-    let single = marketsync::standin::Limit {
-        burst_per_second: 2,
-        steady_per_minute: 10,
-    };
-    limits.insert(Endpoint::BulkCreateEvents, bulk);
-    limits.insert(Endpoint::CreateEvent, single);
-    let standin = StandIn::start(Config {
-        limits,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
+    let (standin, store, sink) = limited_to(&[
+        (Endpoint::BulkCreateEvents, 10, 30),
+        (Endpoint::CreateEvent, 2, 10),
+    ])
+    .await;
     queue_events(&store, 3_000, "Placed Order", "transaction");
-    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
-    config.limits.insert(
-        Endpoint::BulkCreateEvents,
-        Limit::per_second_and_minute(10, 30),
-    );
-    config
-        .limits
-        .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(2, 10));
-    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let lane = tokio::spawn(
         Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done)),
@@ -503,26 +513,7 @@ async fn sustained_delivery_uses_the_rate_ceiling_without_a_429() {
 /// them one by one anyway, each waiting for the next minute with its concurrency slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_keep_going_in_bulk_once_the_single_endpoints_minute_is_spent() {
-    let mut limits = marketsync::standin::Limit::klaviyo_all();
-    limits.insert(
-        Endpoint::CreateEvent,
-        marketsync::standin::Limit {
-            burst_per_second: 20,
-            steady_per_minute: 60,
-        },
-    );
-    let standin = StandIn::start(Config {
-        limits,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let store = Arc::new(Mutex::new(Store::in_memory().unwrap()));
-    let mut config = config(&standin, DEFAULT_API_KEY, 1.0);
-    config
-        .limits
-        .insert(Endpoint::CreateEvent, Limit::per_second_and_minute(20, 60));
-    let sink = marketsync::sink::Sink::new(config, Arc::clone(&store));
+    let (standin, store, sink) = limited_to(&[(Endpoint::CreateEvent, 20, 60)]).await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lane = tokio::spawn(
         Arc::clone(&sink).drain_lane(marketsync::spec::Lane::Transaction, Arc::clone(&done)),
