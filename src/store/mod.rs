@@ -144,7 +144,6 @@ pub struct Pending {
     pub delivery: (String, String),
 }
 
-/// A dead letter to write.
 /// Requests Klaviyo accepted with one answer: their outbox ids, its status and when (unix ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -153,6 +152,7 @@ pub struct Accepted {
     pub at: i64,
 }
 
+/// A dead letter to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDeadLetter {
     /// The mapping involved; for a refused request, `None` means the request's own mapping.
