@@ -1274,7 +1274,8 @@ enum Call<'a> {
 /// in flight at once, and the lane reads up to 200 times a second.
 #[derive(Default)]
 struct InFlight {
-    rows: HashMap<i64, Held>,
+    /// Each row, with the coalescing key it holds if any.
+    rows: HashMap<i64, Option<(String, String)>>,
     /// The coalescing keys (mapping, key) the rows hold; one row at most holds each.
     keys: HashSet<(String, String)>,
 }
@@ -1284,17 +1285,11 @@ fn coalescing_of(row: &Pending) -> Option<(String, String)> {
     row.coalesce_key.clone().map(|k| (row.mapping.clone(), k))
 }
 
-/// What a row in flight holds.
-struct Held {
-    coalescing: Option<(String, String)>,
-}
-
 impl InFlight {
     fn insert(&mut self, row: &Pending) {
         let coalescing = coalescing_of(row);
         self.keys.extend(coalescing.clone());
-        let held = Held { coalescing };
-        if let Some(replaced) = self.rows.insert(row.id, held) {
+        if let Some(replaced) = self.rows.insert(row.id, coalescing) {
             self.forget(replaced);
         }
     }
@@ -1305,9 +1300,9 @@ impl InFlight {
         }
     }
 
-    fn forget(&mut self, held: Held) {
-        if let Some(key) = &held.coalescing {
-            self.keys.remove(key);
+    fn forget(&mut self, coalescing: Option<(String, String)>) {
+        if let Some(key) = coalescing {
+            self.keys.remove(&key);
         }
     }
 
