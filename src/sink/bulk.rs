@@ -49,11 +49,13 @@ pub struct Job {
 }
 
 /// A job being written: the entries so far between the job's fixed head and tail, which are
-/// the one place each job's shape is written down.
+/// the one place each job's shape and limits are written down.
 struct JobText {
     endpoint: Endpoint,
     head: &'static str,
     tail: &'static str,
+    /// The most entries Klaviyo takes in one job of this kind.
+    max_entries: usize,
     ids: Vec<i64>,
     text: String,
 }
@@ -63,6 +65,7 @@ impl JobText {
         JobText::new(
             Endpoint::BulkCreateEvents,
             r#"{"data":{"type":"event-bulk-create-job","attributes":{"events-bulk-create":{"data":["#,
+            MAX_ITEMS,
         )
     }
 
@@ -70,14 +73,16 @@ impl JobText {
         JobText::new(
             Endpoint::BulkImportProfiles,
             r#"{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":["#,
+            MAX_PROFILES,
         )
     }
 
-    fn new(endpoint: Endpoint, head: &'static str) -> JobText {
+    fn new(endpoint: Endpoint, head: &'static str, max_entries: usize) -> JobText {
         JobText {
             endpoint,
             head,
             tail: "]}}}}",
+            max_entries,
             ids: Vec::new(),
             text: head.to_owned(),
         }
@@ -91,8 +96,11 @@ impl JobText {
         serde_json::from_str(&alone).is_ok_and(|job| schemas.check(self.endpoint, &job).is_ok())
     }
 
+    /// Whether `entry` can join the job: it holds fewer than its most entries, and stays
+    /// within [`MAX_BYTES`] with it.
     fn has_room(&self, entry: &str) -> bool {
-        self.text.len() + 1 + entry.len() + self.tail.len() <= MAX_BYTES
+        self.ids.len() < self.max_entries
+            && self.text.len() + 1 + entry.len() + self.tail.len() <= MAX_BYTES
     }
 
     fn push(&mut self, id: i64, entry: &str) {
@@ -153,7 +161,7 @@ pub fn event_jobs<'a>(
             left.push(id);
             continue;
         }
-        if job.ids.len() == MAX_ITEMS || !job.has_room(&entry) {
+        if !job.has_room(&entry) {
             jobs.extend(job.finish());
             keys.clear();
         }
@@ -308,7 +316,7 @@ pub fn profile_jobs<'a>(
             left.push(id);
             continue;
         };
-        if job.ids.len() == MAX_PROFILES || !job.has_room(resource) {
+        if !job.has_room(resource) {
             jobs.extend(job.finish());
         }
         job.push(id, resource);
