@@ -1288,10 +1288,12 @@ fn coalescing_of(row: &Pending) -> Option<(String, String)> {
 impl InFlight {
     fn insert(&mut self, row: &Pending) {
         let coalescing = coalescing_of(row);
-        self.keys.extend(coalescing.clone());
-        if let Some(replaced) = self.rows.insert(row.id, coalescing) {
+        // The replaced entry's key is let go before this one's is taken: the same row inserted
+        // again holds the same key, which must stay held.
+        if let Some(replaced) = self.rows.insert(row.id, coalescing.clone()) {
             self.forget(replaced);
         }
+        self.keys.extend(coalescing);
     }
 
     fn remove(&mut self, id: i64) {
@@ -1383,8 +1385,10 @@ mod tests {
         in_flight.insert(&row(2, profiles.path(), None));
         assert!(in_flight.contains(1) && in_flight.holds(&key));
 
-        // Inserted again (a row resent while its first attempt is still held): still one.
+        // Inserted again (a row resent while its first attempt is still held): still one, and
+        // it still holds its key.
         in_flight.insert(&row(1, profiles.path(), Some("a@example.com")));
+        assert!(in_flight.contains(1) && in_flight.holds(&key));
         in_flight.remove(1);
         assert!(!in_flight.contains(1) && !in_flight.holds(&key));
         in_flight.remove(1); // ending twice changes nothing
