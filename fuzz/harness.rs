@@ -61,9 +61,8 @@ pub fn delivery(body: &[u8]) -> DeliveryOutcome {
         "Idempotency-Key" => Some("fuzz-delivery"),
         _ => None,
     });
-    let capture = webhook::capture(headers, &text);
-    let received = marketsync::sync::dead_letters_of(engine, &capture, not_utf8_at);
-    let read = marketsync::sync::dead_letters_of(engine, &text, not_utf8_at);
+    let received = marketsync::sync::dead_letters_of(engine, &text, not_utf8_at, Some(headers));
+    let read = marketsync::sync::dead_letters_of(engine, &text, not_utf8_at, None);
     let replayed = webhook::outgoing(&text, &webhook::Defaults::default());
     DeliveryOutcome {
         received,

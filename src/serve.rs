@@ -526,8 +526,7 @@ impl Receiver {
                             )
                         }
                     };
-                    let capture = webhook::capture(kept_headers, &text);
-                    sync::prepare_delivery(&engine, &origin, &capture, not_utf8_at)
+                    sync::prepare_webhook(&engine, &origin, kept_headers, &text, not_utf8_at)
                 })
                 .await;
             let Ok(prepared) = prepared else {

@@ -163,21 +163,27 @@ fn prepare_parsed(
     Prepared { origin, outcome }
 }
 
-/// Takes one delivery in on its own, as a webhook receiver does, first half: parsed and
-/// mapped, off the store (any thread). `text` is the delivery (any shape
-/// [`source::parse_delivery`] reads); `not_utf8_at` says where its bytes stopped being UTF-8,
-/// if they did. [`keep_delivery`] writes it.
-pub fn prepare_delivery(
+/// Takes one webhook in, as a receiver does, first half: parsed and mapped, off the store (any
+/// thread). The store keeps its capture (`{"headers", "body"}`, which
+/// [`source::parse_delivery`] reads back for retries); the records are read from the body
+/// directly. `not_utf8_at` says where the body's bytes stopped being UTF-8, if they did.
+/// [`keep_delivery`] writes it.
+pub fn prepare_webhook(
     engine: &Engine,
     origin: &str,
-    text: &str,
+    headers: serde_json::Map<String, serde_json::Value>,
+    body: &str,
     not_utf8_at: Option<usize>,
 ) -> Prepared {
-    let parsed = parse_received(text, not_utf8_at);
-    prepare_parsed(engine, origin.to_owned(), parsed, text)
+    let text = source::webhook::capture(&headers, body);
+    let parsed = match not_utf8_at {
+        Some(at) => Err(source::RecordError::NotUtf8(at)),
+        None => source::received_records(&serde_json::Value::Object(headers), body),
+    };
+    prepare_parsed(engine, origin.to_owned(), parsed, &text)
 }
 
-/// Second half: writes a [`prepare_delivery`] to the store exactly as [`intake`] writes a
+/// Second half: writes a [`prepare_webhook`] to the store exactly as [`intake`] writes a
 /// line (a delivery that cannot be read, or that a mapping refuses, is kept as a dead letter;
 /// one already stored writes nothing). Inside [`Store::in_one_commit`] all of it is one
 /// savepoint: an error means nothing of this delivery may be taken as kept.
@@ -194,15 +200,26 @@ pub fn keep_delivery(
 /// What [`keep_delivery`] would keep of one delivery, without a store: per record, the
 /// mapping failures it would keep as dead letters (`mapping `NAME`: REASON`), or why the
 /// delivery is unreadable. The way in for the fuzz targets (`fuzz/`), which must reach every
-/// step a received body goes through but cannot afford a store per input.
+/// step a received body goes through but cannot afford a store per input: `webhook` is the
+/// body as `serve` receives it (with these headers), else it is read as a line of `run`'s input.
 #[doc(hidden)]
 pub fn dead_letters_of(
     engine: &Engine,
     text: &str,
     not_utf8_at: Option<usize>,
+    webhook: Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Vec<Vec<String>>, source::RecordError> {
-    let parsed = parse_received(text, not_utf8_at);
-    match prepare_parsed(engine, String::new(), parsed, text).outcome {
+    let prepared = match webhook {
+        Some(headers) => prepare_webhook(engine, "", headers, text, not_utf8_at),
+        None => {
+            let parsed = match not_utf8_at {
+                Some(at) => Err(source::RecordError::NotUtf8(at)),
+                None => source::parse_delivery(text),
+            };
+            prepare_parsed(engine, String::new(), parsed, text)
+        }
+    };
+    match prepared.outcome {
         Ok(records) => Ok(records
             .into_iter()
             .map(|record| {
@@ -214,17 +231,6 @@ pub fn dead_letters_of(
             })
             .collect()),
         Err((err, _)) => Err(err),
-    }
-}
-
-/// A received delivery's records; bytes that were not UTF-8 reject it.
-fn parse_received(
-    text: &str,
-    not_utf8_at: Option<usize>,
-) -> Result<Vec<source::Record>, source::RecordError> {
-    match not_utf8_at {
-        Some(at) => Err(source::RecordError::NotUtf8(at)),
-        None => source::parse_delivery(text),
     }
 }
 

@@ -93,20 +93,15 @@ pub fn records_of(value: Json) -> Result<Vec<Record>, RecordError> {
             "expected a JSON object (envelope, capture or backfill page)".into(),
         ));
     };
-    if let (Some(headers), true) = (object.get("headers"), object.contains_key("body")) {
-        let header = |name: &str| header_value(headers, name);
-        let vertical = header("Marketplacer-Vertical");
-        let idempotency_key = header("Idempotency-Key");
+    if object.contains_key("headers") && object.contains_key("body") {
         // Taken, not cloned: the body is nearly all of a capture.
         let body = match object.remove("body").expect("checked above") {
             // Some receivers store the raw body as a string.
-            Json::String(raw) => serde_json::from_str(&raw)
-                .map_err(|e| RecordError::NotJson(format!("capture body: {e}")))?,
+            Json::String(raw) => parse_capture_body(&raw)?,
             other => other,
         };
-        let mut record = envelope(body, idempotency_key)?;
-        record.marketplace = vertical;
-        return Ok(vec![record]);
+        let headers = object.get("headers").expect("checked above");
+        return captured_records(headers, body);
     }
     if object.contains_key("payload") || object.contains_key("event_name") {
         return Ok(vec![envelope(Json::Object(object), None)?]);
@@ -127,6 +122,26 @@ pub fn records_of(value: Json) -> Result<Vec<Record>, RecordError> {
     Err(RecordError::Unrecognised(
         "expected a webhook envelope (`payload`), a capture (`headers` and `body`) or a backfill page (`data.updatedOrders`)".into(),
     ))
+}
+
+/// The records of a webhook as received: what [`parse_delivery`] reads from its
+/// [`webhook::capture`], without writing the body into the capture and parsing it back out
+/// (that round trip was a sixth of `serve`'s mapping time, perf, 4 December).
+pub fn received_records(headers: &Json, body: &str) -> Result<Vec<Record>, RecordError> {
+    captured_records(headers, parse_capture_body(body)?)
+}
+
+fn parse_capture_body(raw: &str) -> Result<Json, RecordError> {
+    serde_json::from_str(raw).map_err(|e| RecordError::NotJson(format!("capture body: {e}")))
+}
+
+/// A capture's one record: the vertical header names the marketplace, and `Idempotency-Key`
+/// is the delivery id when the envelope has none.
+fn captured_records(headers: &Json, body: Json) -> Result<Vec<Record>, RecordError> {
+    let header = |name: &str| header_value(headers, name);
+    let mut record = envelope(body, header("Idempotency-Key"))?;
+    record.marketplace = header("Marketplacer-Vertical");
+    Ok(vec![record])
 }
 
 /// The delivery id of a node that arrives without one of its own (a bare GraphQL result, a

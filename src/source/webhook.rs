@@ -266,8 +266,15 @@ pub fn kept_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Map<String, Js
 /// shape [`super::records_of`] reads: the vertical header names the marketplace and
 /// `Idempotency-Key` is the delivery id when the envelope has none. Kept whole in a dead letter
 /// when it cannot be read.
-pub fn capture(headers: Map<String, Json>, body: &str) -> String {
-    serde_json::json!({ "headers": headers, "body": body }).to_string()
+pub fn capture(headers: &Map<String, Json>, body: &str) -> String {
+    // Written straight from borrowed parts: building a `json!` tree copied the body and then
+    // wrote it through `fmt` (half of this function's time, perf, 4 December).
+    #[derive(serde::Serialize)]
+    struct Capture<'a> {
+        headers: &'a Map<String, Json>,
+        body: &'a str,
+    }
+    serde_json::to_string(&Capture { headers, body }).expect("a capture serialises")
 }
 
 /// What a dead letter keeps of a body over the size limit: the headers, the size and the
@@ -533,9 +540,40 @@ mod tests {
             _ => None,
         });
         let body = r#"{"event_name":"update","payload":{"data":{"node":{"__typename":"Seller","id":"S1"}}}}"#;
-        let records = super::super::parse_delivery(&capture(headers, body)).unwrap();
+        let records = super::super::parse_delivery(&capture(&headers, body)).unwrap();
         assert_eq!(records[0].delivery_id, "petmarket:7");
         assert_eq!(records[0].marketplace.as_deref(), Some("petmarket"));
+    }
+
+    #[test]
+    fn a_body_read_as_received_gives_what_its_capture_gives() {
+        // serve reads records from the body and keeps the capture; a retry reads the capture.
+        // Both must agree, errors included, or a dead letter retried would be another record.
+        let headers = kept_headers(|name| match name {
+            "Marketplacer-Vertical" => Some("petmarket"),
+            "Idempotency-Key" => Some("petmarket:7"),
+            "Marketplacer-Sequence" => Some("12"),
+            _ => None,
+        });
+        let bodies = [
+            r#"{"event_name":"update","payload":{"data":{"node":{"__typename":"Seller","id":"S1"}}}}"#,
+            r#"{"id":"E1","event_name":"create","payload":{"data":{"node":{"__typename":"Invoice","note":"say \"hi\"\n\u00e9"}}}}"#,
+            r#"{"id":"E2","event_name":"create","errors":[{"message":"boom"}]}"#,
+            r#"{"id":"E3","event_name":"create","payload":"#,
+            "[1,2]",
+            "not json",
+            "",
+        ];
+        for body in bodies {
+            let direct = crate::source::received_records(&Json::Object(headers.clone()), body);
+            let via_capture = super::super::parse_delivery(&capture(&headers, body));
+            assert_eq!(direct, via_capture, "body {body:?}");
+        }
+        let text = capture(&headers, "x\"y");
+        assert_eq!(
+            serde_json::from_str::<Json>(&text).unwrap(),
+            serde_json::json!({ "headers": headers, "body": "x\"y" })
+        );
     }
 
     const BODY: &[u8] =
