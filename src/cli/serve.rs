@@ -273,12 +273,16 @@ pub fn execute(args: Args) -> u8 {
         header_timeout,
         ..ServeConfig::default()
     };
+    // Checkpoints off the commits that answer webhooks (src/store/checkpoint.rs).
     let opened = args.state.try_lock().and_then(|lock| {
-        let store = args.state.try_open()?;
-        Ok((lock, store))
+        let mut store = args.state.try_open()?;
+        let checkpointer = store
+            .checkpoint_beside(marketsync::store::CheckpointLimits::default())
+            .map_err(|err| format!("state database {}: {err}", args.state.path.display()))?;
+        Ok((lock, checkpointer, store))
     });
-    let (_lock, store) = match opened {
-        Ok((lock, store)) => (lock, Arc::new(Mutex::new(store))),
+    let (_lock, _checkpointer, store) = match opened {
+        Ok((lock, checkpointer, store)) => (lock, checkpointer, Arc::new(Mutex::new(store))),
         Err(message) => {
             error!("{message}");
             return EXIT_IO;

@@ -33,6 +33,7 @@
 //! to *claim* rows with a lease (one SQLite writer does not), and that shape is better designed
 //! against the real second store than guessed now.
 
+mod checkpoint;
 mod customer;
 mod dead;
 mod exceptions;
@@ -44,6 +45,7 @@ mod reconcile;
 mod schema;
 mod status;
 
+pub use checkpoint::{Checkpointer, Limits as CheckpointLimits};
 pub use customer::{
     DroppedRequest, ExceptionSummary, LetterSummary, PersonDelivery, PersonHistory, PersonRequest,
 };
@@ -345,6 +347,24 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&mut conn, schema::MIGRATIONS)?;
         Ok(Store { conn })
+    }
+
+    /// Checkpoints this store's log on a thread of its own, with a second connection, instead
+    /// of inside whichever commit takes the log past SQLite's threshold (see [`checkpoint`]).
+    /// The store's commits stop checkpointing for good, so keep the [`Checkpointer`] as long
+    /// as the store (closing the store still copies the log in). `None` for a store in
+    /// memory, which has no log.
+    pub fn checkpoint_beside(
+        &mut self,
+        limits: CheckpointLimits,
+    ) -> Result<Option<Checkpointer>, StoreError> {
+        let path = match self.conn.path() {
+            Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ => return Ok(None),
+        };
+        let checkpointer = Checkpointer::start(path, limits)?;
+        checkpoint::restart_when_long(&mut self.conn, limits.restart_above)?;
+        Ok(Some(checkpointer))
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
