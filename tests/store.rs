@@ -1070,13 +1070,13 @@ fn reopening_keeps_rows_and_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = file_store(dir.path());
-        assert_eq!(store.schema_version().unwrap(), 11);
+        assert_eq!(store.schema_version().unwrap(), 12);
         store
             .intake(&delivery("D1"), &[placed_order("1")], &[], 0)
             .unwrap();
     }
     let mut store = file_store(dir.path());
-    assert_eq!(store.schema_version().unwrap(), 11);
+    assert_eq!(store.schema_version().unwrap(), 12);
     assert_eq!(store.pending_count("transaction", None).unwrap(), 1);
     assert!(
         store

@@ -503,7 +503,7 @@ mod tests {
         }
         drop(conn);
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 11);
+        assert_eq!(store.schema_version().unwrap(), 12);
         assert!(store.people_backfill_pending().unwrap());
         let zoe = vec!["email:zoe@example.com".to_owned()];
         assert!(

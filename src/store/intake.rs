@@ -2,8 +2,7 @@
 //! once-per, staleness and coalescing decided per request.
 
 use super::{
-    DeliveryRecord, Intake, NewDeadLetter, NewRequest, Store, StoreError, dead, ledger_key,
-    normalise_version,
+    DeliveryRecord, Intake, NewDeadLetter, NewRequest, Store, StoreError, dead, normalise_version,
 };
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
@@ -149,20 +148,13 @@ pub(super) fn queue(
     now: i64,
 ) -> Result<Queued, StoreError> {
     if let Some(once_key) = &request.once_key {
+        // Accepted (`sent`), or queued: one lookup of the outbox's once-key index.
         let seen: bool = tx
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM ledger WHERE key = ?1)
-                     OR EXISTS (SELECT 1 FROM outbox WHERE mapping = ?2 AND once_key = ?3
-                                AND state IN ('pending', 'superseded'))",
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE mapping = ?1 AND once_key = ?2
+                                AND state IN ('pending', 'superseded', 'sent'))",
             )?
-            .query_row(
-                params![
-                    ledger_key(&request.mapping, once_key),
-                    request.mapping,
-                    once_key
-                ],
-                |r| r.get(0),
-            )?;
+            .query_row(params![request.mapping, once_key], |r| r.get(0))?;
         if seen {
             note_dropped(tx, inbox_id, request, "once", now)?;
             return Ok(Queued::DroppedOnce);

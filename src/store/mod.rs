@@ -72,6 +72,18 @@ pub fn ledger_key(mapping: &str, once_key: &str) -> String {
     format!("{mapping}\u{1f}{once_key}")
 }
 
+/// Whether Klaviyo accepted a request of `mapping` with this once key: its row is `sent`,
+/// which only acceptance writes, beside its ledger row (schema version 12 finds it by the
+/// outbox's index, which acceptance leaves alone).
+fn accepted_once(conn: &Connection, mapping: &str, once_key: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM outbox
+                            WHERE mapping = ?1 AND once_key = ?2 AND state = 'sent')",
+        )?
+        .query_row([mapping, once_key], |r| r.get(0))?)
+}
+
 /// The delivery a batch of requests came from.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryRecord<'a> {
@@ -373,11 +385,10 @@ impl Store {
 
     /// Whether Klaviyo accepted a request under this [`ledger_key`].
     pub fn ledger_has(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM ledger WHERE key = ?1)",
-            [key],
-            |r| r.get(0),
-        )?)
+        match key.split_once('\u{1f}') {
+            Some((mapping, once_key)) => accepted_once(&self.conn, mapping, once_key),
+            None => Ok(false),
+        }
     }
 
     /// When the initial opt-in under this once key was accepted, if it was.
@@ -669,6 +680,79 @@ mod tests {
                 .unwrap();
             assert_eq!((id, rows), (APPLICATION_ID, 1), "version {steps}");
         }
+    }
+
+    /// Version 12 finds accepted keys through the outbox instead of the ledger's indexes: a
+    /// request Klaviyo accepted under version 11 is still accepted after the step, by its once
+    /// key and by its unique id, and its repeat is still dropped at intake.
+    #[test]
+    fn keys_accepted_before_version_12_stay_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        assert_eq!(
+            schema::migrate(&mut conn, &schema::MIGRATIONS[..11]).unwrap(),
+            11
+        );
+        conn.execute_batch(
+            "INSERT INTO inbox (id, marketplace, delivery_id, origin, text, received_at)
+                 VALUES (1, 'm', 'd', 'f:1', '{}', 0);
+             INSERT INTO outbox (id, inbox_id, mapping, endpoint, lane, body, once_key,
+                                 unique_id, state, next_attempt_at, created_at, sent_at)
+                 VALUES (1, 1, 'placed-order', '/api/events', 'transaction', '{}', '5001',
+                         'po-5001', 'sent', 0, 0, 7);
+             INSERT INTO ledger (outbox_id, key, unique_id, endpoint, status, sent_at)
+                 VALUES (1, 'placed-order' || char(31) || '5001', 'po-5001', '/api/events',
+                         202, 7);",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 12);
+        assert!(
+            store
+                .ledger_has(&ledger_key("placed-order", "5001"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .ledger_has(&ledger_key("placed-order", "5002"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .ledger_has(&ledger_key("ordered-product", "5001"))
+                .unwrap()
+        );
+        assert_eq!(
+            store.accepted_at("/api/events", "po-5001").unwrap(),
+            Some(7)
+        );
+        assert_eq!(store.accepted_at("/api/events", "po-5002").unwrap(), None);
+        let repeat = NewRequest {
+            mapping: "placed-order".into(),
+            endpoint: "/api/events".into(),
+            lane: "transaction".into(),
+            body: "{}".into(),
+            once_key: Some("5001".into()),
+            unique_id: Some("po-5001".into()),
+            waits_for: None,
+            coalesce_key: None,
+            version: None,
+        };
+        assert_eq!(
+            store.request_found(&repeat).unwrap(),
+            reconcile::Found::Accepted
+        );
+        let delivery = DeliveryRecord {
+            marketplace: "m",
+            delivery_id: "d2",
+            origin: "f:2",
+            text: "{}",
+        };
+        let intake = store.intake(&delivery, &[repeat], &[], 8).unwrap();
+        assert_eq!((intake.queued, intake.dropped_once), (0, 1));
     }
 
     /// Issue 12: a version 3 file (the last before attempts, warnings, discards and resolved

@@ -9,8 +9,7 @@
 
 use super::intake::{queue, versions_of};
 use super::{
-    DeliveryRecord, Intake, NewDeadLetter, NewRequest, Store, StoreError, dead, ledger_key,
-    normalise_version,
+    DeliveryRecord, Intake, NewDeadLetter, NewRequest, Store, StoreError, dead, normalise_version,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -231,9 +230,10 @@ impl Store {
     pub fn accepted_at(&self, endpoint: &str, unique_id: &str) -> Result<Option<i64>, StoreError> {
         // The newest is taken here, not with `max()`: SQLite would then walk the endpoint's
         // index by time (every event of a day, 10 ms a lookup) instead of the `unique_id` one.
-        let mut query = self
-            .conn
-            .prepare_cached("SELECT sent_at FROM ledger WHERE endpoint = ?1 AND unique_id = ?2")?;
+        let mut query = self.conn.prepare_cached(
+            "SELECT sent_at FROM outbox
+              WHERE endpoint = ?1 AND unique_id = ?2 AND state = 'sent'",
+        )?;
         let times = query.query_map(params![endpoint, unique_id], |r| r.get::<_, i64>(0))?;
         Ok(times.collect::<Result<Vec<_>, _>>()?.into_iter().max())
     }
@@ -322,9 +322,9 @@ impl Store {
                                      waits_for, coalesce_key, version, created_at, next_attempt_at)
                  SELECT o.inbox_id, o.mapping, o.endpoint, o.lane, o.body, o.once_key,
                         o.unique_id, o.waits_for, o.coalesce_key, o.version, ?3, ?3
-                   FROM ledger l JOIN outbox o ON o.id = l.outbox_id
-                  WHERE l.endpoint = ?1 AND l.unique_id = ?2
-                  ORDER BY l.sent_at DESC, l.id DESC LIMIT 1",
+                   FROM outbox o
+                  WHERE o.endpoint = ?1 AND o.unique_id = ?2 AND o.state = 'sent'
+                  ORDER BY o.sent_at DESC, o.id DESC LIMIT 1",
             )?
             .execute(params![endpoint, unique_id, now])?;
         tx.commit()?;
@@ -371,18 +371,15 @@ impl Store {
                 .prepare_cached(sql)?
                 .query_row(params, |r| r.get(0))?)
         };
-        if let Some(once_key) = &request.once_key {
-            let key = ledger_key(&request.mapping, once_key);
-            if exists(
-                "SELECT EXISTS (SELECT 1 FROM ledger WHERE key = ?1)",
-                &[&key],
-            )? {
-                return Ok(Found::Accepted);
-            }
+        if let Some(once_key) = &request.once_key
+            && super::accepted_once(&self.conn, &request.mapping, once_key)?
+        {
+            return Ok(Found::Accepted);
         }
         if let Some(unique_id) = &request.unique_id
             && exists(
-                "SELECT EXISTS (SELECT 1 FROM ledger WHERE endpoint = ?1 AND unique_id = ?2)",
+                "SELECT EXISTS (SELECT 1 FROM outbox
+                                WHERE endpoint = ?1 AND unique_id = ?2 AND state = 'sent')",
                 &[&request.endpoint, unique_id],
             )?
         {
