@@ -176,10 +176,9 @@ pub fn prepare_webhook(
     not_utf8_at: Option<usize>,
 ) -> Prepared {
     let text = source::webhook::capture(&headers, body);
-    let parsed = match not_utf8_at {
-        Some(at) => Err(source::RecordError::NotUtf8(at)),
-        None => source::received_records(&serde_json::Value::Object(headers), body),
-    };
+    let parsed = read_received(not_utf8_at, || {
+        source::received_records(&serde_json::Value::Object(headers), body)
+    });
     prepare_parsed(engine, origin.to_owned(), parsed, &text)
 }
 
@@ -212,10 +211,7 @@ pub fn dead_letters_of(
     let prepared = match webhook {
         Some(headers) => prepare_webhook(engine, "", headers, text, not_utf8_at),
         None => {
-            let parsed = match not_utf8_at {
-                Some(at) => Err(source::RecordError::NotUtf8(at)),
-                None => source::parse_delivery(text),
-            };
+            let parsed = read_received(not_utf8_at, || source::parse_delivery(text));
             prepare_parsed(engine, String::new(), parsed, text)
         }
     };
@@ -231,6 +227,18 @@ pub fn dead_letters_of(
             })
             .collect()),
         Err((err, _)) => Err(err),
+    }
+}
+
+/// A received delivery's records, as `read` gives them; bytes that were not UTF-8 reject it
+/// before it is read.
+fn read_received(
+    not_utf8_at: Option<usize>,
+    read: impl FnOnce() -> Result<Vec<source::Record>, source::RecordError>,
+) -> Result<Vec<source::Record>, source::RecordError> {
+    match not_utf8_at {
+        Some(at) => Err(source::RecordError::NotUtf8(at)),
+        None => read(),
     }
 }
 

@@ -25,7 +25,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// When the checkpointer looks, and how long the log may grow before it holds writers off.
+/// When the checkpointer looks, and how long the log may grow before the store's commits
+/// checkpoint too.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Between checkpoints while writes come (SQLite's own threshold, 1,000 pages, is about
@@ -56,8 +57,8 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Opens a second connection on the database at `path` and checkpoints it on a thread.
-    /// The store's own connection must have `wal_autocheckpoint = 0` (see
-    /// [`super::Store::checkpoint_beside`]).
+    /// The store's own connection must stop checkpointing by itself: [`restart_when_long`]
+    /// (see [`super::Store::checkpoint_beside`]).
     pub(super) fn start(path: PathBuf, limits: Limits) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open_with_flags(
             &path,

@@ -652,18 +652,11 @@ mod tests {
     #[test]
     fn a_store_of_an_earlier_marketsync_opens_and_is_stamped() {
         for steps in 1..=2 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("state.db");
-            let mut conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            schema::migrate(&mut conn, &schema::MIGRATIONS[..steps]).unwrap();
-            conn.execute(
+            let (_dir, path) = file_at_version(
+                steps,
                 "INSERT INTO inbox (marketplace, delivery_id, origin, text, received_at)
                  VALUES ('m', 'd', 'f:1', '{}', 0)",
-                [],
-            )
-            .unwrap();
-            drop(conn);
+            );
             let store = Store::open(&path).unwrap_or_else(|e| panic!("version {steps}: {e}"));
             assert_eq!(
                 store.schema_version().unwrap(),
@@ -682,20 +675,28 @@ mod tests {
         }
     }
 
-    /// Version 12 finds accepted keys through the outbox instead of the ledger's indexes: a
-    /// request Klaviyo accepted under version 11 is still accepted after the step, by its once
-    /// key and by its unique id, and its repeat is still dropped at intake.
-    #[test]
-    fn keys_accepted_before_version_12_stay_accepted() {
+    /// A state file (in a directory that lives as long as the returned guard) that has had
+    /// the first `steps` schema steps and then `sql`, as an earlier marketsync left it.
+    fn file_at_version(steps: usize, sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let mut conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         assert_eq!(
-            schema::migrate(&mut conn, &schema::MIGRATIONS[..11]).unwrap(),
-            11
+            schema::migrate(&mut conn, &schema::MIGRATIONS[..steps]).unwrap(),
+            steps as u32
         );
-        conn.execute_batch(
+        conn.execute_batch(sql).unwrap();
+        (dir, path)
+    }
+
+    /// Version 12 finds accepted keys through the outbox instead of the ledger's indexes: a
+    /// request Klaviyo accepted under version 11 is still accepted after the step, by its once
+    /// key and by its unique id, and its repeat is still dropped at intake.
+    #[test]
+    fn keys_accepted_before_version_12_stay_accepted() {
+        let (_dir, path) = file_at_version(
+            11,
             "INSERT INTO inbox (id, marketplace, delivery_id, origin, text, received_at)
                  VALUES (1, 'm', 'd', 'f:1', '{}', 0);
              INSERT INTO outbox (id, inbox_id, mapping, endpoint, lane, body, once_key,
@@ -705,9 +706,7 @@ mod tests {
              INSERT INTO ledger (outbox_id, key, unique_id, endpoint, status, sent_at)
                  VALUES (1, 'placed-order' || char(31) || '5001', 'po-5001', '/api/events',
                          202, 7);",
-        )
-        .unwrap();
-        drop(conn);
+        );
         let mut store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), 12);
         assert!(
@@ -731,27 +730,14 @@ mod tests {
         );
         assert_eq!(store.accepted_at("/api/events", "po-5002").unwrap(), None);
         let repeat = NewRequest {
-            mapping: "placed-order".into(),
-            endpoint: "/api/events".into(),
-            lane: "transaction".into(),
-            body: "{}".into(),
             once_key: Some("5001".into()),
-            unique_id: Some("po-5001".into()),
-            waits_for: None,
-            coalesce_key: None,
-            version: None,
+            ..queued("placed-order", "transaction", "/api/events", "po-5001")
         };
         assert_eq!(
             store.request_found(&repeat).unwrap(),
             reconcile::Found::Accepted
         );
-        let delivery = DeliveryRecord {
-            marketplace: "m",
-            delivery_id: "d2",
-            origin: "f:2",
-            text: "{}",
-        };
-        let intake = store.intake(&delivery, &[repeat], &[], 8).unwrap();
+        let intake = store.intake(&delivery("d2"), &[repeat], &[], 8).unwrap();
         assert_eq!((intake.queued, intake.dropped_once), (0, 1));
     }
 
@@ -759,15 +745,8 @@ mod tests {
     /// exceptions) keeps its letters and exceptions open, and its requests have no attempts.
     #[test]
     fn a_version_3_store_keeps_its_rows_and_gains_the_operators_tables() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        assert_eq!(
-            schema::migrate(&mut conn, &schema::MIGRATIONS[..3]).unwrap(),
-            3
-        );
-        conn.execute_batch(
+        let (_dir, path) = file_at_version(
+            3,
             "INSERT INTO inbox (id, marketplace, delivery_id, origin, text, received_at)
                  VALUES (1, 'm', 'd', 'f:1', '{}', 0);
              INSERT INTO outbox (id, inbox_id, mapping, endpoint, lane, body, state, attempts,
@@ -779,9 +758,7 @@ mod tests {
                  VALUES (1, 1, 'placed-order', 'retries-exhausted', 'gave up', '{}', 5);
              INSERT INTO exception (outbox_id, kind, flagged_at)
                  VALUES (1, 'sent-after-hold', 6);",
-        )
-        .unwrap();
-        drop(conn);
+        );
         let mut store = Store::open(&path).unwrap();
         assert_eq!(
             store.schema_version().unwrap(),
