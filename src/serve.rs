@@ -62,6 +62,9 @@ pub struct ServeConfig {
     /// Threads that parse and map webhooks; the others in flight wait for one. As many as
     /// there are cores: mapping is CPU work.
     pub mapping_threads: usize,
+    /// Threads the sender runs on, apart from those that answer webhooks (see [`Threads`]).
+    /// One: the sender mostly waits for Klaviyo, and its store work is serial anyway.
+    pub sending_threads: usize,
     /// The `Retry-After` of every 503, in seconds.
     pub retry_after_secs: u64,
     /// Longest the sender waits, at shutdown, for the Klaviyo calls it has in flight; those
@@ -84,6 +87,7 @@ impl Default for ServeConfig {
             deadline: Duration::from_secs(10),
             max_in_flight: 64,
             mapping_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            sending_threads: 1,
             retry_after_secs: 60,
             sender_grace: Duration::from_secs(15),
             header_timeout: Duration::from_secs(5),
@@ -265,39 +269,52 @@ struct Kept {
     summary: Option<IntakeReport>,
 }
 
-/// The threads webhooks are parsed and mapped on: a runtime of their own, so that they are a
-/// fixed few. Each thread that maps keeps caches of its own (the phone library's compiled
+/// A fixed few threads of their own, on a runtime that is not the one answering webhooks.
+///
+/// Mapping: each thread that maps keeps caches of its own (the phone library's compiled
 /// regexes, the allocator's pages): on tokio's blocking pool, which grows a thread for each
 /// webhook in flight, 64 in flight made 74 threads, and `serve` grew to 119 MB in a minute at
 /// 500 webhooks a second, against 54 MB, flat, with two.
-struct Mapping {
+///
+/// Sending: the sender reads and writes the store and builds bulk jobs between its awaits,
+/// some milliseconds at a time. On the runtime that answers webhooks that held up every
+/// webhook queued behind it on the same worker: answers' p50 at 2,000 a second was 12.9 ms,
+/// and 7.6 to 10 ms with the sender kept off that runtime's workers (docs/serve.md).
+struct Threads {
     /// Taken when dropped: a runtime cannot be dropped inside another one's tasks.
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl Mapping {
-    fn start(threads: usize) -> Mapping {
+impl Threads {
+    fn start(name: &str, threads: usize) -> Threads {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
-            .thread_name("marketsync-map")
+            .thread_name(name)
+            .enable_all()
             .build()
-            .expect("the mapping threads start");
-        Mapping {
+            .expect("a runtime of our own starts");
+        Threads {
             runtime: Some(runtime),
         }
     }
 
-    /// Runs `work` on a mapping thread once one is free; `Err` if it panicked.
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+    }
+
+    /// Runs `work` on one of these threads once one is free; `Err` if it panicked.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
-        let runtime = self.runtime.as_ref().expect("running until dropped");
-        runtime.spawn(async move { work() }).await
+        self.handle().spawn(async move { work() }).await
     }
 }
 
-impl Drop for Mapping {
+impl Drop for Threads {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -315,7 +332,7 @@ pub struct Receiver {
     config: ServeConfig,
     draining: AtomicBool,
     in_flight: Semaphore,
-    mapping: Mapping,
+    mapping: Threads,
     pub counters: Counters,
     /// The sender's metrics (a fresh set without one), where webhooks are counted too.
     metrics: Arc<Metrics>,
@@ -354,7 +371,7 @@ impl Receiver {
             secrets,
             sink,
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
-            mapping: Mapping::start(config.mapping_threads),
+            mapping: Threads::start("marketsync-map", config.mapping_threads),
             config,
             draining: AtomicBool::new(false),
             counters: Counters::default(),
@@ -930,12 +947,13 @@ pub async fn serve(
     });
     // The lanes run until wound down: more work may come at any time.
     let never_done = Arc::new(AtomicBool::new(false));
+    let sending = Threads::start("marketsync-send", config.sending_threads);
     let lanes: Vec<_> = [Lane::Transaction, Lane::Profile]
         .into_iter()
         .map(|lane| {
             let sink = Arc::clone(&sink);
             let never_done = Arc::clone(&never_done);
-            tokio::spawn(async move {
+            sending.handle().spawn(async move {
                 let result = sink.drain_lane(lane, never_done).await;
                 // A refused key was logged by the sender when it happened, and is again while
                 // it lasts (`remind_of_refusal`); each lane saying so too would add nothing.
