@@ -377,11 +377,7 @@ impl Store {
             return Ok(Found::Accepted);
         }
         if let Some(unique_id) = &request.unique_id
-            && exists(
-                "SELECT EXISTS (SELECT 1 FROM outbox
-                                WHERE endpoint = ?1 AND unique_id = ?2 AND state = 'sent')",
-                &[&request.endpoint, unique_id],
-            )?
+            && self.accepted_at(&request.endpoint, unique_id)?.is_some()
         {
             return Ok(Found::Accepted);
         }
