@@ -591,6 +591,54 @@ fn the_rate_spaces_requests() {
 }
 
 #[test]
+fn starts_missed_while_the_receiver_stalled_are_made_when_it_answers() {
+    // The third request is answered after 400 ms, one at a time at 20 a second: the starts
+    // planned meanwhile (150 to 400 ms) are made as soon as it answers, as Marketplacer sends
+    // the events it kept, not dropped from the schedule and the rate begun again.
+    let receiver = Receiver::start(Duration::ZERO, |_, _, place| {
+        if place == 2 {
+            // A blocking wait is fine here: one request at a time.
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        (200, vec![])
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.ndjson");
+    replay(&receiver)
+        .args(["--rate", "20/s", "--concurrency", "1", "--report"])
+        .arg(&report)
+        .arg(envelopes(&dir, 10))
+        .assert()
+        .code(0);
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 10);
+    let after_stall: Vec<Duration> = seen[3..8].iter().map(|s| s.at - seen[2].at).collect();
+    assert!(
+        after_stall[0] >= Duration::from_millis(400),
+        "{after_stall:?}"
+    );
+    // Five missed starts at once, not 50 ms apart (200 ms from the first to the fifth).
+    assert!(
+        after_stall[4] - after_stall[0] < Duration::from_millis(120),
+        "{after_stall:?}"
+    );
+    let late: std::collections::HashMap<String, f64> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                l["started_late_ms"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    // E4 was planned at 150 ms and waited for the slot until about 400 ms.
+    assert!(late["E4"] >= 200.0, "{late:?}");
+    assert!(late["E1"] < 50.0, "{late:?}");
+}
+
+#[test]
 fn lines_that_are_no_webhook_delivery_are_skipped_and_reported() {
     let receiver = Receiver::accepting();
     let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,9 @@ The secret is read from the variable --secret-env names, only, and never printed
 The summary also gives the receiver's answer times (p50, p95, p99, max over every answer).
 --report FILE writes one JSON line per delivery as it ends, accepted or failed: its id,
 idempotency_key, origin, status (the last answer's), attempts, accepted_at_ms (Unix ms when the
-2xx was read; null if it failed) and answer_ms (the last attempt's answer time).
+2xx was read; null if it failed), answer_ms (the last attempt's answer time) and
+started_late_ms (under --rate, how long after its planned start the first attempt started,
+waiting for a free slot included).
 
 Ctrl-C stops at once: requests in flight are abandoned, and the summary counts them as not
 delivered.
@@ -55,7 +57,9 @@ pub struct Args {
     /// The environment variable holding the HMAC secret; left out, no Marketplacer-Hmac-256.
     #[arg(long, value_name = "VAR")]
     secret_env: Option<String>,
-    /// Requests started per second, at most, retries included: `N`, `N/s` or `N/m`.
+    /// Requests started per second, retries included: `N`, `N/s` or `N/m`. Starts missed while
+    /// every slot waited (up to a second's worth) are made when slots free, as Marketplacer
+    /// sends what it kept.
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     rate: Option<f64>,
     /// Requests in flight at once (Marketplacer's concurrentSendLimit: 1 to 200).
@@ -289,6 +293,7 @@ impl Report {
             "attempts": finished.attempts,
             "accepted_at_ms": finished.accepted_at.map(unix_ms),
             "answer_ms": finished.answer_time.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+            "started_late_ms": (finished.started_late.as_secs_f64() * 1e6).round() / 1e3,
         });
         let mut out = self.out.lock().expect("not poisoned");
         let (file, failed) = &mut *out;
