@@ -866,7 +866,7 @@ async fn a_subscription_job_records_consent_per_channel() {
         ["email.marketing", "sms.marketing", "sms.transactional"]
     );
     assert_eq!(accepted.bulk_jobs.len(), 1);
-    assert_eq!(accepted.bulk_jobs[0].body, body);
+    assert_eq!(accepted.bulk_jobs[0].body(), body);
 
     // SMS needs a phone number; a historical import needs consented_at.
     let mut bad = subscription_job(vec![json!({"email": "cy@b.co", "subscriptions": {

@@ -356,11 +356,8 @@ fn bulk_subscribe_profiles(body: &Json, ctx: &mut Ctx) -> Reply {
                 now,
             );
         }
-        ctx.store.record_bulk_job(BulkJob {
-            endpoint: Endpoint::BulkSubscribeProfiles,
-            id: None,
-            body: body.clone(),
-        });
+        ctx.store
+            .record_bulk_job(BulkJob::new(Endpoint::BulkSubscribeProfiles, None, body));
         Reply::empty(StatusCode::ACCEPTED)
     })
 }
@@ -433,11 +430,8 @@ fn bulk_create_events(body: &Json, ctx: &mut Ctx) -> Reply {
                 );
             }
         }
-        ctx.store.record_bulk_job(BulkJob {
-            endpoint: Endpoint::BulkCreateEvents,
-            id: None,
-            body: body.clone(),
-        });
+        ctx.store
+            .record_bulk_job(BulkJob::new(Endpoint::BulkCreateEvents, None, body));
         Reply::empty(StatusCode::ACCEPTED)
     })
 }
@@ -481,11 +475,11 @@ fn bulk_import_profiles(body: &Json, ctx: &mut Ctx) -> Reply {
             outcome: None,
         };
         let document = job_document(&job, ctx);
-        ctx.store.record_bulk_job(BulkJob {
-            endpoint: Endpoint::BulkImportProfiles,
-            id: Some(job.id.clone()),
-            body: body.clone(),
-        });
+        ctx.store.record_bulk_job(BulkJob::new(
+            Endpoint::BulkImportProfiles,
+            Some(job.id.clone()),
+            body,
+        ));
         ctx.store.jobs.push(job);
         Reply::json(StatusCode::ACCEPTED, document)
     })
