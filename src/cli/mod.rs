@@ -262,6 +262,29 @@ impl StateArgs {
         Ok((lock, self.open()?))
     }
 
+    /// [`StateArgs::lock_and_open`], with the store's checkpoints on a thread of their own
+    /// (src/store/checkpoint.rs): for the commands that write many deliveries, where a
+    /// checkpoint inside a commit holds up the one writer every other thread waits for.
+    fn lock_and_open_checkpointed(
+        &self,
+    ) -> Result<
+        (
+            marketsync::store::lock::WriterLock,
+            Option<marketsync::store::Checkpointer>,
+            marketsync::store::Store,
+        ),
+        u8,
+    > {
+        let (lock, mut store) = self.lock_and_open()?;
+        let checkpointer = store
+            .checkpoint_beside(marketsync::store::CheckpointLimits::default())
+            .map_err(|err| {
+                eprintln!("error: state database {}: {err}", self.path.display());
+                EXIT_IO
+            })?;
+        Ok((lock, checkpointer, store))
+    }
+
     /// Opens (creating or migrating) the store, or reports why not.
     fn open(&self) -> Result<marketsync::store::Store, u8> {
         self.try_open().map_err(|message| {

@@ -155,7 +155,7 @@ pub fn execute(args: Args) -> u8 {
     };
     // One writer per state file, for the whole run: taken before the store is opened (which
     // may migrate it) and released when the process ends, however it ends.
-    let (_lock, store) = match args.state.lock_and_open() {
+    let (_lock, _checkpointer, store) = match args.state.lock_and_open_checkpointed() {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -218,8 +218,8 @@ pub fn execute(args: Args) -> u8 {
 
 /// `run --no-send`: intake alone, into the state file.
 fn keep_only(engine: &Engine, state: &StateArgs, inputs: &[Input], jobs: usize) -> u8 {
-    let (_lock, store) = match state.lock_and_open() {
-        Ok((lock, store)) => (lock, Mutex::new(store)),
+    let (_lock, _checkpointer, store) = match state.lock_and_open_checkpointed() {
+        Ok((lock, checkpointer, store)) => (lock, checkpointer, Mutex::new(store)),
         Err(code) => return code,
     };
     let stderr = io::stderr();
