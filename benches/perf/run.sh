@@ -8,7 +8,7 @@
 #
 #   benches/perf/run.sh [--size 200MB] [--seed 42] [--runs 3] [--python-size 50MB]
 #                       [--python-documented-size 5MB] [--memory-size 1GB]
-#                       [--shapes "default rich lean"]
+#                       [--shapes "default rich lean"] [--intake-count 20000]
 #
 # --size: input size of each shape (see generate.rs: MB = 10^6 bytes). --runs: timed rounds,
 # each running every implementation on every shape once; medians are reported. --python-size:
@@ -18,7 +18,9 @@
 # --python-documented-size of data, since it is far slower) and with one compiled validator
 # (--compiled-validator, on --python-size). --memory-size: the peak memory of marketsync is also
 # measured, once per setting, on this much data of the default shape (0 to skip). --shapes:
-# which of the order shapes below to run, in that order.
+# which of the order shapes below to run, in that order. --intake-count: the path that stores
+# (issue 18): `run --no-send` of this many paid invoices (the serve benchmark's deliveries,
+# ~7 KB, 2.5 requests each) into a fresh state file, --runs times, on both cores (0 to skip).
 #
 # The shapes (generate.rs's flags; every one deterministic from the seed):
 #   default  1 to 3 sellers an order, 1 to 3 lines an invoice: the data of the issue-5 figures
@@ -34,6 +36,7 @@ PY_SIZE=50MB
 PYDOC_SIZE=5MB
 MEM_SIZE=1GB
 SHAPES="default rich lean"
+INTAKE_COUNT=20000
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --python-documented-size) PYDOC_SIZE=$2; shift 2 ;;
     --memory-size) MEM_SIZE=$2; shift 2 ;;
     --shapes) SHAPES=$2; shift 2 ;;
+    --intake-count) INTAKE_COUNT=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -328,6 +332,31 @@ if [ -n "$MEM_DATA" ]; then
   peak_rss "marketsync --jobs 2, all 7 default mappings" "$BIN" run --dry-run --jobs 2 "$MEM_DATA"
 fi
 
+# The path that stores: intake into the SQLite store, with the sender off (no key, nothing
+# sent), on both cores; each run on a fresh state file on the local disk (fsync included).
+INTAKE_RESULTS=$OUT/intake.tsv
+: > "$INTAKE_RESULTS"
+if [ "$INTAKE_COUNT" -gt 0 ]; then
+  INTAKE_DATA=$DATA_DIR/paid-invoices-seed$SEED-$INTAKE_COUNT.ndjson
+  if [ ! -s "$INTAKE_DATA" ] || [ "$ROOT/benches/perf/generate.rs" -nt "$INTAKE_DATA" ]; then
+    say "generating $INTAKE_DATA"
+    "$GEN" --seed "$SEED" --count "$INTAKE_COUNT" --paid-invoices-only --out "$INTAKE_DATA.tmp"
+    mv "$INTAKE_DATA.tmp" "$INTAKE_DATA"
+  fi
+  say "intake: run --no-send of $INTAKE_COUNT paid invoices ($RUNS runs)"
+  for ((round = 1; round <= RUNS; round++)); do
+    cat "$INTAKE_DATA" > /dev/null
+    rm -f "$OUT"/intake.db "$OUT"/intake.db-* "$OUT"/intake.db.lock
+    /usr/bin/time -f '%e %M %P' -o "$OUT/time.txt" "$BIN" run --no-send --state "$OUT/intake.db" "$INTAKE_DATA" \
+      > /dev/null 2> "$OUT/stderr.txt" || die "intake failed (exit $?): $(tail -n 5 "$OUT/stderr.txt")"
+    read -r wall kb cpu < <(tail -n 1 "$OUT/time.txt")
+    kept=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM inbox").fetchone()[0])' "$OUT/intake.db")
+    [ "$kept" = "$INTAKE_COUNT" ] || die "intake kept $kept of $INTAKE_COUNT deliveries"
+    printf '%s\t%s\t%s\n' "$wall" "$kb" "${cpu%\%}" >> "$INTAKE_RESULTS"
+    echo "intake round $round: $wall s, peak RSS $kb kB, CPU $cpu" >&2
+  done
+fi
+
 # --- report ---------------------------------------------------------------------------------
 cpu=$(lscpu 2>/dev/null | awk -F: '/^Model name/ { sub(/^ +/, "", $2); print $2; exit }')
 [ -n "$cpu" ] || cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
@@ -384,6 +413,17 @@ MEM_PEAK=$(sort -t$'\t' -k2 -n "$MEM_RESULTS" | tail -n 1 | cut -f2)
         printf "≥ 30× python: %.1f× the script as jsonschema documents it (%s), %.1f× the compiled-validator script, which the floor itself beats by only %.1f×; ", one / pd, mark(one / pd >= 30), one / pc, fl / pc
         printf "peak RSS < 64 MB: %.1f MB (%s)\n", peak, mark(peak < 64) }' "$RESULTS"
   done
+  if [ -s "$INTAKE_RESULTS" ]; then
+    echo
+    echo "The path that stores: \`run --no-send\` of $INTAKE_COUNT paid invoices ($(stat -c %s "$INTAKE_DATA") bytes) into a fresh state file, both cores, $RUNS runs (start-up included):"
+    echo
+    awk -v n="$INTAKE_COUNT" '{ w[NR] = $1; r[NR] = $2; c[NR] = $3 }
+      END { for (i = 2; i <= NR; i++) for (j = i; j > 1 && w[j - 1] > w[j]; j--) { t = w[j]; w[j] = w[j - 1]; w[j - 1] = t }
+        m = w[int((NR + 1) / 2)]; peak = 0; for (i = 1; i <= NR; i++) if (r[i] > peak) peak = r[i]
+        printf "| deliveries/s (median) | fastest / slowest | peak RSS MB |\n| ---: | ---: | ---: |\n"
+        printf "| %.0f | %.0f / %.0f | %.1f |\n\n", n / m, n / w[1], n / w[NR], peak / 1024
+        printf "target: intake on two cores ≥ 5,000 deliveries/s: %.0f (%s)\n", n / m, (n / m >= 5000 ? "met" : "NOT met") }' "$INTAKE_RESULTS"
+  fi
   if [ -s "$MEM_RESULTS" ]; then
     echo
     echo "Peak memory over $MEM_SIZE of the default shape ($(stat -c %s "$MEM_DATA") bytes, $(wc -l < "$MEM_DATA") deliveries), one run each:"
