@@ -533,16 +533,7 @@ impl Receiver {
             let prepared = self
                 .mapping
                 .run(move || {
-                    let (text, not_utf8_at) = match String::from_utf8(kept) {
-                        Ok(text) => (text, None),
-                        Err(err) => {
-                            let at = err.utf8_error().valid_up_to() + 1;
-                            (
-                                String::from_utf8_lossy(err.as_bytes()).into_owned(),
-                                Some(at),
-                            )
-                        }
-                    };
+                    let (text, not_utf8_at) = crate::source::text_of(kept);
                     sync::prepare_webhook(&engine, &origin, kept_headers, &text, not_utf8_at)
                 })
                 .await;

@@ -217,6 +217,28 @@ async fn a_body_that_is_not_json_is_kept_as_a_dead_letter_and_answered_200() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_utf8_is_kept_with_where_it_breaks_and_answered_200() {
+    let h = start(Secrets::default(), ServeConfig::default()).await;
+    let mut body = b"{\"id\": \"WH-1\", \"note\": \"caf".to_vec();
+    body.extend_from_slice(&[0xe9, b'"', b'}']);
+    let response = h
+        .post(&[("Marketplacer-Vertical", "petmarket")], body)
+        .await;
+    assert_eq!(response.status(), 200);
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].category, "unreadable");
+    // Byte 28 is the 0xE9 of a Latin-1 "café"; the rest of the body is still kept.
+    assert!(
+        letters[0].reason.contains("not valid UTF-8 at byte 28"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(letters[0].text.contains("WH-1"), "{}", letters[0].text);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_signature_is_503_and_nothing_is_kept_and_rotation_accepts_both() {
     let secrets = Secrets::new(Some("current-secret"), Some("previous-secret")).unwrap();
     let h = start(secrets, ServeConfig::default()).await;

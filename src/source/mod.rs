@@ -16,7 +16,7 @@ pub mod reconcile;
 pub mod schema;
 pub mod webhook;
 
-pub use reader::{Input, Line, Lines, deliveries_in, read_lines};
+pub use reader::{Input, Line, Lines, deliveries_in, read_lines, text_of};
 
 use serde_json::Value as Json;
 

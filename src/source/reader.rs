@@ -76,15 +76,22 @@ pub struct Line {
     pub not_utf8_at: Option<usize>,
 }
 
+/// Bytes read as text, and where they stop being UTF-8 (1-based, like a column), if they do:
+/// each bad sequence is then replaced by U+FFFD, so that what is rejected is still kept. A
+/// line of a file and a webhook's body are read the same way.
+pub fn text_of(bytes: Vec<u8>) -> (String, Option<usize>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, None),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to() + 1;
+            (String::from_utf8_lossy(e.as_bytes()).into_owned(), Some(at))
+        }
+    }
+}
+
 impl Line {
     fn from_bytes(origin: Arc<str>, number: usize, bytes: Vec<u8>) -> Line {
-        let (text, not_utf8_at) = match String::from_utf8(bytes) {
-            Ok(text) => (text, None),
-            Err(e) => {
-                let at = e.utf8_error().valid_up_to() + 1;
-                (String::from_utf8_lossy(e.as_bytes()).into_owned(), Some(at))
-            }
-        };
+        let (text, not_utf8_at) = text_of(bytes);
         Line {
             origin,
             number,
