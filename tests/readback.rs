@@ -560,9 +560,10 @@ fn holding(accepted: &marketsync::standin::Accepted) -> Holds {
     holds.flows.push(json!({"type": "flow", "id": "FLOW1", "attributes": {"name": "Post-purchase", "status": "live", "archived": false, "trigger_type": "Metric"}, "links": {"self": "x"}}));
     for event in &accepted.events {
         let metric = names.iter().position(|n| *n == event.metric).unwrap();
-        let mut properties = event.attributes["properties"].clone();
-        properties["$value"] = event.attributes["value"].clone();
-        properties["$value_currency"] = event.attributes["value_currency"].clone();
+        let attributes = event.attributes();
+        let mut properties = attributes["properties"].clone();
+        properties["$value"] = attributes["value"].clone();
+        properties["$value_currency"] = attributes["value_currency"].clone();
         let datetime = event.datetime.clone().unwrap();
         holds.events.push(json!({"type": "event", "id": event.id, "attributes": {
             "timestamp": millis(&datetime) / 1000, "event_properties": properties, "datetime": datetime, "uuid": event.id},

@@ -520,12 +520,12 @@ async fn an_event_is_202_and_a_duplicate_is_not_recorded_twice() {
     assert_eq!(recorded.metric, "Placed Order");
     assert_eq!(recorded.profile_key, "email:ann@b.co");
     assert_eq!(recorded.unique_id.as_deref(), Some("order-1"));
-    assert_eq!(recorded.attributes["value"], 155.3);
+    assert_eq!(recorded.attributes()["value"], 155.3);
     assert_eq!(
-        recorded.attributes["properties"],
+        recorded.attributes()["properties"],
         json!({"OrderId": "5001"})
     );
-    assert_eq!(recorded.profile["attributes"]["email"], "Ann@B.co");
+    assert_eq!(recorded.profile()["attributes"]["email"], "Ann@B.co");
     assert_eq!(accepted.events_named("Placed Order").count(), 4);
     // Every accepted request is counted as sent, kept or not: three for order-1 at Ann.
     let kept: Vec<(u64, bool)> = accepted
@@ -938,7 +938,7 @@ async fn a_bulk_event_job_is_deduplicated_and_limited() {
         ]
     );
     assert_eq!(
-        accepted.events[2].profile["attributes"]["email"],
+        accepted.events[2].profile()["attributes"]["email"],
         "bob@b.co"
     );
 

@@ -162,7 +162,8 @@ pub(crate) fn plant(store: &mut Store, drift: Drift) -> Result<Vec<String>, Plan
             }
             let mut changed = Vec::new();
             for event in store.events_with_unique_id(&unique_id) {
-                let attributes = match &mut event.attributes {
+                let mut sent = event.attributes();
+                let attributes = match &mut sent {
                     Json::Object(attributes) => attributes,
                     other => {
                         *other = Json::Object(Map::new());
@@ -184,6 +185,7 @@ pub(crate) fn plant(store: &mut Store, drift: Drift) -> Result<Vec<String>, Plan
                     }
                 };
                 set(target, name, value.clone());
+                event.set_attributes(&sent);
                 changed.push(event.id.clone());
             }
             if changed.is_empty() {

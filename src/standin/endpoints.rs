@@ -153,7 +153,7 @@ fn create_event(body: &Json, ctx: &mut Ctx) -> Reply {
             request,
             Endpoint::CreateEvent,
             profile,
-            event,
+            &event,
             received,
         );
         Reply::empty(StatusCode::ACCEPTED)
@@ -168,7 +168,7 @@ fn record_event(
     request: u64,
     endpoint: Endpoint,
     profile: &Json,
-    attributes: Json,
+    attributes: &Json,
     received: DateTime<Utc>,
 ) {
     let profile_key = checks::profile_key(profile).expect("checked: the profile has an identifier");
@@ -180,7 +180,7 @@ fn record_event(
     let key = checks::event_key(
         &profile_key,
         &metric,
-        &checks::event_instant(&attributes, received),
+        &checks::event_instant(attributes, received),
     );
     let datetime = attributes
         .get("time")
@@ -195,8 +195,8 @@ fn record_event(
         metric,
         profile_key,
         unique_id: string(attributes.get("unique_id")),
-        profile: profile.clone(),
-        attributes,
+        profile_text: profile.to_string().into_boxed_str(),
+        attributes_text: attributes.to_string().into_boxed_str(),
     };
     if store.record_event(request, key, event) {
         let id = profile.get("id").and_then(Json::as_str);
@@ -419,7 +419,7 @@ fn bulk_create_events(body: &Json, ctx: &mut Ctx) -> Reply {
         for entry in entries {
             let profile = &entry["attributes"]["profile"]["data"];
             for event in events_of(entry) {
-                let attributes = event["attributes"].clone();
+                let attributes = &event["attributes"];
                 record_event(
                     ctx.store,
                     request,

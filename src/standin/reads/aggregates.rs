@@ -445,9 +445,10 @@ fn rows(question: &Question, buckets: &[DateTime<Utc>], events: &[&AcceptedEvent
         let Some(bucket) = buckets.iter().rposition(|start| *start <= at) else {
             continue;
         };
+        let attributes = event.attributes();
         let dimensions = if question.by_currency {
             vec![
-                event.attributes["value_currency"]
+                attributes["value_currency"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
@@ -457,7 +458,7 @@ fn rows(question: &Question, buckets: &[DateTime<Utc>], events: &[&AcceptedEvent
         };
         let tally = groups.entry(dimensions).or_insert_with(empty);
         tally.count[bucket] += 1.0;
-        tally.sum[bucket] += value(&event.attributes["value"]);
+        tally.sum[bucket] += value(&attributes["value"]);
         tally.profiles[bucket].insert(event.profile_key.clone());
     }
     let mut rows: Vec<(Vec<String>, Map<String, Json>)> = groups

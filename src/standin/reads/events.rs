@@ -88,14 +88,14 @@ pub(crate) fn instant(event: &AcceptedEvent) -> Option<DateTime<Utc>> {
 
 /// `event_properties`: the properties sent, with `$value` and `$value_currency`.
 pub(crate) fn event_properties(event: &AcceptedEvent) -> Map<String, Json> {
-    let mut properties = event
-        .attributes
+    let attributes = event.attributes();
+    let mut properties = attributes
         .get("properties")
         .and_then(Json::as_object)
         .cloned()
         .unwrap_or_default();
     for (sent, read) in [("value", "$value"), ("value_currency", "$value_currency")] {
-        if let Some(value) = event.attributes.get(sent).filter(|v| !v.is_null()) {
+        if let Some(value) = attributes.get(sent).filter(|v| !v.is_null()) {
             properties.insert(read.into(), value.clone());
         }
     }
