@@ -203,6 +203,14 @@ struct StateArgs {
     path: PathBuf,
 }
 
+/// A store open for writing: its writer lock, its checkpointer (none for a store in memory) and
+/// the store, to be kept together for as long as the command writes.
+type Checkpointed = (
+    marketsync::store::lock::WriterLock,
+    Option<marketsync::store::Checkpointer>,
+    marketsync::store::Store,
+);
+
 impl StateArgs {
     /// Opens a store that must already exist (`status`, `retry`, `dead`, `exceptions`,
     /// `warnings`): a mistyped `--state` is reported, not answered with a new empty store that
@@ -265,23 +273,21 @@ impl StateArgs {
     /// [`StateArgs::lock_and_open`], with the store's checkpoints on a thread of their own
     /// (src/store/checkpoint.rs): for the commands that write many deliveries, where a
     /// checkpoint inside a commit holds up the one writer every other thread waits for.
-    fn lock_and_open_checkpointed(
-        &self,
-    ) -> Result<
-        (
-            marketsync::store::lock::WriterLock,
-            Option<marketsync::store::Checkpointer>,
-            marketsync::store::Store,
-        ),
-        u8,
-    > {
-        let (lock, mut store) = self.lock_and_open()?;
+    fn lock_and_open_checkpointed(&self) -> Result<Checkpointed, u8> {
+        self.try_lock_and_open_checkpointed().map_err(|message| {
+            eprintln!("error: {message}");
+            EXIT_IO
+        })
+    }
+
+    /// [`StateArgs::lock_and_open_checkpointed`], with the message for the caller to say
+    /// (`serve` logs it).
+    fn try_lock_and_open_checkpointed(&self) -> Result<Checkpointed, String> {
+        let lock = self.try_lock()?;
+        let mut store = self.try_open()?;
         let checkpointer = store
             .checkpoint_beside(marketsync::store::CheckpointLimits::default())
-            .map_err(|err| {
-                eprintln!("error: state database {}: {err}", self.path.display());
-                EXIT_IO
-            })?;
+            .map_err(|err| format!("state database {}: {err}", self.path.display()))?;
         Ok((lock, checkpointer, store))
     }
 

@@ -274,14 +274,7 @@ pub fn execute(args: Args) -> u8 {
         ..ServeConfig::default()
     };
     // Checkpoints off the commits that answer webhooks (src/store/checkpoint.rs).
-    let opened = args.state.try_lock().and_then(|lock| {
-        let mut store = args.state.try_open()?;
-        let checkpointer = store
-            .checkpoint_beside(marketsync::store::CheckpointLimits::default())
-            .map_err(|err| format!("state database {}: {err}", args.state.path.display()))?;
-        Ok((lock, checkpointer, store))
-    });
-    let (_lock, _checkpointer, store) = match opened {
+    let (_lock, _checkpointer, store) = match args.state.try_lock_and_open_checkpointed() {
         Ok((lock, checkpointer, store)) => (lock, checkpointer, Arc::new(Mutex::new(store))),
         Err(message) => {
             error!("{message}");
