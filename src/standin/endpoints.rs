@@ -9,8 +9,8 @@ use super::ImportErrors;
 use super::checks::{self, KB_100, MB_5};
 use super::errors::{ApiError, JSON_API, Reply, Source, new_uuid};
 use super::store::{
-    AcceptedEvent, BulkJob, ImportError, ImportJob, JobOutcome, MatchError, Nulls, Profile, Store,
-    Subscription, timestamp,
+    AcceptedEvent, BulkJob, ImportError, ImportJob, JobOutcome, JsonText, MatchError, Nulls,
+    Profile, Store, Subscription, timestamp,
 };
 use crate::klaviyo::{Endpoint, Schemas};
 use axum::http::StatusCode;
@@ -195,8 +195,8 @@ fn record_event(
         metric,
         profile_key,
         unique_id: string(attributes.get("unique_id")),
-        profile_text: profile.to_string().into_boxed_str(),
-        attributes_text: attributes.to_string().into_boxed_str(),
+        profile: JsonText::of(profile),
+        attributes: JsonText::of(attributes),
     };
     if store.record_event(request, key, event) {
         let id = profile.get("id").and_then(Json::as_str);
