@@ -129,16 +129,17 @@ for shape in $SHAPES; do
 done
 # Cached by shape, seed and size; regenerated when the generator is newer than the file.
 data_file() { echo "$DATA_DIR/deliveries-seed$SEED-$1-$2.ndjson"; } # shape size
-generate() { # shape size
-  local file flags
-  file=$(data_file "$1" "$2")
-  flags=$(shape_flags "$1")
+generate_to() { # file generator-flags...
+  local file=$1; shift
   if [ ! -s "$file" ] || [ "$ROOT/benches/perf/generate.rs" -nt "$file" ]; then
     say "generating $file"
-    # shellcheck disable=SC2086 # the flags are words
-    "$GEN" --seed "$SEED" --size "$2" $flags --out "$file.tmp"
+    "$GEN" --seed "$SEED" "$@" --out "$file.tmp"
     mv "$file.tmp" "$file"
   fi
+}
+generate() { # shape size
+  # shellcheck disable=SC2046 # the flags are words
+  generate_to "$(data_file "$1" "$2")" --size "$2" $(shape_flags "$1")
 }
 for shape in $SHAPES; do
   generate "$shape" "$SIZE"
@@ -338,11 +339,7 @@ INTAKE_RESULTS=$OUT/intake.tsv
 : > "$INTAKE_RESULTS"
 if [ "$INTAKE_COUNT" -gt 0 ]; then
   INTAKE_DATA=$DATA_DIR/paid-invoices-seed$SEED-$INTAKE_COUNT.ndjson
-  if [ ! -s "$INTAKE_DATA" ] || [ "$ROOT/benches/perf/generate.rs" -nt "$INTAKE_DATA" ]; then
-    say "generating $INTAKE_DATA"
-    "$GEN" --seed "$SEED" --count "$INTAKE_COUNT" --paid-invoices-only --out "$INTAKE_DATA.tmp"
-    mv "$INTAKE_DATA.tmp" "$INTAKE_DATA"
-  fi
+  generate_to "$INTAKE_DATA" --count "$INTAKE_COUNT" --paid-invoices-only
   say "intake: run --no-send of $INTAKE_COUNT paid invoices ($RUNS runs)"
   for ((round = 1; round <= RUNS; round++)); do
     cat "$INTAKE_DATA" > /dev/null
