@@ -9,6 +9,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
+use rlibphonenumber::{PHONE_NUMBER_UTIL, PhoneNumberFormat, Region};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -193,11 +194,12 @@ pub fn normalise_phone(raw: &str, region: &str) -> Option<String> {
     if let Some(known) = PHONES_READ.with(|read| read.borrow().get(&key).cloned()) {
         return known;
     }
-    let country = key.0.parse::<phonenumber::country::Id>().ok();
-    let number = match phonenumber::parse(country, raw) {
-        Ok(number) if phonenumber::is_valid(&number) => {
-            Some(number.format().mode(phonenumber::Mode::E164).to_string())
-        }
+    let number = match PHONE_NUMBER_UTIL.parse(raw, key.0.parse::<Region>().ok()) {
+        Ok(number) if PHONE_NUMBER_UTIL.is_valid_number(&number) => Some(
+            PHONE_NUMBER_UTIL
+                .format(&number, PhoneNumberFormat::E164)
+                .into_owned(),
+        ),
         _ => None,
     };
     PHONES_READ.with(|read| {
@@ -214,11 +216,10 @@ pub fn normalise_phone(raw: &str, region: &str) -> Option<String> {
 const PHONES_KEPT: usize = 4096;
 
 thread_local! {
-    /// The numbers this thread has read, by region and text, and what they read as. The phone
-    /// library matches regular expressions of the region's plan for every number, and a
-    /// customer's number comes back with each of their orders (and with each seller's invoice
-    /// of one order): 2.2% fewer instructions for a dry run of 5,000 generated invoices, where
-    /// 4,767 numbers are 2,242 distinct ones (callgrind, 4 December).
+    /// The numbers this thread has read, by region and text, and what they read as. Reading
+    /// one takes about 4 us (parse, check against the region's plan, format), and a customer's
+    /// number comes back with each of their orders (and with each seller's invoice of one
+    /// order): on 50 MB of lean orders, 15,025 numbers are 10,536 distinct ones.
     static PHONES_READ: RefCell<HashMap<(String, String), Option<String>>> =
         RefCell::new(HashMap::new());
 }
@@ -363,6 +364,20 @@ mod tests {
         assert_eq!(ok("'+61 2 9876 5432' | e164"), "+61298765432");
         assert_eq!(ok("'020 7946 0958' | e164('GB')"), "+442079460958");
         assert_eq!(ok("'0412 345 678' | e164('')"), "+61412345678");
+    }
+
+    #[test]
+    fn numbers_written_the_ways_people_write_them_read_as_the_number_meant() {
+        // A service number with its country code: the `phonenumber` crate (before 5 December)
+        // read this as +61300123456, someone else's number.
+        assert_eq!(ok("'+61 1300 123 456' | e164"), "+611300123456");
+        // The trunk zero in brackets, as Australians and Britons write it abroad.
+        assert_eq!(ok("'+61 (0)412 345 678' | e164"), "+61412345678");
+        // Full-width digits, from an East Asian keyboard.
+        assert_eq!(ok("'０４１２ ３４５ ６７８' | e164"), "+61412345678");
+        // E.164 has no extension: the number is sent without it.
+        assert_eq!(ok("'0412 345 678;ext=5' | e164"), "+61412345678");
+        assert_eq!(ok("'021 123 4567' | e164('NZ')"), "+64211234567");
     }
 
     #[test]
