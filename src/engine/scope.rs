@@ -20,6 +20,15 @@ impl Object for Scope {
         }
         self.parent.get_item(key).ok().filter(|v| !v.is_undefined())
     }
+
+    // Names come by text (the VM's loads, direct lookups): each scope passes the text on,
+    // where the default would make a template value of it at every one.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        if key == self.name {
+            return Some(self.value.clone());
+        }
+        self.parent.get_attr(key).ok().filter(|v| !v.is_undefined())
+    }
 }
 
 /// `parent` with `name` bound to `value`.

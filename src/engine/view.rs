@@ -80,6 +80,15 @@ impl Object for JsonView {
         Some(value_in(&self.root, child))
     }
 
+    // Attribute reads (`line.image.url`, and every name the VM loads) come by text; the
+    // default would make a template value of the key only to read it back as text.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        match self.node() {
+            Json::Object(map) => Some(value_in(&self.root, map.get(key)?)),
+            _ => None,
+        }
+    }
+
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         match self.node() {
             Json::Array(items) => Enumerator::Seq(items.len()),
