@@ -14,11 +14,9 @@ struct Scope {
 }
 
 impl Object for Scope {
+    // A context is looked up by name only (its root map holds text keys).
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        if key.as_str() == Some(self.name.as_str()) {
-            return Some(self.value.clone());
-        }
-        self.parent.get_item(key).ok().filter(|v| !v.is_undefined())
+        self.get_value_by_str(key.as_str()?)
     }
 
     // Names come by text (the VM's loads, direct lookups): each scope passes the text on,
